@@ -1,0 +1,157 @@
+#!/usr/bin/env node
+// The dlp-relay command line: serve, send (EML harness), sim-ucwi (simulator), check-config; each error exits non-zero with a clear message.
+import { Command, Option, CommanderError } from 'commander';
+import { randomBytes } from 'node:crypto';
+import { loadConfig, maskedConfig, ConfigError, type FrozenConfig } from '../config/load.js';
+import { createLogger, type Logger } from '../observability/logger.js';
+import { startRelay } from '../app.js';
+import { runSend } from './send.js';
+import { startUcwiSim } from '../sim/ucwi/server.js';
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+function loadOrExit(file: string | undefined): FrozenConfig {
+  try {
+    return loadConfig({ file });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`dlp-relay: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+}
+
+/** SIGTERM/SIGINT: stop once, with a grace period, then a hard exit if something hangs. */
+function onShutdown(logger: Logger, stop: () => Promise<void>, hardExitMs: number): void {
+  let stopping = false;
+  const handler = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down: refusing new sessions, finishing messages in flight');
+    setTimeout(() => {
+      logger.error('shutdown took too long, exiting');
+      process.exit(1);
+    }, hardExitMs).unref();
+    stop()
+      .then(() => {
+        logger.info('stopped');
+        logger.flush?.();
+        process.exit(0);
+      })
+      .catch((err: unknown) => {
+        logger.error({ err }, 'error during shutdown');
+        process.exit(1);
+      });
+  };
+  process.on('SIGTERM', () => handler('SIGTERM'));
+  process.on('SIGINT', () => handler('SIGINT'));
+}
+
+export function buildProgram(): Command {
+  const program = new Command('dlp-relay')
+    .description('Inline SMTP data-loss-prevention relay for SkyGuard UCWI')
+    .option('-c, --config <file>', 'YAML config file (default: config/default.yaml)')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('serve')
+    .description('run the relay (what `npm start` runs)')
+    .option('--grace <ms>', 'shutdown grace period for messages in flight', '10000')
+    .action(async (o: { grace: string }) => {
+      const cfg = loadOrExit(program.opts<{ config?: string }>().config);
+      const logger = createLogger({ level: cfg.log.level });
+      const relay = await startRelay(cfg, logger);
+      const lines = [
+        `dlp-relay listening on ${relay.smtp.host}:${relay.smtp.port} (SMTP)`,
+        `  DLP:        ${relay.embeddedDlp ? `embedded engine at ${relay.ucwiUrl} (policies ${cfg.embeddedDlp.policiesFile})` : relay.ucwiUrl}`,
+        `  delivery:   ${relay.delivery}`,
+        `  quarantine: ${relay.quarantine.kind} ${cfg.quarantine.url ? '(PostgreSQL)' : cfg.quarantine.dir}`,
+        `  clients:    ${cfg.smtp.allowedClients.join(', ')}`,
+      ];
+      if (relay.embeddedDlp) lines.push('  WARNING: the embedded DLP engine is for trials only; set ucwi.url (DLP_RELAY_UCWI_URL) for production.');
+      process.stderr.write(lines.join('\n') + '\n');
+      logger.info({ event: 'started', smtp: relay.smtp, ucwi: relay.ucwiUrl, embeddedDlp: relay.embeddedDlp, delivery: relay.delivery }, 'dlp-relay started');
+      const grace = Number(o.grace);
+      onShutdown(logger, () => relay.stop(grace), grace + 15_000);
+    });
+
+  program
+    .command('send')
+    .description('send EML files through an SMTP server and print one line per file with the final reply')
+    .argument('<paths...>', 'EML files or directories of .eml files')
+    .option('--server <host:port>', 'SMTP server', '127.0.0.1:2525')
+    .option('--from <addr>', 'envelope sender (default: From: header)')
+    .option('--to <addr>', 'envelope recipient, repeatable (default: To/Cc/Bcc headers)', collect, [])
+    .addOption(new Option('--expect <outcome>', 'exit 1 unless every file gets this outcome').choices(['accept', 'reject', 'tempfail']))
+    .option('--helo <name>', 'EHLO name', 'dlp-relay-send')
+    .option('--timeout <ms>', 'per-message timeout', '60000')
+    .option('--starttls', 'require STARTTLS', false)
+    .option('--insecure', 'do not verify the server certificate', false)
+    .action(async (paths: string[], o: { server: string; from?: string; to: string[]; expect?: 'accept' | 'reject' | 'tempfail'; helo: string; timeout: string; starttls: boolean; insecure: boolean }) => {
+      const code = await runSend(
+        {
+          server: o.server,
+          ...(o.from ? { from: o.from } : {}),
+          to: o.to,
+          ...(o.expect ? { expect: o.expect } : {}),
+          helo: o.helo,
+          timeoutMs: Number(o.timeout),
+          starttls: o.starttls,
+          insecure: o.insecure,
+          paths,
+        },
+        process.stdout,
+      );
+      process.exitCode = code;
+    });
+
+  program
+    .command('sim-ucwi')
+    .description('run the UCWI simulator (the embedded DLP engine) alone')
+    .option('--host <host>', 'listen address', '127.0.0.1')
+    .option('--port <port>', 'listen port', '5443')
+    .option('--policies <file>', 'detector policies', 'config/detectors.yaml')
+    .option('--latency <ms>', 'fault: delay every answer', '0')
+    .action(async (o: { host: string; port: string; policies: string; latency: string }) => {
+      const accessKey = process.env['DLP_RELAY_UCWI_ACCESS_KEY'] || 'sim-access-key';
+      const secretKey = process.env['DLP_RELAY_UCWI_SECRET_KEY'] || randomBytes(16).toString('hex');
+      const logger = createLogger({ level: process.env['DLP_RELAY_LOG_LEVEL'] ?? 'info' });
+      const sim = await startUcwiSim({ host: o.host, port: Number(o.port), accessKey, secretKey, policiesFile: o.policies, logger, faults: { latencyMs: Number(o.latency) } });
+      process.stderr.write(
+        `UCWI simulator at ${sim.url} (access key ${accessKey}${process.env['DLP_RELAY_UCWI_SECRET_KEY'] ? '' : `, secret key ${secretKey}`})\n` +
+          `  point the relay at it: DLP_RELAY_UCWI_URL=${sim.url} DLP_RELAY_UCWI_ACCESS_KEY=... DLP_RELAY_UCWI_SECRET_KEY=...\n`,
+      );
+      onShutdown(logger, () => sim.close(), 5_000);
+    });
+
+  program
+    .command('check-config')
+    .description('validate the configuration and print the effective values with secrets masked')
+    .action(() => {
+      const cfg = loadOrExit(program.opts<{ config?: string }>().config);
+      process.stdout.write(JSON.stringify(maskedConfig(cfg), null, 2) + '\n');
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version exit 0; usage errors were already printed by commander.
+      process.exitCode = err.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    process.stderr.write(`dlp-relay: ${(err as Error).message}\n`);
+    process.exitCode = 1;
+  }
+}
+
+await main(process.argv);

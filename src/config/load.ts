@@ -1,0 +1,224 @@
+// Loads the configuration once: YAML file, then environment overrides, then secrets from env or files; validates all of it, lists every problem with its path, and freezes the result.
+import { readFileSync, existsSync } from 'node:fs';
+import { resolve, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import { configSchema, type Config, type FrozenConfig } from './schema.js';
+import { parseCidr } from '../util/cidr.js';
+import { effectiveActions } from '../policy/policy.js';
+
+export type { Config, FrozenConfig } from './schema.js';
+
+/** Where the package lives, so `config/default.yaml` is found whatever the working directory. */
+export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const DEFAULT_CONFIG_FILE = join(PACKAGE_ROOT, 'config', 'default.yaml');
+
+export interface ConfigProblem {
+  path: string;
+  message: string;
+}
+
+export class ConfigError extends Error {
+  readonly problems: ConfigProblem[];
+  constructor(problems: ConfigProblem[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p.path}: ${p.message}`).join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+type Env = Record<string, string | undefined>;
+type Raw = Record<string, unknown>;
+
+/** Sets obj.a.b.c = value, creating objects on the way. */
+function setPath(obj: Raw, path: string[], value: unknown): void {
+  let cur = obj;
+  for (const key of path.slice(0, -1)) {
+    const next = cur[key];
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) cur[key] = {};
+    cur = cur[key] as Raw;
+  }
+  cur[path[path.length - 1]!] = value;
+}
+
+function parseHostPort(value: string): { host: string; port: number } | null {
+  // [v6]:port or host:port
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(value) ?? /^([^:]+):(\d{1,5})$/.exec(value);
+  if (!m) return null;
+  const port = Number(m[2]);
+  return port <= 65535 ? { host: m[1]!, port } : null;
+}
+
+/**
+ * Environment variables and the config path they override. Each entry parses its text; a parse
+ * failure becomes a problem naming both the variable and the path.
+ */
+const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => string | void }> = [
+  {
+    name: 'DLP_RELAY_LISTEN',
+    apply: (raw, v) => {
+      const hp = parseHostPort(v);
+      if (!hp) return 'expected host:port';
+      setPath(raw, ['listen'], hp);
+    },
+  },
+  {
+    name: 'DLP_RELAY_NEXT_HOP',
+    apply: (raw, v) => {
+      const hp = parseHostPort(v);
+      if (!hp) return 'expected host:port';
+      setPath(raw, ['nextHop', 'host'], hp.host);
+      setPath(raw, ['nextHop', 'port'], hp.port);
+    },
+  },
+  { name: 'DLP_RELAY_NEXT_HOP_USER', apply: (raw, v) => setPath(raw, ['nextHop', 'authUser'], v) },
+  { name: 'DLP_RELAY_UCWI_URL', apply: (raw, v) => setPath(raw, ['ucwi', 'url'], v) },
+  { name: 'DLP_RELAY_UCWI_TIMEOUT_MS', apply: (raw, v) => num(raw, ['ucwi', 'timeouts', 'deadlineMs'], v) },
+  { name: 'DLP_RELAY_DATA_DEADLINE_MS', apply: (raw, v) => num(raw, ['limits', 'dataDeadlineMs'], v) },
+  { name: 'DLP_RELAY_ON_DLP_ERROR', apply: (raw, v) => setPath(raw, ['policy', 'onDlpError'], v) },
+  { name: 'DLP_RELAY_QUARANTINE_DIR', apply: (raw, v) => setPath(raw, ['quarantine', 'dir'], v) },
+  { name: 'DLP_RELAY_QUARANTINE_URL', apply: (raw, v) => setPath(raw, ['quarantine', 'url'], v) },
+  { name: 'DLP_RELAY_OUTBOX_DIR', apply: (raw, v) => setPath(raw, ['outbox', 'dir'], v) },
+  { name: 'DLP_RELAY_SPOOL_DIR', apply: (raw, v) => setPath(raw, ['spool', 'dir'], v) },
+  {
+    name: 'DLP_RELAY_ALLOWED_CLIENTS',
+    apply: (raw, v) =>
+      setPath(
+        raw,
+        ['smtp', 'allowedClients'],
+        v.split(',').map((s) => s.trim()).filter(Boolean),
+      ),
+  },
+  { name: 'DLP_RELAY_MAX_MESSAGE_BYTES', apply: (raw, v) => num(raw, ['smtp', 'maxMessageBytes'], v) },
+  { name: 'DLP_RELAY_LOG_LEVEL', apply: (raw, v) => setPath(raw, ['log', 'level'], v) },
+];
+
+function num(raw: Raw, path: string[], v: string): string | void {
+  if (!/^\d+$/.test(v.trim())) return 'expected a whole number';
+  setPath(raw, path, Number(v.trim()));
+}
+
+/** Secrets: env value, else env *_FILE, else the config's *File key. Never the YAML itself. */
+const SECRETS: Array<{ key: keyof Config['secrets']; env: string; fileKey?: [string, string] }> = [
+  { key: 'ucwiAccessKey', env: 'DLP_RELAY_UCWI_ACCESS_KEY', fileKey: ['ucwi', 'accessKeyFile'] },
+  { key: 'ucwiSecretKey', env: 'DLP_RELAY_UCWI_SECRET_KEY', fileKey: ['ucwi', 'secretKeyFile'] },
+  { key: 'nextHopPass', env: 'DLP_RELAY_NEXT_HOP_PASS', fileKey: ['nextHop', 'passFile'] },
+];
+
+export interface LoadOptions {
+  /** Config file; default config/default.yaml beside the package (skipped silently if absent). */
+  file?: string | undefined;
+  env?: Env;
+  /** Extra values applied over the file and env (tests use this). */
+  overrides?: Raw;
+}
+
+/** Deep merge of plain objects; arrays and scalars are replaced. */
+export function deepMerge(base: Raw, over: Raw): Raw {
+  const out: Raw = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    out[k] =
+      v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b)
+        ? deepMerge(b as Raw, v as Raw)
+        : v;
+  }
+  return out;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object' && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o as object)) deepFreeze(v);
+  }
+  return o;
+}
+
+export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
+  const env = opts.env ?? process.env;
+  const problems: ConfigProblem[] = [];
+  const file = opts.file ?? env['DLP_RELAY_CONFIG'] ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined);
+
+  let raw: Raw = {};
+  if (file) {
+    try {
+      const parsed: unknown = parseYaml(readFileSync(file, 'utf8'));
+      if (parsed === null || parsed === undefined) raw = {};
+      else if (typeof parsed !== 'object' || Array.isArray(parsed)) problems.push({ path: '(file)', message: `${file} must hold a mapping` });
+      else raw = parsed as Raw;
+    } catch (err) {
+      problems.push({ path: '(file)', message: `cannot read ${file}: ${(err as Error).message}` });
+    }
+  }
+  if ('secrets' in raw) {
+    problems.push({ path: 'secrets', message: 'secrets may not be set in the config file; use environment variables or *File keys' });
+    delete raw['secrets'];
+  }
+
+  for (const o of ENV_OVERRIDES) {
+    const v = env[o.name];
+    if (v === undefined || v === '') continue;
+    const err = o.apply(raw, v);
+    if (err) problems.push({ path: o.name, message: `${err} (got "${v}")` });
+  }
+  if (opts.overrides) raw = deepMerge(raw, opts.overrides);
+
+  const secrets: Raw = {};
+  for (const s of SECRETS) {
+    const direct = env[s.env];
+    const envFile = env[`${s.env}_FILE`];
+    const cfgFile = s.fileKey ? ((raw[s.fileKey[0]] as Raw | undefined)?.[s.fileKey[1]] as string | undefined) : undefined;
+    const f = envFile || cfgFile;
+    if (direct) secrets[s.key] = direct;
+    else if (f) {
+      try {
+        secrets[s.key] = readFileSync(f, 'utf8').trim();
+      } catch (err) {
+        problems.push({ path: envFile ? `${s.env}_FILE` : s.fileKey!.join('.'), message: `cannot read secret file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+      }
+    }
+  }
+  const overSecrets = (opts.overrides?.['secrets'] as Raw | undefined) ?? {};
+  raw['secrets'] = { ...secrets, ...overSecrets };
+
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    for (const issue of result.error.issues) {
+      problems.push({ path: issue.path.map(String).join('.') || '(root)', message: issue.message });
+    }
+  }
+  if (result.success) {
+    const c = result.data;
+    // Codes the file does not mention keep their defaults; the effective table is what check-config prints.
+    c.policy.actions = effectiveActions(c.policy.actions);
+    c.smtp.allowedClients.forEach((cidr, i) => {
+      const p = parseCidr(cidr);
+      if (typeof p === 'string') problems.push({ path: `smtp.allowedClients.${i}`, message: p });
+    });
+    c.policy.loop.trustedNetworks.forEach((cidr, i) => {
+      const p = parseCidr(cidr);
+      if (typeof p === 'string') problems.push({ path: `policy.loop.trustedNetworks.${i}`, message: p });
+    });
+    if (c.ucwi.url !== null && (!c.secrets.ucwiAccessKey || !c.secrets.ucwiSecretKey))
+      problems.push({
+        path: 'ucwi.url',
+        message: 'a UCWI server needs DLP_RELAY_UCWI_ACCESS_KEY and DLP_RELAY_UCWI_SECRET_KEY (or their *_FILE / ucwi.*File)',
+      });
+    if (c.nextHop.authUser !== null && !c.secrets.nextHopPass)
+      problems.push({ path: 'nextHop.authUser', message: 'AUTH needs DLP_RELAY_NEXT_HOP_PASS (or nextHop.passFile)' });
+    if (c.nextHop.secure && c.nextHop.starttls === 'required')
+      problems.push({ path: 'nextHop.starttls', message: 'implicit TLS (secure: true) and STARTTLS exclude each other' });
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return deepFreeze(result.data!) as FrozenConfig;
+}
+
+/** The effective config for printing: secrets and passwords inside URLs masked. */
+export function maskedConfig(c: FrozenConfig): unknown {
+  const copy = JSON.parse(JSON.stringify(c)) as Config;
+  for (const k of Object.keys(copy.secrets) as Array<keyof Config['secrets']>) {
+    if (copy.secrets[k]) copy.secrets[k] = '********';
+  }
+  if (copy.quarantine.url) copy.quarantine.url = copy.quarantine.url.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:********@');
+  return copy;
+}

@@ -1,0 +1,227 @@
+// The configuration schema: every key, its default and its limits, in one place. config/default.yaml documents the same keys.
+import { z } from 'zod';
+
+const ms = (def: number, max = 3_600_000) => z.number().int().min(1).max(max).default(def);
+const port = z.number().int().min(0).max(65535);
+const hostPort = z.object({ host: z.string().min(1), port }).strict();
+const nullableString = z.string().min(1).nullable().default(null);
+
+/** What the relay does with a message; see src/policy for the semantics. */
+export const actionName = z.enum(['relay', 'relay_with_headers', 'reject', 'tempfail', 'quarantine']);
+
+const actionSpec = z
+  .object({
+    action: actionName,
+    /** reject/tempfail only: basic code, enhanced code and text (placeholders: {queryId}). */
+    code: z.number().int().min(400).max(599).optional(),
+    enhanced: z
+      .string()
+      .regex(/^[45]\.\d{1,3}\.\d{1,3}$/, 'must look like 5.7.1')
+      .optional(),
+    text: z.string().min(1).max(400).optional(),
+  })
+  .strict()
+  .superRefine((a, ctx) => {
+    if (a.code !== undefined && a.action !== 'reject' && a.action !== 'tempfail')
+      ctx.addIssue({ code: 'custom', message: `code applies only to reject or tempfail, not ${a.action}`, path: ['code'] });
+    if (a.action === 'reject' && a.code !== undefined && a.code < 500)
+      ctx.addIssue({ code: 'custom', message: 'a reject needs a 5xx code', path: ['code'] });
+    if (a.action === 'tempfail' && a.code !== undefined && a.code >= 500)
+      ctx.addIssue({ code: 'custom', message: 'a tempfail needs a 4xx code', path: ['code'] });
+    if (a.code !== undefined && a.enhanced !== undefined && a.enhanced[0] !== String(a.code)[0])
+      ctx.addIssue({ code: 'custom', message: 'enhanced code class must match the basic code', path: ['enhanced'] });
+  });
+export type ActionSpec = z.infer<typeof actionSpec>;
+
+const headerName = z.string().regex(/^[!-9;-~]+$/, 'must be a valid header field name');
+
+const tlsFiles = z
+  .object({
+    certFile: nullableString,
+    keyFile: nullableString,
+    /** Refuse MAIL FROM until the client has done STARTTLS. */
+    require: z.boolean().default(false),
+  })
+  .strict()
+  .superRefine((t, ctx) => {
+    if ((t.certFile === null) !== (t.keyFile === null))
+      ctx.addIssue({ code: 'custom', message: 'certFile and keyFile go together', path: ['certFile'] });
+    if (t.require && t.certFile === null)
+      ctx.addIssue({ code: 'custom', message: 'require needs a certificate (certFile/keyFile)', path: ['require'] });
+  });
+
+export const configSchema = z
+  .object({
+    listen: hostPort.prefault({ host: '127.0.0.1', port: 2525 }),
+    smtp: z
+      .object({
+        /** Name in the banner, EHLO reply and our Received-free headers. */
+        hostname: z.string().min(1).default('dlp-relay.localdomain'),
+        maxMessageBytes: z.number().int().min(1024).max(2 ** 40).default(50 * 1024 * 1024), // 50 MiB
+        maxClients: z.number().int().min(1).max(100_000).default(200),
+        maxRecipients: z.number().int().min(1).max(100_000).default(1000),
+        /** Idle time on a session before we hang up (smtp-server socketTimeout). */
+        idleTimeoutMs: ms(60_000),
+        /** Networks allowed to send through us; everything else gets 554 at connect. Never an open relay. */
+        allowedClients: z.array(z.string().min(1)).min(1).default(['127.0.0.0/8', '::1/128']),
+        tls: tlsFiles.prefault({}),
+        /** Advertise DSN and carry RET/ENVID/NOTIFY/ORCPT to the next hop. */
+        dsn: z.boolean().default(true),
+      })
+      .strict()
+      .prefault({}),
+    limits: z
+      .object({
+        /**
+         * One budget for everything after the final dot (DLP call + next hop), well under Postfix's
+         * 100 s smtpd_proxy_timeout: past it the client gets 451, never a late 250.
+         */
+        dataDeadlineMs: ms(60_000, 600_000),
+      })
+      .strict()
+      .prefault({}),
+    spool: z.object({ dir: z.string().min(1).default('var/spool') }).strict().prefault({}),
+    ucwi: z
+      .object({
+        /** Base URL of the UCWI server, e.g. https://ucwi.example:5443. null: start the embedded engine on loopback. */
+        url: z.url({ protocol: /^https?$/ }).nullable().default(null),
+        /** Path segment after /channel/email/: the vendor docs name only SMTP. */
+        protocol: z.string().regex(/^[A-Za-z0-9_-]+$/).default('smtp'),
+        /** Secrets are never read from this file: environment or files only. */
+        accessKeyFile: nullableString,
+        secretKeyFile: nullableString,
+        tls: z
+          .object({
+            /** Certificate verification; turn off only knowingly (UCWI appliances often ship self-signed). */
+            rejectUnauthorized: z.boolean().default(true),
+            caFile: nullableString,
+          })
+          .strict()
+          .prefault({}),
+        timeouts: z
+          .object({
+            connectMs: ms(5_000),
+            headersMs: ms(30_000),
+            bodyMs: ms(30_000),
+            /** Overall deadline for one verdict (Haraka's plugin timeout is 30 s). */
+            deadlineMs: ms(30_000),
+          })
+          .strict()
+          .prefault({}),
+        /** In-flight UCWI calls at most; further messages wait for a slot within the deadline. */
+        maxConcurrent: z.number().int().min(1).max(10_000).default(64),
+        keepAliveMs: ms(4_000),
+      })
+      .strict()
+      .prefault({}),
+    embeddedDlp: z
+      .object({
+        host: z.string().min(1).default('127.0.0.1'),
+        port: port.default(0),
+        policiesFile: z.string().min(1).default('config/detectors.yaml'),
+      })
+      .strict()
+      .prefault({}),
+    policy: z
+      .object({
+        /** actionCode → action. Codes 1..9 as documented by UCWI. */
+        actions: z
+          .record(z.string().regex(/^[1-9]$/, 'action codes are 1..9'), actionSpec)
+          .default({}),
+        unknownAction: actionSpec.prefault({ action: 'quarantine' }),
+        /** What a DLP failure (down, timeout, 401, garbage) does. */
+        onDlpError: z.enum(['tempfail', 'relay', 'quarantine']).default('tempfail'),
+        rejectText: z.string().min(1).max(400).default('Message rejected by data-loss-prevention policy (ref {queryId})'),
+        quarantineText: z.string().min(1).max(400).default('Ok: message held for review (ref {queryId})'),
+        verdictHeaders: z
+          .object({
+            queryId: headerName.default('X-DLP-Query-ID'),
+            actionCode: headerName.default('X-DLP-Action-Code'),
+            action: headerName.default('X-DLP-Action'),
+          })
+          .strict()
+          .prefault({}),
+        encryptionHeader: z
+          .object({ name: headerName.default('X-DLP-Encrypt'), value: z.string().min(1).default('required') })
+          .strict()
+          .prefault({}),
+        loop: z
+          .object({
+            /** Marks a message we already scanned; trusted networks may send it back without a second scan. */
+            header: headerName.default('X-DLP-Relay-Scanned'),
+            trustedNetworks: z.array(z.string().min(1)).default([]),
+          })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .prefault({}),
+    nextHop: z
+      .object({
+        /** null: no next hop, accepted mail goes to the local outbox directory. */
+        host: z.string().min(1).nullable().default(null),
+        port: port.default(25),
+        secure: z.boolean().default(false),
+        starttls: z.enum(['opportunistic', 'required', 'off']).default('opportunistic'),
+        tls: z
+          .object({
+            rejectUnauthorized: z.boolean().default(true),
+            caFile: nullableString,
+            servername: nullableString,
+          })
+          .strict()
+          .prefault({}),
+        /** AUTH user; the password comes from DLP_RELAY_NEXT_HOP_PASS or passFile. */
+        authUser: nullableString,
+        passFile: nullableString,
+        pool: z
+          .object({
+            maxConnections: z.number().int().min(1).max(1000).default(20),
+            maxMessagesPerConnection: z.number().int().min(1).max(100_000).default(100),
+            idleTimeoutMs: ms(10_000),
+          })
+          .strict()
+          .prefault({}),
+        timeouts: z
+          .object({ connectMs: ms(10_000), greetingMs: ms(10_000), socketMs: ms(30_000) })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .prefault({}),
+    outbox: z.object({ dir: z.string().min(1).default('var/outbox') }).strict().prefault({}),
+    quarantine: z
+      .object({
+        dir: z.string().min(1).default('var/quarantine'),
+        /** postgres://… selects the PostgreSQL store; the URL may carry a password, so it is masked in output. */
+        url: z
+          .string()
+          .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL')
+          .nullable()
+          .default(null),
+      })
+      .strict()
+      .prefault({}),
+    log: z
+      .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .strict()
+      .prefault({}),
+    /** Runtime secrets, filled from the environment or *File keys only; see load.ts. */
+    secrets: z
+      .object({
+        ucwiAccessKey: z.string().nullable().default(null),
+        ucwiSecretKey: z.string().nullable().default(null),
+        nextHopPass: z.string().nullable().default(null),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type Config = z.infer<typeof configSchema>;
+export type DeepReadonly<T> = T extends (infer U)[]
+  ? ReadonlyArray<DeepReadonly<U>>
+  : T extends object
+    ? { readonly [K in keyof T]: DeepReadonly<T[K]> }
+    : T;
+export type FrozenConfig = DeepReadonly<Config>;

@@ -1,0 +1,176 @@
+// UCWI client: streams the spooled EML to the sync email endpoint as multipart/form-data and returns a verdict or a classified error; never throws for DLP failures.
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Readable } from 'node:stream';
+import { Pool, errors as undiciErrors } from 'undici';
+import type { Logger } from 'pino';
+import { ucwiAuthHeaders } from './auth.js';
+import { parseUcwiResponse, type DlpParsed, type DlpErrorClass } from './parse.js';
+import { Semaphore } from '../util/semaphore.js';
+
+export interface UcwiClientOptions {
+  baseUrl: string;
+  protocol: string;
+  accessKey: string;
+  secretKey: string;
+  tls: { rejectUnauthorized: boolean; caFile: string | null };
+  timeouts: { connectMs: number; headersMs: number; bodyMs: number; deadlineMs: number };
+  maxConcurrent: number;
+  keepAliveMs: number;
+  /** UCWI answers are small JSON; anything larger is not what we asked for. */
+  maxResponseBytes?: number;
+}
+
+export interface InspectRequest {
+  queryId: string;
+  sender: string;
+  recipients: string[];
+  md5: string;
+  size: number;
+  openMessage: () => Readable;
+}
+
+export type InspectResult = DlpParsed & { elapsedMs: number };
+
+/** Metrics hooks; the relay passes prom-client observers, tests pass nothing. */
+export interface UcwiObserver {
+  onStart?(): void;
+  onEnd?(r: InspectResult): void;
+}
+
+export class UcwiClient {
+  private readonly pool: Pool;
+  private readonly slots: Semaphore;
+  private readonly path: string;
+  private readonly origin: string;
+  private readonly basePath: string;
+
+  constructor(
+    private readonly opts: UcwiClientOptions,
+    private readonly logger: Logger,
+    private readonly observer: UcwiObserver = {},
+  ) {
+    const u = new URL(opts.baseUrl);
+    this.origin = u.origin;
+    this.basePath = u.pathname.replace(/\/+$/, '');
+    this.path = `${this.basePath}/skg/v1/dlp/channel/email/${encodeURIComponent(opts.protocol)}/sync`;
+    this.slots = new Semaphore(opts.maxConcurrent);
+    this.pool = new Pool(this.origin, {
+      connections: opts.maxConcurrent,
+      connectTimeout: opts.timeouts.connectMs,
+      headersTimeout: opts.timeouts.headersMs,
+      bodyTimeout: opts.timeouts.bodyMs,
+      keepAliveTimeout: opts.keepAliveMs,
+      connect: {
+        rejectUnauthorized: opts.tls.rejectUnauthorized,
+        ...(opts.tls.caFile ? { ca: readFileSync(opts.tls.caFile) } : {}),
+      },
+    });
+  }
+
+  get inFlight(): number {
+    return this.slots.inUse;
+  }
+
+  /** Asks UCWI for a verdict. Resolves with either a verdict or a classified failure, within the deadline. */
+  async inspect(req: InspectRequest, outer?: AbortSignal): Promise<InspectResult> {
+    const started = performance.now();
+    const deadline = AbortSignal.timeout(this.opts.timeouts.deadlineMs);
+    const signal = outer ? AbortSignal.any([outer, deadline]) : deadline;
+    this.observer.onStart?.();
+    let result: InspectResult;
+    try {
+      const parsed = await this.call(req, signal);
+      result = { ...parsed, elapsedMs: Math.round(performance.now() - started) };
+    } catch (err) {
+      result = { ...this.classify(err, signal), elapsedMs: Math.round(performance.now() - started) };
+    }
+    this.observer.onEnd?.(result);
+    return result;
+  }
+
+  private async call(req: InspectRequest, signal: AbortSignal): Promise<DlpParsed> {
+    let release: () => void;
+    try {
+      release = await this.slots.acquire(signal);
+    } catch {
+      return { ok: false, errorClass: 'saturated', detail: `no free UCWI slot within the deadline (${this.opts.maxConcurrent} in flight)` };
+    }
+    try {
+      const boundary = `----dlp-relay-${randomBytes(12).toString('hex')}`;
+      const metadata = JSON.stringify({ sender: req.sender, recipients: req.recipients, queryID: req.queryId, md5: req.md5 });
+      const head = Buffer.from(
+        `--${boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n${metadata}\r\n` +
+          `--${boundary}\r\nContent-Disposition: form-data; name="request"; filename="${req.queryId}.eml"\r\n` +
+          `Content-Type: message/rfc822\r\n\r\n`,
+      );
+      const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
+      const res = await this.pool.request({
+        path: this.path,
+        method: 'POST',
+        headers: {
+          ...ucwiAuthHeaders(this.opts.accessKey, this.opts.secretKey),
+          'content-type': `multipart/form-data; boundary=${boundary}`,
+          'content-length': String(head.length + req.size + tail.length),
+          accept: 'application/json',
+        },
+        body: Readable.from(multipartBody(head, req.openMessage(), tail), { objectMode: false }),
+        signal,
+      });
+      const max = this.opts.maxResponseBytes ?? 1024 * 1024;
+      const chunks: Buffer[] = [];
+      let total = 0;
+      for await (const chunk of res.body) {
+        total += (chunk as Buffer).length;
+        if (total > max) {
+          res.body.destroy();
+          return { ok: false, errorClass: 'bad_response', httpStatus: res.statusCode, detail: `response larger than ${max} bytes` };
+        }
+        chunks.push(chunk as Buffer);
+      }
+      return parseUcwiResponse(res.statusCode, Buffer.concat(chunks).toString('utf8'));
+    } finally {
+      release();
+    }
+  }
+
+  private classify(err: unknown, signal: AbortSignal): { ok: false; errorClass: DlpErrorClass; detail: string } {
+    const e = err as NodeJS.ErrnoException & { code?: string };
+    if (signal.aborted || e instanceof undiciErrors.HeadersTimeoutError || e instanceof undiciErrors.BodyTimeoutError || e instanceof undiciErrors.ConnectTimeoutError || e?.name === 'TimeoutError' || e?.name === 'AbortError') {
+      return { ok: false, errorClass: 'timeout', detail: e?.message ?? 'timeout' };
+    }
+    if (e instanceof undiciErrors.ResponseContentLengthMismatchError) {
+      return { ok: false, errorClass: 'bad_response', detail: 'truncated response' };
+    }
+    const code = e?.code ?? '';
+    if (['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED'].includes(code) || /CERT|SSL|TLS/i.test(code)) {
+      return { ok: false, errorClass: 'unreachable', detail: `${code}: ${e.message}` };
+    }
+    if (code === 'ENOENT' || code === 'EACCES') {
+      // Our own spool file vanished or is unreadable: a local fault, treated like an unavailable scan.
+      this.logger.error({ err }, 'cannot read spooled message for UCWI');
+      return { ok: false, errorClass: 'unreachable', detail: `spool read failed: ${code}` };
+    }
+    return { ok: false, errorClass: 'unreachable', detail: `${code || e?.name || 'error'}: ${e?.message ?? String(err)}` };
+  }
+
+  /** A cheap reachability probe for /readyz: any HTTP answer from the base URL counts as reachable. */
+  async probe(signal?: AbortSignal): Promise<void> {
+    const res = await this.pool.request({ path: `${this.basePath}/skg/v1/dlp/channel`, method: 'GET', headers: ucwiAuthHeaders(this.opts.accessKey, this.opts.secretKey), signal: signal ?? AbortSignal.timeout(this.opts.timeouts.connectMs) });
+    await res.body.dump();
+  }
+
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+}
+
+async function* multipartBody(head: Buffer, message: Readable, tail: Buffer): AsyncGenerator<Buffer> {
+  yield head;
+  try {
+    for await (const chunk of message) yield chunk as Buffer;
+  } finally {
+    message.destroy();
+  }
+  yield tail;
+}

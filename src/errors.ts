@@ -1,0 +1,94 @@
+// The error catalogue: every failure the relay can meet, with the SMTP reply it produces. Nothing else invents reply codes.
+
+/** One SMTP reply: basic code, enhanced status code (RFC 3463) and the text the client sees. */
+export interface SmtpReply {
+  code: number;
+  enhanced: string;
+  text: string;
+}
+
+export function formatReply(r: SmtpReply): string {
+  return `${r.code} ${r.enhanced} ${r.text}`;
+}
+
+export type ReplyClass = '2xx' | '4xx' | '5xx';
+export function replyClass(code: number): ReplyClass {
+  return code >= 500 ? '5xx' : code >= 400 ? '4xx' : '2xx';
+}
+
+/**
+ * Stable codes for our own failures. The rule behind the table: only a policy decision or the next
+ * hop's own 5xx may yield 5xx; everything that is our fault (or our dependencies') is 4xx so the
+ * sending MTA keeps the message and retries. Texts never carry internals (Postfix keeps its proxy
+ * errors vague for the same reason); the log carries the details.
+ */
+export const CATALOGUE = {
+  /** Client address not in the allowed networks: we are never an open relay. */
+  CLIENT_NOT_ALLOWED: { code: 554, enhanced: '5.7.1', text: 'Access denied: client host is not allowed to relay' },
+  /** Too many concurrent sessions: try again later (Postfix "stop accepting mail" under load). */
+  SATURATED: { code: 421, enhanced: '4.3.2', text: 'Too many connections, try again later' },
+  SHUTTING_DOWN: { code: 421, enhanced: '4.3.2', text: 'Service shutting down, try again later' },
+  /** Declared (MAIL FROM SIZE=) or actual size over the limit; permanent, the message will not shrink. */
+  SIZE_EXCEEDED: { code: 552, enhanced: '5.3.4', text: 'Message size exceeds fixed maximum message size' },
+  TOO_MANY_RECIPIENTS: { code: 452, enhanced: '4.5.3', text: 'Too many recipients' },
+  /** STARTTLS required by configuration but not yet done. */
+  TLS_REQUIRED: { code: 530, enhanced: '5.7.0', text: 'Must issue a STARTTLS command first' },
+  AUTH_REQUIRED: { code: 530, enhanced: '5.7.0', text: 'Authentication required' },
+  /** Writing the spool file failed (disk full, permissions): the client keeps the message. */
+  SPOOL_FAILED: { code: 451, enhanced: '4.3.0', text: 'Local error in processing, try again later' },
+  /** UCWI could not give a verdict and policy says tempfail. */
+  DLP_UNAVAILABLE: { code: 451, enhanced: '4.7.1', text: 'Content inspection unavailable, try again later' },
+  /** The end-of-DATA budget ran out before a verdict and a next-hop answer: never a late 250. */
+  DEADLINE_EXCEEDED: { code: 451, enhanced: '4.4.7', text: 'Processing deadline exceeded, try again later' },
+  /** Quarantine store unwritable: we must not answer 250 for a message we could not keep. */
+  QUARANTINE_FAILED: { code: 451, enhanced: '4.3.0', text: 'Quarantine storage unavailable, try again later' },
+  /** Local outbox (no next hop configured) unwritable. */
+  OUTBOX_FAILED: { code: 451, enhanced: '4.3.0', text: 'Local delivery failed, try again later' },
+  /** The next hop could not be reached or timed out. */
+  NEXT_HOP_UNAVAILABLE: { code: 451, enhanced: '4.4.1', text: 'Next hop unavailable, try again later' },
+  /** The connection to the next hop broke during the transaction. */
+  NEXT_HOP_LOST: { code: 451, enhanced: '4.4.2', text: 'Connection to next hop lost, try again later' },
+  /** The next hop answered 4xx: we pass on a tempfail of our own (its text goes to the log). */
+  NEXT_HOP_TEMPFAIL: { code: 451, enhanced: '4.4.0', text: 'Next hop deferred the message, try again later' },
+  /** Anything unexpected: tempfail, never a 5xx by accident (smtp-server's own default is 450). */
+  INTERNAL: { code: 451, enhanced: '4.3.0', text: 'Local error in processing, try again later' },
+} as const satisfies Record<string, SmtpReply>;
+
+export type ErrorCode = keyof typeof CATALOGUE;
+
+/** An error that knows its catalogue entry; smtp-server sends `responseCode` + `message` as the reply. */
+export class RelayError extends Error {
+  readonly code: ErrorCode;
+  readonly reply: SmtpReply;
+  readonly responseCode: number;
+  constructor(code: ErrorCode, detail?: string, opts?: { cause?: unknown; reply?: SmtpReply }) {
+    const reply = opts?.reply ?? CATALOGUE[code];
+    // The message is what smtp-server writes after the code: "<enhanced> <text>".
+    super(`${reply.enhanced} ${reply.text}`, opts?.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'RelayError';
+    this.code = code;
+    this.reply = reply;
+    this.responseCode = reply.code;
+    if (detail) this.detail = detail;
+  }
+  /** Internal explanation for the log, never sent to the client. */
+  detail?: string;
+}
+
+/** Reply for a catalogue entry, optionally with a reference (queryID) appended for the sender's help desk. */
+export function catalogueReply(code: ErrorCode, ref?: string): SmtpReply {
+  const base = CATALOGUE[code];
+  return ref ? { ...base, text: `${base.text} (ref ${ref})` } : { ...base };
+}
+
+/** Error object smtp-server turns into exactly this reply line. */
+export function replyError(reply: SmtpReply): Error & { responseCode: number } {
+  const err = new Error(`${reply.enhanced} ${reply.text}`) as Error & { responseCode: number };
+  err.responseCode = reply.code;
+  return err;
+}
+
+/** Enhanced status codes are x.y.z with class digit matching the basic code's first digit. */
+export function isEnhancedCode(s: string): boolean {
+  return /^[245]\.\d{1,3}\.\d{1,3}$/.test(s);
+}

@@ -1,0 +1,241 @@
+// SMTP ingress: smtp-server options and callbacks only — access control, limits, spooling DATA, handing the message to the pipeline, one summary log line.
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { Readable } from 'node:stream';
+import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerDataStream } from 'smtp-server';
+import type { Logger } from 'pino';
+import { spoolMessage } from '../spool/spool.js';
+import { processMessage, type PipelineDeps, type Outcome } from '../pipeline/process.js';
+import { catalogueReply, formatReply, replyError, replyClass, RelayError, type SmtpReply } from '../errors.js';
+import { NetworkList } from '../util/cidr.js';
+import type { StoredEnvelope } from '../quarantine/types.js';
+import { installEnhancedReplyPatch } from './replies.js';
+
+export interface IngressOptions {
+  host: string;
+  port: number;
+  hostname: string;
+  maxMessageBytes: number;
+  maxClients: number;
+  maxRecipients: number;
+  idleTimeoutMs: number;
+  allowedClients: readonly string[];
+  trustedNetworks: readonly string[];
+  tls: { certFile: string | null; keyFile: string | null; require: boolean };
+  dsn: boolean;
+  spoolDir: string;
+}
+
+/** Observers for metrics; every member optional. */
+export interface IngressObserver {
+  sessionOpened?(): void;
+  sessionClosed?(): void;
+  messageDone?(o: Outcome, sizeBytes: number): void;
+  refused?(reason: 'not_allowed' | 'saturated' | 'shutting_down'): void;
+}
+
+interface EnvelopeView {
+  mailFrom: false | { address: string };
+  rcptTo: Array<{ address: string; dsn?: { notify?: string[]; orcpt?: string } }>;
+  smtpUtf8?: boolean;
+  bodyType?: '7bit' | '8bitmime';
+  dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
+}
+
+export function envelopeFromSession(session: SMTPServerSession): StoredEnvelope {
+  const e = session.envelope as unknown as EnvelopeView;
+  const env: StoredEnvelope = {
+    from: e.mailFrom ? e.mailFrom.address : '',
+    to: e.rcptTo.map((r) => ({
+      address: r.address,
+      ...(r.dsn?.notify ? { notify: [...r.dsn.notify] } : {}),
+      ...(r.dsn?.orcpt ? { orcpt: r.dsn.orcpt } : {}),
+    })),
+    smtpUtf8: e.smtpUtf8 === true,
+  };
+  if (e.bodyType) env.bodyType = e.bodyType;
+  if (e.dsn?.ret) env.ret = e.dsn.ret;
+  if (e.dsn?.envid) env.envid = e.dsn.envid;
+  return env;
+}
+
+export class Ingress {
+  private readonly server: SMTPServer;
+  private readonly allowed: NetworkList;
+  private readonly trusted: NetworkList;
+  private sessions = 0;
+  private draining = false;
+  private readonly inFlight = new Set<Promise<unknown>>();
+
+  constructor(
+    private readonly opts: IngressOptions,
+    private readonly deps: PipelineDeps,
+    private readonly logger: Logger,
+    private readonly observer: IngressObserver = {},
+  ) {
+    installEnhancedReplyPatch();
+    this.allowed = new NetworkList(opts.allowedClients);
+    this.trusted = new NetworkList(opts.trustedNetworks);
+    const hasTls = opts.tls.certFile !== null && opts.tls.keyFile !== null;
+    const options: SMTPServerOptions & Record<string, unknown> = {
+      name: opts.hostname,
+      banner: 'dlp-relay ESMTP',
+      size: opts.maxMessageBytes,
+      // Our own cap in onConnect answers 421 4.3.2; smtp-server's is a backstop only.
+      maxClients: opts.maxClients + 16,
+      maxRecipients: opts.maxRecipients,
+      socketTimeout: opts.idleTimeoutMs,
+      // close() first lets in-flight messages finish; after that idle sessions only need their 421.
+      closeTimeout: 1_000,
+      hideENHANCEDSTATUSCODES: false,
+      hideDSN: !opts.dsn,
+      hideSMTPUTF8: false,
+      hide8BITMIME: false,
+      hidePIPELINING: false,
+      authOptional: true,
+      disabledCommands: hasTls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+      ...(hasTls ? { key: readFileSync(opts.tls.keyFile!), cert: readFileSync(opts.tls.certFile!) } : {}),
+      logger: false,
+      onConnect: (session, cb) => this.onConnect(session, cb),
+      onMailFrom: (_addr, session, cb) => {
+        if (opts.tls.require && !session.secure) return cb(replyError(catalogueReply('TLS_REQUIRED')));
+        if (this.draining) return cb(replyError(catalogueReply('SHUTTING_DOWN')));
+        cb();
+      },
+      onData: (stream, session, cb) => this.onData(stream, session, cb),
+      onClose: () => {
+        // onClose fires only for sessions onConnect accepted or refused; both were counted.
+        this.sessions = Math.max(0, this.sessions - 1);
+        this.observer.sessionClosed?.();
+      },
+    };
+    this.server = new SMTPServer(options);
+    this.server.on('error', (err) => this.logger.warn({ err }, 'smtp connection error'));
+  }
+
+  private onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+    this.sessions++;
+    this.observer.sessionOpened?.();
+    if (!this.allowed.has(session.remoteAddress)) {
+      this.observer.refused?.('not_allowed');
+      this.logger.warn({ cid: session.id, client: session.remoteAddress }, 'client not in allowed networks');
+      return cb(replyError(catalogueReply('CLIENT_NOT_ALLOWED')));
+    }
+    if (this.draining) {
+      this.observer.refused?.('shutting_down');
+      return cb(replyError(catalogueReply('SHUTTING_DOWN')));
+    }
+    if (this.sessions > this.opts.maxClients) {
+      this.observer.refused?.('saturated');
+      return cb(replyError(catalogueReply('SATURATED')));
+    }
+    cb();
+  }
+
+  private onData(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
+    const p = this.handleData(stream, session)
+      .then((reply) => {
+        if (reply.code < 300) cb(null, `${reply.enhanced} ${reply.text}`);
+        else cb(replyError(reply));
+      })
+      .catch((err: unknown) => {
+        this.logger.error({ err, cid: session.id }, 'unexpected ingress failure');
+        cb(replyError(catalogueReply('INTERNAL')));
+      });
+    this.inFlight.add(p);
+    void p.finally(() => this.inFlight.delete(p));
+  }
+
+  private async handleData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<SmtpReply> {
+    const queryId = randomUUID();
+    const receivedAt = new Date();
+    const started = performance.now();
+    const envelope = envelopeFromSession(session);
+    const log = (o: Partial<Outcome> & { reply: SmtpReply; action: string }, size: number) => {
+      // The one summary line per message (Haraka's "message" line): ids, envelope counts, verdict, reply, timings.
+      this.logger.info(
+        {
+          event: 'message',
+          cid: session.id,
+          queryId,
+          client: session.remoteAddress,
+          sender: envelope.from,
+          rcpts: envelope.to.length,
+          size,
+          actionCode: o.actionCode ?? null,
+          action: o.action,
+          reply: formatReply(o.reply),
+          replyClass: replyClass(o.reply.code),
+          dlpMs: o.dlpMs ?? null,
+          relayMs: o.relayMs ?? null,
+          totalMs: Math.round(performance.now() - started),
+          ...(o.policies && o.policies.length ? { policies: o.policies.map((p) => p.name) } : {}),
+          ...(o.errorClass ? { errorClass: o.errorClass } : {}),
+          ...(o.detail ? { detail: o.detail } : {}),
+          ...(o.rejectedRecipients ? { refusedRecipients: o.rejectedRecipients } : {}),
+        },
+        'message',
+      );
+    };
+
+    let spool;
+    try {
+      spool = await spoolMessage(stream as unknown as Readable, { dir: this.opts.spoolDir, maxBytes: this.opts.maxMessageBytes });
+    } catch (err) {
+      const reply = catalogueReply('SPOOL_FAILED', queryId);
+      this.logger.error({ err, cid: session.id, queryId }, 'spooling failed');
+      log({ reply, action: 'tempfail-spool', errorClass: 'spool', detail: (err as Error).message }, stream.byteLength ?? 0);
+      return reply;
+    }
+    if (spool.sizeExceeded || stream.sizeExceeded) {
+      await spool.remove();
+      // smtp-server itself answers 552 5.3.4 for an oversized DATA whatever we reply; we only log it.
+      const reply = catalogueReply('SIZE_EXCEEDED');
+      log({ reply, action: 'reject-size' }, spool.size);
+      return reply;
+    }
+    const outcome = await processMessage(this.deps, {
+      queryId,
+      receivedAt,
+      clientAddress: session.remoteAddress,
+      clientTrusted: this.trusted.has(session.remoteAddress),
+      heloName: session.hostNameAppearsAs || null,
+      envelope,
+      spool,
+    });
+    log(outcome, spool.size);
+    this.observer.messageDone?.(outcome, spool.size);
+    // The file goes when the last user is done, even if a deadline answered the client earlier.
+    void outcome.settled.then(() => spool.remove()).catch((err: unknown) => this.logger.warn({ err, queryId }, 'spool cleanup failed'));
+    return outcome.reply;
+  }
+
+  listen(): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.opts.port, this.opts.host, () => {
+        this.server.off('error', reject);
+        const addr = this.server.server.address();
+        if (addr && typeof addr === 'object') resolve({ host: addr.address, port: addr.port });
+        else reject(new Error('no listening address'));
+      });
+    });
+  }
+
+  get activeSessions(): number {
+    return this.sessions;
+  }
+
+  /**
+   * Graceful stop: refuse new sessions and transactions with 421, let messages already past the final
+   * dot finish within `graceMs`, then close what is left (smtp-server answers 421 to those).
+   */
+  async close(graceMs = 10_000): Promise<void> {
+    this.draining = true;
+    const pending = Promise.allSettled([...this.inFlight]);
+    await Promise.race([pending, new Promise((r) => setTimeout(r, graceMs).unref())]);
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+export { RelayError };

@@ -1,0 +1,47 @@
+// The pino root logger: JSON lines, secrets redacted by path, children carry {cid} per SMTP session and {queryId} per message.
+import { pino, type Logger, type LoggerOptions } from 'pino';
+
+export type { Logger } from 'pino';
+
+/** Field paths that may hold secrets anywhere in a logged object; pino replaces them before serialising. */
+export const REDACT_PATHS = [
+  'authorization',
+  '*.authorization',
+  'headers.authorization',
+  '*.headers.authorization',
+  'secretKey',
+  '*.secretKey',
+  'accessKey',
+  '*.accessKey',
+  'password',
+  '*.password',
+  'pass',
+  '*.pass',
+  'token',
+  '*.token',
+  '*.*.secretKey',
+  '*.*.token',
+  '*.*.pass',
+];
+
+export interface LoggerSettings {
+  level: string;
+  /** Where JSON lines go; a file descriptor number or a writable stream (tests capture logs this way). */
+  destination?: NodeJS.WritableStream | number;
+}
+
+export function createLogger(settings: LoggerSettings): Logger {
+  const options: LoggerOptions = {
+    level: settings.level,
+    base: { service: 'dlp-relay' },
+    redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    timestamp: pino.stdTimeFunctions.isoTime,
+  };
+  const dest = settings.destination ?? 1;
+  return typeof dest === 'number' ? pino(options, pino.destination({ dest, sync: false })) : pino(options, dest as pino.DestinationStream);
+}
+
+/** A logger that drops everything: for library use and tests that do not look at logs. */
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}

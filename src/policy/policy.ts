@@ -1,0 +1,135 @@
+// The verdict policy: turns a UCWI verdict or DLP failure into one action and its SMTP reply. Pure: no I/O, no clock, table-driven tests.
+import type { ActionSpec } from '../config/schema.js';
+import type { DlpErrorClass } from '../dlp/parse.js';
+import { CATALOGUE, type SmtpReply } from '../errors.js';
+
+export type ActionName = ActionSpec['action'];
+
+/** What UCWI told us, or why it could not. */
+export type DlpOutcome =
+  | { kind: 'verdict'; actionCode: number }
+  | { kind: 'error'; errorClass: DlpErrorClass; actionCode?: number }
+  /** The loop rule let a trusted message skip the scan. */
+  | { kind: 'skipped' };
+
+export type Decision =
+  | { action: 'relay'; label: string; headers: Array<[string, string]> }
+  | { action: 'reject'; label: string; reply: SmtpReply }
+  | { action: 'tempfail'; label: string; reply: SmtpReply }
+  | { action: 'quarantine'; label: string; reply: SmtpReply; reason: string };
+
+export interface PolicySettings {
+  actions: Readonly<Record<string, ActionSpec>>;
+  unknownAction: ActionSpec;
+  onDlpError: 'tempfail' | 'relay' | 'quarantine';
+  rejectText: string;
+  quarantineText: string;
+  verdictHeaders: { queryId: string; actionCode: string; action: string };
+  encryptionHeader: { name: string; value: string };
+  loop: { header: string };
+}
+
+/**
+ * The defaults of the action table (UCWI codes: 1 allow, 2 block, 3 confirm, 4 delete attachment,
+ * 5 mail encryption, 6 quarantine, 7 endpoint system encryption, 8 mail content encryption,
+ * 9 endpoint personal-key encryption). 3 needs a human, so it waits in quarantine; 4 too, until we
+ * can strip attachments; 5 and 8 are handed to a downstream encryption gateway by header.
+ */
+export const DEFAULT_ACTIONS: Readonly<Record<string, ActionSpec>> = Object.freeze({
+  '1': { action: 'relay' },
+  '2': { action: 'reject', code: 550, enhanced: '5.7.1' },
+  '3': { action: 'quarantine' },
+  '4': { action: 'quarantine' },
+  '5': { action: 'relay_with_headers' },
+  '6': { action: 'quarantine' },
+  '7': { action: 'relay' },
+  '8': { action: 'relay_with_headers' },
+  '9': { action: 'relay' },
+});
+
+/** The configured table over the defaults: a code the admin did not mention keeps its default. */
+export function effectiveActions(configured: Readonly<Record<string, ActionSpec>>): Record<string, ActionSpec> {
+  return { ...DEFAULT_ACTIONS, ...configured };
+}
+
+function fill(template: string, queryId: string): string {
+  // Reply text is one line of printable ASCII; the template is admin-controlled, the queryId ours.
+  return template.replaceAll('{queryId}', queryId).replace(/[^\x20-\x7e]/g, ' ');
+}
+
+function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionCode: string, label: string, reason: string): Decision {
+  switch (spec.action) {
+    case 'relay':
+    case 'relay_with_headers': {
+      const headers: Array<[string, string]> = [
+        // The loop header first: if this copy comes back from a trusted MTA it skips a second scan.
+        [s.loop.header, queryId],
+        [s.verdictHeaders.queryId, queryId],
+        [s.verdictHeaders.actionCode, actionCode],
+        [s.verdictHeaders.action, label],
+      ];
+      if (spec.action === 'relay_with_headers') headers.push([s.encryptionHeader.name, s.encryptionHeader.value]);
+      return { action: 'relay', label, headers };
+    }
+    case 'reject':
+      return {
+        action: 'reject',
+        label,
+        reply: { code: spec.code ?? 550, enhanced: spec.enhanced ?? '5.7.1', text: fill(spec.text ?? s.rejectText, queryId) },
+      };
+    case 'tempfail': {
+      const base = CATALOGUE.DLP_UNAVAILABLE;
+      return {
+        action: 'tempfail',
+        label,
+        reply: { code: spec.code ?? base.code, enhanced: spec.enhanced ?? base.enhanced, text: fill(spec.text ?? `${base.text} (ref {queryId})`, queryId) },
+      };
+    }
+    case 'quarantine':
+      return { action: 'quarantine', label, reason, reply: { code: 250, enhanced: '2.0.0', text: fill(spec.text ?? s.quarantineText, queryId) } };
+  }
+}
+
+/** The one decision for one message. */
+export function decide(outcome: DlpOutcome, queryId: string, s: PolicySettings): Decision {
+  const table = effectiveActions(s.actions);
+  switch (outcome.kind) {
+    case 'skipped':
+      // Already scanned by us on its way out; the trusted MTA sent it back. Relay as is, no new verdict headers.
+      return { action: 'relay', label: 'relay-loop-skip', headers: [] };
+    case 'verdict': {
+      const spec = table[String(outcome.actionCode)];
+      if (spec) return applySpec(spec, s, queryId, String(outcome.actionCode), spec.action === 'relay_with_headers' ? 'relay-encrypt' : spec.action, `dlp:${outcome.actionCode}`);
+      return applySpec(s.unknownAction, s, queryId, String(outcome.actionCode), `unknown-${s.unknownAction.action}`, `unknown-action:${outcome.actionCode}`);
+    }
+    case 'error': {
+      if (outcome.errorClass === 'unknown_action') {
+        const code = String(outcome.actionCode ?? 'none');
+        return applySpec(s.unknownAction, s, queryId, code, `unknown-${s.unknownAction.action}`, `unknown-action:${code}`);
+      }
+      const reason = `dlp-error:${outcome.errorClass}`;
+      switch (s.onDlpError) {
+        case 'relay':
+          return applySpec({ action: 'relay' }, s, queryId, 'none', 'relay-unscanned', reason);
+        case 'quarantine':
+          return applySpec({ action: 'quarantine' }, s, queryId, 'none', 'quarantine-unscanned', reason);
+        case 'tempfail':
+          return applySpec({ action: 'tempfail' }, s, queryId, 'none', 'tempfail', reason);
+      }
+    }
+  }
+}
+
+/**
+ * The loop rule: a message carrying our loop header from a trusted network was scanned by us
+ * already; from anyone else the header is a forgery attempt, so it is stripped and the message scanned.
+ */
+export function loopRule(hasLoopHeader: boolean, clientTrusted: boolean): 'skip' | 'strip-and-scan' | 'scan' {
+  if (!hasLoopHeader) return 'scan';
+  return clientTrusted ? 'skip' : 'strip-and-scan';
+}
+
+/** Header lines to prepend, CRLF-terminated. Values are ours (ids, codes, config), folded never needed. */
+export function renderHeaders(headers: ReadonlyArray<readonly [string, string]>): Buffer {
+  return Buffer.from(headers.map(([k, v]) => `${k}: ${v.replace(/[\r\n]/g, ' ')}\r\n`).join(''), 'utf8');
+}
