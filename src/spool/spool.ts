@@ -1,7 +1,7 @@
 // Spools one message's DATA into a private temp file while hashing it (MD5 for UCWI, SHA-256 for audit) and indexing its header block; never holds the message in memory.
 import { createHash, randomUUID } from 'node:crypto';
 import { open, unlink, mkdir, readdir } from 'node:fs/promises';
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -147,17 +147,15 @@ export async function prepareSpoolDir(dir: string): Promise<number> {
 
 export async function spoolMessage(source: Readable, opts: SpoolOptions): Promise<SpooledMessage> {
   const path = join(opts.dir, `${randomUUID()}.eml.spool`);
-  // 'wx' + 0600: private, and never clobber another transaction's file.
-  const fh = await open(path, 'wx', 0o600);
   const tap = new SpoolTap(opts.maxBytes);
   try {
-    await pipeline(source, tap, fh.createWriteStream({ autoClose: false }));
+    // 'wx' + 0600: private, and never clobber another transaction's file. No fsync: a spool file
+    // only lives while the client waits for our answer; a crash loses nothing the client gave up.
+    await pipeline(source, tap, createWriteStream(path, { flags: 'wx', mode: 0o600 }));
   } catch (err) {
-    await fh.close().catch(() => {});
     await unlink(path).catch(() => {});
     throw err;
   }
-  await fh.close();
   const size = tap.size;
   const headerEnd = tap.headerEnd >= 0 ? tap.headerEnd : Math.min(size, MAX_HEADER_BLOCK);
   let removed = false;

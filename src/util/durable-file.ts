@@ -1,5 +1,6 @@
 // Durable file writes: temp file in the same directory, fsync, rename, fsync the directory. Used by every store that answers 250 on disk.
-import { open, rename, unlink, mkdir } from 'node:fs/promises';
+import { open, rename, unlink, mkdir, writeFile } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { dirname, join, basename } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -17,25 +18,27 @@ export async function writeDurably(finalPath: string, source: Readable | string 
   const dir = dirname(finalPath);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const tmp = join(dir, `${TEMP_PREFIX}${basename(finalPath)}-${randomUUID()}`);
-  const fh = await open(tmp, 'wx', mode);
   let bytes = 0;
   try {
     if (typeof source === 'string' || Buffer.isBuffer(source)) {
       const buf = typeof source === 'string' ? Buffer.from(source) : source;
-      await fh.writeFile(buf);
+      await writeFile(tmp, buf, { flag: 'wx', mode });
       bytes = buf.length;
     } else {
-      const ws = fh.createWriteStream({ autoClose: false });
       source.on('data', (c: Buffer) => (bytes += c.length));
-      await pipeline(source, ws);
+      await pipeline(source, createWriteStream(tmp, { flags: 'wx', mode }));
     }
-    await fh.sync();
+    // fsync through a fresh descriptor: it flushes the file's data whichever descriptor wrote it.
+    const fh = await open(tmp, 'r+');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
   } catch (err) {
-    await fh.close().catch(() => {});
     await unlink(tmp).catch(() => {});
     throw err;
   }
-  await fh.close();
   try {
     await rename(tmp, finalPath);
   } catch (err) {

@@ -1,0 +1,376 @@
+// `dlp-relay send`: the EML test harness; streams each message file through its own SMTP session and prints the server's real final reply.
+import { createReadStream, constants as fsConstants, type ReadStream } from 'node:fs';
+import { access, readdir, stat } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { join } from 'node:path';
+import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
+import addressparser from 'nodemailer/lib/addressparser/index.js';
+
+export type Expectation = 'accept' | 'reject' | 'tempfail';
+/** `error` means no SMTP reply decided the file: connection failure, timeout, unreadable file, no recipients. */
+export type Outcome = Expectation | 'error';
+
+export interface SendOptions {
+  /** `host:port` or `[v6addr]:port`; default 127.0.0.1:2525. */
+  server: string;
+  /** Envelope sender; default is the address in the file's From: header. `''` sends the null sender `<>`. */
+  from?: string;
+  /** Envelope recipients; when empty, all addresses in the file's To:/Cc:/Bcc: headers. */
+  to: string[];
+  expect?: Expectation;
+  /** EHLO name; nodemailer's default (the local host name) when unset. */
+  helo?: string;
+  /** Per-file budget from connect to final reply, also used as the socket inactivity limit. Default 60000. */
+  timeoutMs: number;
+  /** Require STARTTLS; without it the harness never upgrades, so plaintext policies (530 5.7.0) can be tested too. */
+  starttls: boolean;
+  /** Accept any server certificate (self-signed test relays). */
+  insecure: boolean;
+  /** Files, and directories whose `*.eml` files (sorted, non-recursive) are sent. */
+  paths: string[];
+}
+
+export const SEND_DEFAULTS = { server: '127.0.0.1:2525', timeoutMs: 60_000 } as const;
+export const DEFAULT_SENDER = 'harness@localhost';
+/** The header block is read with a bound so a file without a blank line is never slurped whole. */
+export const HEADER_READ_LIMIT = 256 * 1024;
+const EXPECTATIONS: readonly string[] = ['accept', 'reject', 'tempfail'];
+
+/** A problem with the command line itself: exit code 2, message on stderr, nothing sent. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+export interface ServerAddress {
+  host: string;
+  port: number;
+}
+
+/** Parses `host:port` or `[v6addr]:port` (the port is required); throws UsageError naming the problem otherwise. */
+export function parseServer(s: string): ServerAddress {
+  const text = s.trim();
+  let host: string;
+  let portText: string;
+  const bracketed = /^\[([^\]]+)\]:(\d+)$/.exec(text);
+  if (bracketed) {
+    host = bracketed[1] ?? '';
+    portText = bracketed[2] ?? '';
+    if (isIP(host) !== 6) throw new UsageError(`bad --server "${s}": "${host}" in brackets is not an IPv6 address`);
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon <= 0) throw new UsageError(`bad --server "${s}": expected host:port, e.g. 127.0.0.1:2525`);
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    // A bare IPv6 address is ambiguous with its own colons, so it must be bracketed.
+    if (host.includes(':')) throw new UsageError(`bad --server "${s}": write IPv6 addresses as [addr]:port`);
+    if (!/^[A-Za-z0-9.-]+$/.test(host)) throw new UsageError(`bad --server "${s}": "${host}" is not a host name or address`);
+  }
+  if (!/^\d{1,5}$/.test(portText)) throw new UsageError(`bad --server "${s}": port "${portText}" is not a number`);
+  const port = Number(portText);
+  if (port < 1 || port > 65535) throw new UsageError(`bad --server "${s}": port ${port} is out of range 1-65535`);
+  return { host, port };
+}
+
+export interface HeaderEnvelope {
+  /** First address of From:, if any. */
+  from?: string;
+  /** Addresses of every To:, Cc: and Bcc: header, in order, duplicates removed (case-insensitively). */
+  to: string[];
+}
+
+/**
+ * Reads only the header block (up to the first empty line, at most `limit` bytes) and extracts
+ * envelope defaults. Streaming, so a multi-gigabyte file costs one or two chunks.
+ */
+export async function readHeaderEnvelope(file: string, limit = HEADER_READ_LIMIT): Promise<HeaderEnvelope> {
+  const chunks: Buffer[] = [];
+  let length = 0;
+  const stream = createReadStream(file, { start: 0, end: limit - 1, highWaterMark: 16 * 1024 });
+  let headerEnd = -1;
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    // Re-scan a few bytes before the new chunk so a CRLFCRLF split across chunks is found.
+    const from = Math.max(0, length - 3);
+    chunks.push(chunk);
+    length += chunk.length;
+    const buf = chunks.length === 1 ? chunk : Buffer.concat(chunks, length);
+    headerEnd = findHeaderEnd(buf, from);
+    if (headerEnd >= 0) break; // leaving the loop destroys the stream: the body is never read
+  }
+  const all = Buffer.concat(chunks, length);
+  const block = all.subarray(0, headerEnd >= 0 ? headerEnd : all.length).toString('utf8');
+  const headers = parseHeaderBlock(block);
+  const fromValue = headers.find((h) => h.name === 'from')?.value;
+  const fromAddr = fromValue === undefined ? undefined : addresses(fromValue)[0];
+  const seen = new Set<string>();
+  const to: string[] = [];
+  for (const h of headers) {
+    if (h.name !== 'to' && h.name !== 'cc' && h.name !== 'bcc') continue;
+    for (const a of addresses(h.value)) {
+      const key = a.toLowerCase();
+      if (seen.has(key)) continue;
+      seen.add(key);
+      to.push(a);
+    }
+  }
+  return fromAddr === undefined ? { to } : { from: fromAddr, to };
+}
+
+/** Offset of the empty line ending the headers (CRLFCRLF or bare LFLF), or -1. */
+function findHeaderEnd(buf: Buffer, from: number): number {
+  // A file that starts with an empty line has an empty header block.
+  if (from === 0 && (buf[0] === 0x0a || (buf[0] === 0x0d && buf[1] === 0x0a))) return 0;
+  for (let i = from; i < buf.length - 1; i++) {
+    if (buf[i] !== 0x0a) continue;
+    if (buf[i + 1] === 0x0a) return i + 1;
+    if (buf[i + 1] === 0x0d && buf[i + 2] === 0x0a) return i + 1;
+  }
+  return -1;
+}
+
+function parseHeaderBlock(block: string): Array<{ name: string; value: string }> {
+  const out: Array<{ name: string; value: string }> = [];
+  for (const line of block.split(/\r?\n/)) {
+    const last = out[out.length - 1];
+    if (/^[ \t]/.test(line)) {
+      // Folded continuation (RFC 5322 2.2.3): unfold by joining onto the previous field.
+      if (last) last.value += ' ' + line.trim();
+      continue;
+    }
+    const m = /^([!-9;-~]+)[ \t]*:(.*)$/.exec(line);
+    if (m) out.push({ name: (m[1] ?? '').toLowerCase(), value: (m[2] ?? '').trim() });
+  }
+  return out;
+}
+
+function addresses(value: string): string[] {
+  return addressparser(value, { flatten: true })
+    .map((a) => a.address.trim())
+    .filter((a) => a.length > 0);
+}
+
+export interface RejectedRecipient {
+  address: string;
+  reply: string;
+}
+
+export interface SendResult {
+  file: string;
+  outcome: Outcome;
+  /** The server's final reply line, or the error message when outcome is `error`. */
+  reply: string;
+  /** Recipients refused while the message itself was accepted. */
+  rejected: RejectedRecipient[];
+}
+
+interface FileJob {
+  file: string;
+  size: number;
+}
+
+interface Resolved {
+  address: ServerAddress;
+  opts: SendOptions;
+}
+
+/** The exit-code semantics: with --expect every outcome must match it, otherwise no file may end in `error`. */
+export function matchesExpectation(outcome: Outcome, expect: Expectation | undefined): boolean {
+  return expect === undefined ? outcome !== 'error' : outcome === expect;
+}
+
+/** One result line per file, plus an indented `rejected` line per refused recipient of an accepted message. */
+export function formatResult(r: SendResult, expect?: Expectation): string {
+  let line = `${r.outcome} ${r.file} ${r.reply}`;
+  if (expect !== undefined && r.outcome !== expect) line += ` (expected ${expect})`;
+  for (const rej of r.rejected) line += `\n  rejected ${rej.address} ${rej.reply}`;
+  return line;
+}
+
+export async function runSend(
+  argv: SendOptions,
+  out: NodeJS.WritableStream,
+  err: NodeJS.WritableStream = process.stderr,
+): Promise<number> {
+  let resolved: Resolved;
+  let jobs: FileJob[];
+  try {
+    resolved = { address: validate(argv), opts: argv };
+    jobs = await expandPaths(argv.paths);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    err.write(`dlp-relay send: ${e.message}\n`);
+    return 2;
+  }
+  let failed = false;
+  for (const job of jobs) {
+    const result = await sendFile(job, resolved);
+    if (!matchesExpectation(result.outcome, argv.expect)) failed = true;
+    out.write(formatResult(result, argv.expect) + '\n');
+  }
+  return failed ? 1 : 0;
+}
+
+function validate(argv: SendOptions): ServerAddress {
+  if (argv.paths.length === 0) throw new UsageError('no FILE or DIR given');
+  if (argv.expect !== undefined && !EXPECTATIONS.includes(argv.expect)) {
+    throw new UsageError(`bad --expect "${String(argv.expect)}": use accept, reject or tempfail`);
+  }
+  if (!Number.isInteger(argv.timeoutMs) || argv.timeoutMs <= 0) {
+    throw new UsageError(`bad --timeout "${String(argv.timeoutMs)}": a positive number of milliseconds`);
+  }
+  return parseServer(argv.server);
+}
+
+/** Resolves every path before anything is sent, so a typo fails the run up front instead of half-way. */
+async function expandPaths(paths: string[]): Promise<FileJob[]> {
+  const jobs: FileJob[] = [];
+  for (const p of paths) {
+    const st = await stat(p).catch((e: NodeJS.ErrnoException) => {
+      throw new UsageError(`cannot read "${p}": ${e.code === 'ENOENT' ? 'no such file or directory' : e.message}`);
+    });
+    await access(p, fsConstants.R_OK).catch(() => {
+      throw new UsageError(`cannot read "${p}": permission denied`);
+    });
+    if (st.isDirectory()) {
+      const entries = await readdir(p).catch((e: NodeJS.ErrnoException) => {
+        throw new UsageError(`cannot list directory "${p}": ${e.message}`);
+      });
+      const names = entries.filter((n) => n.toLowerCase().endsWith('.eml')).sort();
+      const before = jobs.length;
+      for (const name of names) {
+        const file = join(p, name);
+        const fst = await stat(file).catch(() => undefined);
+        if (fst?.isFile()) jobs.push({ file, size: fst.size });
+      }
+      // An empty corpus passing silently would make a CI check meaningless.
+      if (jobs.length === before) throw new UsageError(`no *.eml files in directory "${p}"`);
+    } else if (st.isFile()) {
+      jobs.push({ file: p, size: st.size });
+    } else {
+      throw new UsageError(`cannot read "${p}": not a regular file or directory`);
+    }
+  }
+  return jobs;
+}
+
+/** Last non-empty line of a (possibly multi-line) SMTP reply. */
+function finalLine(response: string): string {
+  const lines = response.split(/\r?\n/).filter((l) => l.trim() !== '');
+  return (lines[lines.length - 1] ?? response).trim();
+}
+
+function oneLine(message: string): string {
+  return message.replace(/\s*[\r\n]+\s*/g, ' ').trim();
+}
+
+function classify(code: number): Outcome {
+  if (code >= 500 && code < 600) return 'reject';
+  if (code >= 400) return 'tempfail';
+  if (code >= 200 && code < 300) return 'accept';
+  return 'error';
+}
+
+/** Outcome of a nodemailer error: the server's reply decides when there was one, else it is a client-side `error`. */
+function fromError(file: string, e: SMTPConnection.SMTPError): SendResult {
+  if (typeof e.response === 'string' && typeof e.responseCode === 'number') {
+    const outcome = classify(e.responseCode);
+    if (outcome !== 'error' && outcome !== 'accept') return { file, outcome, reply: finalLine(e.response), rejected: [] };
+  }
+  return { file, outcome: 'error', reply: oneLine(e.message || String(e)), rejected: [] };
+}
+
+/** One file, one connection: EHLO, MAIL FROM (SIZE=, BODY=8BITMIME), RCPT TO..., DATA streamed from disk, QUIT. */
+async function sendFile(job: FileJob, { address, opts }: Resolved): Promise<SendResult> {
+  const { file } = job;
+  let from: string;
+  let to: string[];
+  try {
+    const needHeaders = opts.from === undefined || opts.to.length === 0;
+    const hdr: HeaderEnvelope = needHeaders ? await readHeaderEnvelope(file) : { to: [] };
+    from = opts.from ?? hdr.from ?? DEFAULT_SENDER;
+    to = opts.to.length > 0 ? opts.to : hdr.to;
+  } catch (e) {
+    return { file, outcome: 'error', reply: `cannot read file: ${oneLine((e as Error).message)}`, rejected: [] };
+  }
+  if (to.length === 0) {
+    return { file, outcome: 'error', reply: 'no recipients: no --to given and no To:/Cc:/Bcc: addresses in the file', rejected: [] };
+  }
+
+  const t = opts.timeoutMs;
+  const conn = new SMTPConnection({
+    host: address.host,
+    port: address.port,
+    ...(opts.helo !== undefined ? { name: opts.helo } : {}),
+    connectionTimeout: t,
+    greetingTimeout: t,
+    socketTimeout: t,
+    requireTLS: opts.starttls,
+    ignoreTLS: !opts.starttls,
+    ...(opts.insecure ? { tls: { rejectUnauthorized: false } } : {}),
+    logger: false,
+  });
+
+  let ended = false;
+  const endedPromise = new Promise<void>((resolve) =>
+    conn.once('end', () => {
+      ended = true;
+      resolve();
+    }),
+  );
+  let stream: ReadStream | undefined;
+  // Set only when the transaction finished on a reply, i.e. the session is back at a command prompt.
+  let canQuit = false;
+
+  const result = await new Promise<SendResult>((resolve) => {
+    let settled = false;
+    const finish = (r: SendResult): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(deadline);
+      resolve(r);
+    };
+    const deadline = setTimeout(
+      () => finish({ file, outcome: 'error', reply: `timed out after ${t} ms without a final reply`, rejected: [] }),
+      t,
+    );
+    // Stays attached for the connection's lifetime: a late socket error must never become an unhandled 'error' event.
+    conn.on('error', (e) => finish(fromError(file, e)));
+    // nodemailer drops pending callbacks when the socket closes; 'end' is then the only signal.
+    void endedPromise.then(() =>
+      finish({ file, outcome: 'error', reply: 'connection closed before a final reply', rejected: [] }),
+    );
+    conn.connect((e) => {
+      if (e) return finish(fromError(file, e));
+      // nodemailer refuses locally when SIZE= exceeds the advertised limit; lift that so the
+      // harness reports the server's own 552 (the point of the harness is the real reply).
+      const internals = conn as unknown as { _maxAllowedSize?: unknown };
+      if (typeof internals._maxAllowedSize === 'number') internals._maxAllowedSize = 0;
+      stream = createReadStream(file);
+      conn.send({ from, to, size: job.size, use8BitMime: true }, stream, (sendErr, info) => {
+        if (sendErr) {
+          const r = fromError(file, sendErr);
+          canQuit = r.outcome !== 'error';
+          return finish(r);
+        }
+        canQuit = true;
+        const rejected = (info.rejectedErrors ?? []).map((re) => ({
+          address: (re as { recipient?: string }).recipient ?? '',
+          reply: finalLine(re.response ?? re.message),
+        }));
+        const code = Number(/^\d{3}/.exec(info.response)?.[0] ?? 0);
+        finish({ file, outcome: classify(code), reply: finalLine(info.response), rejected });
+      });
+    });
+  });
+
+  stream?.destroy();
+  if (!ended) {
+    // QUIT only between transactions; mid-DATA it would be taken as message content.
+    if (canQuit) conn.quit();
+    else conn.close();
+    let grace: NodeJS.Timeout | undefined;
+    await Promise.race([endedPromise, new Promise<void>((r) => (grace = setTimeout(r, Math.min(t, 5_000))))]);
+    clearTimeout(grace);
+    if (!ended) conn.close();
+  }
+  return result;
+}

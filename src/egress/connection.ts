@@ -1,0 +1,220 @@
+// nodemailer SMTPConnection subclass that relays the client's original per-recipient DSN and MAIL FROM parameters unchanged.
+import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
+import type { Socket } from 'node:net';
+import { createRequire } from 'node:module';
+
+/*
+ * PRIVATE API WARNING
+ * -------------------
+ * nodemailer's public SMTPConnection API applies ONE DSN NOTIFY/ORCPT to every recipient and adds
+ * SMTPUTF8 only when an address is non-ASCII. A relay must forward what the client sent, per
+ * recipient, so this class hooks into underscore-prefixed internals of nodemailer 7.0.13 (pinned
+ * exactly in package.json for this reason):
+ *   - `_getDsnRcptToArgs()`: called right after the current recipient was pushed onto
+ *     `_recipientQueue` while building each `RCPT TO:` line (index.js ~1192 and ~1660-1725);
+ *   - `_sendCommand(str)`: every command line goes through it (used to add SMTPUTF8 to MAIL FROM,
+ *     to follow the transaction phase, and to detect that the hook above was skipped);
+ *   - `_onConnect()`: fixes a socket leak when the connection is cancelled during DNS resolution;
+ *   - fields `_supportedExtensions`, `_envelope`, `_recipientQueue`, `_socket`, `_destroyed`,
+ *     `_usingSmtpUtf8`.
+ * Before upgrading nodemailer, re-read those places. The assertion below fails at import time if a
+ * hooked method disappears; test/integration/egress.test.ts checks the pinned version and that the
+ * per-recipient parameters reach a real server, and `_sendCommand` turns a skipped hook into a
+ * transient delivery error instead of silently dropping NOTIFY/ORCPT.
+ */
+
+/** The nodemailer version whose internals this file was written against. */
+export const NODEMAILER_PINNED_VERSION = '7.0.13';
+/** The nodemailer version actually installed; the relay warns when it differs from the pinned one. */
+export const NODEMAILER_VERSION: string = (createRequire(import.meta.url)('nodemailer/package.json') as { version: string }).version;
+
+/** Where in the session a connection is; the relay reports failures with this. */
+export type SmtpPhase = 'connect' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data';
+
+/** DSN parameters of one recipient as the original client sent them (xtext already decoded). */
+export interface RcptDsnParams {
+  notify?: string[];
+  orcpt?: string;
+}
+
+/** Extra transaction parameters travelling on the nodemailer envelope object, keyed by symbols so nodemailer never sees them. */
+const RCPT_PARAMS = Symbol('dlp-relay.rcptParams');
+const SMTPUTF8 = Symbol('dlp-relay.smtpUtf8');
+
+interface RelayEnvelopeFields {
+  [RCPT_PARAMS]?: Map<string, RcptDsnParams[]>;
+  [SMTPUTF8]?: boolean;
+}
+
+type NodemailerEnvelope = SMTPConnection.Envelope & RelayEnvelopeFields;
+
+/** The slice of nodemailer 7.0.13 internals we read or call (see the warning above). */
+interface Internals {
+  _supportedExtensions: string[];
+  _envelope: (NodemailerEnvelope & { to: string[] }) | false;
+  _recipientQueue: string[];
+  _socket: Socket | false;
+  _destroyed: boolean;
+  _usingSmtpUtf8?: boolean;
+  _sendCommand(str: string, logStr?: string): void;
+  _getDsnRcptToArgs(): string;
+  _onConnect(): void;
+  _onError(err: Error | string, type: string, data: string | false, command: string): void;
+}
+
+const baseProto = SMTPConnection.prototype as unknown as Internals;
+for (const name of ['_sendCommand', '_getDsnRcptToArgs', '_onConnect', '_onError', '_setEnvelope'] as const) {
+  if (typeof (baseProto as unknown as Record<string, unknown>)[name] !== 'function') {
+    // Fail loudly at startup: without the hook the relay would silently drop NOTIFY/ORCPT.
+    throw new Error(`nodemailer SMTPConnection.${name} is missing: src/egress/connection.ts needs review for this nodemailer version`);
+  }
+}
+
+/** What the relay wants on the wire for one transaction, on top of nodemailer's envelope. */
+export interface RelayTransaction {
+  from: string;
+  to: Array<{ address: string; notify?: string[]; orcpt?: string }>;
+  smtpUtf8: boolean;
+  use8BitMime: boolean;
+  ret?: 'FULL' | 'HDRS';
+  envid?: string;
+  size?: number;
+}
+
+/**
+ * xtext (RFC 3461 §4): octets outside "!".."~", "+" and "=" become "+XX". smtp-server decodes xtext to
+ * one char per octet, so strings whose chars all fit in a byte are re-encoded octet for octet
+ * (latin1) to round-trip exactly; anything wider can only be real Unicode and goes out as UTF-8.
+ */
+export function encodeXText(value: string): string {
+  // eslint-disable-next-line no-control-regex
+  const buf = Buffer.from(value, /^[\u0000-\u00ff]*$/.test(value) ? 'latin1' : 'utf8');
+  let out = '';
+  for (const c of buf) {
+    out += c < 0x21 || c > 0x7e || c === 0x2b || c === 0x3d ? '+' + c.toString(16).toUpperCase().padStart(2, '0') : String.fromCharCode(c);
+  }
+  return out;
+}
+
+/** Builds the nodemailer envelope for a transaction, carrying our per-recipient parameters alongside. */
+export function toNodemailerEnvelope(tx: RelayTransaction): SMTPConnection.Envelope {
+  const params = new Map<string, RcptDsnParams[]>();
+  for (const r of tx.to) {
+    // nodemailer trims addresses before queueing them, so the lookup key must be trimmed too.
+    const key = r.address.trim();
+    const list = params.get(key) ?? [];
+    // One FIFO per address: a repeated address gets its own parameters in order.
+    list.push({ ...(r.notify ? { notify: r.notify } : {}), ...(r.orcpt ? { orcpt: r.orcpt } : {}) });
+    params.set(key, list);
+  }
+  const env: NodemailerEnvelope = {
+    from: tx.from,
+    to: tx.to.map((r) => r.address),
+    use8BitMime: tx.use8BitMime,
+    [RCPT_PARAMS]: params,
+    [SMTPUTF8]: tx.smtpUtf8,
+  };
+  if (tx.size !== undefined) env.size = tx.size;
+  if (tx.ret || tx.envid) {
+    // nodemailer's own MAIL FROM code adds RET/ENVID (xtext-encoded) when the server has DSN.
+    // The typings spell RET 'Full' but the runtime upper-cases and accepts 'FULL'.
+    env.dsn = { ...(tx.ret ? { ret: tx.ret } : {}), ...(tx.envid ? { envid: tx.envid } : {}) } as SMTPConnection.DSNOptions;
+  }
+  return env;
+}
+
+export class RelayConnection extends SMTPConnection {
+  /** Transaction phase, followed from the commands we send; the relay sets 'auth'/'mail' itself. */
+  phase: SmtpPhase = 'connect';
+  /** Set once `connect` has completed (greeting, EHLO, STARTTLS done). */
+  handshakeDone = false;
+  /** Hook calls not yet matched by a RCPT TO line: detects a nodemailer change that bypasses the hook. */
+  private pendingRcptHooks = 0;
+
+  private get internals(): Internals {
+    return this as unknown as Internals;
+  }
+
+  /** Whether the next hop's EHLO reply announced AUTH (runtime field the typings leave out). */
+  get offersAuth(): boolean {
+    return (this as unknown as { allowsAuth?: boolean }).allowsAuth === true;
+  }
+
+  /** Extensions the next hop announced in its (last) EHLO reply, as nodemailer recorded them. */
+  get supportedExtensions(): readonly string[] {
+    return this.internals._supportedExtensions;
+  }
+
+  /** Drops the TCP connection at once (no QUIT): used on abort and on any state we cannot trust. */
+  destroyNow(): void {
+    const sock = this.internals._socket;
+    if (sock && !sock.destroyed) sock.destroy();
+    // close() marks the object destroyed and emits 'end'; the socket is already gone, so no FIN/QUIT.
+    this.close();
+  }
+
+  /** Private-API override: per-recipient NOTIFY/ORCPT instead of nodemailer's single envelope-wide pair. */
+  _getDsnRcptToArgs(): string {
+    const self = this.internals;
+    const env = self._envelope;
+    const params = env ? env[RCPT_PARAMS] : undefined;
+    if (!params) return baseProto._getDsnRcptToArgs.call(this);
+    this.pendingRcptHooks++;
+    // nodemailer pushed the recipient it is about to send just before calling us (with PIPELINING
+    // several are queued, and the current one is always the last).
+    const current = self._recipientQueue[self._recipientQueue.length - 1];
+    const p = current === undefined ? undefined : params.get(current)?.shift();
+    // DSN parameters may only be sent to a server that announced DSN (RFC 3461 §4).
+    if (!p || !self._supportedExtensions.includes('DSN')) return '';
+    const args: string[] = [];
+    if (p.notify && p.notify.length) args.push('NOTIFY=' + encodeXText(p.notify.join(',')));
+    if (p.orcpt) args.push('ORCPT=' + encodeXText(p.orcpt));
+    return args.length ? ' ' + args.join(' ') : '';
+  }
+
+  /** Private-API override: every command line passes here. */
+  _sendCommand(str: string, logStr?: string): void {
+    const self = this.internals;
+    const env = self._envelope;
+    const ours = !!(env && env[RCPT_PARAMS]);
+    if (str === 'STARTTLS') this.phase = 'tls';
+    else if (str === 'DATA' && ours) this.phase = 'data';
+    else if (ours && /^MAIL FROM:</i.test(str)) {
+      this.phase = 'mail';
+      this.pendingRcptHooks = 0;
+      // nodemailer only adds SMTPUTF8 for non-ASCII addresses; the client may have asked for it for
+      // its headers alone, and the next hop must get the same promise (RFC 6531 §3.4).
+      const params = str.slice(str.lastIndexOf('>') + 1);
+      if (env && env[SMTPUTF8] && self._supportedExtensions.includes('SMTPUTF8') && !/(^|\s)SMTPUTF8(\s|$)/i.test(params)) {
+        str += ' SMTPUTF8';
+        self._usingSmtpUtf8 = true;
+      }
+    } else if (ours && /^RCPT TO:</i.test(str)) {
+      this.phase = 'rcpt';
+      if (this.pendingRcptHooks <= 0) {
+        // nodemailer built this RCPT line without asking us: its internals changed. Refuse to send a
+        // RCPT without the client's DSN parameters; the error surfaces as a transient failure.
+        self._onError(
+          new Error('nodemailer did not call _getDsnRcptToArgs; per-recipient DSN parameters would be lost (check NODEMAILER_PINNED_VERSION)'),
+          'EINTERNAL',
+          false,
+          'RCPT TO',
+        );
+        return;
+      }
+      this.pendingRcptHooks--;
+    }
+    baseProto._sendCommand.call(this, str, logStr);
+  }
+
+  /** Private-API override: nodemailer's own cancel path (close() during DNS) leaves the late socket open. */
+  _onConnect(): void {
+    const self = this.internals;
+    if (self._destroyed) {
+      const sock = self._socket;
+      if (sock && !sock.destroyed) sock.destroy();
+      return;
+    }
+    baseProto._onConnect.call(this);
+  }
+}

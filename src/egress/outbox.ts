@@ -1,0 +1,81 @@
+// Local "delivery" when no next hop is configured: one durable .eml per message plus a .json sidecar holding its envelope.
+import { stat, unlink } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { writeDurably } from '../util/durable-file.js';
+import type { OutboundEnvelope } from './relay.js';
+
+/** What the .json sidecar holds. */
+export interface OutboxSidecar {
+  queryId: string;
+  storedAt: string;
+  /** File name of the message this sidecar belongs to (same directory). */
+  message: string;
+  envelope: OutboundEnvelope;
+}
+
+export class LocalOutbox {
+  /** Names being written right now, so two same-millisecond writes for one queryId cannot collide. */
+  private readonly reserved = new Set<string>();
+
+  constructor(private readonly dir: string) {}
+
+  async deliver(env: OutboundEnvelope, openMessage: () => Readable, queryId: string): Promise<{ path: string }> {
+    const storedAt = new Date();
+    const base = await this.reserve(`${storedAt.toISOString().replace(/:/g, '')}-${safeName(queryId)}`);
+    const emlPath = join(this.dir, `${base}.eml`);
+    const jsonPath = join(this.dir, `${base}.json`);
+    try {
+      const sidecar: OutboxSidecar = { queryId, storedAt: storedAt.toISOString(), message: basename(emlPath), envelope: env };
+      // Sidecar first, message last: whoever sees a finished .eml can rely on its .json being there.
+      await writeDurably(jsonPath, JSON.stringify(sidecar, null, 2) + '\n');
+      try {
+        await writeDurably(emlPath, await readAll(openMessage()));
+      } catch (err) {
+        // No message, no sidecar: an orphan .json would describe mail we never stored.
+        await unlink(jsonPath).catch(() => {});
+        throw err;
+      }
+      return { path: emlPath };
+    } finally {
+      this.reserved.delete(base);
+    }
+  }
+
+  /** First free variant of `base` (suffix -1, -2, … only when the name is taken). */
+  private async reserve(base: string): Promise<string> {
+    for (let n = 0; ; n++) {
+      const name = n === 0 ? base : `${base}-${n}`;
+      if (this.reserved.has(name)) continue;
+      this.reserved.add(name);
+      if (!(await exists(join(this.dir, `${name}.eml`))) && !(await exists(join(this.dir, `${name}.json`)))) return name;
+      this.reserved.delete(name);
+    }
+  }
+}
+
+/**
+ * The whole message in memory. WORKAROUND: writeDurably(path, stream) never settles on Node 20,
+ * because FileHandle.close() waits for the createWriteStream({ autoClose: false }) it opened to let
+ * go of the handle, which that stream never does. Until src/util/durable-file.ts is fixed, the
+ * outbox hands it a Buffer (bounded by the SMTP size limit); then pass the stream again.
+ */
+async function readAll(source: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of source) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
+  return Buffer.concat(chunks);
+}
+
+/** queryIds come from us, but a file name must never be able to leave the directory. */
+function safeName(s: string): string {
+  return s.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+/, '_') || 'message';
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

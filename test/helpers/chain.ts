@@ -1,0 +1,210 @@
+// Test chain: a real sink SMTP server (the next hop), the UCWI simulator over HTTP, and the relay between them, all on 127.0.0.1 port 0.
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
+import { loadConfig, deepMerge } from '../../src/config/load.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { startRelay, type RunningRelay, type StartOptions } from '../../src/app.js';
+import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+
+export interface SinkMessage {
+  from: string;
+  mailArgs: Record<string, unknown>;
+  to: Array<{ address: string; args: Record<string, unknown>; dsn?: unknown }>;
+  envelope: Record<string, unknown>;
+  sha256: string;
+  size: number;
+  /** Kept for messages up to 2 MiB; bigger ones only have their hash. */
+  data: Buffer | null;
+}
+
+export interface SinkBehaviour {
+  /** Reply for a recipient: null accepts, otherwise [code, text] refuses it. */
+  rcpt?: (address: string) => [number, string] | null;
+  /** Reply after DATA: null accepts, otherwise [code, text]. */
+  data?: (msg: SinkMessage) => [number, string] | null;
+  /** Delay before answering the final dot. */
+  dataDelayMs?: number;
+}
+
+export interface Sink {
+  port: number;
+  messages: SinkMessage[];
+  connections: number;
+  behaviour: SinkBehaviour;
+  close(): Promise<void>;
+}
+
+function smtpError(code: number, text: string): Error & { responseCode: number } {
+  const e = new Error(text) as Error & { responseCode: number };
+  e.responseCode = code;
+  return e;
+}
+
+export async function startSink(behaviour: SinkBehaviour = {}): Promise<Sink> {
+  const sink: Sink = { port: 0, messages: [], connections: 0, behaviour, close: async () => {} };
+  const options: SMTPServerOptions & Record<string, unknown> = {
+    authOptional: true,
+    disabledCommands: ['AUTH', 'STARTTLS'],
+    hideDSN: false,
+    hideENHANCEDSTATUSCODES: false,
+    logger: false,
+    onConnect: (_s, cb) => {
+      sink.connections++;
+      cb();
+    },
+    onRcptTo: (addr, _s, cb) => {
+      const r = sink.behaviour.rcpt?.(addr.address);
+      cb(r ? smtpError(r[0], r[1]) : undefined);
+    },
+    onData: (stream, session, cb) => {
+      const hash = createHash('sha256');
+      const chunks: Buffer[] = [];
+      let size = 0;
+      stream.on('data', (c: Buffer) => {
+        hash.update(c);
+        size += c.length;
+        if (size <= 2 * 1024 * 1024) chunks.push(c);
+      });
+      stream.on('end', () => {
+        const env = session.envelope as unknown as { mailFrom: { address: string; args: Record<string, unknown> }; rcptTo: Array<{ address: string; args: Record<string, unknown>; dsn?: unknown }> };
+        const msg: SinkMessage = {
+          from: env.mailFrom.address,
+          mailArgs: env.mailFrom.args ?? {},
+          to: env.rcptTo.map((r) => ({ address: r.address, args: r.args ?? {}, ...(r.dsn ? { dsn: r.dsn } : {}) })),
+          envelope: session.envelope as unknown as Record<string, unknown>,
+          sha256: hash.digest('hex'),
+          size,
+          data: size <= 2 * 1024 * 1024 ? Buffer.concat(chunks) : null,
+        };
+        const answer = () => {
+          const r = sink.behaviour.data?.(msg);
+          if (r) return cb(smtpError(r[0], r[1]));
+          sink.messages.push(msg);
+          cb(null, `2.0.0 Ok: queued as SINK${sink.messages.length}`);
+        };
+        if (sink.behaviour.dataDelayMs) setTimeout(answer, sink.behaviour.dataDelayMs);
+        else answer();
+      });
+    },
+  };
+  const server = new SMTPServer(options);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  sink.port = (server.server.address() as { port: number }).port;
+  sink.close = () =>
+    new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      // Pooled relay connections would keep it open for closeTimeout; the test is over.
+      for (const c of (server as unknown as { connections: Set<{ close(): void }> }).connections) c.close();
+    });
+  return sink;
+}
+
+export const SIM_KEYS = { accessKey: 'test-access-key', secretKey: 'test-secret-key-0123456789' };
+
+export interface Chain {
+  relay: RunningRelay;
+  sim: UcwiSim;
+  sink: Sink;
+  port: number;
+  dirs: { root: string; spool: string; quarantine: string; outbox: string };
+  logs: Array<Record<string, unknown>>;
+  rawLogs: () => string;
+  /** Summary lines (event=message) logged so far. */
+  summaries: () => Array<Record<string, unknown>>;
+  close(): Promise<void>;
+}
+
+export interface ChainOptions {
+  /** Config overrides (deep-merged over the test defaults). */
+  config?: Record<string, unknown>;
+  sink?: SinkBehaviour;
+  /** No next hop: deliver into the outbox directory. */
+  noNextHop?: boolean;
+  start?: StartOptions;
+  sim?: UcwiSim;
+}
+
+export async function startChain(o: ChainOptions = {}): Promise<Chain> {
+  const root = mkdtempSync(join(tmpdir(), 'dlp-chain-'));
+  const dirs = { root, spool: join(root, 'spool'), quarantine: join(root, 'quarantine'), outbox: join(root, 'outbox') };
+  const sim = o.sim ?? (await startUcwiSim({ ...SIM_KEYS, policiesFile: 'config/detectors.yaml' }));
+  const sink = await startSink(o.sink);
+  const base: Record<string, unknown> = {
+    listen: { host: '127.0.0.1', port: 0 },
+    spool: { dir: dirs.spool },
+    quarantine: { dir: dirs.quarantine },
+    outbox: { dir: dirs.outbox },
+    ucwi: { url: sim.url, timeouts: { connectMs: 2000, headersMs: 5000, bodyMs: 5000, deadlineMs: 5000 } },
+    nextHop: o.noNextHop ? { host: null } : { host: '127.0.0.1', port: sink.port, starttls: 'off', timeouts: { connectMs: 2000, greetingMs: 2000, socketMs: 5000 } },
+    limits: { dataDeadlineMs: 15000 },
+    log: { level: 'info' },
+    secrets: { ucwiAccessKey: SIM_KEYS.accessKey, ucwiSecretKey: SIM_KEYS.secretKey },
+  };
+  const cfg = loadConfig({ file: '/dev/null', env: {}, overrides: deepMerge(base, o.config ?? {}) });
+  const logStream = new PassThrough();
+  const logs: Array<Record<string, unknown>> = [];
+  let raw = '';
+  let partial = '';
+  logStream.on('data', (c: Buffer) => {
+    raw += c.toString();
+    partial += c.toString();
+    let nl;
+    while ((nl = partial.indexOf('\n')) >= 0) {
+      const line = partial.slice(0, nl);
+      partial = partial.slice(nl + 1);
+      if (line.trim()) logs.push(JSON.parse(line) as Record<string, unknown>);
+    }
+  });
+  const logger = createLogger({ level: cfg.log.level, destination: logStream });
+  const relay = await startRelay(cfg, logger, o.start);
+  return {
+    relay,
+    sim,
+    sink,
+    port: relay.smtp.port,
+    dirs,
+    logs,
+    rawLogs: () => raw,
+    summaries: () => logs.filter((l) => l['event'] === 'message'),
+    async close() {
+      await relay.stop(1000);
+      await sink.close();
+      if (!o.sim) await sim.close();
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Files left in the spool directory: must be none once transactions are over. */
+export function spoolFiles(chain: Chain): string[] {
+  try {
+    return readdirSync(chain.dirs.spool);
+  } catch {
+    return [];
+  }
+}
+
+/** Waits until `check` passes or the bound runs out; for effects that follow a reply asynchronously (spool cleanup). */
+export async function eventually(check: () => boolean, boundMs = 5000): Promise<void> {
+  const until = Date.now() + boundMs;
+  while (!check()) {
+    if (Date.now() > until) throw new Error('condition not reached in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export function sha256(b: Buffer | string): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+/** A small CRLF message with the given body. */
+export function message(body: string, extraHeaders = ''): string {
+  return (
+    `From: Alice <alice@example.test>\r\nTo: Bob <bob@example.test>\r\nSubject: test\r\nMessage-ID: <${Math.random().toString(36).slice(2)}@example.test>\r\n` +
+    `${extraHeaders}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n${body}\r\n`
+  );
+}
