@@ -4,7 +4,6 @@ import { resolve, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { configSchema, type Config, type FrozenConfig } from './schema.js';
-import { parseCidr } from '../util/cidr.js';
 import { effectiveActions } from '../policy/policy.js';
 
 export type { Config, FrozenConfig } from './schema.js';
@@ -191,14 +190,6 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
     const c = result.data;
     // Codes the file does not mention keep their defaults; the effective table is what check-config prints.
     c.policy.actions = effectiveActions(c.policy.actions);
-    c.smtp.allowedClients.forEach((cidr, i) => {
-      const p = parseCidr(cidr);
-      if (typeof p === 'string') problems.push({ path: `smtp.allowedClients.${i}`, message: p });
-    });
-    c.policy.loop.trustedNetworks.forEach((cidr, i) => {
-      const p = parseCidr(cidr);
-      if (typeof p === 'string') problems.push({ path: `policy.loop.trustedNetworks.${i}`, message: p });
-    });
     if (c.ucwi.url !== null && (!c.secrets.ucwiAccessKey || !c.secrets.ucwiSecretKey))
       problems.push({
         path: 'ucwi.url',

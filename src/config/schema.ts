@@ -1,5 +1,6 @@
 // The configuration schema: every key, its default and its limits, in one place. config/default.yaml documents the same keys.
 import { z } from 'zod';
+import { parseCidr } from '../util/cidr.js';
 
 const ms = (def: number, max = 3_600_000) => z.number().int().min(1).max(max).default(def);
 const port = z.number().int().min(0).max(65535);
@@ -33,6 +34,12 @@ const actionSpec = z
   });
 export type ActionSpec = z.infer<typeof actionSpec>;
 
+/** An address or CIDR; checked here so it is reported together with every other problem. */
+const cidr = z.string().superRefine((v, ctx) => {
+  const p = parseCidr(v);
+  if (typeof p === 'string') ctx.addIssue({ code: 'custom', message: p });
+});
+
 const headerName = z.string().regex(/^[!-9;-~]+$/, 'must be a valid header field name');
 
 const tlsFiles = z
@@ -63,7 +70,7 @@ export const configSchema = z
         /** Idle time on a session before we hang up (smtp-server socketTimeout). */
         idleTimeoutMs: ms(60_000),
         /** Networks allowed to send through us; everything else gets 554 at connect. Never an open relay. */
-        allowedClients: z.array(z.string().min(1)).min(1).default(['127.0.0.0/8', '::1/128']),
+        allowedClients: z.array(cidr).min(1).default(['127.0.0.0/8', '::1/128']),
         tls: tlsFiles.prefault({}),
         /** Advertise DSN and carry RET/ENVID/NOTIFY/ORCPT to the next hop. */
         dsn: z.boolean().default(true),
@@ -149,7 +156,7 @@ export const configSchema = z
           .object({
             /** Marks a message we already scanned; trusted networks may send it back without a second scan. */
             header: headerName.default('X-DLP-Relay-Scanned'),
-            trustedNetworks: z.array(z.string().min(1)).default([]),
+            trustedNetworks: z.array(cidr).default([]),
           })
           .strict()
           .prefault({}),
