@@ -131,7 +131,7 @@ export interface ChainOptions {
 export async function startChain(o: ChainOptions = {}): Promise<Chain> {
   const root = mkdtempSync(join(tmpdir(), 'dlp-chain-'));
   const dirs = { root, spool: join(root, 'spool'), quarantine: join(root, 'quarantine'), outbox: join(root, 'outbox') };
-  const sim = o.sim ?? (await startUcwiSim({ ...SIM_KEYS, policiesFile: 'config/detectors.yaml' }));
+  const sim = o.sim ?? (await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' }));
   const sink = await startSink(o.sink);
   const base: Record<string, unknown> = {
     listen: { host: '127.0.0.1', port: 0 },

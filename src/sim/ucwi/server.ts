@@ -261,6 +261,8 @@ export async function startUcwiSim(opts: UcwiSimOptions): Promise<UcwiSim> {
       if (name === 'request' && result.scan === null) {
         // The EML is never buffered: it streams from the socket through busboy into the parser.
         result.scan = scanMessage(stream, compiled, { limits: opts.scanLimits ?? {}, signal });
+        // Paths that answer 400/413 never await the scan; a failure there must not become an unhandled rejection.
+        result.scan.catch(() => {});
       } else {
         stream.resume();
       }
@@ -377,7 +379,8 @@ export async function startUcwiSim(opts: UcwiSimOptions): Promise<UcwiSim> {
 
     if (mode === 'async') {
       // ASSUMPTION: the immediate answer of an async call is not documented; {"result":0,"queryID"} per ucwi.md §8.6.
-      // The verdict only becomes an incident; no callback_url is called.
+      // "Immediately" means once the upload has been read, without waiting for the scan to finish. The verdict
+      // only becomes an incident (GET /skg/v1/dlp/incident/{queryID}); callback_url is never called.
       void scan
         .then((report) => recordIncident(meta, protocol, report))
         .catch((err: unknown) => log.error({ err, queryId: meta.queryID }, 'async scan failed'));
