@@ -89,6 +89,15 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
       ),
   },
   { name: 'DLP_RELAY_MAX_MESSAGE_BYTES', apply: (raw, v) => num(raw, ['smtp', 'maxMessageBytes'], v) },
+  {
+    name: 'DLP_RELAY_ADMIN_LISTEN',
+    apply: (raw, v) => {
+      const hp = parseHostPort(v);
+      if (!hp) return 'expected host:port';
+      setPath(raw, ['admin', 'host'], hp.host);
+      setPath(raw, ['admin', 'port'], hp.port);
+    },
+  },
   { name: 'DLP_RELAY_LOG_LEVEL', apply: (raw, v) => setPath(raw, ['log', 'level'], v) },
 ];
 
@@ -102,6 +111,7 @@ const SECRETS: Array<{ key: keyof Config['secrets']; env: string; fileKey?: [str
   { key: 'ucwiAccessKey', env: 'DLP_RELAY_UCWI_ACCESS_KEY', fileKey: ['ucwi', 'accessKeyFile'] },
   { key: 'ucwiSecretKey', env: 'DLP_RELAY_UCWI_SECRET_KEY', fileKey: ['ucwi', 'secretKeyFile'] },
   { key: 'nextHopPass', env: 'DLP_RELAY_NEXT_HOP_PASS', fileKey: ['nextHop', 'passFile'] },
+  { key: 'adminToken', env: 'DLP_RELAY_ADMIN_TOKEN', fileKey: ['admin', 'tokenFile'] },
 ];
 
 export interface LoadOptions {
@@ -197,6 +207,14 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
       });
     if (c.nextHop.authUser !== null && !c.secrets.nextHopPass)
       problems.push({ path: 'nextHop.authUser', message: 'AUTH needs DLP_RELAY_NEXT_HOP_PASS (or nextHop.passFile)' });
+    if (c.smtp.auth.enabled && c.smtp.tls.certFile === null)
+      problems.push({ path: 'smtp.auth.enabled', message: 'AUTH is offered only after STARTTLS: set smtp.tls.certFile and keyFile' });
+    if (c.smtp.auth.enabled && c.smtp.auth.usersFile === null)
+      problems.push({ path: 'smtp.auth.usersFile', message: 'AUTH needs a users file' });
+    if (c.smtp.auth.required && !c.smtp.auth.enabled)
+      problems.push({ path: 'smtp.auth.required', message: 'required needs enabled: true' });
+    if (c.admin.enabled && c.secrets.adminToken !== null && c.secrets.adminToken.length < 16)
+      problems.push({ path: 'DLP_RELAY_ADMIN_TOKEN', message: 'the admin token must be at least 16 characters' });
     if (c.nextHop.secure && c.nextHop.starttls === 'required')
       problems.push({ path: 'nextHop.starttls', message: 'implicit TLS (secure: true) and STARTTLS exclude each other' });
   }

@@ -74,6 +74,14 @@ export const configSchema = z
         tls: tlsFiles.prefault({}),
         /** Advertise DSN and carry RET/ENVID/NOTIFY/ORCPT to the next hop. */
         dsn: z.boolean().default(true),
+        /**
+         * SMTP AUTH for submission-style deployments: PLAIN and LOGIN, offered only after STARTTLS.
+         * usersFile lines are "user:scrypt$<salt b64>$<hash b64>" (make them with `dlp-relay hash-password`).
+         */
+        auth: z
+          .object({ enabled: z.boolean().default(false), required: z.boolean().default(false), usersFile: nullableString })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .prefault({}),
@@ -84,6 +92,8 @@ export const configSchema = z
          * 100 s smtpd_proxy_timeout: past it the client gets 451, never a late 250.
          */
         dataDeadlineMs: ms(60_000, 600_000),
+        /** On SIGTERM: time for messages already past the final dot to finish before the rest get 421. */
+        shutdownGraceMs: ms(20_000, 600_000),
       })
       .strict()
       .prefault({}),
@@ -209,6 +219,17 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    admin: z
+      .object({
+        /** Admin HTTP listener: /healthz and /readyz (open), /metrics and /api/v1 (bearer token). */
+        host: z.string().min(1).default('127.0.0.1'),
+        port: port.default(8025),
+        enabled: z.boolean().default(true),
+        /** The token comes from DLP_RELAY_ADMIN_TOKEN or this file; without one only /healthz and /readyz answer. */
+        tokenFile: nullableString,
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
       .strict()
@@ -219,6 +240,7 @@ export const configSchema = z
         ucwiAccessKey: z.string().nullable().default(null),
         ucwiSecretKey: z.string().nullable().default(null),
         nextHopPass: z.string().nullable().default(null),
+        adminToken: z.string().nullable().default(null),
       })
       .strict()
       .prefault({}),

@@ -30,7 +30,7 @@ export class LocalOutbox {
       // Sidecar first, message last: whoever sees a finished .eml can rely on its .json being there.
       await writeDurably(jsonPath, JSON.stringify(sidecar, null, 2) + '\n');
       try {
-        await writeDurably(emlPath, await readAll(openMessage()));
+        await writeDurably(emlPath, openMessage());
       } catch (err) {
         // No message, no sidecar: an orphan .json would describe mail we never stored.
         await unlink(jsonPath).catch(() => {});
@@ -52,18 +52,6 @@ export class LocalOutbox {
       this.reserved.delete(name);
     }
   }
-}
-
-/**
- * The whole message in memory. WORKAROUND: writeDurably(path, stream) never settles on Node 20,
- * because FileHandle.close() waits for the createWriteStream({ autoClose: false }) it opened to let
- * go of the handle, which that stream never does. Until src/util/durable-file.ts is fixed, the
- * outbox hands it a Buffer (bounded by the SMTP size limit); then pass the stream again.
- */
-async function readAll(source: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of source) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
-  return Buffer.concat(chunks);
 }
 
 /** queryIds come from us, but a file name must never be able to leave the directory. */

@@ -1,0 +1,99 @@
+// Prometheus metrics: messages by action and reply class, UCWI and next-hop latency, sessions and calls in flight, quarantine size, CAS outbox depth, errors by class.
+import { Registry, Counter, Histogram, Gauge, collectDefaultMetrics } from 'prom-client';
+import type { IngressObserver } from '../ingress/server.js';
+import type { UcwiObserver } from '../dlp/client.js';
+import { replyClass } from '../errors.js';
+
+/** Seconds buckets from 1 ms to 60 s: UCWI and next hops live between a few ms and the deadline. */
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+export interface GaugeSources {
+  /** Messages held in quarantine (status held); may be slow, so it is cached by the caller. */
+  quarantineSize?: () => Promise<number> | number;
+  casOutbox?: () => Promise<{ pending: number; failed: number }> | { pending: number; failed: number };
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly messages: Counter<'action' | 'reply_class'>;
+  readonly ucwiDuration: Histogram<'outcome'>;
+  readonly nextHopDuration: Histogram<'outcome'>;
+  readonly sessions: Gauge;
+  readonly ucwiInFlight: Gauge;
+  readonly errors: Counter<'class'>;
+  readonly refused: Counter<'reason'>;
+  readonly messageBytes: Counter;
+
+  constructor(sources: GaugeSources = {}, opts: { defaultMetrics?: boolean } = {}) {
+    const r = this.registry;
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'dlp_relay_process_' });
+    this.messages = new Counter({ name: 'dlp_relay_messages_total', help: 'Messages processed after the final dot, by action and reply class', labelNames: ['action', 'reply_class'], registers: [r] });
+    this.ucwiDuration = new Histogram({ name: 'dlp_relay_ucwi_duration_seconds', help: 'UCWI verdict latency, by outcome (verdict or error class)', labelNames: ['outcome'], buckets: LATENCY_BUCKETS, registers: [r] });
+    this.nextHopDuration = new Histogram({ name: 'dlp_relay_next_hop_duration_seconds', help: 'Time to hand a message to the next hop (or outbox/quarantine), by outcome', labelNames: ['outcome'], buckets: LATENCY_BUCKETS, registers: [r] });
+    this.sessions = new Gauge({ name: 'dlp_relay_smtp_sessions', help: 'SMTP sessions open now', registers: [r] });
+    this.ucwiInFlight = new Gauge({ name: 'dlp_relay_ucwi_in_flight', help: 'UCWI calls in flight now', registers: [r] });
+    this.errors = new Counter({ name: 'dlp_relay_errors_total', help: 'Failures by class (dlp error classes, next-hop phases, quarantine, spool, deadline)', labelNames: ['class'], registers: [r] });
+    this.refused = new Counter({ name: 'dlp_relay_connections_refused_total', help: 'Sessions refused at connect, by reason', labelNames: ['reason'], registers: [r] });
+    this.messageBytes = new Counter({ name: 'dlp_relay_message_bytes_total', help: 'Bytes of messages received', registers: [r] });
+    // Gauges whose value lives in a store are read at scrape time; a failing store must not break the scrape.
+    const readQuarantine = sources.quarantineSize;
+    new Gauge({
+      name: 'dlp_relay_quarantine_messages',
+      help: 'Messages held in quarantine',
+      registers: [r],
+      async collect() {
+        if (!readQuarantine) return;
+        try {
+          this.set(await readQuarantine());
+        } catch {
+          /* store unavailable: keep the last value; /readyz reports the outage */
+        }
+      },
+    });
+    const readOutbox = sources.casOutbox;
+    new Gauge({
+      name: 'dlp_relay_cas_outbox_entries',
+      help: 'CAS push outbox entries by state',
+      labelNames: ['state'],
+      registers: [r],
+      async collect() {
+        if (!readOutbox) return;
+        try {
+          const s = await readOutbox();
+          this.set({ state: 'pending' }, s.pending);
+          this.set({ state: 'failed' }, s.failed);
+        } catch {
+          /* keep the last value */
+        }
+      },
+    });
+  }
+
+  ingressObserver(): IngressObserver {
+    return {
+      sessionOpened: () => this.sessions.inc(),
+      sessionClosed: () => this.sessions.dec(),
+      refused: (reason) => this.refused.inc({ reason }),
+      messageDone: (o, size) => {
+        this.messages.inc({ action: o.action, reply_class: replyClass(o.reply.code) });
+        this.messageBytes.inc(size);
+        if (o.errorClass) this.errors.inc({ class: o.errorClass });
+        if (o.relayMs !== null && o.relayMs !== undefined) this.nextHopDuration.observe({ outcome: o.reply.code < 400 ? 'ok' : 'failed' }, o.relayMs / 1000);
+      },
+    };
+  }
+
+  ucwiObserver(): UcwiObserver {
+    return {
+      onStart: () => this.ucwiInFlight.inc(),
+      onEnd: (r) => {
+        this.ucwiInFlight.dec();
+        this.ucwiDuration.observe({ outcome: r.ok ? 'verdict' : r.errorClass }, r.elapsedMs / 1000);
+      },
+    };
+  }
+
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
