@@ -1,23 +1,31 @@
 // Composition root: builds every part from the frozen config, starts them in order, and stops them in reverse.
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { readFileSync } from 'node:fs';
+import { access, constants, mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { FrozenConfig } from './config/load.js';
 import { UcwiClient } from './dlp/client.js';
-import { Ingress, type IngressObserver } from './ingress/server.js';
+import { Ingress } from './ingress/server.js';
+import { UserDb } from './ingress/auth.js';
 import { prepareSpoolDir } from './spool/spool.js';
 import { NextHopRelay, type OutboundEnvelope, type DeliveryResult, type NextHopOptions } from './egress/relay.js';
 import { LocalOutbox } from './egress/outbox.js';
-import { FsQuarantineStore } from './quarantine/fs-store.js';
-import type { QuarantineStore } from './quarantine/types.js';
-import type { Deliverer, PipelineDeps, VerdictHook } from './pipeline/process.js';
-import type { PolicySettings } from './policy/policy.js';
+import { createQuarantineStore, startRetention, createNotifier, type QuarantineStore, type OperationsContext, type DeliverFn, type RescanFn, type Notifier } from './quarantine/index.js';
+import { decide, type PolicySettings } from './policy/policy.js';
+import { toOutbound, type Deliverer, type PipelineDeps, type VerdictHook } from './pipeline/process.js';
 import { startUcwiSim, type UcwiSim } from './sim/ucwi/server.js';
+import { Metrics } from './observability/metrics.js';
+import { createReadiness } from './observability/health.js';
+import { createAdminServer, type AdminServer } from './admin/server.js';
+import { registerOpsRoutes } from './admin/ops-routes.js';
+import { registerQuarantineRoutes } from './admin/quarantine-routes.js';
+import { startCas, type CasParts } from './cas/relay-hook.js';
 
 export interface RunningRelay {
   smtp: { host: string; port: number };
+  admin: { url: string; port: number; apiEnabled: boolean } | null;
   ucwiUrl: string;
   embeddedDlp: boolean;
   delivery: string;
@@ -25,13 +33,14 @@ export interface RunningRelay {
   ingress: Ingress;
   ucwi: UcwiClient;
   deliverer: Deliverer;
+  metrics: Metrics;
+  cas: CasParts | null;
   stop(graceMs?: number): Promise<void>;
 }
 
 export interface StartOptions {
-  observer?: IngressObserver;
   onVerdict?: VerdictHook;
-  /** Replace the quarantine store (the PostgreSQL backend is chosen by the quarantine module's factory). */
+  /** Replace the quarantine store (tests inject failing stores this way). */
   quarantine?: QuarantineStore;
 }
 
@@ -58,14 +67,17 @@ export function policySettings(c: FrozenConfig): PolicySettings {
   return c.policy as unknown as PolicySettings;
 }
 
+export type AppDeliverer = Deliverer & { close(): Promise<void>; verify(signal: AbortSignal): Promise<void>; describe: string };
+
 /** The deliverer for accepted mail: the next hop when configured, else the local outbox directory. */
-export function createDeliverer(c: FrozenConfig, logger: Logger): Deliverer & { close(): Promise<void>; describe: string } {
+export function createDeliverer(c: FrozenConfig, logger: Logger): AppDeliverer {
   if (c.nextHop.host) {
     const relay = new NextHopRelay(nextHopOptions(c), logger.child({ component: 'egress' }));
     return {
       kind: 'next-hop',
       describe: `next hop ${c.nextHop.host}:${c.nextHop.port}`,
       deliver: (env: OutboundEnvelope, open: () => Readable, signal: AbortSignal) => relay.deliver(env, open, signal),
+      verify: (signal) => relay.verify(signal),
       close: () => relay.close(),
     };
   }
@@ -78,95 +90,197 @@ export function createDeliverer(c: FrozenConfig, logger: Logger): Deliverer & { 
       const { path } = await outbox.deliver(env, open, queryId);
       return { accepted: env.to.map((r) => r.address), rejected: [], response: `stored ${path}`, elapsedMs: Math.round(performance.now() - t0) };
     },
+    async verify() {
+      await mkdir(c.outbox.dir, { recursive: true });
+      await access(c.outbox.dir, constants.W_OK);
+    },
     close: async () => {},
   };
 }
 
-export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOptions = {}): Promise<RunningRelay> {
-  await prepareSpoolDir(c.spool.dir);
-
-  // No UCWI configured: run the embedded engine on loopback and reach it through the real client,
-  // with a key pair made up for this process, so the trial path is the production path.
+/** Starts the embedded engine when no UCWI URL is configured, and returns the client either way. */
+export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer?: ConstructorParameters<typeof UcwiClient>[2]): Promise<{ client: UcwiClient; sim: UcwiSim | null; baseUrl: string }> {
   let sim: UcwiSim | null = null;
   let baseUrl = c.ucwi.url;
   let accessKey = c.secrets.ucwiAccessKey ?? '';
   let secretKey = c.secrets.ucwiSecretKey ?? '';
   if (!baseUrl) {
+    // A key pair made up for this process: the trial path goes through the real client and real auth.
     accessKey = `embedded-${randomBytes(6).toString('hex')}`;
     secretKey = randomBytes(24).toString('hex');
-    sim = await startUcwiSim({
-      host: c.embeddedDlp.host,
-      port: c.embeddedDlp.port,
-      accessKey,
-      secretKey,
-      policiesFile: c.embeddedDlp.policiesFile,
-      logger: logger.child({ component: 'embedded-dlp' }),
-    });
+    sim = await startUcwiSim({ host: c.embeddedDlp.host, port: c.embeddedDlp.port, accessKey, secretKey, policiesFile: c.embeddedDlp.policiesFile, logger: logger.child({ component: 'embedded-dlp' }) });
     baseUrl = sim.url;
   }
-  const ucwi = new UcwiClient(
-    {
-      baseUrl,
-      protocol: c.ucwi.protocol,
-      accessKey,
-      secretKey,
-      tls: { ...c.ucwi.tls },
-      timeouts: { ...c.ucwi.timeouts },
-      maxConcurrent: c.ucwi.maxConcurrent,
-      keepAliveMs: c.ucwi.keepAliveMs,
-    },
+  const client = new UcwiClient(
+    { baseUrl, protocol: c.ucwi.protocol, accessKey, secretKey, tls: { ...c.ucwi.tls }, timeouts: { ...c.ucwi.timeouts }, maxConcurrent: c.ucwi.maxConcurrent, keepAliveMs: c.ucwi.keepAliveMs },
     logger.child({ component: 'ucwi' }),
+    observer,
   );
+  return { client, sim, baseUrl };
+}
 
-  const quarantine = opts.quarantine ?? new FsQuarantineStore(c.quarantine.dir);
-  await quarantine.init();
-  const deliverer = createDeliverer(c, logger);
-
-  const instance = `${hostname()}:${process.pid}`;
-  const deps: PipelineDeps = {
-    logger,
-    hostname: c.smtp.hostname,
-    instance,
-    dataDeadlineMs: c.limits.dataDeadlineMs,
-    policy: policySettings(c),
-    dlp: ucwi,
-    deliverer,
-    quarantine,
-    onVerdict: opts.onVerdict,
+/** Release and re-scan for quarantine operations, shared by the admin API and the CLI. */
+export function quarantineOps(c: FrozenConfig, store: QuarantineStore, deliverer: Deliverer, ucwi: UcwiClient, logger: Logger): OperationsContext {
+  const deliver: DeliverFn = async (env, open, signal) => {
+    const r = await deliverer.deliver(toOutbound(env), open, signal, 'release');
+    return { response: r.response, rejected: r.rejected.map((x) => ({ address: x.address, response: x.response })) };
   };
-  const ingress = new Ingress(
-    {
-      host: c.listen.host,
-      port: c.listen.port,
+  const rescan: RescanFn = async (record, open, signal) => {
+    const queryId = randomUUID();
+    const r = await ucwi.inspect({ queryId, sender: record.envelope.from, recipients: record.envelope.to.map((t) => t.address), md5: record.md5, size: record.size, openMessage: open }, signal);
+    const d = decide(r.ok ? { kind: 'verdict', actionCode: r.actionCode } : { kind: 'error', errorClass: r.errorClass, ...(r.actionCode !== undefined ? { actionCode: r.actionCode } : {}) }, queryId, policySettings(c));
+    return { actionCode: r.ok ? r.actionCode : null, allow: d.action === 'relay', detail: r.ok ? `re-scan ${queryId}: actionCode ${r.actionCode} → ${d.label}` : `re-scan ${queryId} failed: ${r.errorClass}` };
+  };
+  return { store, logger: logger.child({ component: 'quarantine-ops' }), deliver, rescan };
+}
+
+export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOptions = {}): Promise<RunningRelay> {
+  await prepareSpoolDir(c.spool.dir);
+  const stops: Array<() => Promise<unknown>> = [];
+  try {
+    const quarantine = opts.quarantine ?? createQuarantineStore({ dir: c.quarantine.dir, url: c.quarantine.url }, logger.child({ component: 'quarantine' }));
+    await quarantine.init();
+    stops.push(() => quarantine.close());
+
+    // The quarantine gauge reads the store at scrape time; cache it so scrapes stay cheap.
+    let heldCache: { at: number; n: number } | null = null;
+    const cas = c.cas.enabled ? await startCas(c, logger) : null;
+    if (cas) stops.push(() => cas.stop());
+    const metrics = new Metrics({
+      quarantineSize: async () => {
+        if (heldCache && Date.now() - heldCache.at < 30_000) return heldCache.n;
+        let n = 0;
+        let cursor: string | null = null;
+        // Bounded walk: the gauge is an operator's overview, not an audit; 20 pages of 500 at most.
+        for (let i = 0; i < 20; i++) {
+          const page = await quarantine.list({ status: 'held', limit: 500, ...(cursor ? { cursor } : {}) });
+          n += page.items.length;
+          cursor = page.nextCursor;
+          if (!cursor) break;
+        }
+        heldCache = { at: Date.now(), n };
+        return n;
+      },
+      ...(cas ? { casOutbox: () => cas.outbox.stats() } : {}),
+    });
+
+    const { client: ucwi, sim, baseUrl } = await createUcwiClient(c, logger, metrics.ucwiObserver());
+    stops.push(() => ucwi.close());
+    if (sim) stops.push(() => sim.close());
+    const deliverer = createDeliverer(c, logger);
+    stops.push(() => deliverer.close());
+
+    const notifier: Notifier = await createNotifier(
+      {
+        enabled: c.quarantine.notifications.enabled,
+        onQuarantine: c.quarantine.notifications.onQuarantine,
+        onReject: c.quarantine.notifications.onReject,
+        from: c.quarantine.notifications.from,
+        helpContact: c.quarantine.notifications.helpContact,
+        hostname: c.smtp.hostname,
+        templateDir: c.quarantine.notifications.templateDir,
+      },
+      quarantineOps(c, quarantine, deliverer, ucwi, logger).deliver!,
+      logger.child({ component: 'notify' }),
+    );
+
+    const stopRetention = startRetention(quarantine, { days: c.quarantine.retentionDays, intervalMs: c.quarantine.retentionIntervalMs }, logger.child({ component: 'retention' }));
+    stops.push(stopRetention);
+
+    const hooks: VerdictHook[] = [cas?.hook, opts.onVerdict].filter((h): h is VerdictHook => h !== undefined);
+    const deps: PipelineDeps = {
+      logger,
       hostname: c.smtp.hostname,
-      maxMessageBytes: c.smtp.maxMessageBytes,
-      maxClients: c.smtp.maxClients,
-      maxRecipients: c.smtp.maxRecipients,
-      idleTimeoutMs: c.smtp.idleTimeoutMs,
-      allowedClients: c.smtp.allowedClients,
-      trustedNetworks: c.policy.loop.trustedNetworks,
-      tls: { ...c.smtp.tls },
-      dsn: c.smtp.dsn,
-      spoolDir: c.spool.dir,
-    },
-    deps,
-    logger.child({ component: 'smtp' }),
-    opts.observer,
-  );
-  const smtp = await ingress.listen();
+      instance: `${hostname()}:${process.pid}`,
+      dataDeadlineMs: c.limits.dataDeadlineMs,
+      policy: policySettings(c),
+      dlp: ucwi,
+      deliverer,
+      quarantine,
+      onVerdict: hooks.length ? async (v) => void (await Promise.all(hooks.map((h) => h(v)))) : undefined,
+      onOutcome: c.quarantine.notifications.enabled
+        ? (o, msg) => {
+            const kind = o.reply.code < 300 && o.action.startsWith('quarantine') ? 'quarantine' : o.reply.code >= 500 && o.action === 'reject' ? 'reject' : null;
+            if (!kind) return;
+            const h = (n: string) => msg.spool.headers.find((x) => x.name === n)?.value ?? null;
+            void notifier.notify({
+              kind,
+              queryId: msg.queryId,
+              sender: msg.envelope.from,
+              recipients: msg.envelope.to.map((t) => t.address),
+              subject: h('subject'),
+              reason: kind === 'quarantine' ? 'it is held for review under the data-loss-prevention policy' : 'it was blocked by the data-loss-prevention policy',
+              autoSubmitted: h('auto-submitted'),
+              precedence: h('precedence'),
+              listId: h('list-id'),
+            });
+          }
+        : undefined,
+    };
+    const ingress = new Ingress(
+      {
+        host: c.listen.host,
+        port: c.listen.port,
+        hostname: c.smtp.hostname,
+        maxMessageBytes: c.smtp.maxMessageBytes,
+        maxClients: c.smtp.maxClients,
+        maxRecipients: c.smtp.maxRecipients,
+        idleTimeoutMs: c.smtp.idleTimeoutMs,
+        allowedClients: c.smtp.allowedClients,
+        trustedNetworks: c.policy.loop.trustedNetworks,
+        tls: { ...c.smtp.tls },
+        dsn: c.smtp.dsn,
+        spoolDir: c.spool.dir,
+        auth: c.smtp.auth.enabled ? { users: UserDb.fromFile(c.smtp.auth.usersFile!), required: c.smtp.auth.required } : undefined,
+      },
+      deps,
+      logger.child({ component: 'smtp' }),
+      metrics.ingressObserver(),
+    );
 
-  return {
-    smtp,
-    ucwiUrl: baseUrl,
-    embeddedDlp: sim !== null,
-    delivery: deliverer.describe,
-    quarantine,
-    ingress,
-    ucwi,
-    deliverer,
-    async stop(graceMs = 10_000) {
-      await ingress.close(graceMs);
-      await Promise.allSettled([ucwi.close(), deliverer.close(), quarantine.close(), sim?.close()]);
-    },
-  };
+    let admin: AdminServer | null = null;
+    let adminInfo: RunningRelay['admin'] = null;
+    if (c.admin.enabled) {
+      const token = c.secrets.adminToken;
+      // Without a configured token the API answers 401 to everyone (nobody knows this random one); health still works.
+      admin = createAdminServer({ host: c.admin.host, port: c.admin.port, token: token ?? randomBytes(32).toString('hex'), logger: logger.child({ component: 'admin' }) });
+      const readiness = createReadiness({
+        ucwi: (signal) => ucwi.probe(signal),
+        [deliverer.kind === 'next-hop' ? 'nextHop' : 'outbox']: (signal) => deliverer.verify(signal),
+        quarantine: () => quarantine.checkWritable(),
+        spool: async () => {
+          await access(c.spool.dir, constants.W_OK);
+        },
+      });
+      registerOpsRoutes(admin, { metrics, readiness, draining: () => ingress.draining });
+      registerQuarantineRoutes(admin, quarantineOps(c, quarantine, deliverer, ucwi, logger));
+      const a = await admin.listen();
+      adminInfo = { ...a, apiEnabled: token !== null };
+      const adminServer = admin;
+      stops.push(() => adminServer.close());
+    }
+
+    const smtp = await ingress.listen();
+    return {
+      smtp,
+      admin: adminInfo,
+      ucwiUrl: baseUrl,
+      embeddedDlp: sim !== null,
+      delivery: deliverer.describe,
+      quarantine,
+      ingress,
+      ucwi,
+      deliverer,
+      metrics,
+      cas,
+      async stop(graceMs = c.limits.shutdownGraceMs) {
+        // Ingress first (finish messages in flight), then everything it used, in reverse order of start.
+        await ingress.close(graceMs);
+        for (const stop of stops.reverse()) await stop().catch((err: unknown) => logger.warn({ err }, 'error while stopping'));
+      },
+    };
+  } catch (err) {
+    for (const stop of stops.reverse()) await stop().catch(() => {});
+    throw err;
+  }
 }

@@ -71,6 +71,10 @@ export function buildProgram(): Command {
         `  delivery:   ${relay.delivery}`,
         `  quarantine: ${relay.quarantine.kind} ${cfg.quarantine.url ? '(PostgreSQL)' : cfg.quarantine.dir}`,
         `  clients:    ${cfg.smtp.allowedClients.join(', ')}`,
+        relay.admin
+          ? `  admin:      ${relay.admin.url} (/healthz, /readyz${relay.admin.apiEnabled ? ', /metrics, /api/v1 with the bearer token' : '; set DLP_RELAY_ADMIN_TOKEN for /metrics and /api/v1'})`
+          : '  admin:      disabled',
+        ...(relay.cas ? [`  CAS:        pushing verdicts ${cfg.cas.triggers.join(',')} to ${relay.cas.client.baseUrl}`] : []),
       ];
       if (relay.embeddedDlp) lines.push('  WARNING: the embedded DLP engine is for trials only; set ucwi.url (DLP_RELAY_UCWI_URL) for production.');
       process.stderr.write(lines.join('\n') + '\n');

@@ -98,6 +98,8 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
       setPath(raw, ['admin', 'port'], hp.port);
     },
   },
+  { name: 'DLP_RELAY_CAS_URL', apply: (raw, v) => setPath(raw, ['cas', 'url'], v) },
+  { name: 'DLP_RELAY_CAS_REGION', apply: (raw, v) => setPath(raw, ['cas', 'region'], v) },
   { name: 'DLP_RELAY_LOG_LEVEL', apply: (raw, v) => setPath(raw, ['log', 'level'], v) },
 ];
 
@@ -112,6 +114,7 @@ const SECRETS: Array<{ key: keyof Config['secrets']; env: string; fileKey?: [str
   { key: 'ucwiSecretKey', env: 'DLP_RELAY_UCWI_SECRET_KEY', fileKey: ['ucwi', 'secretKeyFile'] },
   { key: 'nextHopPass', env: 'DLP_RELAY_NEXT_HOP_PASS', fileKey: ['nextHop', 'passFile'] },
   { key: 'adminToken', env: 'DLP_RELAY_ADMIN_TOKEN', fileKey: ['admin', 'tokenFile'] },
+  { key: 'casToken', env: 'DLP_RELAY_CAS_TOKEN', fileKey: ['cas', 'tokenFile'] },
 ];
 
 export interface LoadOptions {
@@ -215,6 +218,12 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
       problems.push({ path: 'smtp.auth.required', message: 'required needs enabled: true' });
     if (c.admin.enabled && c.secrets.adminToken !== null && c.secrets.adminToken.length < 16)
       problems.push({ path: 'DLP_RELAY_ADMIN_TOKEN', message: 'the admin token must be at least 16 characters' });
+    if (c.cas.enabled && !c.secrets.casToken)
+      problems.push({ path: 'cas.enabled', message: 'CAS needs a token: DLP_RELAY_CAS_TOKEN (or its _FILE, or cas.tokenFile)' });
+    if (c.cas.enabled && !c.cas.url && !c.cas.region)
+      problems.push({ path: 'cas.region', message: 'set cas.region (us, eu, jp, au, uk, ca, sg, in) or cas.url (DLP_RELAY_CAS_URL)' });
+    if (c.cas.outbox.backend === 'pg' && !c.quarantine.url)
+      problems.push({ path: 'cas.outbox.backend', message: 'the pg outbox lives in the quarantine database: set quarantine.url' });
     if (c.nextHop.secure && c.nextHop.starttls === 'required')
       problems.push({ path: 'nextHop.starttls', message: 'implicit TLS (secure: true) and STARTTLS exclude each other' });
   }

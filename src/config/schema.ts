@@ -1,6 +1,7 @@
 // The configuration schema: every key, its default and its limits, in one place. config/default.yaml documents the same keys.
 import { z } from 'zod';
 import { parseCidr } from '../util/cidr.js';
+import { casSettingsSchema } from '../cas/trigger.js';
 
 const ms = (def: number, max = 3_600_000) => z.number().int().min(1).max(max).default(def);
 const port = z.number().int().min(0).max(65535);
@@ -216,9 +217,26 @@ export const configSchema = z
           .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL')
           .nullable()
           .default(null),
+        /** Held messages older than this are purged (also periodically by the relay); 0 keeps them forever. */
+        retentionDays: z.number().min(0).max(36_500).default(30),
+        retentionIntervalMs: ms(3_600_000, 86_400_000),
+        /** Sender notices on quarantine or reject (off by default); templates in templateDir. */
+        notifications: z
+          .object({
+            enabled: z.boolean().default(false),
+            onQuarantine: z.boolean().default(true),
+            onReject: z.boolean().default(false),
+            from: z.string().min(3).default('postmaster@localhost'),
+            helpContact: z.string().min(1).default('your IT help desk'),
+            templateDir: z.string().min(1).default('config'),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .prefault({}),
+    /** Trend Micro Cloud App Security: blocked-list push through a durable outbox (off by default). */
+    cas: casSettingsSchema.prefault({}),
     admin: z
       .object({
         /** Admin HTTP listener: /healthz and /readyz (open), /metrics and /api/v1 (bearer token). */
@@ -241,6 +259,7 @@ export const configSchema = z
         ucwiSecretKey: z.string().nullable().default(null),
         nextHopPass: z.string().nullable().default(null),
         adminToken: z.string().nullable().default(null),
+        casToken: z.string().nullable().default(null),
       })
       .strict()
       .prefault({}),

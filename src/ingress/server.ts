@@ -10,6 +10,7 @@ import { catalogueReply, formatReply, replyError, replyClass, RelayError, type S
 import { NetworkList } from '../util/cidr.js';
 import type { StoredEnvelope } from '../quarantine/types.js';
 import { installEnhancedReplyPatch } from './replies.js';
+import type { UserDb } from './auth.js';
 
 export interface IngressOptions {
   host: string;
@@ -23,6 +24,8 @@ export interface IngressOptions {
   trustedNetworks: readonly string[];
   tls: { certFile: string | null; keyFile: string | null; require: boolean };
   dsn: boolean;
+  /** SMTP AUTH (PLAIN, LOGIN) after STARTTLS; `required` refuses MAIL FROM without it. */
+  auth?: { users: UserDb; required: boolean } | undefined;
   spoolDir: string;
 }
 
@@ -64,7 +67,7 @@ export class Ingress {
   private readonly allowed: NetworkList;
   private readonly trusted: NetworkList;
   private sessions = 0;
-  private draining = false;
+  private isDraining = false;
   private readonly inFlight = new Set<Promise<unknown>>();
 
   constructor(
@@ -92,14 +95,31 @@ export class Ingress {
       hideSMTPUTF8: false,
       hide8BITMIME: false,
       hidePIPELINING: false,
-      authOptional: true,
-      disabledCommands: hasTls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+      // AUTH is advertised only on a TLS-protected session (allowInsecureAuth false), never in clear.
+      authOptional: !opts.auth?.required,
+      authMethods: ['PLAIN', 'LOGIN'],
+      allowInsecureAuth: false,
+      disabledCommands: [...(hasTls ? [] : ['STARTTLS']), ...(opts.auth ? [] : ['AUTH'])],
+      onAuth: (auth, session, cb) => {
+        const users = opts.auth?.users;
+        const { username, password } = auth;
+        if (!users || !username || typeof password !== 'string') return cb(replyError({ code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid' }));
+        users.verify(username, password).then(
+          (ok) => {
+            this.logger.info({ cid: session.id, user: username, ok }, 'smtp auth');
+            if (ok) cb(null, { user: username });
+            else cb(replyError({ code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid' }));
+          },
+          () => cb(replyError(catalogueReply('INTERNAL'))),
+        );
+      },
       ...(hasTls ? { key: readFileSync(opts.tls.keyFile!), cert: readFileSync(opts.tls.certFile!) } : {}),
       logger: false,
       onConnect: (session, cb) => this.onConnect(session, cb),
       onMailFrom: (_addr, session, cb) => {
         if (opts.tls.require && !session.secure) return cb(replyError(catalogueReply('TLS_REQUIRED')));
-        if (this.draining) return cb(replyError(catalogueReply('SHUTTING_DOWN')));
+        if (opts.auth?.required && !session.user) return cb(replyError(catalogueReply('AUTH_REQUIRED')));
+        if (this.isDraining) return cb(replyError(catalogueReply('SHUTTING_DOWN')));
         cb();
       },
       onData: (stream, session, cb) => this.onData(stream, session, cb),
@@ -121,7 +141,7 @@ export class Ingress {
       this.logger.warn({ cid: session.id, client: session.remoteAddress }, 'client not in allowed networks');
       return cb(replyError(catalogueReply('CLIENT_NOT_ALLOWED')));
     }
-    if (this.draining) {
+    if (this.isDraining) {
       this.observer.refused?.('shutting_down');
       return cb(replyError(catalogueReply('SHUTTING_DOWN')));
     }
@@ -222,6 +242,10 @@ export class Ingress {
     });
   }
 
+  get draining(): boolean {
+    return this.isDraining;
+  }
+
   get activeSessions(): number {
     return this.sessions;
   }
@@ -231,7 +255,7 @@ export class Ingress {
    * dot finish within `graceMs`, then close what is left (smtp-server answers 421 to those).
    */
   async close(graceMs = 10_000): Promise<void> {
-    this.draining = true;
+    this.isDraining = true;
     const pending = Promise.allSettled([...this.inFlight]);
     await Promise.race([pending, new Promise((r) => setTimeout(r, graceMs).unref())]);
     await new Promise<void>((resolve) => this.server.close(() => resolve()));

@@ -36,6 +36,8 @@ export interface PipelineDeps {
   deliverer: Deliverer;
   quarantine: QuarantineStore;
   onVerdict?: VerdictHook | undefined;
+  /** Called once with the final outcome (after deadline handling); for sender notices. Must not throw. */
+  onOutcome?: ((o: Omit<Outcome, 'settled'>, msg: MessageInput) => void) | undefined;
 }
 
 export interface MessageInput {
@@ -80,7 +82,8 @@ export function toOutbound(env: StoredEnvelope): OutboundEnvelope {
  */
 export function processMessage(deps: PipelineDeps, msg: MessageInput): Promise<Outcome> {
   const ac = new AbortController();
-  const work = run(deps, msg, ac.signal);
+  const side: Array<Promise<unknown>> = [];
+  const work = run(deps, msg, ac.signal, side);
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<Partial_>((resolve) => {
     timer = setTimeout(() => {
@@ -88,13 +91,19 @@ export function processMessage(deps: PipelineDeps, msg: MessageInput): Promise<O
       resolve({ reply: catalogueReply('DEADLINE_EXCEEDED', msg.queryId), action: 'tempfail-deadline', actionCode: null, policies: [], dlpMs: null, relayMs: null, errorClass: 'deadline' });
     }, deps.dataDeadlineMs);
   });
+  // The spool is in use until the pipeline and any side work (CAS extraction) are done.
   const settled = work.then(
-    () => undefined,
-    () => undefined,
+    () => Promise.allSettled(side).then(() => undefined),
+    () => Promise.allSettled(side).then(() => undefined),
   );
   return Promise.race([work, deadline]).then(
     (o) => {
       clearTimeout(timer);
+      try {
+        deps.onOutcome?.(o, msg);
+      } catch (err) {
+        deps.logger.warn({ err, queryId: msg.queryId }, 'outcome hook failed');
+      }
       return { ...o, settled };
     },
     (err: unknown) => {
@@ -105,7 +114,7 @@ export function processMessage(deps: PipelineDeps, msg: MessageInput): Promise<O
   );
 }
 
-async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal): Promise<Partial_> {
+async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, side: Array<Promise<unknown>>): Promise<Partial_> {
   const { spool, queryId } = msg;
   const loopName = deps.policy.loop.header.toLowerCase();
   const loopFields = spool.headers.filter((h) => h.name === loopName);
@@ -142,8 +151,8 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal): 
   };
 
   if (deps.onVerdict) {
-    // Side work gets its own promise; the reply never waits for it (its failure is logged by the hook).
-    void deps.onVerdict({ queryId, actionCode, action: decision.label, sender: msg.envelope.from, recipients: msg.envelope.to.map((r) => r.address), spool }).catch((err: unknown) => deps.logger.warn({ err, queryId }, 'verdict hook failed'));
+    // Side work gets its own promise; the reply never waits for it, only the spool cleanup does.
+    side.push(deps.onVerdict({ queryId, actionCode, action: decision.label, sender: msg.envelope.from, recipients: msg.envelope.to.map((r) => r.address), spool }).catch((err: unknown) => deps.logger.warn({ err, queryId }, 'verdict hook failed')));
   }
 
   if (signal.aborted) throw signal.reason;

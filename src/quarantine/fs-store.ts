@@ -8,8 +8,8 @@
 //   .tmp-*         unfinished writes, swept at init
 //
 // Limits of this backend, by design (use the postgres store beyond them): list() and purge() read every
-// .json file (fine for tens of thousands of held messages, slow past that); listAudit() reads the whole
-// audit file; claims rely on O_EXCL/rename being atomic, which holds on local filesystems (and NFSv3+),
+// .json file (fine for tens of thousands of held messages, slow past that); listAudit() scans the whole
+// audit file (memory stays at one page, time grows with the file; rotate it if it gets large); claims rely on O_EXCL/rename being atomic, which holds on local filesystems (and NFSv3+),
 // so several relays may share the directory only on such a filesystem.
 import { mkdir, readdir, unlink, stat, access, constants, open, readFile, rename, link } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
@@ -29,6 +29,7 @@ import {
   failedStream,
   clip,
   errCode,
+  QuarantineInputError,
   instanceName,
   DEFAULT_CLAIM_TTL_MS,
 } from './common.js';
@@ -429,8 +430,15 @@ export class FsQuarantineStore implements QuarantineStore {
 
   async listAudit(filter: AuditFilter = {}): Promise<AuditPage> {
     const limit = clampLimit(filter.limit);
-    const cursor = filter.cursor ? decodeCursor(filter.cursor) : null;
-    const all: AuditRecord[] = [];
+    // Order is the file's own (append order), not the timestamp: entries written within one millisecond
+    // keep their sequence. The cursor is the line number, stable because the file is only ever appended to.
+    let before = Infinity;
+    if (filter.cursor) {
+      const c = decodeCursor(filter.cursor);
+      if (!/^\d{1,15}$/.test(c.id)) throw new QuarantineInputError('invalid cursor');
+      before = Number(c.id);
+    }
+    const matching: Array<{ line: number; rec: AuditRecord }> = [];
     let input;
     try {
       const fh = await open(this.auditPath, 'r');
@@ -439,7 +447,10 @@ export class FsQuarantineStore implements QuarantineStore {
       if (errCode(err) === 'ENOENT') return { items: [], nextCursor: null };
       throw err;
     }
+    let lineNo = -1;
     for await (const line of createInterface({ input, crlfDelay: Infinity })) {
+      lineNo++;
+      if (lineNo >= before) break;
       if (!line) continue;
       let r: AuditRecord;
       try {
@@ -453,13 +464,18 @@ export class FsQuarantineStore implements QuarantineStore {
       if (filter.actor !== undefined && r.actor !== filter.actor) continue;
       if (filter.action !== undefined && r.action !== filter.action) continue;
       if (filter.target !== undefined && r.target !== filter.target) continue;
-      if (cursor && !isAfterCursor({ t: r.at, id: r.id }, cursor)) continue;
-      all.push(r);
+      matching.push({ line: lineNo, rec: r });
+      // Only the newest limit+1 are needed: memory stays bounded whatever the file size.
+      if (matching.length > limit + 1) matching.shift();
     }
-    all.sort((a, b) => compareNewestFirst({ t: a.at, id: a.id }, { t: b.at, id: b.id }));
-    const items = all.slice(0, limit);
-    const last = items[items.length - 1];
-    return { items, nextCursor: all.length > limit && last ? encodeCursor({ t: last.at, id: last.id }) : null };
+    input.destroy();
+    matching.reverse();
+    const page = matching.slice(0, limit);
+    const last = page[page.length - 1];
+    return {
+      items: page.map((m) => m.rec),
+      nextCursor: matching.length > limit && last ? encodeCursor({ t: last.rec.at, id: String(last.line) }) : null,
+    };
   }
 }
 

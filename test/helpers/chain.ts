@@ -135,6 +135,7 @@ export async function startChain(o: ChainOptions = {}): Promise<Chain> {
   const sink = await startSink(o.sink);
   const base: Record<string, unknown> = {
     listen: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0 },
     spool: { dir: dirs.spool },
     quarantine: { dir: dirs.quarantine },
     outbox: { dir: dirs.outbox },

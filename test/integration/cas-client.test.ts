@@ -162,8 +162,12 @@ describe('no retry on client errors', () => {
     const c = client(s, { logger: createLogger({ level: 'debug', destination: out }) });
     await c.getBlockedLists();
     await new Promise((r) => setImmediate(r));
+    const logger = createLogger({ level: 'debug', destination: out });
+    logger.info({ client: c }, 'a careless log line with the whole client object');
+    await new Promise((r) => setImmediate(r));
     const log = Buffer.concat(chunks).toString();
     expect(log).toMatch(/retrying/);
+    expect(log).toMatch(/careless/);
     expect(log).not.toContain(TOKEN);
   });
 });
@@ -249,7 +253,8 @@ describe('mitigation', () => {
   });
 
   it('polls until every action is terminal: Success, Skipped and Failed', async () => {
-    const s = await sim({ mitigation: { createdMs: 100, executingMs: 150 }, faults: { failMailboxes: ['gone@example2.com'] } });
+    // Long enough in Created that the first look always sees it, even on a loaded machine.
+    const s = await sim({ mitigation: { createdMs: 1_000, executingMs: 200 }, faults: { failMailboxes: ['gone@example2.com'] } });
     const c = client(s);
     await c.mitigate([okItem]);
     const { batchId } = await c.mitigate([okItem, { ...okItem, mail_message_id: '<new@example2.com>' }, { ...okItem, mailbox: 'gone@example2.com' }]);
@@ -277,5 +282,16 @@ describe('mitigation', () => {
     const err = await catchErr(c.mitigate([{ ...okItem, service: 'gmail', account_provider: 'google' }]));
     expect(err).toMatchObject({ status: 400, retryable: false });
     expect(err.msg).toMatch(/Gmail supports only MAIL_DELETE/);
+  });
+});
+
+describe('total call budget', () => {
+  it('ends a slow attempt when the call budget is spent, not only at the attempt deadline', async () => {
+    const s = await sim({ faults: { always: { delayMs: 2_000 } } });
+    const c = client(s, { retry: { maxAttempts: 5, baseMs: 5, maxMs: 10, totalMs: 300 }, timeouts: { connectMs: 1_000, headersMs: 5_000, bodyMs: 5_000, requestMs: 5_000 } });
+    const err = await catchErr(c.getBlockedLists());
+    expect(err.status).toBe(0);
+    expect(err.retryable).toBe(true);
+    expect(s.requestLog).toHaveLength(1);
   });
 });

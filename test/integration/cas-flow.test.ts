@@ -84,8 +84,8 @@ describe('block verdict to CAS blocked list', () => {
     pusher.start();
     await outbox.enqueue([{ list: 'senders', value: 'bg@evil.example', action: 'create', reason: 'test' }]);
     pusher.kick();
-    // Bounded wait for the background loop: at most 100 polls of 20 ms.
-    for (let i = 0; i < 100 && sim.list('senders').length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    // Bounded wait for the background loop: at most 250 polls of 20 ms.
+    for (let i = 0; i < 250 && sim.list('senders').length === 0; i++) await new Promise((r) => setTimeout(r, 20));
     await pusher.stop();
     expect(sim.list('senders')).toEqual(['bg@evil.example']);
   });

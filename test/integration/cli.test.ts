@@ -33,7 +33,7 @@ describe('dlp-relay serve on embedded defaults', () => {
   beforeAll(async () => {
     root = mkdtempSync(join(tmpdir(), 'dlp-cli-'));
     proc = spawn(process.execPath, [...CLI, 'serve', '--grace', '2000'], {
-      env: { ...process.env, DLP_RELAY_LISTEN: '127.0.0.1:0', DLP_RELAY_SPOOL_DIR: join(root, 'spool'), DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'), DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine') },
+      env: { ...process.env, DLP_RELAY_LISTEN: '127.0.0.1:0', DLP_RELAY_ADMIN_LISTEN: '127.0.0.1:0', DLP_RELAY_SPOOL_DIR: join(root, 'spool'), DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'), DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine') },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     exited = new Promise((r) => proc.on('close', r));

@@ -179,7 +179,8 @@ describe.each(backends)('quarantine store: $name', (backend) => {
   });
 
   it('stores and returns a message byte for byte, metadata intact', async () => {
-    const msg = eml('big one', 700 * 1024); // several 256 KiB chunks in postgres
+    // Several 256 KiB chunks in postgres, and raw 8-bit bytes too: the store must never pass bytes through a text codec.
+    const msg = Buffer.concat([eml('big one', 400 * 1024), randomBytes(300 * 1024)]);
     const rec = record(msg);
     await store.put(rec, source(msg));
     const got = await store.get(rec.id);
@@ -521,6 +522,57 @@ describe('quarantine store: postgres, several relays and failures', () => {
       await b.close();
       await poolA.end();
       await poolB.end();
+    }
+  });
+
+  it('streams a large message in chunk by chunk, never holding more than about one chunk', async () => {
+    const schema = await freshSchema();
+    const pool = schemaPool(schema);
+    const store = new PgQuarantineStore(pool, { logger });
+    try {
+      await store.init();
+      const piece = 64 * 1024;
+      const pieces = 256; // 16 MiB
+      let produced = 0;
+      let inserted = 0;
+      let worstAhead = 0;
+      const hash = createHash('sha256');
+      // Watch every chunk INSERT: how far ahead of the database has the source been read?
+      pool.on('acquire', (client) => {
+        const original = client.query.bind(client) as (...a: unknown[]) => unknown;
+        (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...args: unknown[]) => {
+          const [text, values] = args as [unknown, unknown[] | undefined];
+          if (typeof text === 'string' && text.startsWith('INSERT INTO quarantine_chunks')) {
+            worstAhead = Math.max(worstAhead, produced - inserted);
+            inserted += (values![2] as Buffer).length;
+          }
+          return original(...args);
+        };
+      });
+      async function* gen(): AsyncGenerator<Buffer> {
+        for (let i = 0; i < pieces; i++) {
+          const b = randomBytes(piece);
+          hash.update(b);
+          produced += b.length;
+          yield b;
+        }
+      }
+      const rec = record(Buffer.alloc(0), { size: piece * pieces });
+      await store.put(rec, () => Readable.from(gen(), { objectMode: false }));
+      expect(inserted).toBe(piece * pieces);
+      // One chunk being assembled plus the stream's own small read-ahead; never the message.
+      expect(worstAhead).toBeLessThanOrEqual(256 * 1024 + 4 * piece);
+      const back = createHash('sha256');
+      let biggest = 0;
+      for await (const c of store.openMessage(rec.id)) {
+        back.update(c as Buffer);
+        biggest = Math.max(biggest, (c as Buffer).length);
+      }
+      expect(back.digest('hex')).toBe(hash.digest('hex'));
+      expect(biggest).toBeLessThanOrEqual(256 * 1024);
+    } finally {
+      await store.close();
+      await pool.end();
     }
   });
 

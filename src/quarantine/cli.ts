@@ -1,0 +1,388 @@
+// `dlp-relay quarantine …` subcommands as plain async functions (commander wiring lives with the CLI): parse options, call the shared operations, print, return an exit code.
+import { hostname, userInfo } from 'node:os';
+import { createWriteStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import type { Writable } from 'node:stream';
+import type { Logger } from '../observability/logger.js';
+import { isSafeId, QuarantineInputError } from './common.js';
+import { isUnavailable } from './errors.js';
+import {
+  deleteMessage,
+  downloadMessage,
+  listAuditEntries,
+  listMessages,
+  normalizeId,
+  purgeMessages,
+  releaseMessage,
+  sanitizeText,
+  showMessage,
+  type Actor,
+  type DeliverFn,
+  type OperationsContext,
+  type RescanFn,
+} from './operations.js';
+import { MAX_LIST_LIMIT, type AuditFilter, type QuarantineFilter, type QuarantineRecord, type QuarantineStatus } from './types.js';
+import type { QuarantineStore } from './types.js';
+
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_BAD_INPUT = 2;
+
+export interface TextSink {
+  write(chunk: string): unknown;
+}
+
+export interface CliContext {
+  store: QuarantineStore;
+  deliver: DeliverFn;
+  rescan?: RescanFn;
+  out: TextSink;
+  err: TextSink;
+  logger?: Logger;
+  /** Default: cli:<os user>, source <hostname>. */
+  actor?: Actor;
+  releaseTimeoutMs?: number;
+}
+
+export interface ListCliOptions {
+  from?: string;
+  to?: string;
+  sender?: string;
+  recipient?: string;
+  /** A number, or "none" for messages held without a verdict. */
+  actionCode?: string | number;
+  policy?: string;
+  status?: string;
+  limit?: string | number;
+  cursor?: string;
+  json?: boolean;
+}
+
+export interface IdCliOptions {
+  id: string;
+  json?: boolean;
+}
+
+export interface ReleaseCliOptions extends IdCliOptions {
+  rescan?: boolean;
+  /** Repeatable option or one comma-separated value. */
+  recipients?: string[] | string;
+  redirectTo?: string;
+}
+
+export interface PurgeCliOptions {
+  olderThanDays: string | number;
+  json?: boolean;
+}
+
+export interface DownloadCliOptions {
+  id: string;
+  /** File to write (created, never overwritten, mode 0600); without it the EML goes to ctx.out, which must then be a Writable. */
+  output?: string;
+}
+
+export interface AuditCliOptions {
+  from?: string;
+  to?: string;
+  actor?: string;
+  action?: string;
+  target?: string;
+  limit?: string | number;
+  cursor?: string;
+  json?: boolean;
+}
+
+class BadInput extends Error {}
+
+function defaultActor(): Actor {
+  let user = process.env.USER ?? 'unknown';
+  try {
+    user = userInfo().username;
+  } catch {
+    /* no passwd entry (containers): keep $USER */
+  }
+  return { name: `cli:${user}`, source: hostname() };
+}
+
+function opsContext(ctx: CliContext): OperationsContext {
+  return {
+    store: ctx.store,
+    deliver: ctx.deliver,
+    ...(ctx.rescan ? { rescan: ctx.rescan } : {}),
+    ...(ctx.logger ? { logger: ctx.logger } : {}),
+    ...(ctx.releaseTimeoutMs ? { releaseTimeoutMs: ctx.releaseTimeoutMs } : {}),
+  };
+}
+
+/** Echoes user input safely (quoted, escaped), so a hostile argument cannot write to the terminal. */
+function quote(s: string): string {
+  return JSON.stringify(s.length > 100 ? `${s.slice(0, 100)}…` : s);
+}
+
+function notFound(ctx: CliContext, id: string): number {
+  const wellFormed = isSafeId(normalizeId(id));
+  ctx.err.write(`no quarantined message with id ${quote(id)}${wellFormed ? '' : ' (ids are UUIDs)'}\n`);
+  return wellFormed ? EXIT_FAILURE : EXIT_BAD_INPUT;
+}
+
+/** Shared error handling: bad input → 2, store down or anything else → 1, always with one clear line. */
+async function run(ctx: CliContext, fn: () => Promise<number>): Promise<number> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof BadInput || err instanceof QuarantineInputError) {
+      ctx.err.write(`error: ${err.message}\n`);
+      return EXIT_BAD_INPUT;
+    }
+    if (isUnavailable(err)) {
+      ctx.err.write(`error: quarantine store unavailable: ${err.message}\n`);
+      return EXIT_FAILURE;
+    }
+    ctx.err.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+    return EXIT_FAILURE;
+  }
+}
+
+function parseDate(name: string, v: string | undefined): Date | undefined {
+  if (v === undefined) return undefined;
+  const t = Date.parse(v);
+  if (Number.isNaN(t)) throw new BadInput(`--${name} must be an ISO 8601 time, got ${quote(v)}`);
+  return new Date(t);
+}
+
+function parseLimit(v: string | number | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_LIST_LIMIT) throw new BadInput(`--limit must be an integer from 1 to ${MAX_LIST_LIMIT}`);
+  return n;
+}
+
+const STATUSES: readonly QuarantineStatus[] = ['held', 'released', 'deleted'];
+
+function listFilter(o: ListCliOptions): QuarantineFilter {
+  const f: QuarantineFilter = {};
+  const from = parseDate('from', o.from);
+  const to = parseDate('to', o.to);
+  if (from) f.from = from;
+  if (to) f.to = to;
+  if (o.sender !== undefined) f.sender = o.sender;
+  if (o.recipient !== undefined) f.recipient = o.recipient;
+  if (o.policy !== undefined) f.policy = o.policy;
+  if (o.cursor !== undefined) f.cursor = o.cursor;
+  if (o.actionCode !== undefined) {
+    const s = String(o.actionCode);
+    if (s === 'none' || s === 'null') f.actionCode = null;
+    else if (/^\d{1,3}$/.test(s)) f.actionCode = Number(s);
+    else throw new BadInput('--action-code must be a number or "none"');
+  }
+  if (o.status !== undefined) {
+    if (!STATUSES.includes(o.status as QuarantineStatus)) throw new BadInput(`--status must be one of ${STATUSES.join(', ')}`);
+    f.status = o.status as QuarantineStatus;
+  }
+  const limit = parseLimit(o.limit);
+  if (limit !== undefined) f.limit = limit;
+  return f;
+}
+
+/** One table cell: single line, control characters neutralised, bounded. */
+function cell(s: string, max: number): string {
+  const one = sanitizeText(s).replace(/[\n\t]/g, ' ');
+  return one.length > max ? `${one.slice(0, max - 1)}…` : one;
+}
+
+function table(rows: string[][]): string {
+  const widths: number[] = [];
+  for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
+}
+
+function humanSize(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function recipientsCell(r: QuarantineRecord): string {
+  const first = r.envelope.to[0]?.address ?? '';
+  return r.envelope.to.length > 1 ? `${first} +${r.envelope.to.length - 1}` : first;
+}
+
+export async function quarantineList(opts: ListCliOptions, ctx: CliContext): Promise<number> {
+  return run(ctx, async () => {
+    const filter = listFilter(opts);
+    const page = await listMessages(opsContext(ctx), ctx.actor ?? defaultActor(), filter);
+    if (opts.json) {
+      ctx.out.write(JSON.stringify(page, null, 2) + '\n');
+      return EXIT_OK;
+    }
+    if (page.items.length === 0) {
+      ctx.out.write('no quarantined messages match\n');
+      return EXIT_OK;
+    }
+    const rows = [['ID', 'QUARANTINED', 'STATUS', 'ACTION', 'FROM', 'TO', 'SIZE', 'SUBJECT']];
+    for (const r of page.items) {
+      rows.push([
+        r.id,
+        r.quarantinedAt.replace(/\.\d{3}Z$/, 'Z'),
+        r.releaseClaim ? 'releasing' : r.status,
+        r.actionCode === null ? '-' : String(r.actionCode),
+        cell(r.envelope.from || '<>', 40),
+        cell(recipientsCell(r), 40),
+        humanSize(r.size),
+        cell(r.subject ?? '', 50),
+      ]);
+    }
+    ctx.out.write(table(rows));
+    if (page.nextCursor) ctx.out.write(`more: --cursor ${page.nextCursor}\n`);
+    return EXIT_OK;
+  });
+}
+
+export async function quarantineShow(opts: IdCliOptions, ctx: CliContext): Promise<number> {
+  return run(ctx, async () => {
+    const shown = await showMessage(opsContext(ctx), ctx.actor ?? defaultActor(), opts.id);
+    if (!shown) return notFound(ctx, opts.id);
+    if (opts.json) {
+      ctx.out.write(JSON.stringify(shown, null, 2) + '\n');
+      return EXIT_OK;
+    }
+    const { record: r, preview: p } = shown;
+    const lines = [
+      `id:            ${r.id}`,
+      `query id:      ${cell(r.queryId, 100)}`,
+      `status:        ${r.status}${r.releaseClaim ? ` (release in progress by ${cell(r.releaseClaim.by, 80)} since ${r.releaseClaim.at})` : ''}`,
+      `received:      ${r.receivedAt}`,
+      `quarantined:   ${r.quarantinedAt}`,
+      `reason:        ${cell(r.reason, 200)}  (actionCode ${r.actionCode ?? 'none'})`,
+      `policies:      ${r.policies.map((x) => cell(x.name, 80)).join(', ') || '-'}`,
+      `sender:        ${cell(r.envelope.from || '<>', 320)}`,
+      `recipients:    ${r.envelope.to.map((t) => cell(t.address, 320)).join(', ')}`,
+      `client:        ${cell(r.clientAddress, 64)} (helo ${cell(r.heloName ?? '-', 100)})`,
+      `size:          ${humanSize(r.size)}  sha256 ${r.sha256}`,
+      `subject:       ${cell(r.subject ?? '', 200)}`,
+      `instance:      ${cell(r.instance, 100)}`,
+    ];
+    if (r.release) lines.push(`released:      ${r.release.at} by ${cell(r.release.by, 100)} to ${r.release.recipients.map((x) => cell(x, 320)).join(', ')}`);
+    lines.push('', 'headers:');
+    for (const h of p.headers) lines.push(`  ${cell(h.name, 80)}: ${cell(h.value, 300)}`);
+    if (p.headersTruncated) lines.push('  …');
+    lines.push('', `attachments (${p.attachments.length}${p.attachmentsTruncated ? '+' : ''}):`);
+    for (const a of p.attachments) lines.push(`  ${cell(a.filename ?? '(unnamed)', 120)}  ${cell(a.contentType, 60)}  ${humanSize(a.size)}`);
+    lines.push('', `text (${p.textSource}${p.textTruncated ? ', truncated' : ''}):`, p.text);
+    if (p.error) lines.push('', `preview incomplete: ${p.error}`);
+    ctx.out.write(lines.join('\n') + '\n');
+    return EXIT_OK;
+  });
+}
+
+function recipientsOpt(v: string[] | string | undefined): string[] | undefined {
+  if (v === undefined) return undefined;
+  const list = (Array.isArray(v) ? v : [v]).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+  if (list.length === 0) throw new BadInput('--recipients needs at least one address');
+  return list;
+}
+
+export async function quarantineRelease(opts: ReleaseCliOptions, ctx: CliContext): Promise<number> {
+  return run(ctx, async () => {
+    const recipients = recipientsOpt(opts.recipients);
+    if (recipients && opts.redirectTo !== undefined) throw new BadInput('--recipients and --redirect-to cannot be combined');
+    const out = await releaseMessage(opsContext(ctx), ctx.actor ?? defaultActor(), opts.id, {
+      ...(opts.rescan ? { rescan: true } : {}),
+      ...(recipients ? { recipients } : {}),
+      ...(opts.redirectTo !== undefined ? { redirectTo: opts.redirectTo } : {}),
+    });
+    if (opts.json) ctx.out.write(JSON.stringify(out, null, 2) + '\n');
+    switch (out.status) {
+      case 'released':
+        if (!opts.json) {
+          ctx.out.write(`released ${out.id} to ${out.recipients.map((a) => cell(a, 320)).join(', ')}: ${cell(out.response, 300)}\n`);
+          if (out.rejected.length) ctx.out.write(`refused by the next hop: ${out.rejected.map((a) => cell(a, 320)).join(', ')}\n`);
+        }
+        return EXIT_OK;
+      case 'not-found':
+        return notFound(ctx, opts.id);
+      case 'already-released':
+        ctx.err.write(
+          `already released${out.release ? ` at ${out.release.at} by ${cell(out.release.by, 100)}` : ''}; not delivered again\n`,
+        );
+        return EXIT_FAILURE;
+      case 'in-progress':
+        ctx.err.write(`a release of this message is in progress${out.claim ? ` (by ${cell(out.claim.by, 100)} since ${out.claim.at})` : ''}\n`);
+        return EXIT_FAILURE;
+      case 'blocked':
+        ctx.err.write(`release blocked by re-scan (actionCode ${out.rescan.actionCode ?? 'none'}): ${cell(out.rescan.detail, 300)}\n`);
+        return EXIT_FAILURE;
+      case 'invalid':
+        ctx.err.write(`error: ${out.message}\n`);
+        return EXIT_BAD_INPUT;
+      case 'failed':
+        ctx.err.write(`release failed, message still held: ${cell(out.message, 500)}\n`);
+        return EXIT_FAILURE;
+    }
+  });
+}
+
+export async function quarantineDelete(opts: IdCliOptions, ctx: CliContext): Promise<number> {
+  return run(ctx, async () => {
+    const result = await deleteMessage(opsContext(ctx), ctx.actor ?? defaultActor(), opts.id);
+    if (result === 'not-found') return notFound(ctx, opts.id);
+    if (result === 'in-progress') {
+      ctx.err.write('a release of this message is in progress; not deleted\n');
+      return EXIT_FAILURE;
+    }
+    ctx.out.write(opts.json ? JSON.stringify({ status: 'deleted', id: opts.id }) + '\n' : `deleted ${opts.id}\n`);
+    return EXIT_OK;
+  });
+}
+
+export async function quarantinePurge(opts: PurgeCliOptions, ctx: CliContext): Promise<number> {
+  return run(ctx, async () => {
+    const days = typeof opts.olderThanDays === 'number' ? opts.olderThanDays : opts.olderThanDays.trim() === '' ? NaN : Number(opts.olderThanDays);
+    if (!Number.isFinite(days) || days < 0) throw new BadInput('--older-than-days must be a number of days (0 or more)');
+    const out = await purgeMessages(opsContext(ctx), ctx.actor ?? defaultActor(), { olderThanDays: days });
+    ctx.out.write(opts.json ? JSON.stringify(out) + '\n' : `purged ${out.purged} message(s) quarantined before ${out.olderThan}\n`);
+    return EXIT_OK;
+  });
+}
+
+export async function quarantineDownload(opts: DownloadCliOptions, ctx: CliContext): Promise<number> {
+  return run(ctx, async () => {
+    const dl = await downloadMessage(opsContext(ctx), ctx.actor ?? defaultActor(), opts.id);
+    if (!dl) return notFound(ctx, opts.id);
+    if (opts.output) {
+      // 'wx': never overwrite an existing file; 0600: quarantined mail is sensitive.
+      await pipeline(dl.stream, createWriteStream(opts.output, { flags: 'wx', mode: 0o600 }));
+      ctx.err.write(`wrote ${opts.output}\n`);
+    } else {
+      await pipeline(dl.stream, ctx.out as Writable, { end: false });
+    }
+    return EXIT_OK;
+  });
+}
+
+export async function quarantineAudit(opts: AuditCliOptions, ctx: CliContext): Promise<number> {
+  return run(ctx, async () => {
+    const f: AuditFilter = {};
+    const from = parseDate('from', opts.from);
+    const to = parseDate('to', opts.to);
+    if (from) f.from = from;
+    if (to) f.to = to;
+    if (opts.actor !== undefined) f.actor = opts.actor;
+    if (opts.action !== undefined) f.action = opts.action;
+    if (opts.target !== undefined) f.target = opts.target;
+    if (opts.cursor !== undefined) f.cursor = opts.cursor;
+    const limit = parseLimit(opts.limit);
+    if (limit !== undefined) f.limit = limit;
+    const page = await listAuditEntries(opsContext(ctx), ctx.actor ?? defaultActor(), f);
+    if (opts.json) {
+      ctx.out.write(JSON.stringify(page, null, 2) + '\n');
+      return EXIT_OK;
+    }
+    const rows = [['AT', 'ACTOR', 'SOURCE', 'ACTION', 'TARGET', 'RESULT', 'DETAIL']];
+    for (const a of page.items)
+      rows.push([a.at, cell(a.actor, 40), cell(a.source ?? '-', 40), a.action, a.target ?? '-', a.result, cell(a.detail ?? '', 80)]);
+    ctx.out.write(table(rows));
+    if (page.nextCursor) ctx.out.write(`more: --cursor ${page.nextCursor}\n`);
+    return EXIT_OK;
+  });
+}

@@ -1,0 +1,605 @@
+// PostgreSQL quarantine: metadata rows, message bytes as 256 KiB bytea chunks, and the audit table, shared by every relay pointed at the same database.
+//
+// Why bytea chunks and not large objects:
+// - Chunks are plain rows: ON DELETE CASCADE removes the bytes with the metadata, pg_dump/replication/backups
+//   need nothing special, and there is no orphan cleanup (large objects survive their referencing row unless
+//   lo_unlink'ed, hence vacuumlo).
+// - Streaming works both ways without buffering a message: put() inserts one chunk at a time inside one
+//   transaction (nothing is visible until COMMIT), openMessage() reads one chunk per query, so memory stays at
+//   about one chunk whatever the message size, and no value comes near bytea's 1 GB limit.
+// - node-postgres has no large-object API; we would need another dependency and to hold a transaction open
+//   for the whole read. The cost of chunks is per-row overhead (~200 rows for a 50 MiB message), which is small.
+import pg from 'pg';
+import { Readable } from 'node:stream';
+import { randomUUID } from 'node:crypto';
+import type { Logger } from '../observability/logger.js';
+import { migrate, type Migration } from '../util/pg-migrate.js';
+import {
+  isSafeId,
+  clampLimit,
+  decodeCursor,
+  encodeCursor,
+  failedStream,
+  clip,
+  errCode,
+  instanceName,
+  normAddress,
+  DEFAULT_CLAIM_TTL_MS,
+  QuarantineInputError,
+} from './common.js';
+import { QuarantineNotFoundError, QuarantineUnavailableError } from './errors.js';
+import type {
+  AuditEntry,
+  AuditFilter,
+  AuditPage,
+  AuditRecord,
+  DeleteResult,
+  NewQuarantineRecord,
+  QuarantineFilter,
+  QuarantinePage,
+  QuarantineRecord,
+  QuarantineStatus,
+  QuarantineStore,
+  ReleaseClaim,
+  ReleaseInfo,
+  StoredEnvelope,
+  MatchedPolicy,
+} from './types.js';
+
+/** Chunk size for message bytes: large enough that a 50 MiB message is ~200 rows, small enough to stay far from any memory concern. */
+export const CHUNK_BYTES = 256 * 1024;
+/** Messages removed per purge statement, so one purge never runs into statement_timeout on a large backlog. */
+const PURGE_BATCH = 200;
+
+export const QUARANTINE_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    description: 'quarantine messages, chunks and audit',
+    sql: `
+CREATE TABLE quarantine_messages (
+  id             uuid PRIMARY KEY,
+  query_id       text NOT NULL,
+  received_at    timestamptz NOT NULL,
+  quarantined_at timestamptz NOT NULL,
+  sender         text NOT NULL,
+  sender_lc      text NOT NULL,
+  recipients_lc  text[] NOT NULL,
+  envelope       jsonb NOT NULL,
+  client_address text NOT NULL,
+  helo_name      text,
+  size           bigint NOT NULL,
+  sha256         text NOT NULL,
+  md5            text NOT NULL,
+  subject        text,
+  message_id     text,
+  action_code    integer,
+  reason         text NOT NULL,
+  policies       jsonb NOT NULL,
+  policy_names   text[] NOT NULL,
+  status         text NOT NULL CHECK (status IN ('held', 'released', 'deleted')),
+  instance       text NOT NULL,
+  chunk_count    integer NOT NULL DEFAULT 0,
+  stored_bytes   bigint NOT NULL DEFAULT 0,
+  release        jsonb,
+  claim_token    uuid,
+  claim_by       text,
+  claim_instance text,
+  claimed_at     timestamptz,
+  claim_done     boolean NOT NULL DEFAULT false
+);
+CREATE INDEX quarantine_messages_newest ON quarantine_messages (quarantined_at DESC, id DESC);
+CREATE INDEX quarantine_messages_sender ON quarantine_messages (sender_lc);
+CREATE INDEX quarantine_messages_recipients ON quarantine_messages USING gin (recipients_lc);
+CREATE INDEX quarantine_messages_policies ON quarantine_messages USING gin (policy_names);
+CREATE INDEX quarantine_messages_status ON quarantine_messages (status, quarantined_at DESC);
+
+CREATE TABLE quarantine_chunks (
+  id   uuid NOT NULL REFERENCES quarantine_messages (id) ON DELETE CASCADE,
+  seq  integer NOT NULL,
+  data bytea NOT NULL,
+  PRIMARY KEY (id, seq)
+);
+
+CREATE TABLE quarantine_audit (
+  id       bigserial PRIMARY KEY,
+  at       timestamptz NOT NULL DEFAULT now(),
+  instance text NOT NULL,
+  actor    text NOT NULL,
+  action   text NOT NULL,
+  target   text,
+  result   text NOT NULL,
+  detail   text,
+  source   text
+);
+CREATE INDEX quarantine_audit_target ON quarantine_audit (target, id DESC);
+CREATE INDEX quarantine_audit_at ON quarantine_audit (at DESC);
+`,
+  },
+];
+
+export interface PgStoreOptions {
+  logger?: Logger;
+  /** Claims older than this are considered left by a crash (default 15 minutes). */
+  claimTtlMs?: number;
+  /** Upper bound for checkWritable(), connection included (default 2 s). */
+  probeTimeoutMs?: number;
+  /** Pool settings when the store builds its own pool from a URL. */
+  pool?: pg.PoolConfig;
+}
+
+/**
+ * A pool that can never hang the relay: connecting, waiting for a free client, and every query are bounded.
+ * Exported so tests (search_path per schema) and tools build pools with the same guarantees.
+ */
+export function createQuarantinePool(url: string, overrides: pg.PoolConfig = {}): pg.Pool {
+  return new pg.Pool({
+    connectionString: url,
+    max: 10,
+    // Also bounds the wait for a free client when all are busy (pg-pool applies it to the queue).
+    connectionTimeoutMillis: 5_000,
+    // Client side: rejects if the server does not answer (dead peer, black-holed network).
+    query_timeout: 30_000,
+    // Server side: the database cancels runaway statements itself.
+    statement_timeout: 30_000,
+    // A client that died mid-put must not keep row locks for long.
+    idle_in_transaction_session_timeout: 60_000,
+    idleTimeoutMillis: 30_000,
+    keepAlive: true,
+    application_name: 'dlp-relay-quarantine',
+    ...overrides,
+  });
+}
+
+/** Network-level and availability errors become QuarantineUnavailableError (451 / 503); SQL errors stay as they are (bugs). */
+export function isConnectivityError(err: unknown): boolean {
+  const code = errCode(err);
+  if (code) {
+    if (/^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|ECONNABORTED)$/.test(code)) return true;
+    // 08: connection exception; 57P01-3: shutdown / cannot connect now; 57014: statement timeout;
+    // 53xxx: out of resources (disk full, too many connections); 25006: read-only (we hit a replica).
+    if (/^08/.test(code) || /^57P0[123]$/.test(code) || code === '57014' || /^53/.test(code) || code === '25006') return true;
+  }
+  const msg = err instanceof Error ? err.message : '';
+  return /timeout|terminated|connection error|not queryable|Client was closed|Cannot use a pool after calling end/i.test(msg);
+}
+
+function toStoreError(err: unknown, what: string): Error {
+  if (err instanceof QuarantineUnavailableError || err instanceof QuarantineNotFoundError || err instanceof QuarantineInputError) return err;
+  if (isConnectivityError(err)) {
+    const detail = err instanceof Error ? err.message : String(err);
+    return new QuarantineUnavailableError(`quarantine database unavailable (${what}): ${detail}`, { cause: err });
+  }
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+interface MessageRow {
+  id: string;
+  query_id: string;
+  received_at: Date;
+  quarantined_at: Date;
+  envelope: StoredEnvelope;
+  client_address: string;
+  helo_name: string | null;
+  size: string;
+  sha256: string;
+  md5: string;
+  subject: string | null;
+  message_id: string | null;
+  action_code: number | null;
+  reason: string;
+  policies: MatchedPolicy[];
+  status: QuarantineStatus;
+  instance: string;
+  release: ReleaseInfo | null;
+  claim_token: string | null;
+  claim_by: string | null;
+  claim_instance: string | null;
+  claimed_at: Date | null;
+  claim_done: boolean;
+}
+
+const ROW_COLUMNS = `id, query_id, received_at, quarantined_at, envelope, client_address, helo_name, size, sha256, md5,
+  subject, message_id, action_code, reason, policies, status, instance, release,
+  claim_token, claim_by, claim_instance, claimed_at, claim_done`;
+
+function rowToRecord(r: MessageRow): QuarantineRecord {
+  const claimActive = r.claim_token !== null && !r.claim_done && r.status === 'held';
+  return {
+    id: r.id,
+    queryId: r.query_id,
+    receivedAt: r.received_at.toISOString(),
+    quarantinedAt: r.quarantined_at.toISOString(),
+    envelope: r.envelope,
+    clientAddress: r.client_address,
+    heloName: r.helo_name,
+    size: Number(r.size),
+    sha256: r.sha256,
+    md5: r.md5,
+    subject: r.subject,
+    messageId: r.message_id,
+    actionCode: r.action_code,
+    reason: r.reason,
+    policies: r.policies,
+    // A finished claim means released even if the status update was lost; same rule as the fs store.
+    status: r.claim_done ? 'released' : r.status,
+    instance: r.instance,
+    release: r.release,
+    releaseClaim: claimActive
+      ? { by: r.claim_by ?? 'unknown', at: (r.claimed_at ?? new Date(0)).toISOString(), instance: r.claim_instance ?? 'unknown' }
+      : null,
+  };
+}
+
+export class PgQuarantineStore implements QuarantineStore {
+  readonly kind = 'postgres' as const;
+  readonly pool: pg.Pool;
+  private readonly ownsPool: boolean;
+  private readonly logger: Logger | undefined;
+  private readonly claimTtlMs: number;
+  private readonly probeTimeoutMs: number;
+  private readonly instance = instanceName();
+  private readonly onPoolError = (err: Error): void => {
+    // Idle clients losing their connection emit 'error' on the pool; unhandled it would crash the relay.
+    this.logger?.warn({ err: err.message }, 'quarantine database connection lost');
+  };
+
+  constructor(urlOrPool: string | pg.Pool, opts: PgStoreOptions = {}) {
+    this.ownsPool = typeof urlOrPool === 'string';
+    this.pool = typeof urlOrPool === 'string' ? createQuarantinePool(urlOrPool, opts.pool) : urlOrPool;
+    this.pool.on('error', this.onPoolError);
+    this.logger = opts.logger;
+    this.claimTtlMs = opts.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS;
+    this.probeTimeoutMs = opts.probeTimeoutMs ?? 2_000;
+  }
+
+  async init(): Promise<void> {
+    try {
+      const applied = await migrate(this.pool, 'quarantine', QUARANTINE_MIGRATIONS);
+      if (applied.length) this.logger?.info({ applied }, 'quarantine schema migrated');
+    } catch (err) {
+      throw toStoreError(err, 'migrate');
+    }
+  }
+
+  private async q<R extends pg.QueryResultRow>(what: string, text: string, values: unknown[] = []): Promise<pg.QueryResult<R>> {
+    try {
+      return await this.pool.query<R>(text, values);
+    } catch (err) {
+      throw toStoreError(err, what);
+    }
+  }
+
+  async put(record: NewQuarantineRecord, openMessage: () => Readable): Promise<void> {
+    if (!isSafeId(record.id)) throw new Error('invalid quarantine id');
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      throw toStoreError(err, 'connect');
+    }
+    let broken: Error | undefined;
+    // pg-pool removes its error listener from a checked-out client; if the connection drops between two of
+    // our queries (while we wait for the source), the 'error' event would otherwise be unhandled and crash the relay.
+    const onClientError = (err: Error): void => {
+      broken ??= err;
+      this.logger?.warn({ err: err.message, id: record.id }, 'quarantine database connection lost during put');
+    };
+    client.on('error', onClientError);
+    let source: Readable | undefined;
+    try {
+      source = openMessage();
+      await client.query('BEGIN');
+      await client.query(
+        `INSERT INTO quarantine_messages (id, query_id, received_at, quarantined_at, sender, sender_lc, recipients_lc, envelope,
+           client_address, helo_name, size, sha256, md5, subject, message_id, action_code, reason, policies, policy_names, status, instance)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'held', $20)`,
+        [
+          record.id,
+          record.queryId,
+          new Date(record.receivedAt),
+          new Date(),
+          record.envelope.from,
+          normAddress(record.envelope.from),
+          record.envelope.to.map((r) => normAddress(r.address)),
+          JSON.stringify(record.envelope),
+          record.clientAddress,
+          record.heloName,
+          record.size,
+          record.sha256,
+          record.md5,
+          record.subject,
+          record.messageId,
+          record.actionCode,
+          record.reason,
+          JSON.stringify(record.policies),
+          record.policies.map((p) => p.name),
+          record.instance,
+        ],
+      );
+      // Re-chunk whatever the source yields to CHUNK_BYTES; awaiting each insert is the backpressure on the source.
+      let seq = 0;
+      let total = 0;
+      let pending: Buffer[] = [];
+      let pendingBytes = 0;
+      const flush = async (buf: Buffer): Promise<void> => {
+        await client.query('INSERT INTO quarantine_chunks (id, seq, data) VALUES ($1, $2, $3)', [record.id, seq++, buf]);
+      };
+      for await (const c of source) {
+        const chunk = Buffer.isBuffer(c) ? c : Buffer.from(c as string);
+        total += chunk.length;
+        pending.push(chunk);
+        pendingBytes += chunk.length;
+        while (pendingBytes >= CHUNK_BYTES) {
+          const all = Buffer.concat(pending, pendingBytes);
+          await flush(all.subarray(0, CHUNK_BYTES));
+          const rest = all.subarray(CHUNK_BYTES);
+          pending = rest.length ? [Buffer.from(rest)] : [];
+          pendingBytes = rest.length;
+        }
+      }
+      if (pendingBytes > 0) await flush(Buffer.concat(pending, pendingBytes));
+      await client.query('UPDATE quarantine_messages SET chunk_count = $2, stored_bytes = $3 WHERE id = $1', [record.id, seq, total]);
+      await client.query('COMMIT');
+    } catch (err) {
+      source?.destroy();
+      broken = err instanceof Error ? err : new Error(String(err));
+      // A connection-level failure would make ROLLBACK hang or fail too: drop the connection, the server rolls back.
+      if (!isConnectivityError(err)) await client.query('ROLLBACK').catch(() => {});
+      throw toStoreError(err, 'put');
+    } finally {
+      client.off('error', onClientError);
+      // Release with the error destroys the client instead of pooling a connection in an unknown state.
+      client.release(broken);
+    }
+  }
+
+  async checkWritable(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new QuarantineUnavailableError(`quarantine database did not answer within ${this.probeTimeoutMs} ms`)),
+        this.probeTimeoutMs,
+      );
+      timer.unref();
+    });
+    const probe = (async () => {
+      try {
+        const { rows } = await this.pool.query<{ ro: boolean; w: boolean }>({
+          text: `SELECT pg_is_in_recovery() AS ro, has_table_privilege('quarantine_chunks', 'INSERT') AS w`,
+          query_timeout: this.probeTimeoutMs,
+        } as pg.QueryConfig);
+        const row = rows[0];
+        if (!row || row.ro) throw new QuarantineUnavailableError('quarantine database is read-only (replica or recovery)');
+        if (!row.w) throw new QuarantineUnavailableError('no INSERT privilege on quarantine_chunks');
+      } catch (err) {
+        if (err instanceof QuarantineUnavailableError) throw err;
+        // Any failure here (missing table included) means "not writable": readiness must say no.
+        throw new QuarantineUnavailableError(`quarantine database not writable: ${err instanceof Error ? err.message : String(err)}`, {
+          cause: err,
+        });
+      }
+    })();
+    try {
+      await Promise.race([probe, deadline]);
+    } finally {
+      clearTimeout(timer);
+      probe.catch(() => {});
+    }
+  }
+
+  async close(): Promise<void> {
+    this.pool.off('error', this.onPoolError);
+    if (this.ownsPool) await this.pool.end().catch(() => {});
+  }
+
+  async get(id: string): Promise<QuarantineRecord | null> {
+    if (!isSafeId(id)) return null;
+    const { rows } = await this.q<MessageRow>('get', `SELECT ${ROW_COLUMNS} FROM quarantine_messages WHERE id = $1`, [id]);
+    return rows[0] ? rowToRecord(rows[0]) : null;
+  }
+
+  async list(filter: QuarantineFilter = {}): Promise<QuarantinePage> {
+    const limit = clampLimit(filter.limit);
+    const where: string[] = [];
+    const values: unknown[] = [];
+    const p = (v: unknown): string => {
+      values.push(v);
+      return `$${values.length}`;
+    };
+    if (filter.from) where.push(`quarantined_at >= ${p(filter.from)}`);
+    if (filter.to) where.push(`quarantined_at < ${p(filter.to)}`);
+    if (filter.sender !== undefined) where.push(`sender_lc = ${p(normAddress(filter.sender))}`);
+    if (filter.recipient !== undefined) where.push(`recipients_lc @> ARRAY[${p(normAddress(filter.recipient))}]::text[]`);
+    if (filter.actionCode === null) where.push('action_code IS NULL');
+    else if (filter.actionCode !== undefined) where.push(`action_code = ${p(filter.actionCode)}`);
+    if (filter.policy !== undefined) where.push(`policy_names @> ARRAY[${p(filter.policy)}]::text[]`);
+    if (filter.status !== undefined) {
+      // Same rule as rowToRecord: a finished claim counts as released.
+      where.push(
+        filter.status === 'released'
+          ? `(status = 'released' OR claim_done)`
+          : filter.status === 'held'
+            ? `(status = 'held' AND NOT claim_done)`
+            : `status = ${p(filter.status)}`,
+      );
+    }
+    if (filter.cursor) {
+      const c = decodeCursor(filter.cursor);
+      if (!isSafeId(c.id)) throw new QuarantineInputError('invalid cursor');
+      where.push(`(quarantined_at, id) < (${p(new Date(c.t))}, ${p(c.id)}::uuid)`);
+    }
+    const sql = `SELECT ${ROW_COLUMNS} FROM quarantine_messages ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+      ORDER BY quarantined_at DESC, id DESC LIMIT ${p(limit + 1)}`;
+    const { rows } = await this.q<MessageRow>('list', sql, values);
+    const items = rows.slice(0, limit).map(rowToRecord);
+    const last = items[items.length - 1];
+    return { items, nextCursor: rows.length > limit && last ? encodeCursor({ t: last.quarantinedAt, id: last.id }) : null };
+  }
+
+  openMessage(id: string): Readable {
+    if (!isSafeId(id)) return failedStream(new QuarantineNotFoundError(id));
+    const q = this.q.bind(this);
+    // One chunk per query and no transaction held open: a slow reader (an HTTP download) costs no connection while it waits.
+    async function* chunks(): AsyncGenerator<Buffer> {
+      const head = await q<{ chunk_count: number }>('open', 'SELECT chunk_count FROM quarantine_messages WHERE id = $1', [id]);
+      const row = head.rows[0];
+      if (!row) throw new QuarantineNotFoundError(id);
+      for (let seq = 0; seq < row.chunk_count; seq++) {
+        // Text result format on purpose: node-postgres has no binary bytea parser (it would hand back a mangled string).
+        const r = await q<{ data: Buffer }>('read', 'SELECT data FROM quarantine_chunks WHERE id = $1 AND seq = $2', [id, seq]);
+        const chunk = r.rows[0];
+        // Missing chunk: the message was deleted while we streamed it.
+        if (!chunk) throw new QuarantineNotFoundError(id);
+        yield chunk.data;
+      }
+    }
+    return Readable.from(chunks(), { objectMode: false });
+  }
+
+  async claimRelease(id: string, claimant: { actor: string; claimTtlMs?: number }): Promise<ReleaseClaim> {
+    if (!isSafeId(id)) return { status: 'not-found' };
+    const ttlSec = (claimant.claimTtlMs ?? this.claimTtlMs) / 1000;
+    const token = randomUUID();
+    // The UPDATE takes the row lock; a concurrent claimer (any process) blocks on it, then re-checks the WHERE
+    // against the committed claim and matches nothing. So exactly one claim wins, before anything is delivered.
+    const won = await this.q<MessageRow>(
+      'claim',
+      `UPDATE quarantine_messages
+          SET claim_token = $2, claim_by = $3, claim_instance = $4, claimed_at = now()
+        WHERE id = $1 AND status = 'held' AND NOT claim_done
+          AND (claim_token IS NULL OR claimed_at < now() - make_interval(secs => $5))
+        RETURNING ${ROW_COLUMNS}`,
+      [id, token, claimant.actor, this.instance, ttlSec],
+    );
+    if (won.rows[0]) return { status: 'claimed', token, record: rowToRecord(won.rows[0]) };
+    const { rows } = await this.q<MessageRow>('claim', `SELECT ${ROW_COLUMNS} FROM quarantine_messages WHERE id = $1`, [id]);
+    const row = rows[0];
+    if (!row) return { status: 'not-found' };
+    const rec = rowToRecord(row);
+    if (rec.status === 'released') return { status: 'already-released', record: rec };
+    return { status: 'in-progress', record: rec };
+  }
+
+  async completeRelease(id: string, token: string, info: ReleaseInfo): Promise<void> {
+    const r = await this.q(
+      'complete release',
+      `UPDATE quarantine_messages SET status = 'released', release = $3, claim_done = true WHERE id = $1 AND claim_token = $2`,
+      [id, token, JSON.stringify(info)],
+    );
+    if (r.rowCount !== 1) throw new Error('release claim lost');
+  }
+
+  async abandonRelease(id: string, token: string): Promise<void> {
+    if (!isSafeId(id)) return;
+    await this.q(
+      'abandon release',
+      `UPDATE quarantine_messages SET claim_token = NULL, claim_by = NULL, claim_instance = NULL, claimed_at = NULL
+        WHERE id = $1 AND claim_token = $2 AND NOT claim_done`,
+      [id, token],
+    );
+  }
+
+  async delete(id: string): Promise<DeleteResult> {
+    if (!isSafeId(id)) return 'not-found';
+    // Chunks go with the row (ON DELETE CASCADE). A live release claim protects the bytes being delivered.
+    const r = await this.q(
+      'delete',
+      `DELETE FROM quarantine_messages
+        WHERE id = $1 AND (claim_token IS NULL OR claim_done OR claimed_at < now() - make_interval(secs => $2))`,
+      [id, this.claimTtlMs / 1000],
+    );
+    if (r.rowCount === 1) return 'deleted';
+    const { rows } = await this.q('delete', 'SELECT 1 FROM quarantine_messages WHERE id = $1', [id]);
+    return rows.length ? 'in-progress' : 'not-found';
+  }
+
+  async purge(olderThan: Date): Promise<number> {
+    let total = 0;
+    // Batches keep each statement short; the loop ends when a batch comes back short (the table is finite and
+    // we only ever delete), and the guard bounds it even if rows keep appearing with old timestamps.
+    for (let round = 0; round < 1_000_000; round++) {
+      const r = await this.q(
+        'purge',
+        `DELETE FROM quarantine_messages WHERE id IN (
+           SELECT id FROM quarantine_messages
+            WHERE quarantined_at < $1 AND (claim_token IS NULL OR claim_done OR claimed_at < now() - make_interval(secs => $2))
+            LIMIT ${PURGE_BATCH})`,
+        [olderThan, this.claimTtlMs / 1000],
+      );
+      total += r.rowCount ?? 0;
+      if ((r.rowCount ?? 0) < PURGE_BATCH) break;
+    }
+    return total;
+  }
+
+  async audit(entry: AuditEntry): Promise<AuditRecord> {
+    const { rows } = await this.q<{ id: string; at: Date }>(
+      'audit',
+      `INSERT INTO quarantine_audit (instance, actor, action, target, result, detail, source)
+       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, at`,
+      [this.instance, entry.actor, entry.action, entry.target, entry.result, clip(entry.detail) ?? null, entry.source ?? null],
+    );
+    const row = rows[0]!;
+    return {
+      id: String(row.id),
+      at: row.at.toISOString(),
+      instance: this.instance,
+      actor: entry.actor,
+      action: entry.action,
+      target: entry.target,
+      result: entry.result,
+      ...(entry.detail !== undefined ? { detail: clip(entry.detail)! } : {}),
+      ...(entry.source !== undefined ? { source: entry.source } : {}),
+    };
+  }
+
+  async listAudit(filter: AuditFilter = {}): Promise<AuditPage> {
+    const limit = clampLimit(filter.limit);
+    const where: string[] = [];
+    const values: unknown[] = [];
+    const p = (v: unknown): string => {
+      values.push(v);
+      return `$${values.length}`;
+    };
+    if (filter.from) where.push(`at >= ${p(filter.from)}`);
+    if (filter.to) where.push(`at < ${p(filter.to)}`);
+    if (filter.actor !== undefined) where.push(`actor = ${p(filter.actor)}`);
+    if (filter.action !== undefined) where.push(`action = ${p(filter.action)}`);
+    if (filter.target !== undefined) where.push(`target = ${p(filter.target)}`);
+    if (filter.cursor) {
+      // The serial id orders entries across instances; the cursor carries it (time is informational).
+      const c = decodeCursor(filter.cursor);
+      if (!/^\d{1,19}$/.test(c.id)) throw new QuarantineInputError('invalid cursor');
+      where.push(`id < ${p(c.id)}::bigint`);
+    }
+    const { rows } = await this.q<{
+      id: string;
+      at: Date;
+      instance: string;
+      actor: string;
+      action: string;
+      target: string | null;
+      result: string;
+      detail: string | null;
+      source: string | null;
+    }>(
+      'list audit',
+      `SELECT id, at, instance, actor, action, target, result, detail, source FROM quarantine_audit
+        ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ${p(limit + 1)}`,
+      values,
+    );
+    const items: AuditRecord[] = rows.slice(0, limit).map((r) => ({
+      id: String(r.id),
+      at: r.at.toISOString(),
+      instance: r.instance,
+      actor: r.actor,
+      action: r.action,
+      target: r.target,
+      result: r.result,
+      ...(r.detail !== null ? { detail: r.detail } : {}),
+      ...(r.source !== null ? { source: r.source } : {}),
+    }));
+    const last = items[items.length - 1];
+    return { items, nextCursor: rows.length > limit && last ? encodeCursor({ t: last.at, id: last.id }) : null };
+  }
+}
