@@ -7,6 +7,9 @@ import { createLogger, type Logger } from '../observability/logger.js';
 import { startRelay } from '../app.js';
 import { runSend } from './send.js';
 import { startUcwiSim } from '../sim/ucwi/server.js';
+import { registerQuarantineCommands } from './quarantine-commands.js';
+import { registerCasCommands } from './cas-commands.js';
+import { hashPassword } from '../ingress/auth.js';
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -130,6 +133,26 @@ export function buildProgram(): Command {
           `  point the relay at it: DLP_RELAY_UCWI_URL=${sim.url} DLP_RELAY_UCWI_ACCESS_KEY=... DLP_RELAY_UCWI_SECRET_KEY=...\n`,
       );
       onShutdown(logger, () => sim.close(), 5_000);
+    });
+
+  const config = () => loadOrExit(program.opts<{ config?: string }>().config);
+  registerQuarantineCommands(program, config);
+  registerCasCommands(program, config);
+
+  program
+    .command('hash-password')
+    .description('read a password on stdin and print the users-file hash for smtp.auth.usersFile')
+    .argument('<user>', 'user name for the line')
+    .action(async (user: string) => {
+      let input = '';
+      for await (const c of process.stdin) input += (c as Buffer).toString();
+      const pw = input.replace(/\r?\n$/, '');
+      if (!pw) {
+        process.stderr.write('dlp-relay: no password on stdin\n');
+        process.exitCode = 2;
+        return;
+      }
+      process.stdout.write(`${user}:${hashPassword(pw)}\n`);
     });
 
   program

@@ -96,9 +96,61 @@ describe('dlp-relay serve on embedded defaults', () => {
     for (const s of summaries) expect(Object.keys(s)).toEqual(expect.arrayContaining(['queryId', 'sender', 'rcpts', 'size', 'actionCode', 'action', 'reply', 'dlpMs', 'relayMs']));
   });
 
+  it('quarantine list, show and release work from the CLI; a second release does not deliver again', async () => {
+    const env = { DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine'), DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'), DLP_RELAY_LOG_LEVEL: 'warn' };
+    const sent = await run(['send', '--server', `127.0.0.1:${port}`, '--expect', 'accept', 'fixtures/quoted-printable.eml']);
+    const id = /ref ([0-9a-f-]{36})/.exec(sent.stdout)![1]!;
+    const list = await run(['quarantine', 'list', '--json'], env);
+    expect(list.code).toBe(0);
+    const items = (JSON.parse(list.stdout) as { items: Array<{ id: string; actionCode: number }> }).items;
+    expect(items.find((i) => i.id === id)).toMatchObject({ actionCode: 6 });
+    const show = await run(['quarantine', 'show', id], env);
+    expect(show.code).toBe(0);
+    expect(show.stdout).toContain('IBAN');
+    const before = readdirSync(join(root, 'outbox')).filter((f) => f.endsWith('.eml')).length;
+    const rel = await run(['quarantine', 'release', id], env);
+    expect(rel.code).toBe(0);
+    expect(rel.stdout).toMatch(new RegExp(`^released ${id} to `));
+    expect(readdirSync(join(root, 'outbox')).filter((f) => f.endsWith('.eml')).length).toBe(before + 1);
+    const again = await run(['quarantine', 'release', id], env);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain('already released');
+    expect(readdirSync(join(root, 'outbox')).filter((f) => f.endsWith('.eml')).length).toBe(before + 1);
+    const unknown = await run(['quarantine', 'show', '00000000-0000-4000-8000-000000000000'], env);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain('no quarantined message with id');
+    const traversal = await run(['quarantine', 'show', '../../etc/passwd'], env);
+    expect(traversal.code).not.toBe(0);
+  });
+
   it('stops on SIGTERM with exit code 0', async () => {
     proc.kill('SIGTERM');
     expect(await exited).toBe(0);
+  });
+});
+
+describe('dlp-relay cas', () => {
+  it('block pushes to the CAS blocked lists and refuses bad values with exit 2', async () => {
+    const { startCasSim } = await import('../../src/sim/cas/server.js');
+    const token = 'c'.repeat(40);
+    const sim = await startCasSim({ token });
+    try {
+      const env = { DLP_RELAY_CAS_URL: sim.url, DLP_RELAY_CAS_TOKEN: token };
+      const ok = await run(['cas', 'block', '--sender', 'leaker@example.test', '--sha256', 'a'.repeat(64)], env);
+      expect(ok.code).toBe(0);
+      expect(sim.list('senders')).toContain('leaker@example.test');
+      const bad = await run(['cas', 'block', '--sender', 'not-an-address', '--sha1', 'xyz'], env);
+      expect(bad.code).toBe(2);
+      expect(bad.stdout + bad.stderr).toContain('not-an-address');
+      expect(bad.stdout + bad.stderr).toContain('xyz');
+      const noToken = await run(['cas', 'list'], { DLP_RELAY_CAS_URL: sim.url });
+      expect(noToken.code).toBe(2);
+      expect(noToken.stderr).toContain('DLP_RELAY_CAS_TOKEN');
+      const invalid = await run(['cas', 'mitigate', '--action', 'MAIL_RESTORE', '--service', 'gmail', '--mailbox', 'a@example.test', '--message-id', '<x@y>'], env);
+      expect(invalid.code).toBe(2);
+    } finally {
+      await sim.close();
+    }
   });
 });
 
