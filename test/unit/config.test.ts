@@ -25,6 +25,19 @@ describe('loadConfig', () => {
     expect(fromFile.nextHop.host).toBeNull();
   });
 
+  it('config/default.yaml lists every key the schema knows (every key documented)', async () => {
+    const { parse } = await import('yaml');
+    const { readFileSync } = await import('node:fs');
+    const keys = (o: Record<string, unknown>, p = ''): string[] =>
+      Object.entries(o).flatMap(([k, v]) => {
+        const q = p ? `${p}.${k}` : k;
+        return v && typeof v === 'object' && !Array.isArray(v) && q !== 'policy.actions' ? keys(v as Record<string, unknown>, q) : [q];
+      });
+    const inFile = new Set(keys(parse(readFileSync(DEFAULT_CONFIG_FILE, 'utf8')) as Record<string, unknown>));
+    const known = keys(loadConfig({ file: '/dev/null', env: {} }) as unknown as Record<string, unknown>).filter((k) => !k.startsWith('secrets.'));
+    expect(known.filter((k) => !inFile.has(k))).toEqual([]);
+  });
+
   it('applies every documented environment variable', () => {
     const c = loadConfig({
       file: '/dev/null',
