@@ -1,0 +1,68 @@
+// CAS through the running relay: a block verdict lands the sender on the CAS simulator's list; a CAS outage never touches mail flow.
+import { afterEach, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { SmtpSession, replyCode } from '../helpers/raw-smtp.js';
+import { startChain, eventually, message, type Chain } from '../helpers/chain.js';
+import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
+
+const TOKEN = 'f'.repeat(40);
+
+async function send(port: number, from: string, body: string): Promise<string> {
+  const s = await SmtpSession.connect(port);
+  try {
+    await s.cmd('EHLO client');
+    await s.cmd(`MAIL FROM:<${from}>`);
+    await s.cmd('RCPT TO:<bob@partner.test>');
+    return await s.data(message(body), { dotStuff: true });
+  } finally {
+    s.close();
+  }
+}
+
+describe('relay → CAS blocked lists', () => {
+  let chain: Chain | undefined;
+  let cas: CasSim | undefined;
+  afterEach(async () => {
+    await chain?.close();
+    await cas?.close();
+    chain = undefined;
+    cas = undefined;
+  });
+
+  async function start(extra: Record<string, unknown> = {}) {
+    cas = await startCasSim({ token: TOKEN });
+    chain = await startChain({
+      config: {
+        secrets: { casToken: TOKEN },
+        cas: { enabled: true, url: cas.url, exemptDomains: ['ourcorp.test'], outbox: { dir: join(mkdtempSync(join(tmpdir(), 'cas-outbox-')), 'outbox'), intervalMs: 200, baseMs: 200, maxMs: 1000 }, retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 }, ...extra },
+      },
+    });
+    return { chain, cas };
+  }
+
+  it('a block verdict puts the sender on the list; a clean message and an internal sender do not', async () => {
+    const { chain, cas } = await start();
+    expect(await send(chain.port, 'leaker@outside.test', 'card 4111 1111 1111 1111')).toMatch(/^550 5\.7\.1 /);
+    expect(replyCode(await send(chain.port, 'clean@outside.test', 'nothing here'))).toBe(250);
+    expect(await send(chain.port, 'staff@ourcorp.test', 'card 4111 1111 1111 1111')).toMatch(/^550 5\.7\.1 /);
+    await eventually(() => cas.list('senders').includes('leaker@outside.test'), 10_000);
+    expect(cas.list('senders')).toEqual(['leaker@outside.test']);
+  });
+
+  it('CAS down: replies are unchanged, and the push arrives after it recovers, once', async () => {
+    const { chain, cas } = await start();
+    cas.setFaults({ always: 503 });
+    const r = await send(chain.port, 'leaker2@outside.test', 'card 4111 1111 1111 1111');
+    expect(r).toMatch(/^550 5\.7\.1 Message rejected by data-loss-prevention policy/);
+    expect(replyCode(await send(chain.port, 'clean@outside.test', 'fine'))).toBe(250);
+    // While CAS is down the entry waits in the outbox.
+    await eventually(() => cas.requestLog.some((q) => q.status === 503), 10_000);
+    expect(cas.list('senders')).toEqual([]);
+    cas.setFaults({});
+    await eventually(() => cas.list('senders').includes('leaker2@outside.test'), 15_000);
+    const creates = cas.requestLog.filter((q) => q.method === 'POST' && q.status !== undefined && q.status < 300 && ((q.rules as { senders?: string[] } | null)?.senders ?? []).includes('leaker2@outside.test'));
+    expect(creates).toHaveLength(1);
+  });
+});
