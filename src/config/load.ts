@@ -48,28 +48,23 @@ function parseHostPort(value: string): { host: string; port: number } | null {
   return port <= 65535 ? { host: m[1]!, port } : null;
 }
 
+/** An override that sets `<section>.host` and `<section>.port` from "host:port". */
+function hostPortAt(section: string): (raw: Raw, v: string) => string | void {
+  return (raw, v) => {
+    const hp = parseHostPort(v);
+    if (!hp) return 'expected host:port';
+    setPath(raw, [section, 'host'], hp.host);
+    setPath(raw, [section, 'port'], hp.port);
+  };
+}
+
 /**
  * Environment variables and the config path they override. Each entry parses its text; a parse
  * failure becomes a problem naming both the variable and the path.
  */
 const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => string | void }> = [
-  {
-    name: 'DLP_RELAY_LISTEN',
-    apply: (raw, v) => {
-      const hp = parseHostPort(v);
-      if (!hp) return 'expected host:port';
-      setPath(raw, ['listen'], hp);
-    },
-  },
-  {
-    name: 'DLP_RELAY_NEXT_HOP',
-    apply: (raw, v) => {
-      const hp = parseHostPort(v);
-      if (!hp) return 'expected host:port';
-      setPath(raw, ['nextHop', 'host'], hp.host);
-      setPath(raw, ['nextHop', 'port'], hp.port);
-    },
-  },
+  { name: 'DLP_RELAY_LISTEN', apply: hostPortAt('listen') },
+  { name: 'DLP_RELAY_NEXT_HOP', apply: hostPortAt('nextHop') },
   { name: 'DLP_RELAY_NEXT_HOP_USER', apply: (raw, v) => setPath(raw, ['nextHop', 'authUser'], v) },
   { name: 'DLP_RELAY_UCWI_URL', apply: (raw, v) => setPath(raw, ['ucwi', 'url'], v) },
   { name: 'DLP_RELAY_UCWI_TIMEOUT_MS', apply: (raw, v) => num(raw, ['ucwi', 'timeouts', 'deadlineMs'], v) },
@@ -89,15 +84,7 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
       ),
   },
   { name: 'DLP_RELAY_MAX_MESSAGE_BYTES', apply: (raw, v) => num(raw, ['smtp', 'maxMessageBytes'], v) },
-  {
-    name: 'DLP_RELAY_ADMIN_LISTEN',
-    apply: (raw, v) => {
-      const hp = parseHostPort(v);
-      if (!hp) return 'expected host:port';
-      setPath(raw, ['admin', 'host'], hp.host);
-      setPath(raw, ['admin', 'port'], hp.port);
-    },
-  },
+  { name: 'DLP_RELAY_ADMIN_LISTEN', apply: hostPortAt('admin') },
   { name: 'DLP_RELAY_CAS_URL', apply: (raw, v) => setPath(raw, ['cas', 'url'], v) },
   { name: 'DLP_RELAY_CAS_REGION', apply: (raw, v) => setPath(raw, ['cas', 'region'], v) },
   { name: 'DLP_RELAY_LOG_LEVEL', apply: (raw, v) => setPath(raw, ['log', 'level'], v) },

@@ -124,9 +124,10 @@ export class FsQuarantineStore implements QuarantineStore {
   }
 
   async put(record: NewQuarantineRecord, openMessage: () => Readable): Promise<void> {
-    const full: QuarantineRecord = { ...record, status: 'held', quarantinedAt: new Date().toISOString(), release: null };
     // Message first, metadata last: a listing is driven by .json files, so it never shows a message whose bytes are missing.
     await writeDurably(this.emlPath(record.id), openMessage());
+    // Stamped once the bytes are down, so a slow write never lands behind a page an operator has already read.
+    const full: QuarantineRecord = { ...record, status: 'held', quarantinedAt: new Date().toISOString(), release: null };
     try {
       await writeDurably(this.metaPath(record.id), JSON.stringify(full, null, 2) + '\n');
     } catch (err) {

@@ -366,10 +366,12 @@ function headerSafe(s: string, max = 200): string {
   return s.replace(/[^\x20-\x7e]/g, '?').replace(/\s+/g, ' ').trim().slice(0, max) || '?';
 }
 
-/** The one header a release adds: when, who, and the reference the sender was given. */
+/**
+ * The one header a release adds: when, who, and the reference the sender was given. Only the actor's
+ * name goes out with the mail; its source (admin address, user@host) stays in the audit trail.
+ */
 export function releaseHeader(at: Date, actor: Actor, queryId: string): string {
-  const who = actor.source ? `${actor.name} [${actor.source}]` : actor.name;
-  return `X-DLP-Released: ${at.toISOString()} by ${headerSafe(who)} (ref ${headerSafe(queryId, 100)})`;
+  return `X-DLP-Released: ${at.toISOString()} by ${headerSafe(actor.name)} (ref ${headerSafe(queryId, 100)})`;
 }
 
 /**

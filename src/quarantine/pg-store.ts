@@ -292,12 +292,13 @@ export class PgQuarantineStore implements QuarantineStore {
       await client.query(
         `INSERT INTO quarantine_messages (id, query_id, received_at, quarantined_at, sender, sender_lc, recipients_lc, envelope,
            client_address, helo_name, size, sha256, md5, subject, message_id, action_code, reason, policies, policy_names, status, instance)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, 'held', $20)`,
+         VALUES ($1, $2, $3, date_trunc('milliseconds', clock_timestamp()), $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, 'held', $19)`,
+        // The database clock orders messages from every relay on one timeline; milliseconds, so the ISO time
+        // in a paging cursor round-trips exactly.
         [
           record.id,
           record.queryId,
           new Date(record.receivedAt),
-          new Date(),
           record.envelope.from,
           normAddress(record.envelope.from),
           record.envelope.to.map((r) => normAddress(r.address)),
@@ -338,7 +339,13 @@ export class PgQuarantineStore implements QuarantineStore {
         }
       }
       if (pendingBytes > 0) await flush(Buffer.concat(pending, pendingBytes));
-      await client.query('UPDATE quarantine_messages SET chunk_count = $2, stored_bytes = $3 WHERE id = $1', [record.id, seq, total]);
+      // Stamp the time again just before COMMIT: a large message that took a while to stream must not appear
+      // behind a page an operator has already read.
+      await client.query(
+        `UPDATE quarantine_messages SET chunk_count = $2, stored_bytes = $3, quarantined_at = date_trunc('milliseconds', clock_timestamp())
+          WHERE id = $1`,
+        [record.id, seq, total],
+      );
       await client.query('COMMIT');
     } catch (err) {
       source?.destroy();

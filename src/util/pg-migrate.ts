@@ -15,6 +15,10 @@ export interface Migration {
  */
 export async function migrate(pool: Pool, component: string, migrations: readonly Migration[]): Promise<number[]> {
   const client: PoolClient = await pool.connect();
+  // A checked-out client that loses its connection emits 'error'; unheard, that would crash the
+  // process. The failing query rejects as well, which is what reports the problem.
+  const onError = () => {};
+  client.on('error', onError);
   const applied: number[] = [];
   try {
     await client.query(`SELECT pg_advisory_lock(hashtext('dlp_relay_migrations'))`);
@@ -48,6 +52,7 @@ export async function migrate(pool: Pool, component: string, migrations: readonl
     }
   } finally {
     await client.query(`SELECT pg_advisory_unlock(hashtext('dlp_relay_migrations'))`).catch(() => {});
+    client.off('error', onError);
     client.release();
   }
   return applied;

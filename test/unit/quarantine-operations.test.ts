@@ -118,8 +118,9 @@ describe('buildPreview', () => {
 
 describe('release header', () => {
   it('says when, who and which reference, and cannot be used to inject header lines', () => {
-    const h = releaseHeader(new Date('2025-01-02T03:04:05.678Z'), { name: 'cli:root', source: 'host\r\nBcc: x@y' }, 'ref\nX: 1');
-    expect(h).toBe('X-DLP-Released: 2025-01-02T03:04:05.678Z by cli:root [host??Bcc: x@y] (ref ref?X: 1)');
+    const h = releaseHeader(new Date('2025-01-02T03:04:05.678Z'), { name: 'cli:root\r\nBcc: x@y', source: '10.1.2.3' }, 'ref\nX: 1');
+    // The source (an internal address) never leaves with the mail; it is in the audit trail.
+    expect(h).toBe('X-DLP-Released: 2025-01-02T03:04:05.678Z by cli:root??Bcc: x@y (ref ref?X: 1)');
     expect(h).not.toMatch(/[\r\n]/);
   });
 

@@ -1,0 +1,311 @@
+// Benchmark results: their shape, percentiles, the stdout table, and BENCHMARKS.md (regenerated, keeping the hand-written analysis block).
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import type { ProfileSummary } from './cpuprofile.js';
+
+export interface Machine {
+  nproc: number;
+  cpuModel: string;
+  memTotalGiB: number;
+  node: string;
+  os: string;
+  kernel: string;
+  loadAvgAtStart: number;
+}
+
+export interface ThroughputRun {
+  system: 'direct' | 'haraka' | 'dlp-relay';
+  ucwiLatencyMs: number | null;
+  sessions: number;
+  messages: number;
+  /** Messages smtp-source counted as done (DATA completed). */
+  sent: number;
+  /** Messages the sink received during the run. */
+  sinkReceived: number;
+  seconds: number;
+  msgPerSec: number;
+  ok: boolean;
+  /** CPU milliseconds per message of the system under test (relay and simulator separately), when measured. */
+  cpuMsPerMsg: Record<string, number>;
+  loadAvg: number;
+  error?: string;
+}
+
+export interface ThroughputCell {
+  system: ThroughputRun['system'];
+  ucwiLatencyMs: number | null;
+  sessions: number;
+  /** Median over the repetitions. */
+  msgPerSec: number;
+  min: number;
+  max: number;
+  runs: ThroughputRun[];
+}
+
+export interface Percentiles {
+  n: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+}
+
+export interface LatencyResult {
+  messages: number;
+  bodyBytes: number;
+  /** Client-side final-dot → 250 through the relay (UCWI simulator at 0 ms). */
+  relayDot: Percentiles;
+  /** dlpMs from the relay's per-message log line (integer ms: ±0.5 ms each). */
+  dlpMs: Percentiles;
+  /** relayDot − dlpMs, per message. */
+  relayMinusDlp: Percentiles;
+  /** Server-side totalMs − dlpMs from the log line (spool + UCWI client overhead excluded from neither; integer ms). */
+  serverTotalMinusDlp: Percentiles;
+  /** relayMs (next-hop delivery) from the log line. */
+  relayMs: Percentiles;
+  /** Client-side final-dot → 250 straight to the sink. */
+  directDot: Percentiles;
+  /** The target metric: percentile of (relayDot − dlpMs) minus the same percentile of directDot. */
+  addedP50: number;
+  addedP99: number;
+  /** Same without removing UCWI time: relayDot − directDot (the whole cost of inline DLP at 0 ms). */
+  addedInclUcwiP50: number;
+  addedInclUcwiP99: number;
+  matchedLogLines: number;
+}
+
+export interface RssResult {
+  bigMessageBytes: number;
+  bigMessageReply: string;
+  bigMessageSeconds: number;
+  rssBeforeMiB: number;
+  /** VmHWM of the relay process after relaying the big message (peak RSS over its whole life). */
+  peakBigMiB: number;
+  /** Same, polled VmRSS maximum (cross-check). */
+  polledBigMiB: number;
+  sessions200: Array<{ ucwiLatencyMs: number; messages: number; sent: number; seconds: number; peakMiB: number; ok: boolean }>;
+}
+
+export interface Target {
+  name: string;
+  goal: string;
+  measured: string;
+  pass: boolean | null;
+}
+
+export interface Results {
+  startedAt: string;
+  finishedAt: string;
+  durationSeconds: number;
+  machine: Machine;
+  versions: { haraka: string; relayBuild: string; smtpSource: string };
+  settings: { bodyBytes: number; seconds: number; reps: number };
+  commands: Record<string, string>;
+  throughput: ThroughputCell[];
+  latency200: ThroughputCell[];
+  latency: LatencyResult | null;
+  rss: RssResult | null;
+  peakRssDuringThroughputMiB: Record<string, number>;
+  profile: (ProfileSummary & { file: string; sessions: number }) | null;
+  targets: Target[];
+  errors: string[];
+}
+
+export function percentiles(values: number[]): Percentiles {
+  const s = [...values].sort((a, b) => a - b);
+  // Nearest-rank percentile: the smallest value with at least p% of the samples at or below it.
+  const at = (p: number) => (s.length ? s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]! : NaN);
+  const r = (v: number) => Math.round(v * 1000) / 1000;
+  return { n: s.length, p50: r(at(50)), p90: r(at(90)), p99: r(at(99)), max: r(s[s.length - 1] ?? NaN) };
+}
+
+export function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  if (!s.length) return NaN;
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+const f1 = (v: number) => (Number.isFinite(v) ? v.toFixed(1) : 'n/a');
+const f2 = (v: number) => (Number.isFinite(v) ? v.toFixed(2) : 'n/a');
+const f0 = (v: number) => (Number.isFinite(v) ? Math.round(v).toString() : 'n/a');
+
+function mdTable(head: string[], rows: string[][]): string {
+  return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}
+
+function plainTable(head: string[], rows: string[][]): string {
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i]!)).join('  ');
+  return [line(head), line(w.map((n) => '-'.repeat(n))), ...rows.map(line)].join('\n');
+}
+
+const systemLabel = (c: { system: string; ucwiLatencyMs: number | null }) =>
+  c.system === 'dlp-relay' ? `dlp-relay (UCWI ${c.ucwiLatencyMs} ms)` : c.system === 'haraka' ? 'Haraka smtp_forward' : 'direct → sink (ceiling)';
+
+function cpuCell(c: ThroughputCell): string {
+  const keys = new Set(c.runs.flatMap((r) => Object.keys(r.cpuMsPerMsg)));
+  return [...keys].map((k) => `${k} ${f2(median(c.runs.map((r) => r.cpuMsPerMsg[k] ?? NaN).filter(Number.isFinite)))}`).join(', ') || '—';
+}
+
+function throughputRows(cells: ThroughputCell[], withExpected: boolean): { head: string[]; rows: string[][] } {
+  const head = ['system', 'sessions', 'msg/s (median)', 'min–max', 'runs', 'msgs/run', 'CPU ms/msg', ...(withExpected ? ['sessions ÷ latency', 'efficiency'] : []), 'all delivered'];
+  const rows = cells.map((c) => {
+    const expected = c.ucwiLatencyMs ? c.sessions / (c.ucwiLatencyMs / 1000) : NaN;
+    return [
+      systemLabel(c),
+      String(c.sessions),
+      f0(c.msgPerSec),
+      `${f0(c.min)}–${f0(c.max)}`,
+      String(c.runs.length),
+      String(c.runs[0]?.messages ?? 0),
+      cpuCell(c),
+      ...(withExpected ? [f0(expected), `${f1((c.msgPerSec / expected) * 100)} %`] : []),
+      c.runs.every((r) => r.ok) ? 'yes' : `NO (${c.runs.filter((r) => !r.ok).length} failed)`,
+    ];
+  });
+  return { head, rows };
+}
+
+function latencyRows(l: LatencyResult): { head: string[]; rows: string[][] } {
+  const row = (name: string, p: Percentiles) => [name, f2(p.p50), f2(p.p90), f2(p.p99), f2(p.max), String(p.n)];
+  return {
+    head: ['measure (ms)', 'p50', 'p90', 'p99', 'max', 'n'],
+    rows: [
+      row('relay: final dot → 250 (client)', l.relayDot),
+      row('relay: dlpMs (log, integer)', l.dlpMs),
+      row('relay: dot→250 − dlpMs (per msg)', l.relayMinusDlp),
+      row('relay: totalMs − dlpMs (log)', l.serverTotalMinusDlp),
+      row('relay: relayMs (next hop, log)', l.relayMs),
+      row('direct: final dot → 250 (client)', l.directDot),
+    ],
+  };
+}
+
+export function printTables(r: Results): string {
+  const out: string[] = [];
+  if (r.throughput.length) {
+    const t = throughputRows(r.throughput, false);
+    out.push(`Throughput, ${r.settings.bodyBytes}-byte bodies, UCWI simulator at 0 ms`, plainTable(t.head, t.rows), '');
+  }
+  if (r.latency200.length) {
+    const t = throughputRows(r.latency200, true);
+    out.push('Throughput, UCWI simulator at 200 ms', plainTable(t.head, t.rows), '');
+  }
+  if (r.latency) {
+    const t = latencyRows(r.latency);
+    out.push(`Latency, ${r.latency.messages} sequential messages, one session`, plainTable(t.head, t.rows));
+    out.push(`added (excl. UCWI): p50 ${f2(r.latency.addedP50)} ms, p99 ${f2(r.latency.addedP99)} ms; incl. the UCWI round trip at 0 ms: p50 ${f2(r.latency.addedInclUcwiP50)} ms, p99 ${f2(r.latency.addedInclUcwiP99)} ms`, '');
+  }
+  if (r.rss) {
+    out.push(
+      `Peak RSS: ${f1(r.rss.peakBigMiB)} MiB relaying one ${(r.rss.bigMessageBytes / 1e6).toFixed(0)} MB message (reply ${r.rss.bigMessageReply}, ${f1(r.rss.bigMessageSeconds)} s; idle ${f1(r.rss.rssBeforeMiB)} MiB)`,
+      ...r.rss.sessions200.map((s) => `Peak RSS: ${f1(s.peakMiB)} MiB with 200 sessions, UCWI ${s.ucwiLatencyMs} ms (${s.sent}/${s.messages} messages in ${f1(s.seconds)} s)`),
+      '',
+    );
+  }
+  if (r.targets.length) {
+    out.push('Targets', plainTable(['target', 'goal', 'measured', 'result'], r.targets.map((t) => [t.name, t.goal, t.measured, t.pass === null ? 'n/a' : t.pass ? 'PASS' : 'FAIL'])), '');
+  }
+  if (r.errors.length) out.push('Errors:', ...r.errors.map((e) => `  - ${e}`), '');
+  return out.join('\n');
+}
+
+const ANALYSIS_START = '<!-- analysis:start (kept by bench/run.ts when it rewrites this file) -->';
+const ANALYSIS_END = '<!-- analysis:end -->';
+
+export function writeBenchmarksMd(file: string, r: Results): void {
+  const old = existsSync(file) ? readFileSync(file, 'utf8') : '';
+  const a = old.indexOf(ANALYSIS_START);
+  const b = old.indexOf(ANALYSIS_END);
+  const analysis = a >= 0 && b > a ? old.slice(a, b + ANALYSIS_END.length) : `${ANALYSIS_START}\n_No analysis written yet._\n${ANALYSIS_END}`;
+  const m = r.machine;
+  const parts: string[] = [];
+  parts.push(
+    '# Benchmarks',
+    '',
+    `Generated by \`npm run bench\` (bench/run.ts) on ${r.finishedAt.slice(0, 10)}; the run took ${f0(r.durationSeconds)} s. Raw numbers: \`bench/results/latest.json\` (not committed).`,
+    'Everything runs on one machine over 127.0.0.1: load generator, relay, UCWI simulator, Haraka and the sink share its cores, so the numbers compare systems on the same box, not what each would do alone.',
+    '',
+    '## Targets (issue 5)',
+    '',
+    mdTable(['target', 'goal', 'measured', 'result'], r.targets.map((t) => [t.name, t.goal, t.measured, t.pass === null ? 'n/a' : t.pass ? '**PASS**' : '**FAIL**'])),
+    '',
+    '## Machine',
+    '',
+    mdTable(
+      ['', ''],
+      [
+        ['CPU', `${m.cpuModel}, ${m.nproc} cores (nproc)`],
+        ['memory', `${m.memTotalGiB.toFixed(1)} GiB`],
+        ['OS', `${m.os}, kernel ${m.kernel}`],
+        ['Node.js', m.node],
+        ['load average at start (1 min)', m.loadAvgAtStart.toFixed(2)],
+        ['Haraka', r.versions.haraka],
+        ['smtp-source / smtp-sink', r.versions.smtpSource],
+        ['relay build', r.versions.relayBuild],
+      ],
+    ),
+    '',
+  );
+  if (r.throughput.length) {
+    const t = throughputRows(r.throughput, false);
+    parts.push(
+      `## Throughput: ${r.settings.bodyBytes / 1024} KiB messages, UCWI simulator at 0 ms`,
+      '',
+      `Each cell is the median of ${r.settings.reps} runs of about ${r.settings.seconds} s (message count fixed per cell from a warm-up run); "CPU ms/msg" is user+system CPU of the process(es) under test divided by messages (relay and UCWI simulator separately). The load average column is in latest.json.`,
+      '',
+      mdTable(t.head, t.rows),
+      '',
+    );
+  }
+  if (r.latency200.length) {
+    const t = throughputRows(r.latency200, true);
+    parts.push('## Throughput with the UCWI simulator at 200 ms', '', 'By Little\'s law a session can complete at most one message per 200 ms, so the ideal is sessions ÷ 0.2 s.', '', mdTable(t.head, t.rows), '');
+  }
+  if (r.latency) {
+    const t = latencyRows(r.latency);
+    parts.push(
+      '## Added latency (UCWI simulator at 0 ms)',
+      '',
+      `${r.latency.messages} sequential ${r.latency.bodyBytes}-byte messages over one SMTP session (after a warm-up), timed by our own client from the write of the last body bytes plus the final "." to the complete reply. The same client sends the same messages straight to the sink.`,
+      '',
+      mdTable(t.head, t.rows),
+      '',
+      `- **Added latency excluding UCWI** = percentile of (relay dot→250 − that message's \`dlpMs\`) − the same percentile of direct dot→250: **p50 ${f2(r.latency.addedP50)} ms, p99 ${f2(r.latency.addedP99)} ms**.`,
+      `- Including the UCWI round trip to the simulator at 0 ms (relay dot→250 − direct dot→250): p50 ${f2(r.latency.addedInclUcwiP50)} ms, p99 ${f2(r.latency.addedInclUcwiP99)} ms.`,
+      `- \`dlpMs\` is the relay's own timing of the whole UCWI call (upload, simulator scan, answer), rounded to whole ms by the relay, so each per-message difference carries ±0.5 ms. ${r.latency.matchedLogLines} of ${r.latency.messages} replies were matched to their log line by queryId.`,
+      '',
+    );
+  }
+  if (r.rss) {
+    parts.push(
+      '## Memory',
+      '',
+      mdTable(
+        ['case', 'peak RSS (VmHWM)', 'notes'],
+        [
+          [`one ${(r.rss.bigMessageBytes / 1e6).toFixed(0)} MB message`, `${f1(r.rss.peakBigMiB)} MiB`, `fresh relay, idle ${f1(r.rss.rssBeforeMiB)} MiB; polled max ${f1(r.rss.polledBigMiB)} MiB; reply ${r.rss.bigMessageReply}; ${f1(r.rss.bigMessageSeconds)} s`],
+          ...r.rss.sessions200.map((s) => [`200 sessions, UCWI ${s.ucwiLatencyMs} ms`, `${f1(s.peakMiB)} MiB`, `fresh relay; ${s.sent}/${s.messages} messages of ${r.settings.bodyBytes} bytes in ${f1(s.seconds)} s`]),
+          ...Object.entries(r.peakRssDuringThroughputMiB).map(([k, v]) => [k, `${f1(v)} MiB`, 'peak over the throughput runs (information only)']),
+        ],
+      ),
+      '',
+    );
+  }
+  if (r.profile) {
+    parts.push(
+      `## CPU profile of the relay (\`--profile\`, ${r.profile.sessions} sessions, UCWI 0 ms)`,
+      '',
+      `${r.profile.totalMs} ms sampled, ${r.profile.idlePct} % idle. Saved as \`${r.profile.file}\` (not committed).`,
+      '',
+      mdTable(['self time by package', '%'], r.profile.byPackage.map((p) => [p.name, p.pct.toFixed(1)])),
+      '',
+      mdTable(['top functions (self time)', '%'], r.profile.topSelf.slice(0, 20).map((p) => ['`' + p.name + '`', p.pct.toFixed(1)])),
+      '',
+    );
+  }
+  parts.push('## How it was run', '', 'Exact commands (ports differ per run):', '', '```', ...Object.entries(r.commands).map(([k, v]) => `# ${k}\n${v}`), '```', '');
+  if (r.errors.length) parts.push('## Errors during the run', '', ...r.errors.map((e) => `- ${e}`), '');
+  parts.push('## Analysis and proposals', '', analysis, '');
+  writeFileSync(file, parts.join('\n'));
+}

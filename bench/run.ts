@@ -1,0 +1,639 @@
+// `npm run bench`: dlp-relay against Haraka and a direct smtp-source → smtp-sink ceiling on loopback; throughput, added latency, peak RSS; writes bench/results/latest.json and BENCHMARKS.md.
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, copyFileSync, createWriteStream, existsSync } from 'node:fs';
+import { availableParallelism, cpus, release, tmpdir, totalmem } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { cpuSeconds, freePort, loadAvg1, pollRss, runCommand, startManaged, statusKb, stopAll, treeCpuSeconds, treeOf, waitForPort, type Managed } from './lib/proc.js';
+import { buildRelay, ensureHaraka, ensurePostfixTools, ensureScript, writeHarakaConfig, SMTP_SINK, SMTP_SOURCE } from './lib/setup.js';
+import { SmtpSession, makeMessage } from './lib/smtp-client.js';
+import { summarizeProfile } from './lib/cpuprofile.js';
+import { median, percentiles, printTables, writeBenchmarksMd, type LatencyResult, type Results, type RssResult, type Target, type ThroughputCell, type ThroughputRun } from './lib/report.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const RESULTS_DIR = join(ROOT, 'bench', 'results');
+const SCENARIOS = ['throughput', 'latency200', 'latency', 'rss'] as const;
+type Scenario = (typeof SCENARIOS)[number];
+
+const { values: argv } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '8' },
+    reps: { type: 'string', default: '3' },
+    'latency-messages': { type: 'string', default: '1000' },
+    'big-mb': { type: 'string', default: '50' },
+    only: { type: 'string' },
+    profile: { type: 'boolean', default: false },
+    quick: { type: 'boolean', default: false },
+    'no-md': { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  },
+  allowPositionals: false,
+});
+
+if (argv.help) {
+  process.stdout.write(
+    [
+      'npm run bench [-- options]',
+      '  --seconds N            target length of one measured throughput run (default 8)',
+      '  --reps N               repetitions per throughput cell, median reported (default 3)',
+      '  --latency-messages N   sequential messages for the latency measurement (default 1000)',
+      '  --big-mb N             size of the big message for the RSS measurement (default 50)',
+      `  --only a,b             run only some scenarios: ${SCENARIOS.join(', ')}`,
+      '  --profile              also run the relay under --cpu-prof at 100 sessions and summarise the profile',
+      '  --quick                smoke test: 3 s runs, 1 repetition, 300 latency messages',
+      '  --no-md                do not rewrite BENCHMARKS.md',
+      '',
+    ].join('\n'),
+  );
+  process.exit(0);
+}
+
+const SECONDS = argv.quick ? 3 : Number(argv.seconds);
+const REPS = argv.quick ? 1 : Math.max(1, Number(argv.reps));
+const LAT_N = argv.quick ? 300 : Number(argv['latency-messages']);
+const BIG_BYTES = Math.round(Number(argv['big-mb']) * 1_000_000);
+const ONLY = new Set<Scenario>((argv.only ? argv.only.split(',') : [...SCENARIOS]).map((s) => s.trim() as Scenario));
+for (const s of ONLY) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s}; known: ${SCENARIOS.join(', ')}`);
+
+const BODY = 10 * 1024;
+const SESSIONS = [20, 100];
+const DOMAIN = 'example.test';
+const FROM = 'sender@bench.example.test';
+const RCPT = `rcpt@${DOMAIN}`;
+const ACCESS_KEY = 'bench-access-key';
+const SECRET_KEY = randomBytes(16).toString('hex');
+
+const log = (msg: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+
+// ---- processes ---------------------------------------------------------------------------------
+
+let work = '';
+let relayEntry: string[] = [];
+
+/** The environment for our children: no inherited DLP_RELAY_* or NODE_OPTIONS. */
+function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('DLP_RELAY_') && k !== 'NODE_OPTIONS') env[k] = v;
+  return { ...env, ...extra };
+}
+
+interface Sink {
+  proc: Managed;
+  port: number;
+  /** Messages received so far (smtp-sink's own counter, flushed through a pty by `script`). */
+  count(): number;
+}
+
+async function startSink(): Promise<Sink> {
+  const port = await freePort();
+  const cmd = `${SMTP_SINK} -c -m 1024 -u nobody 127.0.0.1:${port} 1000`;
+  // smtp-sink buffers its counter when stdout is not a terminal; `script` gives it one.
+  const proc = startManaged('smtp-sink', 'script', ['-qfc', cmd, '/dev/null'], { maxSeconds: 1800, cwd: work });
+  await waitForPort(port, 10_000, proc);
+  commands['sink'] = cmd;
+  const count = () => {
+    const all = [...proc.output().matchAll(/mesg=(\d+)/g)];
+    return all.length ? Number(all[all.length - 1]![1]) : 0;
+  };
+  return { proc, port, count };
+}
+
+async function startSim(latencyMs: number): Promise<{ proc: Managed; port: number; url: string }> {
+  const port = await freePort();
+  const args = [...relayEntry, 'sim-ucwi', '--host', '127.0.0.1', '--port', String(port), '--latency', String(latencyMs)];
+  const proc = startManaged(`ucwi-sim-${latencyMs}ms`, process.execPath, args, {
+    maxSeconds: 1800,
+    cwd: ROOT,
+    env: childEnv({ DLP_RELAY_UCWI_ACCESS_KEY: ACCESS_KEY, DLP_RELAY_UCWI_SECRET_KEY: SECRET_KEY, DLP_RELAY_LOG_LEVEL: 'warn' }),
+  });
+  await waitForPort(port, 30_000, proc);
+  commands[`UCWI simulator ${latencyMs} ms`] = `DLP_RELAY_UCWI_ACCESS_KEY=… DLP_RELAY_UCWI_SECRET_KEY=… DLP_RELAY_LOG_LEVEL=warn node ${args.join(' ')}`;
+  return { proc, port, url: `http://127.0.0.1:${port}` };
+}
+
+const RELAY_YAML = [
+  '# dlp-relay settings for the benchmark (written by bench/run.ts); everything else is the schema default.',
+  'smtp:',
+  '  maxClients: 500',
+  'ucwi:',
+  '  maxConcurrent: 256',
+  'nextHop:',
+  '  starttls: "off"',
+  '  pool:',
+  '    maxConnections: 50',
+  '',
+].join('\n');
+
+interface Relay {
+  proc: Managed;
+  port: number;
+  pid: number;
+}
+
+async function startRelay(name: string, opts: { ucwiUrl: string; sinkPort: number; logLevel: string; cpuProfDir?: string; onStdout?: (b: Buffer) => void }): Promise<Relay> {
+  const port = await freePort();
+  const dir = join(work, name);
+  mkdirSync(dir, { recursive: true });
+  const cfg = join(work, 'relay.yaml');
+  writeFileSync(cfg, RELAY_YAML);
+  const envVars = {
+    DLP_RELAY_CONFIG: cfg,
+    DLP_RELAY_LISTEN: `127.0.0.1:${port}`,
+    DLP_RELAY_NEXT_HOP: `127.0.0.1:${opts.sinkPort}`,
+    DLP_RELAY_UCWI_URL: opts.ucwiUrl,
+    DLP_RELAY_UCWI_ACCESS_KEY: ACCESS_KEY,
+    DLP_RELAY_UCWI_SECRET_KEY: SECRET_KEY,
+    DLP_RELAY_SPOOL_DIR: join(dir, 'spool'),
+    DLP_RELAY_QUARANTINE_DIR: join(dir, 'quarantine'),
+    DLP_RELAY_OUTBOX_DIR: join(dir, 'outbox'),
+    DLP_RELAY_LOG_LEVEL: opts.logLevel,
+  };
+  const args = [...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : []), ...relayEntry, 'serve', '--grace', '2000'];
+  const proc = startManaged(name, process.execPath, args, { maxSeconds: 1800, cwd: ROOT, env: childEnv(envVars), ...(opts.onStdout ? { onStdout: opts.onStdout } : {}) });
+  await waitForPort(port, 30_000, proc);
+  const pid = proc.mainPid();
+  if (!pid) throw new Error(`${name}: cannot find the relay's pid`);
+  commands['relay config (DLP_RELAY_CONFIG)'] = RELAY_YAML.trim();
+  commands[`relay ${opts.logLevel}`] = `${Object.entries(envVars)
+    .map(([k, v]) => `${k}=${k.includes('KEY') ? '…' : v.replace(work, '$WORK')}`)
+    .join(' ')} node ${args.join(' ')}`;
+  return { proc, port, pid };
+}
+
+async function startHaraka(bin: string, sinkPort: number): Promise<{ proc: Managed; port: number }> {
+  const port = await freePort();
+  const dir = join(work, 'haraka');
+  await writeHarakaConfig(bin, dir, port, sinkPort, DOMAIN);
+  const proc = startManaged('haraka', process.execPath, [bin, '-c', dir], { maxSeconds: 1800, cwd: dir, env: childEnv({}) });
+  await waitForPort(port, 30_000, proc);
+  commands['haraka'] = `node ${bin} -c $WORK/haraka   # config/: ${['smtp.ini', 'plugins', 'host_list', 'smtp_forward.ini', 'log.ini']
+    .map((f) => `${f}=${JSON.stringify(readFileSync(join(dir, 'config', f), 'utf8').trim())}`)
+    .join(' ')}`;
+  return { proc, port };
+}
+
+// ---- load --------------------------------------------------------------------------------------
+
+const commands: Record<string, string> = {};
+
+async function smtpSource(port: number, sessions: number, messages: number, label?: string): Promise<{ seconds: number; sent: number; code: number | null; stderr: string }> {
+  const args = ['-d', '-c', '-s', String(sessions), '-m', String(messages), '-l', String(BODY), '-M', 'bench.example.test', '-f', FROM, '-t', RCPT, `127.0.0.1:${port}`];
+  if (label) commands[label] = `${SMTP_SOURCE} ${args.join(' ')}`;
+  const t0 = performance.now();
+  // Bounded: at worst 20 msg/s plus start-up, never more than 5 minutes.
+  const r = await runCommand(SMTP_SOURCE, args, { maxSeconds: Math.min(300, 30 + messages / 20) });
+  const seconds = (performance.now() - t0) / 1000;
+  const counts = r.stdout.split(/[\r\n]+/).filter((s) => /^\d+$/.test(s.trim()));
+  const sent = counts.length ? Number(counts[counts.length - 1]) : 0;
+  return { seconds, sent, code: r.code, stderr: r.stderr.trim().slice(-500) };
+}
+
+interface System {
+  system: ThroughputRun['system'];
+  ucwiLatencyMs: number | null;
+  port: number;
+  /** Processes whose CPU time is charged to this system, by label. */
+  cpu: () => Record<string, number>;
+}
+
+async function throughputRun(sys: System, sessions: number, messages: number, sink: Sink, label?: string): Promise<ThroughputRun> {
+  const cpu0 = sys.cpu();
+  const sink0 = sink.count();
+  const loadAvg = loadAvg1();
+  const r = await smtpSource(sys.port, sessions, messages, label);
+  await sleep(300); // let the sink's counter reach us through the pty
+  const cpu1 = sys.cpu();
+  const sinkReceived = sink.count() - sink0;
+  const cpuMsPerMsg: Record<string, number> = {};
+  for (const k of Object.keys(cpu1)) cpuMsPerMsg[k] = Math.round((((cpu1[k] ?? 0) - (cpu0[k] ?? 0)) * 1000 * 100) / Math.max(1, r.sent)) / 100;
+  const ok = r.code === 0 && r.sent === messages && sinkReceived >= messages;
+  const run: ThroughputRun = {
+    system: sys.system,
+    ucwiLatencyMs: sys.ucwiLatencyMs,
+    sessions,
+    messages,
+    sent: r.sent,
+    sinkReceived,
+    seconds: Math.round(r.seconds * 1000) / 1000,
+    msgPerSec: Math.round((r.sent / r.seconds) * 10) / 10,
+    ok,
+    cpuMsPerMsg,
+    loadAvg,
+  };
+  if (!ok) run.error = `smtp-source exit ${r.code}, sent ${r.sent}/${messages}, sink got ${sinkReceived}: ${r.stderr}`;
+  log(`  ${sys.system}${sys.ucwiLatencyMs !== null ? ` (UCWI ${sys.ucwiLatencyMs} ms)` : ''} s=${sessions}: ${run.sent} msgs in ${run.seconds.toFixed(2)} s = ${run.msgPerSec} msg/s${ok ? '' : `  FAILED: ${run.error}`}`);
+  return run;
+}
+
+function cell(runs: ThroughputRun[]): ThroughputCell {
+  const rates = runs.map((r) => r.msgPerSec);
+  return { system: runs[0]!.system, ucwiLatencyMs: runs[0]!.ucwiLatencyMs, sessions: runs[0]!.sessions, msgPerSec: median(rates), min: Math.min(...rates), max: Math.max(...rates), runs };
+}
+
+/** Warm-up run, then `reps` measured runs of a message count that takes about SECONDS at the warm-up's rate, interleaved across systems. */
+async function throughputMatrix(systems: System[], sink: Sink, ideal?: (s: System, sessions: number) => number): Promise<ThroughputCell[]> {
+  const counts = new Map<string, number>();
+  const key = (s: System, n: number) => `${s.system}/${s.ucwiLatencyMs}/${n}`;
+  for (const sessions of SESSIONS) {
+    for (const s of systems) {
+      const warm = ideal ? Math.max(sessions * 3, 200) : Math.max(500, sessions * 5);
+      const w = await throughputRun(s, sessions, warm, sink);
+      const rate = ideal ? ideal(s, sessions) : w.msgPerSec;
+      counts.set(key(s, sessions), Math.min(200_000, Math.max(500, Math.round((rate * SECONDS) / 100) * 100)));
+    }
+  }
+  const runs = new Map<string, ThroughputRun[]>();
+  for (let rep = 0; rep < REPS; rep++) {
+    for (const sessions of SESSIONS) {
+      for (const s of systems) {
+        const k = key(s, sessions);
+        const label = `smtp-source → ${s.system}${s.ucwiLatencyMs !== null ? ` (UCWI ${s.ucwiLatencyMs} ms)` : ''}, ${sessions} sessions`;
+        const r = await throughputRun(s, sessions, counts.get(k)!, sink, label);
+        runs.set(k, [...(runs.get(k) ?? []), r]);
+      }
+    }
+  }
+  return [...runs.values()].map(cell);
+}
+
+// ---- latency -----------------------------------------------------------------------------------
+
+interface LogLine {
+  queryId: string;
+  dlpMs: number | null;
+  relayMs: number | null;
+  totalMs: number;
+}
+
+/** Sequential messages over one session; returns each final-dot → reply time and the relay's ref (queryId) when present. */
+async function sequential(port: number, n: number, warm: number): Promise<Array<{ dotMs: number; ref: string | null }>> {
+  const s = await SmtpSession.open('127.0.0.1', port, { timeoutMs: 30_000 });
+  const out: Array<{ dotMs: number; ref: string | null }> = [];
+  const deadline = Date.now() + 120_000;
+  try {
+    for (let i = 0; i < warm + n && Date.now() < deadline; i++) {
+      const msg = makeMessage(BODY, { from: FROM, to: RCPT, subject: `latency ${i}`, id: `lat-${i}-${randomBytes(4).toString('hex')}` });
+      const r = await s.send(FROM, [RCPT], msg);
+      if (r.reply.code !== 250) throw new Error(`message ${i}: ${r.reply.code} ${r.reply.text}`);
+      if (i >= warm) out.push({ dotMs: r.dotMs, ref: /ref ([0-9a-f-]{36})/i.exec(r.reply.text)?.[1] ?? null });
+    }
+  } finally {
+    await s.quit();
+  }
+  if (out.length < n) throw new Error(`only ${out.length} of ${n} messages within the time bound`);
+  return out;
+}
+
+async function latencyScenario(sink: Sink, simUrl: string): Promise<LatencyResult> {
+  const lines = new Map<string, LogLine>();
+  let partial = '';
+  const onStdout = (b: Buffer) => {
+    const text = partial + b.toString('utf8');
+    const parts = text.split('\n');
+    partial = parts.pop() ?? '';
+    for (const line of parts) {
+      if (!line.includes('"event":"message"')) continue;
+      try {
+        const o = JSON.parse(line) as LogLine;
+        lines.set(o.queryId, o);
+      } catch {
+        // not a JSON line
+      }
+    }
+  };
+  const relay = await startRelay('relay-latency', { ucwiUrl: simUrl, sinkPort: sink.port, logLevel: 'info', onStdout });
+  let viaRelay: Array<{ dotMs: number; ref: string | null }>;
+  try {
+    viaRelay = await sequential(relay.port, LAT_N, 100);
+    await sleep(500);
+  } finally {
+    await relay.proc.stop();
+  }
+  const direct = await sequential(sink.port, LAT_N, 100);
+  const matched = viaRelay.flatMap((m) => {
+    const l = m.ref ? lines.get(m.ref) : undefined;
+    return l && l.dlpMs !== null ? [{ ...m, log: l }] : [];
+  });
+  const relayDot = percentiles(viaRelay.map((m) => m.dotMs));
+  const relayMinusDlp = percentiles(matched.map((m) => m.dotMs - (m.log.dlpMs ?? 0)));
+  const directDot = percentiles(direct.map((m) => m.dotMs));
+  const r3 = (v: number) => Math.round(v * 1000) / 1000;
+  return {
+    messages: LAT_N,
+    bodyBytes: BODY,
+    relayDot,
+    dlpMs: percentiles(matched.map((m) => m.log.dlpMs ?? 0)),
+    relayMinusDlp,
+    serverTotalMinusDlp: percentiles(matched.map((m) => m.log.totalMs - (m.log.dlpMs ?? 0))),
+    relayMs: percentiles(matched.map((m) => m.log.relayMs ?? NaN).filter(Number.isFinite)),
+    directDot,
+    addedP50: r3(relayMinusDlp.p50 - directDot.p50),
+    addedP99: r3(relayMinusDlp.p99 - directDot.p99),
+    addedInclUcwiP50: r3(relayDot.p50 - directDot.p50),
+    addedInclUcwiP99: r3(relayDot.p99 - directDot.p99),
+    matchedLogLines: matched.length,
+  };
+}
+
+// ---- memory ------------------------------------------------------------------------------------
+
+/** A multipart message of `bytes` bytes (a short text part and a base64 attachment of random data), written streaming. */
+async function writeBigMessage(path: string, bytes: number): Promise<void> {
+  const boundary = 'bench-boundary-7f3a';
+  const head = Buffer.from(
+    [
+      `From: <${FROM}>`,
+      `To: <${RCPT}>`,
+      'Subject: big attachment',
+      `Date: ${new Date().toUTCString()}`,
+      'Message-ID: <big@bench.example.test>',
+      'MIME-Version: 1.0',
+      `Content-Type: multipart/mixed; boundary="${boundary}"`,
+      '',
+      `--${boundary}`,
+      'Content-Type: text/plain; charset=us-ascii',
+      '',
+      'Quarterly numbers attached.',
+      `--${boundary}`,
+      'Content-Type: application/octet-stream; name="data.bin"',
+      'Content-Transfer-Encoding: base64',
+      'Content-Disposition: attachment; filename="data.bin"',
+      '',
+      '',
+    ].join('\r\n'),
+  );
+  const tail = Buffer.from(`--${boundary}--\r\n`);
+  const out = createWriteStream(path);
+  out.write(head);
+  let left = bytes - head.length - tail.length;
+  // 57 random bytes → one 76-character base64 line + CRLF = 78 bytes.
+  while (left >= 78) {
+    const lines = Math.min(2000, Math.floor(left / 78));
+    const raw = randomBytes(57 * lines).toString('base64');
+    const parts: string[] = [];
+    for (let i = 0; i < lines; i++) parts.push(raw.slice(i * 76, i * 76 + 76));
+    if (!out.write(parts.join('\r\n') + '\r\n')) await once(out, 'drain');
+    left -= lines * 78;
+  }
+  if (left > 0) out.write('\r\n'.padStart(left, 'A'));
+  out.end(tail);
+  await once(out, 'finish');
+}
+
+async function rssScenario(sink: Sink, sim0Url: string, sim200Url: string): Promise<RssResult> {
+  const big = join(work, 'big.eml');
+  log(`writing a ${(BIG_BYTES / 1e6).toFixed(0)} MB message`);
+  await writeBigMessage(big, BIG_BYTES);
+  const relay = await startRelay('relay-rss-big', { ucwiUrl: sim0Url, sinkPort: sink.port, logLevel: 'warn' });
+  let result: Omit<RssResult, 'sessions200'>;
+  try {
+    const s = await SmtpSession.open('127.0.0.1', relay.port, { timeoutMs: 180_000 });
+    try {
+      await s.send(FROM, [RCPT], makeMessage(BODY, { from: FROM, to: RCPT, subject: 'warm', id: 'warm' }));
+      const rssBefore = statusKb(relay.pid, 'VmRSS') ?? 0;
+      const poll = pollRss(relay.pid);
+      const t0 = performance.now();
+      const r = await s.sendFile(FROM, [RCPT], big);
+      const seconds = (performance.now() - t0) / 1000;
+      const polled = poll.stop();
+      const hwm = statusKb(relay.pid, 'VmHWM') ?? 0;
+      result = {
+        bigMessageBytes: BIG_BYTES,
+        bigMessageReply: `${r.reply.code} ${r.reply.text.split('\n')[0]!.slice(0, 80)}`,
+        bigMessageSeconds: Math.round(seconds * 100) / 100,
+        rssBeforeMiB: rssBefore / 1024,
+        peakBigMiB: hwm / 1024,
+        polledBigMiB: polled / 1024,
+      };
+      log(`  ${BIG_BYTES} bytes: ${result.bigMessageReply} in ${seconds.toFixed(1)} s, VmHWM ${(hwm / 1024).toFixed(1)} MiB`);
+    } finally {
+      await s.quit();
+    }
+  } finally {
+    await relay.proc.stop();
+    rmSync(big, { force: true });
+  }
+  const sessions200: RssResult['sessions200'] = [];
+  for (const [latency, url] of [
+    [0, sim0Url],
+    [200, sim200Url],
+  ] as const) {
+    const r200 = await startRelay(`relay-rss-200-${latency}`, { ucwiUrl: url, sinkPort: sink.port, logLevel: 'warn' });
+    try {
+      const messages = 2000;
+      const r = await smtpSource(r200.port, 200, messages, `smtp-source, 200 sessions (RSS, UCWI ${latency} ms)`);
+      const peak = (statusKb(r200.pid, 'VmHWM') ?? 0) / 1024;
+      sessions200.push({ ucwiLatencyMs: latency, messages, sent: r.sent, seconds: Math.round(r.seconds * 100) / 100, peakMiB: peak, ok: r.code === 0 && r.sent === messages });
+      log(`  200 sessions, UCWI ${latency} ms: ${r.sent}/${messages} in ${r.seconds.toFixed(1)} s, VmHWM ${peak.toFixed(1)} MiB`);
+    } finally {
+      await r200.proc.stop();
+    }
+  }
+  return { ...result, sessions200 };
+}
+
+// ---- profile -----------------------------------------------------------------------------------
+
+async function profileScenario(sink: Sink, sim0Url: string, results: Results): Promise<void> {
+  const dir = join(work, 'cpuprof');
+  mkdirSync(dir, { recursive: true });
+  const relay = await startRelay('relay-profile', { ucwiUrl: sim0Url, sinkPort: sink.port, logLevel: 'warn', cpuProfDir: dir });
+  const sessions = 100;
+  try {
+    await smtpSource(relay.port, sessions, 500);
+    const r = await smtpSource(relay.port, sessions, 4000, 'smtp-source → dlp-relay under --cpu-prof');
+    log(`  profiled run: ${r.sent} msgs in ${r.seconds.toFixed(2)} s = ${(r.sent / r.seconds).toFixed(0)} msg/s (profiler on)`);
+  } finally {
+    await relay.proc.stop();
+  }
+  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+  if (!file) throw new Error('the relay wrote no .cpuprofile');
+  const dest = join(RESULTS_DIR, 'relay-100-sessions.cpuprofile');
+  copyFileSync(join(dir, file), dest);
+  const summary = summarizeProfile(dest, ROOT, [/ dist\/|src\//]);
+  results.profile = { ...summary, file: 'bench/results/relay-100-sessions.cpuprofile', sessions };
+}
+
+// ---- main --------------------------------------------------------------------------------------
+
+function machine(): Results['machine'] {
+  const cpuinfo = existsSync('/proc/cpuinfo') ? readFileSync('/proc/cpuinfo', 'utf8') : '';
+  const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1] ?? cpus()[0]?.model ?? 'unknown';
+  const osRelease = existsSync('/etc/os-release') ? readFileSync('/etc/os-release', 'utf8') : '';
+  return {
+    nproc: availableParallelism(),
+    cpuModel: model.trim(),
+    memTotalGiB: totalmem() / 1024 ** 3,
+    node: process.version,
+    os: /^PRETTY_NAME="?([^"\n]+)"?$/m.exec(osRelease)?.[1] ?? process.platform,
+    kernel: release(),
+    loadAvgAtStart: loadAvg1(),
+  };
+}
+
+function targets(r: Results): Target[] {
+  const out: Target[] = [];
+  const get = (list: ThroughputCell[], system: string, sessions: number) => list.find((c) => c.system === system && c.sessions === sessions);
+  for (const n of SESSIONS) {
+    const ours = get(r.throughput, 'dlp-relay', n);
+    const h = get(r.throughput, 'haraka', n);
+    if (ours && h) {
+      const ratio = ours.msgPerSec / h.msgPerSec;
+      out.push({ name: `throughput vs Haraka, ${n} sessions, UCWI 0 ms`, goal: '≥ 2.0× Haraka', measured: `${ratio.toFixed(2)}× (${Math.round(ours.msgPerSec)} vs ${Math.round(h.msgPerSec)} msg/s)`, pass: ratio >= 2 });
+    }
+  }
+  if (r.latency) {
+    out.push({ name: 'added latency p50 (excl. UCWI)', goal: '≤ 3 ms', measured: `${r.latency.addedP50.toFixed(2)} ms`, pass: r.latency.addedP50 <= 3 });
+    out.push({ name: 'added latency p99 (excl. UCWI)', goal: '≤ 15 ms', measured: `${r.latency.addedP99.toFixed(2)} ms`, pass: r.latency.addedP99 <= 15 });
+  }
+  if (r.rss) {
+    const okReply = r.rss.bigMessageReply.startsWith('250');
+    out.push({
+      name: `peak RSS, one ${(r.rss.bigMessageBytes / 1e6).toFixed(0)} MB message`,
+      goal: '≤ 200 MB (190.7 MiB)',
+      measured: `${r.rss.peakBigMiB.toFixed(1)} MiB${okReply ? '' : ` (reply ${r.rss.bigMessageReply})`}`,
+      pass: okReply && r.rss.peakBigMiB * 1024 * 1024 <= 200e6,
+    });
+    for (const s of r.rss.sessions200) out.push({ name: `peak RSS, 200 sessions, UCWI ${s.ucwiLatencyMs} ms`, goal: 'reported (no target)', measured: `${s.peakMiB.toFixed(1)} MiB`, pass: null });
+  }
+  for (const c of r.latency200) {
+    const ideal = c.sessions / ((c.ucwiLatencyMs ?? 200) / 1000);
+    const eff = c.msgPerSec / ideal;
+    out.push({ name: `throughput at UCWI 200 ms, ${c.sessions} sessions`, goal: `≥ 90 % of ${Math.round(ideal)} msg/s`, measured: `${(eff * 100).toFixed(1)} % (${Math.round(c.msgPerSec)} msg/s)`, pass: eff >= 0.9 });
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  const started = new Date();
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  work = mkdtempSync(join(tmpdir(), 'dlp-relay-bench-run-'));
+  const results: Results = {
+    startedAt: started.toISOString(),
+    finishedAt: '',
+    durationSeconds: 0,
+    machine: machine(),
+    versions: { haraka: '', relayBuild: '', smtpSource: '' },
+    settings: { bodyBytes: BODY, seconds: SECONDS, reps: REPS },
+    commands,
+    throughput: [],
+    latency200: [],
+    latency: null,
+    rss: null,
+    peakRssDuringThroughputMiB: {},
+    profile: null,
+    targets: [],
+    errors: [],
+  };
+  const step = async (name: string, fn: () => Promise<void>) => {
+    log(name);
+    try {
+      await fn();
+    } catch (err) {
+      const msg = `${name}: ${(err as Error).stack ?? String(err)}`;
+      results.errors.push(msg.slice(0, 2000));
+      log(`FAILED ${msg}`);
+    }
+  };
+  try {
+    await ensurePostfixTools(log);
+    ensureScript();
+    const pf = await runCommand('dpkg-query', ['-W', '-f', '${Version}', 'postfix'], { maxSeconds: 10 });
+    results.versions.smtpSource = pf.code === 0 ? `postfix ${pf.stdout.trim()}` : 'unknown';
+    const needHaraka = ONLY.has('throughput');
+    const haraka = needHaraka ? await ensureHaraka(log) : null;
+    results.versions.haraka = haraka ? `Haraka ${haraka.version} (npm, in ${dirname(dirname(dirname(dirname(haraka.bin))))})` : 'not run';
+    const build = await buildRelay(ROOT, log);
+    relayEntry = build.ok ? ['dist/cli/main.js'] : ['--import', 'tsx', 'src/cli/main.ts'];
+    results.versions.relayBuild = build.ok ? 'dist/ from npm run build' : 'src/ through tsx (npm run build failed)';
+    if (!build.ok) {
+      results.errors.push(`npm run build failed, ran src/ through tsx instead:\n${build.detail}`);
+      log('npm run build failed; falling back to tsx');
+    }
+
+    const sink = await startSink();
+    const sim0 = await startSim(0);
+    const sim200 = ONLY.has('latency200') || ONLY.has('rss') ? await startSim(200) : null;
+
+    if (ONLY.has('throughput')) {
+      await step(`throughput at 0 ms UCWI: direct, Haraka, dlp-relay × ${SESSIONS.join('/')} sessions × ${REPS} runs of ~${SECONDS} s`, async () => {
+        const relay = await startRelay('relay-0ms', { ucwiUrl: sim0.url, sinkPort: sink.port, logLevel: 'warn' });
+        const h = await startHaraka(haraka!.bin, sink.port);
+        const simPid = sim0.proc.mainPid()!;
+        try {
+          const systems: System[] = [
+            { system: 'direct', ucwiLatencyMs: null, port: sink.port, cpu: () => ({}) },
+            { system: 'haraka', ucwiLatencyMs: null, port: h.port, cpu: () => ({ haraka: treeCpuSeconds(h.proc.child.pid!) }) },
+            { system: 'dlp-relay', ucwiLatencyMs: 0, port: relay.port, cpu: () => ({ relay: cpuSeconds(relay.pid), sim: cpuSeconds(simPid) }) },
+          ];
+          results.throughput = await throughputMatrix(systems, sink);
+          results.peakRssDuringThroughputMiB['dlp-relay, throughput runs at 0 ms'] = (statusKb(relay.pid, 'VmHWM') ?? 0) / 1024;
+          const harakaPeak = Math.max(...treeOf(h.proc.child.pid!).map((p) => statusKb(p, 'VmHWM') ?? 0));
+          results.peakRssDuringThroughputMiB['Haraka (largest of its processes), throughput runs'] = harakaPeak / 1024;
+        } finally {
+          await Promise.all([relay.proc.stop(), h.proc.stop()]);
+        }
+      });
+    }
+    if (ONLY.has('latency200') && sim200) {
+      await step(`throughput at 200 ms UCWI: dlp-relay × ${SESSIONS.join('/')} sessions`, async () => {
+        const relay = await startRelay('relay-200ms', { ucwiUrl: sim200.url, sinkPort: sink.port, logLevel: 'warn' });
+        const simPid = sim200.proc.mainPid()!;
+        try {
+          const sys: System = { system: 'dlp-relay', ucwiLatencyMs: 200, port: relay.port, cpu: () => ({ relay: cpuSeconds(relay.pid), sim: cpuSeconds(simPid) }) };
+          results.latency200 = await throughputMatrix([sys], sink, (_s, n) => n / 0.2);
+        } finally {
+          await relay.proc.stop();
+        }
+      });
+    }
+    if (ONLY.has('latency')) {
+      await step(`added latency: ${LAT_N} sequential messages through the relay and straight to the sink`, async () => {
+        results.latency = await latencyScenario(sink, sim0.url);
+      });
+    }
+    if (ONLY.has('rss') && sim200) {
+      await step('peak RSS: one big message, then 200 sessions', async () => {
+        results.rss = await rssScenario(sink, sim0.url, sim200.url);
+      });
+    }
+    if (argv.profile) {
+      await step('CPU profile of the relay at 100 sessions', async () => {
+        await profileScenario(sink, sim0.url, results);
+      });
+    }
+  } catch (err) {
+    results.errors.push(`setup: ${(err as Error).stack ?? String(err)}`.slice(0, 2000));
+    log(`FAILED setup: ${(err as Error).stack ?? String(err)}`);
+  } finally {
+    await stopAll();
+    rmSync(work, { recursive: true, force: true });
+  }
+  const finished = new Date();
+  results.finishedAt = finished.toISOString();
+  results.durationSeconds = Math.round((finished.getTime() - started.getTime()) / 1000);
+  results.targets = targets(results);
+  writeFileSync(join(RESULTS_DIR, 'latest.json'), JSON.stringify(results, null, 2) + '\n');
+  process.stdout.write('\n' + printTables(results) + '\n');
+  if (results.profile) {
+    process.stdout.write(`CPU profile (${results.profile.file}), self time:\n${results.profile.topSelf.slice(0, 15).map((r) => `  ${r.pct.toFixed(1).padStart(5)} %  ${r.name}`).join('\n')}\n`);
+  }
+  if (!argv['no-md']) writeBenchmarksMd(join(ROOT, 'BENCHMARKS.md'), results);
+  log(`wrote bench/results/latest.json${argv['no-md'] ? '' : ' and BENCHMARKS.md'} (${results.durationSeconds} s)`);
+  process.exitCode = results.errors.length ? 1 : 0;
+}
+
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    log(`${sig}: stopping child processes`);
+    void stopAll().finally(() => {
+      if (work) rmSync(work, { recursive: true, force: true });
+      process.exit(130);
+    });
+  });
+}
+
+await main();
