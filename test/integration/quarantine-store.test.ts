@@ -1,11 +1,11 @@
 // One behavioural suite for both quarantine backends (fs and PostgreSQL), plus PostgreSQL-only checks: two relays on one database and the database going away.
 import { describe, it, expect, beforeEach, afterEach, afterAll } from 'vitest';
+import { PgProxy } from '../helpers/pg.js';
 import { mkdtemp, rm, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
-import net from 'node:net';
 import pg from 'pg';
 import { request } from 'undici';
 import { silentLogger } from '../../src/observability/logger.js';
@@ -447,43 +447,6 @@ describe.each(backends)('quarantine store: $name', (backend) => {
 
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL only
-
-/** A TCP proxy in front of PostgreSQL that the test can black-hole or shut, to play "database gone". */
-class PgProxy {
-  mode: 'forward' | 'blackhole' = 'forward';
-  private readonly sockets = new Set<net.Socket>();
-  readonly server = net.createServer((client) => {
-    this.track(client);
-    if (this.mode === 'blackhole') {
-      client.on('data', () => {}); // accept, never answer
-      return;
-    }
-    const upstream = this.track(net.connect(5432, '127.0.0.1'));
-    client.on('data', (d) => {
-      if (this.mode === 'forward') upstream.write(d);
-    });
-    upstream.on('data', (d) => {
-      if (this.mode === 'forward') client.write(d);
-    });
-    client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
-  });
-  private track(s: net.Socket): net.Socket {
-    this.sockets.add(s);
-    s.on('error', () => {});
-    s.on('close', () => this.sockets.delete(s));
-    return s;
-  }
-  async listen(): Promise<number> {
-    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
-    return (this.server.address() as net.AddressInfo).port;
-  }
-  async close(): Promise<void> {
-    const closed = new Promise<void>((r) => this.server.close(() => r()));
-    for (const s of this.sockets) s.destroy();
-    await closed;
-  }
-}
 
 describe('quarantine store: postgres, several relays and failures', () => {
   it('two relays on one database see each other and a shared release delivers once', async () => {
