@@ -231,6 +231,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
         tls: { ...c.smtp.tls },
         dsn: c.smtp.dsn,
         spoolDir: c.spool.dir,
+        saturated: () => ucwi.saturated,
         auth: c.smtp.auth.enabled ? { users: UserDb.fromFile(c.smtp.auth.usersFile!), required: c.smtp.auth.required } : undefined,
       },
       deps,

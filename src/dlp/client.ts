@@ -72,6 +72,15 @@ export class UcwiClient {
     return this.slots.inUse;
   }
 
+  /** Messages waiting for a UCWI slot: when this reaches maxConcurrent, UCWI is the bottleneck. */
+  get waiting(): number {
+    return this.slots.waiting;
+  }
+
+  get saturated(): boolean {
+    return this.slots.waiting >= this.opts.maxConcurrent;
+  }
+
   /** Asks UCWI for a verdict. Resolves with either a verdict or a classified failure, within the deadline. */
   async inspect(req: InspectRequest, outer?: AbortSignal): Promise<InspectResult> {
     const started = performance.now();

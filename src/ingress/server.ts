@@ -24,6 +24,11 @@ export interface IngressOptions {
   trustedNetworks: readonly string[];
   tls: { certFile: string | null; keyFile: string | null; require: boolean };
   dsn: boolean;
+  /**
+   * True while a downstream (UCWI) is saturated: new sessions then get 421 4.3.2 so the sessions
+   * already in flight keep their latency instead of queueing behind newcomers.
+   */
+  saturated?: (() => boolean) | undefined;
   /** SMTP AUTH (PLAIN, LOGIN) after STARTTLS; `required` refuses MAIL FROM without it. */
   auth?: { users: UserDb; required: boolean } | undefined;
   spoolDir: string;
@@ -145,7 +150,7 @@ export class Ingress {
       this.observer.refused?.('shutting_down');
       return cb(replyError(catalogueReply('SHUTTING_DOWN')));
     }
-    if (this.sessions > this.opts.maxClients) {
+    if (this.sessions > this.opts.maxClients || this.opts.saturated?.()) {
       this.observer.refused?.('saturated');
       return cb(replyError(catalogueReply('SATURATED')));
     }

@@ -397,6 +397,23 @@ describe('relay chain: limits and access', () => {
     }
   });
 
+  it('UCWI saturated: new sessions get 421 4.3.2 while those in flight still finish', async () => {
+    const chain = await startChain({ config: { ucwi: { maxConcurrent: 1 } } });
+    try {
+      chain.sim.setFaults({ latencyMs: 1500 });
+      // One message holds the only UCWI slot, a second waits for it: the queue is as long as the cap.
+      const inFlight = [send(chain.port, message('first')), send(chain.port, message('second'))];
+      await eventually(() => chain.relay.ucwi.waiting >= 1);
+      const late = await SmtpSession.connect(chain.port);
+      expect(late.greeting).toBe('421 4.3.2 Too many connections, try again later');
+      late.close();
+      for (const r of await Promise.all(inFlight)) expect(replyCode(r.data)).toBe(250);
+      expect(chain.sink.messages).toHaveLength(2);
+    } finally {
+      await chain.close();
+    }
+  });
+
   it('50 concurrent sessions are all answered correctly', async () => {
     const chain = await startChain();
     try {
