@@ -26,7 +26,7 @@ export class Metrics {
 
   constructor(sources: GaugeSources = {}, opts: { defaultMetrics?: boolean } = {}) {
     const r = this.registry;
-    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'dlp_relay_process_' });
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'dlp_relay_' });
     this.messages = new Counter({ name: 'dlp_relay_messages_total', help: 'Messages processed after the final dot, by action and reply class', labelNames: ['action', 'reply_class'], registers: [r] });
     this.ucwiDuration = new Histogram({ name: 'dlp_relay_ucwi_duration_seconds', help: 'UCWI verdict latency, by outcome (verdict or error class)', labelNames: ['outcome'], buckets: LATENCY_BUCKETS, registers: [r] });
     this.nextHopDuration = new Histogram({ name: 'dlp_relay_next_hop_duration_seconds', help: 'Time to hand a message to the next hop (or outbox/quarantine), by outcome', labelNames: ['outcome'], buckets: LATENCY_BUCKETS, registers: [r] });
