@@ -21,7 +21,7 @@ COPY --from=build /app/dist ./dist
 COPY config ./config
 # Spool, quarantine and outbox hold mail the relay has answered 250 for: created before VOLUME so a
 # fresh volume inherits node's ownership, mode 0700 because the content is sensitive by definition.
-RUN mkdir -p /var/lib/dlp-relay/spool /var/lib/dlp-relay/quarantine /var/lib/dlp-relay/outbox \
+RUN mkdir -p /var/lib/dlp-relay/spool /var/lib/dlp-relay/quarantine /var/lib/dlp-relay/outbox /var/lib/dlp-relay/cas-outbox \
  && chown -R node:node /var/lib/dlp-relay \
  && chmod -R 0700 /var/lib/dlp-relay
 VOLUME ["/var/lib/dlp-relay"]
@@ -31,9 +31,12 @@ VOLUME ["/var/lib/dlp-relay"]
 ENV DLP_RELAY_LISTEN=0.0.0.0:2525 \
     DLP_RELAY_SPOOL_DIR=/var/lib/dlp-relay/spool \
     DLP_RELAY_QUARANTINE_DIR=/var/lib/dlp-relay/quarantine \
-    DLP_RELAY_OUTBOX_DIR=/var/lib/dlp-relay/outbox
+    DLP_RELAY_OUTBOX_DIR=/var/lib/dlp-relay/outbox \
+    DLP_RELAY_CAS_OUTBOX_DIR=/var/lib/dlp-relay/cas-outbox
 USER node
-# 2525 SMTP (unprivileged, so no root needed), 8025 admin/health/metrics HTTP.
+# 2525 SMTP (unprivileged, so no root needed), 8025 admin/health/metrics HTTP. The admin listener stays
+# on the container's loopback (the HEALTHCHECK uses it there); to publish /metrics and the API, set
+# DLP_RELAY_ADMIN_LISTEN=0.0.0.0:8025 together with DLP_RELAY_ADMIN_TOKEN, behind TLS.
 EXPOSE 2525 8025
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:8025/healthz', { signal: AbortSignal.timeout(3000) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
