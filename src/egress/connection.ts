@@ -1,6 +1,7 @@
 // nodemailer SMTPConnection subclass that relays the client's original per-recipient DSN and MAIL FROM parameters unchanged.
 import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
 import type { Socket } from 'node:net';
+import { Transform, type TransformCallback } from 'node:stream';
 import { createRequire } from 'node:module';
 
 /*
@@ -15,6 +16,8 @@ import { createRequire } from 'node:module';
  *   - `_sendCommand(str)`: every command line goes through it (used to add SMTPUTF8 to MAIL FROM,
  *     to follow the transaction phase, and to detect that the hook above was skipped);
  *   - `_onConnect()`: fixes a socket leak when the connection is cancelled during DNS resolution;
+ *   - `_createSendStream(cb)` (index.js ~1207): replaced so the message goes out byte for byte (only
+ *     dot-stuffed); it queues `_actionSMTPStream` on `_responseActions` exactly as the original does;
  *   - fields `_supportedExtensions`, `_envelope`, `_recipientQueue`, `_socket`, `_destroyed`,
  *     `_usingSmtpUtf8`.
  * Before upgrading nodemailer, re-read those places. The assertion below fails at import time if a
@@ -60,10 +63,12 @@ interface Internals {
   _getDsnRcptToArgs(): string;
   _onConnect(): void;
   _onError(err: Error | string, type: string, data: string | false, command: string): void;
+  _responseActions: Array<(str: string) => void>;
+  _actionSMTPStream(str: string, callback: (err: Error | null, str?: string) => void): void;
 }
 
 const baseProto = SMTPConnection.prototype as unknown as Internals;
-for (const name of ['_sendCommand', '_getDsnRcptToArgs', '_onConnect', '_onError', '_setEnvelope'] as const) {
+for (const name of ['_sendCommand', '_getDsnRcptToArgs', '_onConnect', '_onError', '_setEnvelope', '_createSendStream', '_actionSMTPStream'] as const) {
   if (typeof (baseProto as unknown as Record<string, unknown>)[name] !== 'function') {
     // Fail loudly at startup: without the hook the relay would silently drop NOTIFY/ORCPT.
     throw new Error(`nodemailer SMTPConnection.${name} is missing: src/egress/connection.ts needs review for this nodemailer version`);
@@ -121,6 +126,52 @@ export function toNodemailerEnvelope(tx: RelayTransaction): SMTPConnection.Envel
     env.dsn = { ...(tx.ret ? { ret: tx.ret } : {}), ...(tx.envid ? { envid: tx.envid } : {}) } as SMTPConnection.DSNOptions;
   }
   return env;
+}
+
+const DOT = Buffer.from('.');
+
+/**
+ * The DATA stream the relay sends: RFC 5321 dot-stuffing and the end marker, nothing else. nodemailer's
+ * own DataStream also rewrites every bare LF as CRLF, so a message with bare line feeds reached the next
+ * hop changed (not what UCWI scanned, not "byte for byte"). A dot after any LF is doubled, bare LF
+ * included: that is where smtp-server and Postfix unstuff, and it keeps "<LF>.<CR><LF>" (SMTP smuggling)
+ * from ever reaching the next hop unstuffed.
+ */
+export class TransparentDataStream extends Transform {
+  /** Read by nodemailer for `info.messageSize`. */
+  inByteCount = 0;
+  outByteCount = 0;
+  /** The last two bytes written; the start of the message counts as the start of a line. */
+  private tail = Buffer.from('\r\n');
+
+  override _transform(chunk: Buffer | string, _enc: BufferEncoding, done: TransformCallback): void {
+    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    if (buf.length === 0) return done();
+    this.inByteCount += buf.length;
+    const parts: Buffer[] = [];
+    let from = 0;
+    // Native indexOf finds the candidates; only a dot right after a LF is doubled.
+    for (let i = buf.indexOf(0x2e); i !== -1; i = buf.indexOf(0x2e, i + 1)) {
+      if ((i > 0 ? buf[i - 1] : this.tail[1]) === 0x0a) {
+        parts.push(buf.subarray(from, i + 1), DOT);
+        from = i + 1;
+      }
+    }
+    if (from < buf.length) parts.push(buf.subarray(from));
+    const out = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+    this.tail = Buffer.concat([this.tail, buf.subarray(-2)]).subarray(-2);
+    this.outByteCount += out.length;
+    this.push(out);
+    done();
+  }
+
+  override _flush(done: TransformCallback): void {
+    // The marker needs the CRLF in front of it; spooled mail always ends with one (smtp-server keeps it).
+    const end = Buffer.from(this.tail[0] === 0x0d && this.tail[1] === 0x0a ? '.\r\n' : '\r\n.\r\n');
+    this.outByteCount += end.length;
+    this.push(end);
+    done();
+  }
 }
 
 export class RelayConnection extends SMTPConnection {
@@ -207,6 +258,15 @@ export class RelayConnection extends SMTPConnection {
     baseProto._sendCommand.call(this, str, logStr);
   }
 
+  /** Private-API override: nodemailer's DataStream (bare LF → CRLF) replaced by the byte-exact one; same wiring otherwise. */
+  _createSendStream(callback: (err: Error | null, str?: string) => void): TransparentDataStream {
+    const self = this.internals;
+    const stream = new TransparentDataStream();
+    self._responseActions.push((str) => self._actionSMTPStream(str, callback));
+    stream.pipe(self._socket as Socket, { end: false });
+    return stream;
+  }
+
   /** Private-API override: nodemailer's own cancel path (close() during DNS) leaves the late socket open. */
   _onConnect(): void {
     const self = this.internals;
@@ -215,6 +275,10 @@ export class RelayConnection extends SMTPConnection {
       if (sock && !sock.destroyed) sock.destroy();
       return;
     }
+    // SMTP is request/response with small writes (a command, the end-of-data marker): with Nagle on,
+    // the last small segment waits for the peer's delayed ACK, ~40 ms per message. Set before the base
+    // handler runs, so the TLS upgrade (which wraps this socket) inherits it.
+    (self._socket as Socket | undefined)?.setNoDelay?.(true);
     baseProto._onConnect.call(this);
   }
 }

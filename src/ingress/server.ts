@@ -6,7 +6,7 @@ import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPSe
 import type { Logger } from 'pino';
 import { spoolMessage } from '../spool/spool.js';
 import { processMessage, type PipelineDeps, type Outcome } from '../pipeline/process.js';
-import { catalogueReply, formatReply, replyError, replyClass, RelayError, type SmtpReply } from '../errors.js';
+import { CATALOGUE, catalogueReply, formatReply, replyError, replyClass, RelayError, type SmtpReply } from '../errors.js';
 import { NetworkList } from '../util/cidr.js';
 import type { StoredEnvelope } from '../quarantine/types.js';
 import { installEnhancedReplyPatch } from './replies.js';
@@ -85,6 +85,10 @@ export class Ingress {
     this.allowed = new NetworkList(opts.allowedClients);
     this.trusted = new NetworkList(opts.trustedNetworks);
     const hasTls = opts.tls.certFile !== null && opts.tls.keyFile !== null;
+    const disabledCommands = [...(hasTls ? [] : ['STARTTLS']), ...(opts.auth ? [] : ['AUTH'])];
+    // smtp-server lists AUTH in EHLO on a plain connection too (it only refuses the command there with
+    // 538), so a plain session gets AUTH disabled until STARTTLS: never advertised in clear.
+    const hideAuthUntilTls = opts.auth !== undefined && hasTls;
     const options: SMTPServerOptions & Record<string, unknown> = {
       name: opts.hostname,
       banner: 'dlp-relay ESMTP',
@@ -104,7 +108,9 @@ export class Ingress {
       authOptional: !opts.auth?.required,
       authMethods: ['PLAIN', 'LOGIN'],
       allowInsecureAuth: false,
-      disabledCommands: [...(hasTls ? [] : ['STARTTLS']), ...(opts.auth ? [] : ['AUTH'])],
+      disabledCommands,
+      // smtp-server's own check for MAIL/RCPT/DATA before AUTH (it fires before onMailFrom) gives the catalogue reply.
+      authRequiredMessage: `${CATALOGUE.AUTH_REQUIRED.enhanced} ${CATALOGUE.AUTH_REQUIRED.text}`,
       onAuth: (auth, session, cb) => {
         const users = opts.auth?.users;
         const { username, password } = auth;
@@ -120,7 +126,15 @@ export class Ingress {
       },
       ...(hasTls ? { key: readFileSync(opts.tls.keyFile!), cert: readFileSync(opts.tls.certFile!) } : {}),
       logger: false,
-      onConnect: (session, cb) => this.onConnect(session, cb),
+      onConnect: (session, cb) => {
+        if (hideAuthUntilTls && !session.secure) session.disabledCommands = [...disabledCommands, 'AUTH'];
+        this.onConnect(session, cb);
+      },
+      onSecure: (_socket, session, cb) => {
+        // TLS is up: back to the server-wide list, which offers AUTH.
+        session.disabledCommands = undefined;
+        cb();
+      },
       onMailFrom: (_addr, session, cb) => {
         if (opts.tls.require && !session.secure) return cb(replyError(catalogueReply('TLS_REQUIRED')));
         if (opts.auth?.required && !session.user) return cb(replyError(catalogueReply('AUTH_REQUIRED')));
@@ -135,6 +149,8 @@ export class Ingress {
       },
     };
     this.server = new SMTPServer(options);
+    // Replies are small writes; with Nagle a pipelined reply can wait for the client's delayed ACK.
+    this.server.server.on('connection', (socket: import('node:net').Socket) => socket.setNoDelay(true));
     this.server.on('error', (err) => this.logger.warn({ err }, 'smtp connection error'));
   }
 
@@ -263,7 +279,15 @@ export class Ingress {
     this.isDraining = true;
     const pending = Promise.allSettled([...this.inFlight]);
     await Promise.race([pending, new Promise((r) => setTimeout(r, graceMs).unref())]);
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // Sessions still open get the catalogue's 421 now; smtp-server's own, after closeTimeout, would be
+    // "421 4.4.2 Server shutting down". send(421) also closes the connection. (`connections` is
+    // smtp-server's set of open sessions; the version is pinned.)
+    const shutting = catalogueReply('SHUTTING_DOWN');
+    for (const conn of (this.server as unknown as { connections: Set<{ send(code: number, data: string): void }> }).connections) {
+      conn.send(shutting.code, `${shutting.enhanced} ${shutting.text}`);
+    }
+    await closed;
   }
 }
 

@@ -161,19 +161,25 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
     case 'tempfail':
       return { ...base, reply: decision.reply, action: decision.label, relayMs: null };
     case 'quarantine':
-      return quarantine(deps, msg, decision, base, skip);
+      return quarantine(deps, msg, decision, base, skip, signal);
     case 'relay':
       return relay(deps, msg, decision, base, skip, signal);
   }
 }
 
-async function quarantine(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'quarantine' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>): Promise<Partial_> {
+async function quarantine(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'quarantine' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
   const t0 = performance.now();
   try {
     await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, decision.reason, base.policies), () => msg.spool.open({ skip }));
   } catch (err) {
     deps.logger.error({ err, queryId: msg.queryId }, 'quarantine store failed');
     return { ...base, reply: catalogueReply('QUARANTINE_FAILED', msg.queryId), action: 'tempfail-quarantine-failed', relayMs: null, errorClass: 'quarantine', detail: (err as Error).message };
+  }
+  if (signal.aborted) {
+    // The deadline answered 451 while the store was still writing: the client keeps the message and
+    // will send it again, so this copy would be a second one. Unlike a next hop, our own store can take it back.
+    await deps.quarantine.delete(msg.queryId).catch((err: unknown) => deps.logger.error({ err, queryId: msg.queryId }, 'could not remove a quarantine copy written after the deadline'));
+    throw signal.reason;
   }
   return { ...base, reply: decision.reply, action: decision.label, relayMs: Math.round(performance.now() - t0) };
 }
