@@ -85,9 +85,9 @@ export function createDeliverer(c: FrozenConfig, logger: Logger): AppDeliverer {
   return {
     kind: 'outbox',
     describe: `local outbox ${c.outbox.dir}`,
-    async deliver(env: OutboundEnvelope, open: () => Readable, _signal: AbortSignal, queryId: string): Promise<DeliveryResult> {
+    async deliver(env: OutboundEnvelope, open: () => Readable, signal: AbortSignal, queryId: string): Promise<DeliveryResult> {
       const t0 = performance.now();
-      const { path } = await outbox.deliver(env, open, queryId);
+      const { path } = await outbox.deliver(env, open, queryId, signal);
       return { accepted: env.to.map((r) => r.address), rejected: [], response: `stored ${path}`, elapsedMs: Math.round(performance.now() - t0) };
     },
     async verify() {
@@ -112,7 +112,7 @@ export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer
     baseUrl = sim.url;
   }
   const client = new UcwiClient(
-    { baseUrl, protocol: c.ucwi.protocol, accessKey, secretKey, tls: { ...c.ucwi.tls }, timeouts: { ...c.ucwi.timeouts }, maxConcurrent: c.ucwi.maxConcurrent, keepAliveMs: c.ucwi.keepAliveMs },
+    { baseUrl, protocol: c.ucwi.protocol, accessKey, secretKey, tls: { ...c.ucwi.tls }, timeouts: { ...c.ucwi.timeouts }, maxConcurrent: c.ucwi.maxConcurrent, queueTimeoutMs: c.ucwi.queueTimeoutMs, keepAliveMs: c.ucwi.keepAliveMs },
     logger.child({ component: 'ucwi' }),
     observer,
   );

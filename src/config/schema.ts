@@ -128,6 +128,8 @@ export const configSchema = z
           .prefault({}),
         /** In-flight UCWI calls at most; further messages wait for a slot within the deadline. */
         maxConcurrent: z.number().int().min(1).max(10_000).default(64),
+        /** Longest wait for a free slot; past it the message is a DLP error of class "saturated". */
+        queueTimeoutMs: ms(10_000),
         keepAliveMs: ms(4_000),
       })
       .strict()

@@ -16,6 +16,8 @@ export interface UcwiClientOptions {
   tls: { rejectUnauthorized: boolean; caFile: string | null };
   timeouts: { connectMs: number; headersMs: number; bodyMs: number; deadlineMs: number };
   maxConcurrent: number;
+  /** Bound on waiting for a free slot (default: the whole deadline). */
+  queueTimeoutMs?: number;
   keepAliveMs: number;
   /** UCWI answers are small JSON; anything larger is not what we asked for. */
   maxResponseBytes?: number;
@@ -101,7 +103,9 @@ export class UcwiClient {
   private async call(req: InspectRequest, signal: AbortSignal): Promise<DlpParsed> {
     let release: () => void;
     try {
-      release = await this.slots.acquire(signal);
+      // The queue wait has its own bound, so an overload shows up as "saturated", not as a timeout of the call.
+      const queueSignal = this.opts.queueTimeoutMs ? AbortSignal.any([signal, AbortSignal.timeout(this.opts.queueTimeoutMs)]) : signal;
+      release = await this.slots.acquire(queueSignal);
     } catch {
       return { ok: false, errorClass: 'saturated', detail: `no free UCWI slot within the deadline (${this.opts.maxConcurrent} in flight)` };
     }

@@ -20,7 +20,11 @@ export class LocalOutbox {
 
   constructor(private readonly dir: string) {}
 
-  async deliver(env: OutboundEnvelope, openMessage: () => Readable, queryId: string): Promise<{ path: string }> {
+  /**
+   * `signal`: the end-of-DATA deadline. If it fires while we write, the client has already been told
+   * 451 and will retry, so a copy finished after that is removed again instead of becoming a duplicate.
+   */
+  async deliver(env: OutboundEnvelope, openMessage: () => Readable, queryId: string, signal?: AbortSignal): Promise<{ path: string }> {
     const storedAt = new Date();
     const base = await this.reserve(`${storedAt.toISOString().replace(/:/g, '')}-${safeName(queryId)}`);
     const emlPath = join(this.dir, `${base}.eml`);
@@ -31,6 +35,10 @@ export class LocalOutbox {
       await writeDurably(jsonPath, JSON.stringify(sidecar, null, 2) + '\n');
       try {
         await writeDurably(emlPath, openMessage());
+        if (signal?.aborted) {
+          await unlink(emlPath).catch(() => {});
+          throw signal.reason ?? new Error('deadline passed');
+        }
       } catch (err) {
         // No message, no sidecar: an orphan .json would describe mail we never stored.
         await unlink(jsonPath).catch(() => {});

@@ -74,6 +74,21 @@ describe('LocalOutbox', () => {
     expect(await readdir(dir)).toEqual([]);
   });
 
+  it('removes a copy finished after the deadline fired: the client was told 451 and will retry', async () => {
+    const outbox = new LocalOutbox(dir);
+    const deadline = new AbortController();
+    const slow = (): Readable =>
+      Readable.from(
+        (async function* () {
+          yield Buffer.from('Subject: late\r\n\r\n');
+          deadline.abort(new Error('deadline'));
+          yield Buffer.from('body\r\n');
+        })(),
+      );
+    await expect(outbox.deliver(envelope, slow, 'q-late', deadline.signal)).rejects.toThrow('deadline');
+    expect(await readdir(dir)).toEqual([]);
+  });
+
   it('leaves nothing when opening the message throws', async () => {
     const outbox = new LocalOutbox(dir);
     await expect(
