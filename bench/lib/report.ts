@@ -13,7 +13,7 @@ export interface Machine {
 }
 
 export interface ThroughputRun {
-  system: 'direct' | 'haraka' | 'dlp-relay';
+  system: 'direct' | 'haraka' | 'dlp-relay' | 'dlp-relay-stub';
   ucwiLatencyMs: number | null;
   sessions: number;
   messages: number;
@@ -140,7 +140,13 @@ function plainTable(head: string[], rows: string[][]): string {
 }
 
 const systemLabel = (c: { system: string; ucwiLatencyMs: number | null }) =>
-  c.system === 'dlp-relay' ? `dlp-relay (UCWI ${c.ucwiLatencyMs} ms)` : c.system === 'haraka' ? 'Haraka smtp_forward' : 'direct → sink (ceiling)';
+  c.system === 'dlp-relay'
+    ? `dlp-relay (UCWI sim ${c.ucwiLatencyMs} ms)`
+    : c.system === 'dlp-relay-stub'
+      ? `dlp-relay (UCWI stub ${c.ucwiLatencyMs} ms, no scan)*`
+      : c.system === 'haraka'
+        ? 'Haraka smtp_forward'
+        : 'direct → sink (ceiling)';
 
 function cpuCell(c: ThroughputCell): string {
   const keys = new Set(c.runs.flatMap((r) => Object.keys(r.cpuMsPerMsg)));
@@ -148,7 +154,7 @@ function cpuCell(c: ThroughputCell): string {
 }
 
 function throughputRows(cells: ThroughputCell[], withExpected: boolean): { head: string[]; rows: string[][] } {
-  const head = ['system', 'sessions', 'msg/s (median)', 'min–max', 'runs', 'msgs/run', 'CPU ms/msg', ...(withExpected ? ['sessions ÷ latency', 'efficiency'] : []), 'all delivered'];
+  const head = ['system', 'sessions', 'msg/s (median)', 'min–max', 'runs', 'msgs/run', 'CPU ms/msg', ...(withExpected ? ['sessions ÷ latency', 'efficiency'] : []), 'load avg', 'all delivered'];
   const rows = cells.map((c) => {
     const expected = c.ucwiLatencyMs ? c.sessions / (c.ucwiLatencyMs / 1000) : NaN;
     return [
@@ -160,6 +166,7 @@ function throughputRows(cells: ThroughputCell[], withExpected: boolean): { head:
       String(c.runs[0]?.messages ?? 0),
       cpuCell(c),
       ...(withExpected ? [f0(expected), `${f1((c.msgPerSec / expected) * 100)} %`] : []),
+      f1(median(c.runs.map((r) => r.loadAvg))),
       c.runs.every((r) => r.ok) ? 'yes' : `NO (${c.runs.filter((r) => !r.ok).length} failed)`,
     ];
   });
@@ -252,9 +259,11 @@ export function writeBenchmarksMd(file: string, r: Results): void {
     parts.push(
       `## Throughput: ${r.settings.bodyBytes / 1024} KiB messages, UCWI simulator at 0 ms`,
       '',
-      `Each cell is the median of ${r.settings.reps} runs of about ${r.settings.seconds} s (message count fixed per cell from a warm-up run); "CPU ms/msg" is user+system CPU of the process(es) under test divided by messages (relay and UCWI simulator separately). The load average column is in latest.json.`,
+      `Each cell is the median of ${r.settings.reps} runs of about ${r.settings.seconds} s (message count fixed per cell from a warm-up run). "CPU ms/msg" is user+system CPU of the process(es) under test divided by messages (relay and UCWI simulator or stub separately; Haraka is its master and worker together). "load avg" is the 1-minute load average when the runs started: the machine has ${r.machine.nproc} cores, anything well above the load this benchmark makes itself (about 2) means other work shared the CPU.`,
       '',
       mdTable(t.head, t.rows),
+      '',
+      '\\* Diagnostic row, not used for the targets: the same relay against a stub UCWI server (bench/ucwi-stub.ts) that checks the signature and discards the upload without scanning. It shows what the relay does when the DLP engine is not competing with it for this machine\'s cores, as in production where UCWI is a separate appliance.',
       '',
     );
   }
