@@ -154,7 +154,7 @@ function cpuCell(c: ThroughputCell): string {
 }
 
 function throughputRows(cells: ThroughputCell[], withExpected: boolean): { head: string[]; rows: string[][] } {
-  const head = ['system', 'sessions', 'msg/s (median)', 'min–max', 'runs', 'msgs/run', 'CPU ms/msg', ...(withExpected ? ['sessions ÷ latency', 'efficiency'] : []), 'load avg', 'all delivered'];
+  const head = ['system', 'sessions', 'msg/s (median)', 'min–max', 'runs', 'msgs/run (median)', 'CPU ms/msg', ...(withExpected ? ['sessions ÷ latency', 'efficiency'] : []), 'load avg', 'all delivered'];
   const rows = cells.map((c) => {
     const expected = c.ucwiLatencyMs ? c.sessions / (c.ucwiLatencyMs / 1000) : NaN;
     return [
@@ -163,7 +163,7 @@ function throughputRows(cells: ThroughputCell[], withExpected: boolean): { head:
       f0(c.msgPerSec),
       `${f0(c.min)}–${f0(c.max)}`,
       String(c.runs.length),
-      String(c.runs[0]?.messages ?? 0),
+      f0(median(c.runs.map((r) => r.messages))),
       cpuCell(c),
       ...(withExpected ? [f0(expected), `${f1((c.msgPerSec / expected) * 100)} %`] : []),
       f1(median(c.runs.map((r) => r.loadAvg))),
@@ -259,7 +259,7 @@ export function writeBenchmarksMd(file: string, r: Results): void {
     parts.push(
       `## Throughput: ${r.settings.bodyBytes / 1024} KiB messages, UCWI simulator at 0 ms`,
       '',
-      `Each cell is the median of ${r.settings.reps} runs of about ${r.settings.seconds} s (message count fixed per cell from a warm-up run). "CPU ms/msg" is user+system CPU of the process(es) under test divided by messages (relay and UCWI simulator or stub separately; Haraka is its master and worker together). "load avg" is the 1-minute load average when the runs started: the machine has ${r.machine.nproc} cores, anything well above the load this benchmark makes itself (about 2) means other work shared the CPU.`,
+      `Each cell is the median of ${r.settings.reps} runs of about ${r.settings.seconds} s each (the first sized from a warm-up run, the others from the run before). "CPU ms/msg" is user+system CPU of the process(es) under test divided by messages (relay and UCWI simulator or stub separately; Haraka is its master and worker together). "load avg" is the 1-minute load average when the runs started: the machine has ${r.machine.nproc} cores, anything well above the load this benchmark makes itself (about 2) means other work shared the CPU.`,
       '',
       mdTable(t.head, t.rows),
       '',
@@ -313,7 +313,14 @@ export function writeBenchmarksMd(file: string, r: Results): void {
       '',
     );
   }
-  parts.push('## How it was run', '', 'Exact commands (ports differ per run):', '', '```', ...Object.entries(r.commands).map(([k, v]) => `# ${k}\n${v}`), '```', '');
+  parts.push(
+    '## How it was run',
+    '',
+    '`npm run bench` runs everything below in about 4–6 minutes and installs what is missing (Debian `postfix` for smtp-source/smtp-sink, with the daemon left stopped; Haraka with npm into a temp dir). `npm run bench -- --help` lists the options: `--profile` adds a `node --cpu-prof` run of the relay at 100 sessions and summarises it, `--only latency,rss` runs some scenarios, `--quick` is a short smoke run, `--md-only` rewrites this file from `bench/results/latest.json`.',
+    '',
+    'Exact commands (ports differ per run):',
+    '',
+    '```', ...Object.entries(r.commands).map(([k, v]) => `# ${k}\n${v}`), '```', '');
   if (r.errors.length) parts.push('## Errors during the run', '', ...r.errors.map((e) => `- ${e}`), '');
   parts.push('## Analysis and proposals', '', analysis, '');
   writeFileSync(file, parts.join('\n'));
