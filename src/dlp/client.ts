@@ -178,12 +178,25 @@ export class UcwiClient {
   }
 }
 
+/** Socket writes of at least this much (except the last): a small message goes out as one write. */
+const UPLOAD_CHUNK = 64 * 1024;
+
 async function* multipartBody(head: Buffer, message: Readable, tail: Buffer): AsyncGenerator<Buffer> {
-  yield head;
+  let pending: Buffer[] = [head];
+  let pendingBytes = head.length;
   try {
-    for await (const chunk of message) yield chunk as Buffer;
+    for await (const chunk of message) {
+      pending.push(chunk as Buffer);
+      pendingBytes += (chunk as Buffer).length;
+      if (pendingBytes >= UPLOAD_CHUNK) {
+        yield Buffer.concat(pending, pendingBytes);
+        pending = [];
+        pendingBytes = 0;
+      }
+    }
   } finally {
     message.destroy();
   }
-  yield tail;
+  pending.push(tail);
+  yield Buffer.concat(pending, pendingBytes + tail.length);
 }

@@ -1,10 +1,8 @@
 // Spools one message's DATA into a private temp file while hashing it (MD5 for UCWI, SHA-256 for audit) and indexing its header block; never holds the message in memory.
 import { createHash, randomUUID } from 'node:crypto';
-import { open, unlink, mkdir, readdir } from 'node:fs/promises';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { open, unlink, mkdir, readdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 
 /** One header field as found in the spooled bytes: where it starts and ends (end exclusive, line break included). */
 export interface HeaderField {
@@ -145,14 +143,62 @@ export async function prepareSpoolDir(dir: string): Promise<number> {
   return removed;
 }
 
+/**
+ * Writes into an open FileHandle, batching what is buffered into one writev. The spool keeps that one
+ * descriptor for its whole life (written here, read back by position for UCWI and the next hop), so a
+ * message costs one open and one close instead of one per reader.
+ */
+class HandleSink extends Writable {
+  constructor(private readonly fh: FileHandle) {
+    super({ highWaterMark: 64 * 1024 });
+  }
+  override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
+    this.fh.writev(chunks.map((c) => c.chunk)).then(() => cb(), cb);
+  }
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.fh.write(chunk).then(() => cb(), cb);
+  }
+}
+
+/** source → tap → sink with plain pipes: stream.pipeline costs an AbortController and a DOMException per message. */
+function pump(source: Readable, tap: Transform, sink: Writable): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let settled = false;
+    const fail = (err: Error) => {
+      if (settled) return;
+      settled = true;
+      source.unpipe(tap);
+      tap.unpipe(sink);
+      tap.destroy();
+      sink.destroy();
+      reject(err);
+    };
+    source.once('error', fail);
+    tap.once('error', fail);
+    sink.once('error', fail);
+    // A source that ends without 'end' (destroyed mid-transfer) must not leave us waiting forever.
+    source.once('close', () => {
+      if (!source.readableEnded) fail(new Error('message stream closed before its end'));
+    });
+    sink.once('finish', () => {
+      if (settled) return;
+      settled = true;
+      resolve();
+    });
+    source.pipe(tap).pipe(sink);
+  });
+}
+
 export async function spoolMessage(source: Readable, opts: SpoolOptions): Promise<SpooledMessage> {
   const path = join(opts.dir, `${randomUUID()}.eml.spool`);
   const tap = new SpoolTap(opts.maxBytes);
+  // 'wx+' + 0600: private, readable back through the same handle, and never clobber another transaction's file. No fsync: a spool file only
+  // lives while the client waits for our answer; a crash loses nothing the client was told we have.
+  const fh = await open(path, 'wx+', 0o600);
   try {
-    // 'wx' + 0600: private, and never clobber another transaction's file. No fsync: a spool file
-    // only lives while the client waits for our answer; a crash loses nothing the client gave up.
-    await pipeline(source, tap, createWriteStream(path, { flags: 'wx', mode: 0o600 }));
+    await pump(source, tap, new HandleSink(fh));
   } catch (err) {
+    await fh.close().catch(() => {});
     await unlink(path).catch(() => {});
     throw err;
   }
@@ -168,22 +214,18 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
     headers: tap.headers,
     headerEnd,
     async readHeaderBlock() {
-      const h = await open(path, 'r');
-      try {
-        const len = Math.min(headerEnd, MAX_HEADER_BLOCK);
-        const buf = Buffer.alloc(len);
-        const { bytesRead } = await h.read(buf, 0, len, 0);
-        return buf.subarray(0, bytesRead);
-      } finally {
-        await h.close();
-      }
+      const len = Math.min(headerEnd, MAX_HEADER_BLOCK);
+      const buf = Buffer.alloc(len);
+      const { bytesRead } = await fh.read(buf, 0, len, 0);
+      return buf.subarray(0, bytesRead);
     },
     open(o = {}) {
-      return Readable.from(streamRanges(path, size, o.prepend, o.skip ?? []));
+      return Readable.from(streamRanges(fh, Math.min(size, opts.maxBytes), o.prepend, o.skip ?? []));
     },
     async remove() {
       if (removed) return;
       removed = true;
+      await fh.close().catch(() => {});
       await unlink(path).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err;
       });
@@ -191,9 +233,11 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
   };
 }
 
-/** Yields prepend, then the file with the skipped ranges left out, reading 64 KiB at a time. */
+const READ_CHUNK = 64 * 1024;
+
+/** Yields prepend, then the file with the skipped ranges left out, reading 64 KiB at a time by position. */
 async function* streamRanges(
-  path: string,
+  fh: FileHandle,
   size: number,
   prepend: Buffer | undefined,
   skip: Array<{ start: number; end: number }>,
@@ -207,9 +251,14 @@ async function* streamRanges(
   }
   if (cur < size) ranges.push([cur, size]);
   for (const [start, end] of ranges) {
-    if (end <= start) continue;
-    for await (const chunk of createReadStream(path, { start, end: end - 1, highWaterMark: 64 * 1024 })) {
-      yield chunk as Buffer;
+    let pos = start;
+    while (pos < end) {
+      // A fresh buffer per chunk: the consumer may still hold the previous one.
+      const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, end - pos));
+      const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+      if (bytesRead === 0) throw new Error('spool file shorter than expected');
+      pos += bytesRead;
+      yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
     }
   }
 }

@@ -144,15 +144,18 @@ export async function startRawSink(behaviour: RawSinkBehaviour = {}): Promise<Ra
           data.push(rest);
           dataLen += rest.length;
           const all = Buffer.concat(data, dataLen);
+          // The fault fires on the byte count alone, whether or not the end marker came in the same
+          // read: how the sender chunks its writes must not decide if the fault happens.
+          const limit = sink.behaviour.abortAfterBytes;
+          if (limit != null && dataLen >= limit) {
+            sink.partial++;
+            closeWith('421 4.4.2 rawsink: closing connection in the middle of DATA\r\n');
+            return;
+          }
           // A message may be empty: the marker is then ".\r\n" right after the 354.
           const idx = all.length >= 3 && all.subarray(0, 3).equals(Buffer.from('.\r\n')) ? -2 : all.indexOf(END);
           if (idx === -1) {
             data = [all];
-            const limit = sink.behaviour.abortAfterBytes;
-            if (limit != null && dataLen >= limit) {
-              sink.partial++;
-              closeWith('421 4.4.2 rawsink: closing connection in the middle of DATA\r\n');
-            }
             return;
           }
           const msgEnd = idx === -2 ? 0 : idx + 2;

@@ -89,10 +89,8 @@ async function startSink(opts: SinkOptions = {}): Promise<Sink> {
       if (code) return cb(Object.assign(new Error('Sender refused'), { responseCode: code }));
       cb();
     },
-    onConnect(_session, cb) {
-      state.connections++;
-      cb();
-    },
+    // Connections are counted on the TCP socket below: smtp-server calls onConnect again on the first
+    // MAIL FROM after a finished transaction, so onConnect counts transactions, not connections.
     onClose() {
       state.closed++;
       for (const w of closeWaiters.filter((x) => state.closed >= x.n)) {
@@ -151,6 +149,7 @@ async function startSink(opts: SinkOptions = {}): Promise<Sink> {
   });
   // A client that gives up during the TLS handshake makes smtp-server emit 'error': expected in these tests.
   server.on('error', () => {});
+  server.server.on('connection', () => state.connections++);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
   state.port = (server.server.address() as AddressInfo).port;
   sinks.push(state);
