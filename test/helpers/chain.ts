@@ -9,6 +9,7 @@ import { loadConfig, deepMerge } from '../../src/config/load.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { startRelay, type RunningRelay, type StartOptions } from '../../src/app.js';
 import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { SmtpSession } from './raw-smtp.js';
 
 export interface SinkMessage {
   from: string;
@@ -208,4 +209,24 @@ export function message(body: string, extraHeaders = ''): string {
     `From: Alice <alice@example.test>\r\nTo: Bob <bob@example.test>\r\nSubject: test\r\nMessage-ID: <${Math.random().toString(36).slice(2)}@example.test>\r\n` +
     `${extraHeaders}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n${body}\r\n`
   );
+}
+
+/** One transaction over a raw session; returns every reply so tests can assert exact lines. */
+export async function sendMessage(
+  port: number,
+  body: string | Buffer,
+  opts: { from?: string; to?: string[]; mailArgs?: string; rcptArgs?: string } = {},
+): Promise<{ mail: string; rcpts: string[]; data: string }> {
+  const s = await SmtpSession.connect(port);
+  try {
+    await s.cmd('EHLO client.example.test');
+    const mail = await s.cmd(`MAIL FROM:<${opts.from ?? 'alice@example.test'}>${opts.mailArgs ? ' ' + opts.mailArgs : ''}`);
+    const rcpts: string[] = [];
+    for (const r of opts.to ?? ['bob@example.test']) rcpts.push(await s.cmd(`RCPT TO:<${r}>${opts.rcptArgs ? ' ' + opts.rcptArgs : ''}`));
+    const data = await s.data(body, { dotStuff: true });
+    await s.quit();
+    return { mail, rcpts, data };
+  } finally {
+    s.close();
+  }
 }

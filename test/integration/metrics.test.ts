@@ -1,22 +1,11 @@
 // /metrics after real traffic: messages by action and reply class, UCWI and next-hop latency histograms, errors by class, gauges.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
-import { SmtpSession } from '../helpers/raw-smtp.js';
-import { startChain, message, type Chain } from '../helpers/chain.js';
+import { startChain, message, sendMessage, type Chain } from '../helpers/chain.js';
 
 const TOKEN = 'metrics-token-0123456789abcdef';
 
-async function send(port: number, body: string): Promise<string> {
-  const s = await SmtpSession.connect(port);
-  try {
-    await s.cmd('EHLO client');
-    await s.cmd('MAIL FROM:<alice@example.test>');
-    await s.cmd('RCPT TO:<bob@example.test>');
-    return await s.data(message(body), { dotStuff: true });
-  } finally {
-    s.close();
-  }
-}
+const send = async (port: number, body: string): Promise<string> => (await sendMessage(port, message(body))).data;
 
 /** The value of one series, e.g. value(text, 'dlp_relay_messages_total{action="relay",reply_class="2xx"}'). */
 function value(text: string, series: string): number | null {

@@ -3,23 +3,13 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { SmtpSession, replyCode } from '../helpers/raw-smtp.js';
-import { startChain, eventually, message, type Chain } from '../helpers/chain.js';
+import { replyCode } from '../helpers/raw-smtp.js';
+import { startChain, eventually, message, sendMessage, type Chain } from '../helpers/chain.js';
 import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
 
 const TOKEN = 'f'.repeat(40);
 
-async function send(port: number, from: string, body: string): Promise<string> {
-  const s = await SmtpSession.connect(port);
-  try {
-    await s.cmd('EHLO client');
-    await s.cmd(`MAIL FROM:<${from}>`);
-    await s.cmd('RCPT TO:<bob@partner.test>');
-    return await s.data(message(body), { dotStuff: true });
-  } finally {
-    s.close();
-  }
-}
+const send = async (port: number, from: string, body: string): Promise<string> => (await sendMessage(port, message(body), { from, to: ['bob@partner.test'] })).data;
 
 describe('relay → CAS blocked lists', () => {
   let chain: Chain | undefined;

@@ -1,25 +1,15 @@
 // Two relays on one PostgreSQL quarantine: one holds a message, the other releases it over the admin API, once; the database going away gives 451, never 250.
 import { afterAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
-import { SmtpSession, replyCode } from '../helpers/raw-smtp.js';
-import { startChain, message, type Chain } from '../helpers/chain.js';
+import { replyCode } from '../helpers/raw-smtp.js';
+import { startChain, message, sendMessage, type Chain } from '../helpers/chain.js';
 import { freshSchema, dropSchemas, schemaUrl, PgProxy } from '../helpers/pg.js';
 
 const TOKEN = 'admin-token-for-tests-0123456789';
 const schemas: string[] = [];
 afterAll(() => dropSchemas(schemas));
 
-async function send(port: number, body: string): Promise<string> {
-  const s = await SmtpSession.connect(port);
-  try {
-    await s.cmd('EHLO client');
-    await s.cmd('MAIL FROM:<alice@example.test>');
-    await s.cmd('RCPT TO:<bob@example.test>');
-    return await s.data(message(body), { dotStuff: true });
-  } finally {
-    s.close();
-  }
-}
+const send = async (port: number, body: string): Promise<string> => (await sendMessage(port, message(body))).data;
 
 async function api(chain: Chain, method: 'GET' | 'POST', path: string, body?: unknown) {
   const res = await request(`${chain.relay.admin!.url}${path}`, {

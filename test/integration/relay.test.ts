@@ -3,26 +3,12 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SmtpSession, smtpDialog, replyCode } from '../helpers/raw-smtp.js';
-import { startChain, spoolFiles, eventually, sha256, message, type Chain } from '../helpers/chain.js';
+import { startChain, spoolFiles, eventually, sha256, message, sendMessage, type Chain } from '../helpers/chain.js';
 import { writeBigMessage } from '../helpers/big-message.js';
 
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
 
-/** One transaction over a raw session; returns every reply so tests can assert exact lines. */
-async function send(port: number, body: string | Buffer, opts: { from?: string; to?: string[]; mailArgs?: string; rcptArgs?: string } = {}): Promise<{ mail: string; rcpts: string[]; data: string }> {
-  const s = await SmtpSession.connect(port);
-  try {
-    await s.cmd('EHLO client.example.test');
-    const mail = await s.cmd(`MAIL FROM:<${opts.from ?? 'alice@example.test'}>${opts.mailArgs ? ' ' + opts.mailArgs : ''}`);
-    const rcpts: string[] = [];
-    for (const r of opts.to ?? ['bob@example.test']) rcpts.push(await s.cmd(`RCPT TO:<${r}>${opts.rcptArgs ? ' ' + opts.rcptArgs : ''}`));
-    const data = await s.data(body, { dotStuff: true });
-    await s.quit();
-    return { mail, rcpts, data };
-  } finally {
-    s.close();
-  }
-}
+const send = sendMessage;
 
 function headersOf(data: Buffer): string {
   const s = data.toString('latin1');
