@@ -230,6 +230,18 @@ function rowToRecord(r: MessageRow): QuarantineRecord {
   };
 }
 
+/** Numbered query parameters: p(value) records the value and returns its "$n" placeholder. */
+function sqlParams(): { values: unknown[]; p: (v: unknown) => string } {
+  const values: unknown[] = [];
+  return {
+    values,
+    p: (v) => {
+      values.push(v);
+      return `$${values.length}`;
+    },
+  };
+}
+
 export class PgQuarantineStore implements QuarantineStore {
   readonly kind = 'postgres' as const;
   readonly pool: pg.Pool;
@@ -408,11 +420,7 @@ export class PgQuarantineStore implements QuarantineStore {
   async list(filter: QuarantineFilter = {}): Promise<QuarantinePage> {
     const limit = clampLimit(filter.limit);
     const where: string[] = [];
-    const values: unknown[] = [];
-    const p = (v: unknown): string => {
-      values.push(v);
-      return `$${values.length}`;
-    };
+    const { values, p } = sqlParams();
     if (filter.from) where.push(`quarantined_at >= ${p(filter.from)}`);
     if (filter.to) where.push(`quarantined_at < ${p(filter.to)}`);
     if (filter.sender !== undefined) where.push(`sender_lc = ${p(normAddress(filter.sender))}`);
@@ -563,11 +571,7 @@ export class PgQuarantineStore implements QuarantineStore {
   async listAudit(filter: AuditFilter = {}): Promise<AuditPage> {
     const limit = clampLimit(filter.limit);
     const where: string[] = [];
-    const values: unknown[] = [];
-    const p = (v: unknown): string => {
-      values.push(v);
-      return `$${values.length}`;
-    };
+    const { values, p } = sqlParams();
     if (filter.from) where.push(`at >= ${p(filter.from)}`);
     if (filter.to) where.push(`at < ${p(filter.to)}`);
     if (filter.actor !== undefined) where.push(`actor = ${p(filter.actor)}`);
