@@ -170,6 +170,8 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     const deliverer = createDeliverer(c, logger);
     stops.push(() => deliverer.close());
 
+    // One operations context (delivery + re-scan) for sender notices and the admin API.
+    const ops = quarantineOps(c, quarantine, deliverer, ucwi, logger);
     const notifier: Notifier = await createNotifier(
       {
         enabled: c.quarantine.notifications.enabled,
@@ -180,7 +182,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
         hostname: c.smtp.hostname,
         templateDir: c.quarantine.notifications.templateDir,
       },
-      quarantineOps(c, quarantine, deliverer, ucwi, logger).deliver!,
+      ops.deliver!,
       logger.child({ component: 'notify' }),
     );
 
@@ -254,7 +256,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
         },
       });
       registerOpsRoutes(admin, { metrics, readiness, draining: () => ingress.draining });
-      registerQuarantineRoutes(admin, quarantineOps(c, quarantine, deliverer, ucwi, logger));
+      registerQuarantineRoutes(admin, ops);
       const a = await admin.listen();
       adminInfo = { ...a, apiEnabled: token !== null };
       const adminServer = admin;

@@ -92,3 +92,27 @@ export function replyError(reply: SmtpReply): Error & { responseCode: number } {
 export function isEnhancedCode(s: string): boolean {
   return /^[245]\.\d{1,3}\.\d{1,3}$/.test(s);
 }
+
+/** What the catalogue needs to know of a failed next-hop delivery (egress/relay.ts DeliveryError has these). */
+export interface NextHopFailure {
+  kind: 'permanent' | 'transient';
+  phase: string;
+  code?: number | undefined;
+  enhanced?: string | undefined;
+  response?: string | undefined;
+}
+
+/**
+ * The reply for a failed next-hop delivery: the next hop's own 5xx passes through with its code and
+ * text (the only 5xx that is not a policy decision); everything else is our 451 4.4.x.
+ */
+export function nextHopFailureReply(f: NextHopFailure, ref: string): SmtpReply {
+  if (f.kind === 'permanent' && f.code !== undefined && f.code >= 500 && f.code < 600) {
+    const text = (f.response ?? '').replace(/^\d{3}[ -]?/, '').replace(/^[245]\.\d{1,3}\.\d{1,3}\s*/, '').trim() || 'Rejected by next hop';
+    return { code: f.code, enhanced: f.enhanced ?? '5.0.0', text: text.slice(0, 400) };
+  }
+  if (f.phase === 'aborted' || f.phase === 'timeout') return catalogueReply('NEXT_HOP_UNAVAILABLE', ref);
+  if (f.code !== undefined && f.code >= 400 && f.code < 500) return catalogueReply('NEXT_HOP_TEMPFAIL', ref);
+  if (f.phase === 'data') return catalogueReply('NEXT_HOP_LOST', ref);
+  return catalogueReply('NEXT_HOP_UNAVAILABLE', ref);
+}

@@ -1,12 +1,11 @@
 // `dlp-relay cas block|unblock|list|outbox|mitigate|results`: Trend Micro CAS from the command line, with the relay's token, rate limit and outbox.
+import { collect } from './options.js';
 import type { Command } from 'commander';
 import type { FrozenConfig } from '../config/load.js';
 import { createLogger } from '../observability/logger.js';
 import { casBlock, casUnblock, casList, casOutbox, casMitigate, casResults, type CasMitigateOptions } from '../cas/cli.js';
 import { casClientFromConfig, casOutboxFromConfig } from '../cas/relay-hook.js';
 import type { CasClient } from '../cas/client.js';
-
-const collect = (v: string, prev: string[]) => [...prev, v];
 
 function fail(msg: string): number {
   process.stderr.write(`dlp-relay: ${msg}\n`);

@@ -6,14 +6,11 @@ import { loadConfig, maskedConfig, ConfigError, type FrozenConfig } from '../con
 import { createLogger, type Logger } from '../observability/logger.js';
 import { startRelay } from '../app.js';
 import { runSend } from './send.js';
+import { collect } from './options.js';
 import { startUcwiSim } from '../sim/ucwi/server.js';
 import { registerQuarantineCommands } from './quarantine-commands.js';
 import { registerCasCommands } from './cas-commands.js';
 import { hashPassword } from '../ingress/auth.js';
-
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
 
 function loadOrExit(file: string | undefined): FrozenConfig {
   try {

@@ -1,12 +1,11 @@
 // `dlp-relay quarantine list|show|download|release|delete|purge|audit`: the same operations as the admin API, against the configured store.
+import { collect } from './options.js';
 import type { Command } from 'commander';
 import type { FrozenConfig } from '../config/load.js';
 import { createLogger } from '../observability/logger.js';
 import { createQuarantineStore } from '../quarantine/index.js';
 import { quarantineList, quarantineShow, quarantineDownload, quarantineRelease, quarantineDelete, quarantinePurge, quarantineAudit, type CliContext } from '../quarantine/cli.js';
 import { createDeliverer, createUcwiClient, quarantineOps } from '../app.js';
-
-const collect = (v: string, prev: string[]) => [...prev, v];
 
 /**
  * Builds the store and, only for release, the delivery and re-scan paths; closes them afterwards.

@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import type { SpooledMessage } from '../spool/spool.js';
 import type { InspectResult } from '../dlp/client.js';
 import { decide, loopRule, renderHeaders, type Decision, type PolicySettings } from '../policy/policy.js';
-import { catalogueReply, RelayError, type SmtpReply, type ErrorCode } from '../errors.js';
+import { catalogueReply, nextHopFailureReply, RelayError, type SmtpReply } from '../errors.js';
 import type { MatchedPolicy, NewQuarantineRecord, QuarantineStore, StoredEnvelope } from '../quarantine/types.js';
 import { DeliveryError, type DeliveryResult, type OutboundEnvelope } from '../egress/relay.js';
 import { buildFailureDsn } from '../egress/dsn.js';
@@ -163,7 +163,7 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
     case 'quarantine':
       return quarantine(deps, msg, decision, base, skip, signal);
     case 'relay':
-      return relay(deps, msg, decision, base, skip, signal);
+      return relay(deps, msg, decision, base, skip, strippedBytes, signal);
   }
 }
 
@@ -205,37 +205,22 @@ function quarantineRecord(deps: PipelineDeps, msg: MessageInput, actionCode: num
   };
 }
 
-/** Delivery failure → the reply the client gets: next-hop 5xx passes through, everything else is our 451. */
-export function deliveryFailureReply(err: unknown, queryId: string): { reply: SmtpReply; code: ErrorCode | 'NEXT_HOP_PERMANENT' } {
-  if (err instanceof DeliveryError) {
-    if (err.kind === 'permanent' && err.code !== undefined && err.code >= 500 && err.code < 600) {
-      const text = (err.response ?? '').replace(/^\d{3}[ -]?/, '').replace(/^[245]\.\d{1,3}\.\d{1,3}\s*/, '').trim() || 'Rejected by next hop';
-      return { code: 'NEXT_HOP_PERMANENT', reply: { code: err.code, enhanced: err.enhanced ?? `5.0.0`, text: text.slice(0, 400) } };
-    }
-    if (err.phase === 'aborted' || err.phase === 'timeout') return { code: 'NEXT_HOP_UNAVAILABLE', reply: catalogueReply('NEXT_HOP_UNAVAILABLE', queryId) };
-    if (err.code !== undefined && err.code >= 400 && err.code < 500) return { code: 'NEXT_HOP_TEMPFAIL', reply: catalogueReply('NEXT_HOP_TEMPFAIL', queryId) };
-    if (err.phase === 'data') return { code: 'NEXT_HOP_LOST', reply: catalogueReply('NEXT_HOP_LOST', queryId) };
-    return { code: 'NEXT_HOP_UNAVAILABLE', reply: catalogueReply('NEXT_HOP_UNAVAILABLE', queryId) };
-  }
-  return { code: 'INTERNAL', reply: catalogueReply('INTERNAL', queryId) };
-}
-
-async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'relay' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'relay' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, strippedBytes: number, signal: AbortSignal): Promise<Partial_> {
   const prepend = renderHeaders(decision.headers);
   const env = toOutbound(msg.envelope);
-  env.size = msg.spool.size + prepend.length - skip.reduce((n, r) => n + (r.end - r.start), 0);
+  env.size = msg.spool.size + prepend.length - strippedBytes;
   const t0 = performance.now();
   let result: DeliveryResult;
   try {
     result = await deps.deliverer.deliver(env, () => msg.spool.open({ prepend, skip }), signal, msg.queryId);
   } catch (err) {
     if (signal.aborted) throw signal.reason;
-    const mapped = deliveryFailureReply(err, msg.queryId);
     const isLocal = deps.deliverer.kind === 'outbox';
     if (isLocal) deps.logger.error({ err, queryId: msg.queryId }, 'local outbox write failed');
+    const reply = isLocal ? catalogueReply('OUTBOX_FAILED', msg.queryId) : err instanceof DeliveryError ? nextHopFailureReply(err, msg.queryId) : catalogueReply('INTERNAL', msg.queryId);
     return {
       ...base,
-      reply: isLocal ? catalogueReply('OUTBOX_FAILED', msg.queryId) : mapped.reply,
+      reply,
       action: `${decision.label}-failed`,
       relayMs: Math.round(performance.now() - t0),
       errorClass: isLocal ? 'outbox' : `next-hop:${err instanceof DeliveryError ? err.phase : 'error'}`,

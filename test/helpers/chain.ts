@@ -92,16 +92,23 @@ export async function startSink(behaviour: SinkBehaviour = {}): Promise<Sink> {
       });
     },
   };
-  const server = new SMTPServer(options);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  sink.port = (server.server.address() as { port: number }).port;
-  sink.close = () =>
-    new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      // Pooled relay connections would keep it open for closeTimeout; the test is over.
-      for (const c of (server as unknown as { connections: Set<{ close(): void }> }).connections) c.close();
-    });
+  const { port, close } = await listenSmtp(new SMTPServer(options));
+  sink.port = port;
+  sink.close = close;
   return sink;
+}
+
+/** Listens on 127.0.0.1 port 0; close() also ends open sessions, which pooled relay connections would keep alive for closeTimeout. */
+export async function listenSmtp(server: SMTPServer): Promise<{ port: number; close(): Promise<void> }> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.server.address() as { port: number }).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const c of (server as unknown as { connections: Set<{ close(): void }> }).connections) c.close();
+      }),
+  };
 }
 
 export const SIM_KEYS = { accessKey: 'test-access-key', secretKey: 'test-secret-key-0123456789' };

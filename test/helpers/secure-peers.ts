@@ -1,4 +1,5 @@
 // Peers that speak TLS or want credentials: a next-hop SMTP sink with STARTTLS and/or AUTH, and an HTTPS front for the UCWI simulator. For the TLS-verification and secrets tests.
+import { listenSmtp } from './chain.js';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
@@ -55,14 +56,9 @@ export async function startSecureSink(o: SecureSinkOptions): Promise<SecureSink>
       });
     },
   };
-  const server = new SMTPServer(options);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  sink.port = (server.server.address() as { port: number }).port;
-  sink.close = () =>
-    new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      for (const c of (server as unknown as { connections: Set<{ close(): void }> }).connections) c.close();
-    });
+  const { port, close } = await listenSmtp(new SMTPServer(options));
+  sink.port = port;
+  sink.close = close;
   return sink;
 }
 
