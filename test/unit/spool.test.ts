@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
-import { spoolMessage, prepareSpoolDir } from '../../src/spool/spool.js';
+import { spoolMessage, prepareSpoolDir, SYNC_LIMIT } from '../../src/spool/spool.js';
 
 const dir = () => mkdtempSync(join(tmpdir(), 'spool-'));
 /** Feeds the message in chunks of `n` bytes so header lines straddle chunk boundaries. */
@@ -53,6 +53,44 @@ describe('spoolMessage', () => {
     expect(out).toBe('X-New: 1\r\n' + MSG.replace('X-Loop: yes\r\n', ''));
     expect(await text(s.open())).toBe(MSG);
     expect((await s.readHeaderBlock()).toString()).toBe(MSG.slice(0, s.headerEnd));
+  });
+
+  it('a message past SYNC_LIMIT (async reads and writes) round-trips with prepend, skips and 64 KiB reads', async () => {
+    // Distinct bytes at every offset, so a chunk read from the wrong position cannot go unnoticed.
+    const body = Buffer.alloc(SYNC_LIMIT * 3 + 12_345);
+    for (let i = 0; i < body.length; i++) body[i] = 0x61 + ((i * 7) % 26);
+    const big = Buffer.concat([Buffer.from(MSG.replace('Body line\r\n', '')), body, Buffer.from('\r\n')]);
+    const s = await spoolMessage(chunked(big, 10_000), { dir: dir(), maxBytes: 1 << 22 });
+    expect(s.size).toBe(big.length);
+    expect(s.sha256).toBe(createHash('sha256').update(big).digest('hex'));
+    const loop = s.headers.find((h) => h.name === 'x-loop')!;
+    const cut = { start: SYNC_LIMIT, end: SYNC_LIMIT * 2 + 3 };
+    const out = Buffer.from(await text(s.open({ prepend: Buffer.from('X-New: 1\r\n'), skip: [cut, { start: loop.start, end: loop.end }] })), 'latin1');
+    const expected = Buffer.concat([Buffer.from('X-New: 1\r\n'), big.subarray(0, loop.start), big.subarray(loop.end, cut.start), big.subarray(cut.end)]);
+    expect(out.equals(expected)).toBe(true);
+    expect((await s.readHeaderBlock()).toString('latin1')).toBe(big.subarray(0, s.headerEnd).toString('latin1'));
+    await s.remove();
+    expect(existsSync(s.path)).toBe(false);
+  });
+
+  it.each([10, SYNC_LIMIT * 2])('refuses to read (%i bytes) once removed, since the descriptor number may be reused', async (n) => {
+    const s = await spoolMessage(Readable.from([Buffer.from('Subject: a\r\n\r\n' + 'y'.repeat(n))]), { dir: dir(), maxBytes: 1 << 22 });
+    const early = s.open();
+    const first = await new Promise<Buffer>((resolve) => early.once('data', resolve));
+    expect(first.length).toBeGreaterThan(0);
+    early.pause();
+    const failed = new Promise<Error | null>((resolve) => {
+      early.once('error', resolve);
+      early.once('end', () => resolve(null));
+    });
+    await s.remove();
+    await expect(text(s.open())).rejects.toThrow('spool file already removed');
+    await expect(s.readHeaderBlock()).rejects.toThrow('spool file already removed');
+    if (n > 64 * 1024) {
+      // A reader that was part-way through a big message stops with the error instead of reading on.
+      early.resume();
+      expect((await failed)?.message).toBe('spool file already removed');
+    }
   });
 
   it('keeps reading past the size cap but stops writing', async () => {
