@@ -119,7 +119,7 @@ export function buildProgram(): Command {
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', '5443')
     .option('--policies <file>', 'detector policies', 'config/detectors.yaml')
-    .option('--latency <ms>', 'fault: delay every answer', '0')
+    .option('--latency <ms>', 'fault: response time; each answer goes out no sooner than this after its request arrived (scan included)', '0')
     .action(async (o: { host: string; port: string; policies: string; latency: string }) => {
       const accessKey = process.env['DLP_RELAY_UCWI_ACCESS_KEY'] || 'sim-access-key';
       const secretKey = process.env['DLP_RELAY_UCWI_SECRET_KEY'] || randomBytes(16).toString('hex');

@@ -1,7 +1,10 @@
 // Spools one message's DATA into a private temp file while hashing it (MD5 for UCWI, SHA-256 for audit) and indexing its header block; never holds the message in memory.
 import { createHash, randomUUID } from 'node:crypto';
-import { closeSync, openSync, read, readSync, unlinkSync, writev, writevSync } from 'node:fs';
+import { closeSync, open, read, readSync, unlinkSync, writev, writevSync } from 'node:fs';
 import { unlink, mkdir, readdir } from 'node:fs/promises';
+import { promisify } from 'node:util';
+
+const openAsync = promisify(open);
 import { join } from 'node:path';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 
@@ -255,7 +258,8 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
   const tap = new SpoolTap(opts.maxBytes);
   // 'wx+' + 0600: private, readable back through the same descriptor, and never clobber another transaction's file. No fsync: a spool file only
   // lives while the client waits for our answer; a crash loses nothing the client was told we have.
-  const file: SpoolFile = { fd: openSync(path, 'wx+', 0o600), closed: false };
+  // open stays async: creating an inode is the one call here that is slow (journal), and in the threadpool it overlaps other work.
+  const file: SpoolFile = { fd: await openAsync(path, 'wx+', 0o600), closed: false };
   const closeFile = (): void => {
     if (file.closed) return;
     file.closed = true;

@@ -292,9 +292,12 @@ describe('stats', () => {
 });
 
 describe('fault knobs', () => {
-  it('latencyMs: still answers normally after the delay', async () => {
-    sim.setFaults({ latencyMs: 30 });
+  it('latencyMs: answers normally, and no sooner than the latency after the request started', async () => {
+    sim.setFaults({ latencyMs: 120 });
+    const t0 = performance.now();
     const r = await post(sim, { metadata: meta() });
+    // A lower bound only: the knob must hold the answer back (the scan counts toward it, so no upper bound is implied).
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(118);
     expect(JSON.parse(r.text).actionCode).toBe(1);
   });
 

@@ -16,7 +16,11 @@ export { loadPolicies, type PolicyDef } from './policies.js';
 export type UcwiBodyMode = 'normal' | 'garbage' | 'truncated' | 'empty' | 'no_action' | 'unknown_action';
 
 export interface UcwiFaults {
-  /** Milliseconds to wait before answering (after the upload has been read). */
+  /**
+   * Response time in milliseconds, counted from the request's arrival: the answer goes out no sooner
+   * than this, and the upload and the scan count toward it (a DLP server "with 200 ms latency" answers
+   * in 200 ms, not 200 ms plus its own scan). A scan that takes longer answers when it is done.
+   */
   latencyMs: number;
   /** Answer this HTTP status with the UCWI error envelope instead of the real answer; null = off. */
   status: number | null;
@@ -293,11 +297,12 @@ export async function startUcwiSim(opts: UcwiSimOptions): Promise<UcwiSim> {
   async function deliver(
     req: IncomingMessage,
     res: ServerResponse,
-    f: UcwiFaults,
+    f: UcwiFaults & { arrivedAt: number },
     status: number,
     body: Record<string, unknown>,
   ): Promise<void> {
-    if (f.latencyMs > 0) await sleep(f.latencyMs);
+    const wait = f.latencyMs - (performance.now() - f.arrivedAt);
+    if (wait >= 1) await sleep(wait);
     // The client may have given up (its own timeout) or close() may have ended the connection meanwhile.
     if (res.destroyed || res.headersSent || req.socket.destroyed) return;
     if (f.dropConnection) {
@@ -353,7 +358,7 @@ export async function startUcwiSim(opts: UcwiSimOptions): Promise<UcwiSim> {
 
   async function handleEmail(req: IncomingMessage, res: ServerResponse, protocol: string, mode: 'sync' | 'async'): Promise<void> {
     // Faults are read once per request so a test's setFaults() never lands halfway through one.
-    const f = { ...faults };
+    const f = { ...faults, arrivedAt: performance.now() };
     const declared = Number(req.headers['content-length']);
     if (Number.isFinite(declared) && declared > maxBodyBytes) {
       return sendError(res, 413, { connection: 'close' });
