@@ -1,6 +1,6 @@
 // Test chain: a real sink SMTP server (the next hop), the UCWI simulator over HTTP, and the relay between them, all on 127.0.0.1 port 0.
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, readdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, readdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -188,8 +188,27 @@ export async function startChain(o: ChainOptions = {}): Promise<Chain> {
   };
 }
 
-/** Files left in the spool directory: must be none once transactions are over. */
+/**
+ * Spool files that still hold message bytes: must be none once transactions are over. Empty files are
+ * recycled ones waiting in the ingress's SpoolFilePool (truncated when they came back), bounded by
+ * its size and unlinked when the relay stops.
+ */
 export function spoolFiles(chain: Chain): string[] {
+  try {
+    return readdirSync(chain.dirs.spool).filter((f) => {
+      try {
+        return statSync(join(chain.dirs.spool, f)).size > 0;
+      } catch {
+        return false; // removed between readdir and stat
+      }
+    });
+  } catch {
+    return [];
+  }
+}
+
+/** Every file in the spool directory, empty recycled ones included. */
+export function allSpoolFiles(chain: Chain): string[] {
   try {
     return readdirSync(chain.dirs.spool);
   } catch {

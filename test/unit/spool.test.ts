@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
-import { spoolMessage, prepareSpoolDir, SYNC_LIMIT } from '../../src/spool/spool.js';
+import { spoolMessage, prepareSpoolDir, SYNC_LIMIT, SpoolFilePool } from '../../src/spool/spool.js';
 
 const dir = () => mkdtempSync(join(tmpdir(), 'spool-'));
 /** Feeds the message in chunks of `n` bytes so header lines straddle chunk boundaries. */
@@ -124,5 +124,55 @@ describe('spoolMessage', () => {
     writeFileSync(join(d, 'keep.txt'), 'x');
     expect(await prepareSpoolDir(d)).toBe(1);
     expect(readdirSync(d)).toEqual(['keep.txt']);
+  });
+});
+
+describe('SpoolFilePool', () => {
+  it('reuses a small file truncated: the next message finds none of the last one, and old readers refuse', async () => {
+    const d = dir();
+    const pool = new SpoolFilePool(d, 2);
+    const a = await spoolMessage(chunked(MSG + 'A'.repeat(5000) + '\r\n', 700), { dir: d, maxBytes: 1 << 20, pool });
+    const oldReader = a.open();
+    await a.remove();
+    expect(pool.idle).toBe(1);
+    expect(statSync(a.path).size).toBe(0);
+    const b = await spoolMessage(chunked('Subject: b\r\n\r\nshort\r\n', 4), { dir: d, maxBytes: 1 << 20, pool });
+    expect(b.path).toBe(a.path);
+    expect(pool.idle).toBe(0);
+    // Exactly b's bytes on disk (positional writes from 0, no tail of a), and b reads back whole.
+    expect(readFileSync(b.path, 'latin1')).toBe('Subject: b\r\n\r\nshort\r\n');
+    expect(await text(b.open())).toBe('Subject: b\r\n\r\nshort\r\n');
+    // A reader opened for a never reads b's bytes through the shared descriptor.
+    await expect(text(oldReader)).rejects.toThrow('spool file already removed');
+    await b.remove();
+    pool.close();
+    expect(readdirSync(d)).toEqual([]);
+  });
+
+  it('keeps at most `max` idle files and never recycles a big one', async () => {
+    const d = dir();
+    const pool = new SpoolFilePool(d, 2);
+    const msgs = await Promise.all([1, 2, 3].map(() => spoolMessage(chunked(MSG, 64), { dir: d, maxBytes: 1 << 20, pool })));
+    expect(new Set(msgs.map((m) => m.path)).size).toBe(3);
+    for (const m of msgs) await m.remove();
+    expect(pool.idle).toBe(2);
+    expect(readdirSync(d)).toHaveLength(2);
+    const big = await spoolMessage(chunked('Subject: big\r\n\r\n' + 'z'.repeat(SYNC_LIMIT + 10), 50_000), { dir: d, maxBytes: 1 << 22, pool });
+    expect(pool.idle).toBe(1);
+    await big.remove();
+    expect(existsSync(big.path)).toBe(false);
+    expect(pool.idle).toBe(1);
+    pool.close();
+    expect(readdirSync(d)).toEqual([]);
+  });
+
+  it('after close, files that come back are discarded', async () => {
+    const d = dir();
+    const pool = new SpoolFilePool(d);
+    const m = await spoolMessage(chunked(MSG, 64), { dir: d, maxBytes: 1 << 20, pool });
+    pool.close();
+    await m.remove();
+    expect(pool.idle).toBe(0);
+    expect(readdirSync(d)).toEqual([]);
   });
 });
