@@ -447,6 +447,9 @@ class SpoolReader extends Readable {
     if (this.prepend) {
       const p = this.prepend;
       this.prepend = undefined;
+      // Small messages: the added headers and the first file bytes go out as one chunk, so the
+      // consumer (a socket, in the end) makes one write rather than two.
+      if (this.sync && !this.file.closed && p.length > 0 && this.ranges.length > 0) return void this.pushWithFirstChunk(p);
       if (p.length > 0 && !this.push(p)) return;
     }
     for (;;) {
@@ -486,6 +489,22 @@ class SpoolReader extends Readable {
       );
       return;
     }
+  }
+
+  private pushWithFirstChunk(prepend: Buffer): void {
+    const range = this.ranges[0]!;
+    const len = Math.min(READ_CHUNK, range[1] - this.pos);
+    const buf = Buffer.allocUnsafe(prepend.length + len);
+    prepend.copy(buf, 0);
+    let n: number;
+    try {
+      n = readSync(this.file.fd, buf, prepend.length, len, this.pos);
+    } catch (err) {
+      return void this.destroy(err as Error);
+    }
+    if (n === 0) return void this.destroy(new Error('spool file shorter than expected'));
+    this.pos += n;
+    if (this.push(n === len ? buf : buf.subarray(0, prepend.length + n))) this._read();
   }
 
   /** Pushes what one read returned; false when the consumer wants no more for now (or the read failed). */
