@@ -1,6 +1,7 @@
 // Composition root: builds every part from the frozen config, starts them in order, and stops them in reverse.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import { access, constants, mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
@@ -16,9 +17,9 @@ import { createQuarantineStore, startRetention, createNotifier, type QuarantineS
 import { decide, type PolicySettings } from './policy/policy.js';
 import { toOutbound, type Deliverer, type PipelineDeps, type VerdictHook } from './pipeline/process.js';
 import { startUcwiSim, type UcwiSim } from './sim/ucwi/server.js';
-import { Metrics } from './observability/metrics.js';
+import { ClusterMetrics, Metrics, type GaugeSources } from './observability/metrics.js';
 import { createReadiness } from './observability/health.js';
-import { createAdminServer, type AdminServer } from './admin/server.js';
+import { createAdminServer } from './admin/server.js';
 import { registerOpsRoutes } from './admin/ops-routes.js';
 import { registerQuarantineRoutes } from './admin/quarantine-routes.js';
 import { startCas, type CasParts } from './cas/relay-hook.js';
@@ -42,6 +43,11 @@ export interface StartOptions {
   onVerdict?: VerdictHook;
   /** Replace the quarantine store (tests inject failing stores this way). */
   quarantine?: QuarantineStore;
+  /**
+   * Run as SMTP worker `index` of a cluster (cluster.ts): no admin listener, retention or CAS pusher
+   * (the supervisor runs those), metrics answered to the supervisor, spool in `<spool.dir>/w<index>`.
+   */
+  worker?: { index: number };
 }
 
 export function nextHopOptions(c: FrozenConfig): NextHopOptions {
@@ -134,35 +140,83 @@ export function quarantineOps(c: FrozenConfig, store: QuarantineStore, deliverer
   return { store, logger: logger.child({ component: 'quarantine-ops' }), deliver, rescan };
 }
 
+/** Quarantine store and CAS parts (with their metric sources), shared by a relay and a cluster supervisor. */
+async function openStores(
+  c: FrozenConfig,
+  logger: Logger,
+  stops: Array<() => Promise<unknown>>,
+  opts: { quarantine?: QuarantineStore | undefined; casPusher: boolean },
+): Promise<{ quarantine: QuarantineStore; cas: CasParts | null; sources: GaugeSources }> {
+  const quarantine = opts.quarantine ?? createQuarantineStore({ dir: c.quarantine.dir, url: c.quarantine.url }, logger.child({ component: 'quarantine' }));
+  await quarantine.init();
+  stops.push(() => quarantine.close());
+  const cas = c.cas.enabled ? await startCas(c, logger, { pusher: opts.casPusher }) : null;
+  if (cas) stops.push(() => cas.stop());
+  // The quarantine gauge reads the store at scrape time; cache it so scrapes stay cheap.
+  let heldCache: { at: number; n: number } | null = null;
+  const sources: GaugeSources = {
+    quarantineSize: async () => {
+      if (heldCache && Date.now() - heldCache.at < 30_000) return heldCache.n;
+      let n = 0;
+      let cursor: string | null = null;
+      // Bounded walk: the gauge is an operator's overview, not an audit; 20 pages of 500 at most.
+      for (let i = 0; i < 20; i++) {
+        const page = await quarantine.list({ status: 'held', limit: 500, ...(cursor ? { cursor } : {}) });
+        n += page.items.length;
+        cursor = page.nextCursor;
+        if (!cursor) break;
+      }
+      heldCache = { at: Date.now(), n };
+      return n;
+    },
+    ...(cas ? { casOutbox: () => cas.outbox.stats() } : {}),
+  };
+  return { quarantine, cas, sources };
+}
+
+/** The admin listener: health, readiness, metrics and the quarantine API. */
+async function startAdmin(
+  c: FrozenConfig,
+  logger: Logger,
+  stops: Array<() => Promise<unknown>>,
+  parts: { metrics: { render(): Promise<{ contentType: string; body: string }> }; ucwi: UcwiClient; deliverer: AppDeliverer; quarantine: QuarantineStore; ops: OperationsContext; draining: () => boolean; spoolDir: string },
+): Promise<RunningRelay['admin']> {
+  if (!c.admin.enabled) return null;
+  const token = c.secrets.adminToken;
+  // Without a configured token the API answers 401 to everyone (nobody knows this random one); health still works.
+  const admin = createAdminServer({ host: c.admin.host, port: c.admin.port, token: token ?? randomBytes(32).toString('hex'), logger: logger.child({ component: 'admin' }) });
+  const { ucwi, deliverer, quarantine } = parts;
+  const readiness = createReadiness({
+    ucwi: (signal) => ucwi.probe(signal),
+    [deliverer.kind === 'next-hop' ? 'nextHop' : 'outbox']: (signal) => deliverer.verify(signal),
+    quarantine: () => quarantine.checkWritable(),
+    spool: async () => {
+      await access(parts.spoolDir, constants.W_OK);
+    },
+  });
+  registerOpsRoutes(admin, { metrics: parts.metrics, readiness, draining: parts.draining });
+  registerQuarantineRoutes(admin, parts.ops);
+  const a = await admin.listen();
+  stops.push(() => admin.close());
+  return { ...a, apiEnabled: token !== null };
+}
+
+/** Undoes what was started, newest first, logging (not throwing) what fails. */
+async function runStops(stops: Array<() => Promise<unknown>>, logger: Logger | null): Promise<void> {
+  for (const stop of stops.reverse()) await stop().catch((err: unknown) => logger?.warn({ err }, 'error while stopping'));
+}
+
 export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOptions = {}): Promise<RunningRelay> {
-  await prepareSpoolDir(c.spool.dir);
+  const worker = opts.worker;
+  // Each cluster worker sweeps and uses its own subdirectory, so a restarting worker never removes
+  // the spool files of a sibling's messages in flight.
+  const spoolDir = worker ? join(c.spool.dir, `w${worker.index}`) : c.spool.dir;
+  await prepareSpoolDir(spoolDir);
   const stops: Array<() => Promise<unknown>> = [];
   try {
-    const quarantine = opts.quarantine ?? createQuarantineStore({ dir: c.quarantine.dir, url: c.quarantine.url }, logger.child({ component: 'quarantine' }));
-    await quarantine.init();
-    stops.push(() => quarantine.close());
-
-    // The quarantine gauge reads the store at scrape time; cache it so scrapes stay cheap.
-    let heldCache: { at: number; n: number } | null = null;
-    const cas = c.cas.enabled ? await startCas(c, logger) : null;
-    if (cas) stops.push(() => cas.stop());
-    const metrics = new Metrics({
-      quarantineSize: async () => {
-        if (heldCache && Date.now() - heldCache.at < 30_000) return heldCache.n;
-        let n = 0;
-        let cursor: string | null = null;
-        // Bounded walk: the gauge is an operator's overview, not an audit; 20 pages of 500 at most.
-        for (let i = 0; i < 20; i++) {
-          const page = await quarantine.list({ status: 'held', limit: 500, ...(cursor ? { cursor } : {}) });
-          n += page.items.length;
-          cursor = page.nextCursor;
-          if (!cursor) break;
-        }
-        heldCache = { at: Date.now(), n };
-        return n;
-      },
-      ...(cas ? { casOutbox: () => cas.outbox.stats() } : {}),
-    });
+    const { quarantine, cas, sources } = await openStores(c, logger, stops, { quarantine: opts.quarantine, casPusher: !worker });
+    const metrics = new Metrics(sources, { storeGauges: !worker });
+    if (worker) metrics.shareWithSupervisor();
 
     const { client: ucwi, sim, baseUrl } = await createUcwiClient(c, logger, metrics.ucwiObserver());
     stops.push(() => ucwi.close());
@@ -186,8 +240,8 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       logger.child({ component: 'notify' }),
     );
 
-    const stopRetention = startRetention(quarantine, { days: c.quarantine.retentionDays, intervalMs: c.quarantine.retentionIntervalMs }, logger.child({ component: 'retention' }));
-    stops.push(stopRetention);
+    // In a cluster the supervisor purges; one purger per store is enough.
+    if (!worker) stops.push(startRetention(quarantine, { days: c.quarantine.retentionDays, intervalMs: c.quarantine.retentionIntervalMs }, logger.child({ component: 'retention' })));
 
     const hooks: VerdictHook[] = [cas?.hook, opts.onVerdict].filter((h): h is VerdictHook => h !== undefined);
     const deps: PipelineDeps = {
@@ -232,7 +286,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
         trustedNetworks: c.policy.loop.trustedNetworks,
         tls: { ...c.smtp.tls },
         dsn: c.smtp.dsn,
-        spoolDir: c.spool.dir,
+        spoolDir,
         saturated: () => ucwi.saturated,
         auth: c.smtp.auth.enabled ? { users: UserDb.fromFile(c.smtp.auth.usersFile!), required: c.smtp.auth.required } : undefined,
       },
@@ -241,32 +295,13 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       metrics.ingressObserver(),
     );
 
-    let admin: AdminServer | null = null;
-    let adminInfo: RunningRelay['admin'] = null;
-    if (c.admin.enabled) {
-      const token = c.secrets.adminToken;
-      // Without a configured token the API answers 401 to everyone (nobody knows this random one); health still works.
-      admin = createAdminServer({ host: c.admin.host, port: c.admin.port, token: token ?? randomBytes(32).toString('hex'), logger: logger.child({ component: 'admin' }) });
-      const readiness = createReadiness({
-        ucwi: (signal) => ucwi.probe(signal),
-        [deliverer.kind === 'next-hop' ? 'nextHop' : 'outbox']: (signal) => deliverer.verify(signal),
-        quarantine: () => quarantine.checkWritable(),
-        spool: async () => {
-          await access(c.spool.dir, constants.W_OK);
-        },
-      });
-      registerOpsRoutes(admin, { metrics, readiness, draining: () => ingress.draining });
-      registerQuarantineRoutes(admin, ops);
-      const a = await admin.listen();
-      adminInfo = { ...a, apiEnabled: token !== null };
-      const adminServer = admin;
-      stops.push(() => adminServer.close());
-    }
+    // Workers have no admin listener: the supervisor serves it for the whole cluster.
+    const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => ingress.draining, spoolDir });
 
     const smtp = await ingress.listen();
     return {
       smtp,
-      admin: adminInfo,
+      admin,
       ucwiUrl: baseUrl,
       embeddedDlp: sim !== null,
       delivery: deliverer.describe,
@@ -279,11 +314,61 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       async stop(graceMs = c.limits.shutdownGraceMs) {
         // Ingress first (finish messages in flight), then everything it used, in reverse order of start.
         await ingress.close(graceMs);
-        for (const stop of stops.reverse()) await stop().catch((err: unknown) => logger.warn({ err }, 'error while stopping'));
+        await runStops(stops, logger);
       },
     };
   } catch (err) {
-    for (const stop of stops.reverse()) await stop().catch(() => {});
+    await runStops(stops, null);
+    throw err;
+  }
+}
+
+export interface RunningSupervisor {
+  admin: RunningRelay['admin'];
+  ucwiUrl: string;
+  embeddedDlp: boolean;
+  delivery: string;
+  quarantine: QuarantineStore;
+  cas: CasParts | null;
+  /** From now on /readyz answers 503 (draining). */
+  drain(): void;
+  stop(): Promise<void>;
+}
+
+/**
+ * The cluster supervisor's own parts (see cluster.ts): no SMTP listener; the admin listener with the
+ * workers' metrics summed, quarantine retention, the CAS pusher, and the stores and clients that the
+ * admin API's release and re-scan need.
+ */
+export async function startSupervisor(c: FrozenConfig, logger: Logger): Promise<RunningSupervisor> {
+  // Files left by an earlier single-process run; the workers sweep their own subdirectories.
+  await prepareSpoolDir(c.spool.dir);
+  const stops: Array<() => Promise<unknown>> = [];
+  try {
+    const { quarantine, cas, sources } = await openStores(c, logger, stops, { casPusher: true });
+    const { client: ucwi, sim, baseUrl } = await createUcwiClient(c, logger);
+    stops.push(() => ucwi.close());
+    if (sim) stops.push(() => sim.close());
+    const deliverer = createDeliverer(c, logger);
+    stops.push(() => deliverer.close());
+    const ops = quarantineOps(c, quarantine, deliverer, ucwi, logger);
+    stops.push(startRetention(quarantine, { days: c.quarantine.retentionDays, intervalMs: c.quarantine.retentionIntervalMs }, logger.child({ component: 'retention' })));
+    let draining = false;
+    const admin = await startAdmin(c, logger, stops, { metrics: new ClusterMetrics(sources), ucwi, deliverer, quarantine, ops, draining: () => draining, spoolDir: c.spool.dir });
+    return {
+      admin,
+      ucwiUrl: baseUrl,
+      embeddedDlp: sim !== null,
+      delivery: deliverer.describe,
+      quarantine,
+      cas,
+      drain() {
+        draining = true;
+      },
+      stop: () => runStops(stops, logger),
+    };
+  } catch (err) {
+    await runStops(stops, null);
     throw err;
   }
 }

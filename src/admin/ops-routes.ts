@@ -1,9 +1,8 @@
 // Operational endpoints on the admin listener: /healthz (process up), /readyz (dependencies reachable), /metrics (Prometheus, token required).
 import type { AdminServer } from './server.js';
-import type { Metrics } from '../observability/metrics.js';
 import type { ReadyReport } from '../observability/health.js';
 
-export function registerOpsRoutes(server: AdminServer, deps: { metrics: Metrics; readiness: () => Promise<ReadyReport>; draining: () => boolean }): void {
+export function registerOpsRoutes(server: AdminServer, deps: { metrics: { render(): Promise<{ contentType: string; body: string }> }; readiness: () => Promise<ReadyReport>; draining: () => boolean }): void {
   // Open on purpose: container health checks and load balancers carry no token, and these say only up/down.
   server.addRoute('GET', '/healthz', () => ({ status: 200, json: { status: 'ok' } }), { auth: false });
   server.addRoute(

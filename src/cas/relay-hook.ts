@@ -11,7 +11,8 @@ import type { VerdictHook } from '../pipeline/process.js';
 export interface CasParts {
   client: CasClient;
   outbox: CasOutbox;
-  pusher: CasPusher;
+  /** null in a cluster's SMTP workers: the supervisor alone pushes, so the rate limit stays one. */
+  pusher: CasPusher | null;
   hook: VerdictHook;
   stop(): Promise<void>;
 }
@@ -51,19 +52,22 @@ export async function casOutboxFromConfig(c: FrozenConfig, logger: Logger, pool?
  * message (attachments hashed while streaming) and writes to the outbox only; the pusher talks to
  * CAS on its own schedule, so neither a CAS outage nor a slow parse can delay or change a reply.
  */
-export async function startCas(c: FrozenConfig, logger: Logger): Promise<CasParts> {
+export async function startCas(c: FrozenConfig, logger: Logger, opts: { pusher?: boolean } = {}): Promise<CasParts> {
   const s = c.cas as CasSettings;
   const client = casClientFromConfig(c, logger);
   const outbox = await casOutboxFromConfig(c, logger);
-  const pusher = new CasPusher({
-    outbox,
-    client,
-    schedule: { maxAttempts: s.outbox.maxAttempts, baseMs: s.outbox.baseMs, maxMs: s.outbox.maxMs },
-    intervalMs: s.outbox.intervalMs,
-    ttlDays: s.ttlDays,
-    logger: logger.child({ component: 'cas-pusher' }),
-  });
-  pusher.start();
+  const pusher =
+    opts.pusher === false
+      ? null
+      : new CasPusher({
+          outbox,
+          client,
+          schedule: { maxAttempts: s.outbox.maxAttempts, baseMs: s.outbox.baseMs, maxMs: s.outbox.maxMs },
+          intervalMs: s.outbox.intervalMs,
+          ttlDays: s.ttlDays,
+          logger: logger.child({ component: 'cas-pusher' }),
+        });
+  pusher?.start();
   const hook: VerdictHook = async (v) => {
     if (!shouldPush(v.actionCode, s.triggers)) return;
     const { items } = await extractPushItems(v.spool.path, {
@@ -78,7 +82,7 @@ export async function startCas(c: FrozenConfig, logger: Logger): Promise<CasPart
     });
     if (items.length === 0) return;
     await outbox.enqueue(items);
-    pusher.kick();
+    pusher?.kick();
     logger.info({ queryId: v.queryId, items: items.length }, 'CAS push queued');
   };
   return {
@@ -87,7 +91,7 @@ export async function startCas(c: FrozenConfig, logger: Logger): Promise<CasPart
     pusher,
     hook,
     async stop() {
-      await pusher.stop();
+      await pusher?.stop();
       await outbox.close();
       await client.close();
     },

@@ -8,6 +8,7 @@ import { startRelay } from '../app.js';
 import { runSend } from './send.js';
 import { collect } from './options.js';
 import { startUcwiSim } from '../sim/ucwi/server.js';
+import { startCluster, startWorker, workerIndex } from '../cluster.js';
 import { registerQuarantineCommands } from './quarantine-commands.js';
 import { registerCasCommands } from './cas-commands.js';
 import { hashPassword } from '../ingress/auth.js';
@@ -64,6 +65,30 @@ export function buildProgram(): Command {
     .action(async (o: { grace: string }) => {
       const cfg = loadOrExit(program.opts<{ config?: string }>().config);
       const logger = createLogger({ level: cfg.log.level });
+      const grace = Number(o.grace);
+      const index = workerIndex();
+      if (index !== null) {
+        // A cluster worker: same config, SMTP only; the supervisor printed the banner.
+        const relay = await startWorker(cfg, logger, index);
+        onShutdown(logger, () => relay.stop(grace), grace + 15_000);
+        return;
+      }
+      if (cfg.smtp.workers > 1) {
+        const running = await startCluster(cfg, logger);
+        const sup = running.supervisor;
+        process.stderr.write(
+          [
+            `dlp-relay listening on ${running.smtp.host}:${running.smtp.port} (SMTP, ${cfg.smtp.workers} worker processes)`,
+            `  DLP:        ${sup.embeddedDlp ? `embedded engine (policies ${cfg.embeddedDlp.policiesFile}), one per process` : sup.ucwiUrl}`,
+            `  delivery:   ${sup.delivery}`,
+            `  quarantine: ${sup.quarantine.kind} ${cfg.quarantine.url ? '(PostgreSQL)' : cfg.quarantine.dir}`,
+            sup.admin ? `  admin:      ${sup.admin.url} (metrics summed over the workers)` : '  admin:      disabled',
+          ].join('\n') + '\n',
+        );
+        logger.info({ event: 'started', smtp: running.smtp, workers: Object.fromEntries(running.workers()), ucwi: sup.ucwiUrl, delivery: sup.delivery }, 'dlp-relay started');
+        onShutdown(logger, () => running.stop(grace), grace + 30_000);
+        return;
+      }
       const relay = await startRelay(cfg, logger);
       const lines = [
         `dlp-relay listening on ${relay.smtp.host}:${relay.smtp.port} (SMTP)`,
@@ -79,7 +104,6 @@ export function buildProgram(): Command {
       if (relay.embeddedDlp) lines.push('  WARNING: the embedded DLP engine is for trials only; set ucwi.url (DLP_RELAY_UCWI_URL) for production.');
       process.stderr.write(lines.join('\n') + '\n');
       logger.info({ event: 'started', smtp: relay.smtp, ucwi: relay.ucwiUrl, embeddedDlp: relay.embeddedDlp, delivery: relay.delivery }, 'dlp-relay started');
-      const grace = Number(o.grace);
       onShutdown(logger, () => relay.stop(grace), grace + 15_000);
     });
 

@@ -84,6 +84,7 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
       ),
   },
   { name: 'DLP_RELAY_MAX_MESSAGE_BYTES', apply: (raw, v) => num(raw, ['smtp', 'maxMessageBytes'], v) },
+  { name: 'DLP_RELAY_WORKERS', apply: (raw, v) => num(raw, ['smtp', 'workers'], v) },
   { name: 'DLP_RELAY_ADMIN_LISTEN', apply: hostPortAt('admin') },
   { name: 'DLP_RELAY_CAS_URL', apply: (raw, v) => setPath(raw, ['cas', 'url'], v) },
   { name: 'DLP_RELAY_CAS_OUTBOX_DIR', apply: (raw, v) => setPath(raw, ['cas', 'outbox', 'dir'], v) },
@@ -212,6 +213,8 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
       problems.push({ path: 'cas.region', message: 'set cas.region (us, eu, jp, au, uk, ca, sg, in) or cas.url (DLP_RELAY_CAS_URL)' });
     if (c.cas.outbox.backend === 'pg' && !c.quarantine.url)
       problems.push({ path: 'cas.outbox.backend', message: 'the pg outbox lives in the quarantine database: set quarantine.url' });
+    if (c.smtp.workers > 1 && c.cas.enabled && c.cas.outbox.backend !== 'pg')
+      problems.push({ path: 'smtp.workers', message: 'several workers share the CAS outbox only with cas.outbox.backend: pg (the fs journal admits one process)' });
     if (c.nextHop.secure && c.nextHop.starttls === 'required')
       problems.push({ path: 'nextHop.starttls', message: 'implicit TLS (secure: true) and STARTTLS exclude each other' });
   }

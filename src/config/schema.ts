@@ -67,6 +67,11 @@ export const configSchema = z
         hostname: z.string().min(1).default('dlp-relay.localdomain'),
         maxMessageBytes: z.number().int().min(1024).max(2 ** 40).default(50 * 1024 * 1024), // 50 MiB
         maxClients: z.number().int().min(1).max(100_000).default(200),
+        /**
+         * SMTP worker processes (node:cluster) sharing the listen port; 1 runs everything in one process.
+         * maxClients and the UCWI/next-hop pools apply per worker.
+         */
+        workers: z.number().int().min(1).max(64).default(1),
         maxRecipients: z.number().int().min(1).max(100_000).default(1000),
         /** Idle time on a session before we hang up (smtp-server socketTimeout). */
         idleTimeoutMs: ms(60_000),

@@ -1,5 +1,5 @@
 // Prometheus metrics: messages by action and reply class, UCWI and next-hop latency, sessions and calls in flight, quarantine size, CAS outbox depth, errors by class.
-import { Registry, Counter, Histogram, Gauge, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Registry, Counter, Histogram, Gauge, collectDefaultMetrics } from 'prom-client';
 import type { IngressObserver } from '../ingress/server.js';
 import type { UcwiObserver } from '../dlp/client.js';
 import { replyClass } from '../errors.js';
@@ -24,7 +24,11 @@ export class Metrics {
   readonly refused: Counter<'reason'>;
   readonly messageBytes: Counter;
 
-  constructor(sources: GaugeSources = {}, opts: { defaultMetrics?: boolean } = {}) {
+  /**
+   * `storeGauges: false` leaves out the quarantine and CAS outbox gauges: SMTP workers of a cluster
+   * leave those to the supervisor, which reads the shared stores once instead of once per worker.
+   */
+  constructor(sources: GaugeSources = {}, opts: { defaultMetrics?: boolean; storeGauges?: boolean } = {}) {
     const r = this.registry;
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'dlp_relay_' });
     this.messages = new Counter({ name: 'dlp_relay_messages_total', help: 'Messages processed after the final dot, by action and reply class', labelNames: ['action', 'reply_class'], registers: [r] });
@@ -35,38 +39,13 @@ export class Metrics {
     this.errors = new Counter({ name: 'dlp_relay_errors_total', help: 'Failures by class (dlp error classes, next-hop phases, quarantine, spool, deadline)', labelNames: ['class'], registers: [r] });
     this.refused = new Counter({ name: 'dlp_relay_connections_refused_total', help: 'Sessions refused at connect, by reason', labelNames: ['reason'], registers: [r] });
     this.messageBytes = new Counter({ name: 'dlp_relay_message_bytes_total', help: 'Bytes of messages received', registers: [r] });
-    // Gauges whose value lives in a store are read at scrape time; a failing store must not break the scrape.
-    const readQuarantine = sources.quarantineSize;
-    new Gauge({
-      name: 'dlp_relay_quarantine_messages',
-      help: 'Messages held in quarantine',
-      registers: [r],
-      async collect() {
-        if (!readQuarantine) return;
-        try {
-          this.set(await readQuarantine());
-        } catch {
-          /* store unavailable: keep the last value; /readyz reports the outage */
-        }
-      },
-    });
-    const readOutbox = sources.casOutbox;
-    new Gauge({
-      name: 'dlp_relay_cas_outbox_entries',
-      help: 'CAS push outbox entries by state',
-      labelNames: ['state'],
-      registers: [r],
-      async collect() {
-        if (!readOutbox) return;
-        try {
-          const s = await readOutbox();
-          this.set({ state: 'pending' }, s.pending);
-          this.set({ state: 'failed' }, s.failed);
-        } catch {
-          /* keep the last value */
-        }
-      },
-    });
+    if (opts.storeGauges !== false) registerStoreGauges(r, sources);
+  }
+
+  /** In a cluster worker: answer the supervisor's metric requests (prom-client's IPC) with this registry. */
+  shareWithSupervisor(): void {
+    new AggregatorRegistry(); // installs prom-client's worker-side message listener
+    AggregatorRegistry.setRegistries([this.registry]);
   }
 
   ingressObserver(): IngressObserver {
@@ -95,5 +74,57 @@ export class Metrics {
 
   async render(): Promise<{ contentType: string; body: string }> {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
+
+/** Gauges whose value lives in a store, read at scrape time; a failing store must not break the scrape. */
+function registerStoreGauges(r: Registry, sources: GaugeSources): void {
+  const readQuarantine = sources.quarantineSize;
+  new Gauge({
+    name: 'dlp_relay_quarantine_messages',
+    help: 'Messages held in quarantine',
+    registers: [r],
+    async collect() {
+      if (!readQuarantine) return;
+      try {
+        this.set(await readQuarantine());
+      } catch {
+        /* store unavailable: keep the last value; /readyz reports the outage */
+      }
+    },
+  });
+  const readOutbox = sources.casOutbox;
+  new Gauge({
+    name: 'dlp_relay_cas_outbox_entries',
+    help: 'CAS push outbox entries by state',
+    labelNames: ['state'],
+    registers: [r],
+    async collect() {
+      if (!readOutbox) return;
+      try {
+        const s = await readOutbox();
+        this.set({ state: 'pending' }, s.pending);
+        this.set({ state: 'failed' }, s.failed);
+      } catch {
+        /* keep the last value */
+      }
+    },
+  });
+}
+
+/**
+ * The supervisor's /metrics when SMTP runs in cluster workers: the workers' metrics summed by
+ * prom-client over IPC (counters, histograms and in-flight gauges add up across workers), followed by
+ * the supervisor's own store gauges.
+ */
+export class ClusterMetrics {
+  private readonly aggregator = new AggregatorRegistry();
+  private readonly own = new Registry();
+  constructor(sources: GaugeSources) {
+    registerStoreGauges(this.own, sources);
+  }
+  async render(): Promise<{ contentType: string; body: string }> {
+    const [workers, own] = await Promise.all([this.aggregator.clusterMetrics(), this.own.metrics()]);
+    return { contentType: this.own.contentType, body: `${workers.trimEnd()}\n${own}` };
   }
 }

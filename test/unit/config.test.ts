@@ -117,6 +117,16 @@ describe('loadConfig', () => {
     expect(problems).toEqual([{ path: 'ucwi.url', message: expect.stringContaining('DLP_RELAY_UCWI_ACCESS_KEY') }]);
   });
 
+  it('smtp.workers: DLP_RELAY_WORKERS sets it; with CAS it needs the pg outbox, and 0 is refused', () => {
+    expect(loadConfig({ file: '/dev/null', env: { DLP_RELAY_WORKERS: '4' } }).smtp.workers).toBe(4);
+    expect(loadConfig({ file: '/dev/null', env: {} }).smtp.workers).toBe(1);
+    const cas = { DLP_RELAY_WORKERS: '2', DLP_RELAY_CAS_TOKEN: 't', DLP_RELAY_CAS_URL: 'http://127.0.0.1:1' };
+    const file = join(mkdtempSync(join(tmpdir(), 'cfg-')), 'c.yaml');
+    writeFileSync(file, 'cas:\n  enabled: true\n');
+    expect(problemsOf(() => loadConfig({ file, env: cas }))).toEqual([{ path: 'smtp.workers', message: expect.stringContaining('cas.outbox.backend: pg') }]);
+    expect(problemsOf(() => loadConfig({ file: '/dev/null', env: { DLP_RELAY_WORKERS: '0' } })).map((p) => p.path)).toEqual(['smtp.workers']);
+  });
+
   it('freezes the result and masks secrets for printing', () => {
     const c = loadConfig({ file: '/dev/null', env: { DLP_RELAY_UCWI_URL: 'http://127.0.0.1:1', DLP_RELAY_UCWI_ACCESS_KEY: 'ak', DLP_RELAY_UCWI_SECRET_KEY: 'very-secret', DLP_RELAY_QUARANTINE_URL: 'postgres://u:pw@db/x' } });
     expect(Object.isFrozen(c.smtp.allowedClients)).toBe(true);

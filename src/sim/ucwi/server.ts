@@ -469,7 +469,9 @@ export async function startUcwiSim(opts: UcwiSimOptions): Promise<UcwiSim> {
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(opts.port ?? 0, host, () => {
+    // exclusive: in a cluster worker (the embedded engine) a shared handle would spread one worker's
+    // requests over every worker's engine, each with its own made-up key pair.
+    server.listen({ port: opts.port ?? 0, host, exclusive: true }, () => {
       server.off('error', reject);
       resolve();
     });

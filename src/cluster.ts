@@ -1,0 +1,116 @@
+// Cluster mode (smtp.workers > 1): the supervisor forks SMTP workers that share the listen port, restarts a worker that dies, and on shutdown stops the workers before its own parts.
+import cluster, { type Worker } from 'node:cluster';
+import { once } from 'node:events';
+import type { Logger } from 'pino';
+import type { FrozenConfig } from './config/load.js';
+import { startRelay, startSupervisor, type RunningRelay, type RunningSupervisor } from './app.js';
+
+/** Environment variable that tells a forked process which worker slot it fills. */
+export const WORKER_INDEX_ENV = 'DLP_RELAY_WORKER_INDEX';
+/** A worker that dies is started again after this pause, so a crash loop cannot spin the CPU. */
+const RESTART_DELAY_MS = 1_000;
+/** A worker must be listening within this time at start-up. */
+const START_TIMEOUT_MS = 30_000;
+
+interface ReadyMessage {
+  type: 'dlp-relay:ready';
+  index: number;
+  smtp: { host: string; port: number };
+}
+
+function isReady(m: unknown): m is ReadyMessage {
+  return typeof m === 'object' && m !== null && (m as { type?: unknown }).type === 'dlp-relay:ready';
+}
+
+/** The worker's index when this process is a cluster worker, else null. */
+export function workerIndex(): number | null {
+  if (!cluster.isWorker) return null;
+  const n = Number(process.env[WORKER_INDEX_ENV]);
+  return Number.isInteger(n) && n >= 1 ? n : null;
+}
+
+/** Worker side: the SMTP relay in its own spool subdirectory; tells the supervisor once it listens. */
+export async function startWorker(c: FrozenConfig, logger: Logger, index: number): Promise<RunningRelay> {
+  const relay = await startRelay(c, logger.child({ worker: index }), { worker: { index } });
+  process.send?.({ type: 'dlp-relay:ready', index, smtp: relay.smtp } satisfies ReadyMessage);
+  return relay;
+}
+
+export interface RunningCluster {
+  supervisor: RunningSupervisor;
+  smtp: { host: string; port: number };
+  /** Pids of the workers now running, by slot. */
+  workers(): Map<number, number>;
+  /** SIGTERM to every worker (each finishes its messages within `graceMs`), then the supervisor's parts. */
+  stop(graceMs: number): Promise<void>;
+}
+
+/** Supervisor side: its own parts first (admin, retention, CAS pusher), then `smtp.workers` workers. */
+export async function startCluster(c: FrozenConfig, logger: Logger): Promise<RunningCluster> {
+  const supervisor = await startSupervisor(c, logger);
+  const slots = new Map<number, Worker>();
+  let stopping = false;
+
+  const fork = (index: number): Worker => {
+    const w = cluster.fork({ [WORKER_INDEX_ENV]: String(index) });
+    slots.set(index, w);
+    w.on('message', (m: unknown) => {
+      if (isReady(m)) logger.info({ event: 'worker-ready', worker: index, pid: w.process.pid }, `SMTP worker ${index} ready`);
+    });
+    w.on('exit', (code, signal) => {
+      if (slots.get(index) === w) slots.delete(index);
+      if (stopping) return;
+      // Its sessions were cut; their clients retry (nothing was acknowledged that was not delivered or stored).
+      logger.error({ worker: index, pid: w.process.pid, code, signal }, `SMTP worker ${index} died; starting it again in ${RESTART_DELAY_MS} ms`);
+      setTimeout(() => {
+        if (!stopping) fork(index);
+      }, RESTART_DELAY_MS).unref();
+    });
+    return w;
+  };
+
+  const ready = (w: Worker): Promise<ReadyMessage> =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`SMTP worker did not start within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
+      w.on('message', (m: unknown) => {
+        if (!isReady(m)) return;
+        clearTimeout(timer);
+        resolve(m);
+      });
+      w.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`SMTP worker exited during start-up (code ${code}); see its log lines above`));
+      });
+    });
+
+  const stopWorkers = async (graceMs: number): Promise<void> => {
+    stopping = true;
+    supervisor.drain();
+    const running = [...slots.values()].filter((w) => w.isConnected() || w.process.exitCode === null);
+    for (const w of running) w.process.kill('SIGTERM');
+    // Each worker bounds its own shutdown (grace + a hard exit); this bound only guards against a hung one.
+    const hard = setTimeout(() => {
+      for (const w of running) if (w.process.exitCode === null && w.process.signalCode === null) w.process.kill('SIGKILL');
+    }, graceMs + 20_000);
+    hard.unref();
+    await Promise.all(running.map((w) => (w.process.exitCode !== null || w.process.signalCode !== null ? undefined : once(w, 'exit'))));
+    clearTimeout(hard);
+  };
+
+  try {
+    const first = await Promise.all(Array.from({ length: c.smtp.workers }, (_, i) => ready(fork(i + 1))));
+    return {
+      supervisor,
+      smtp: first[0]!.smtp,
+      workers: () => new Map([...slots].map(([i, w]) => [i, w.process.pid ?? -1])),
+      async stop(graceMs: number) {
+        await stopWorkers(graceMs);
+        await supervisor.stop();
+      },
+    };
+  } catch (err) {
+    await stopWorkers(0);
+    await supervisor.stop();
+    throw err;
+  }
+}

@@ -1,0 +1,123 @@
+// Cluster mode (smtp.workers: 2) as a real process tree: both workers take sessions, /metrics sums them, a killed worker comes back, SIGTERM ends cleanly with an empty spool.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startRawSink, type RawSink } from '../helpers/raw-sink.js';
+import { spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
+import { eventually, message, sendMessage, SIM_KEYS } from '../helpers/chain.js';
+
+const TOKEN = 'cluster-test-admin-token-0123';
+
+describe('cluster mode: two SMTP workers under one supervisor', () => {
+  let sim: UcwiSim;
+  let sink: RawSink;
+  let root: string;
+  let relay: CliRelay;
+  let adminUrl: string;
+
+  const metricsText = async (): Promise<string> => {
+    const r = await fetch(`${adminUrl}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    expect(r.status).toBe(200);
+    return r.text();
+  };
+  /** Sum of one metric's samples whose labels contain `labels`. */
+  const sample = (text: string, name: string, labels = ''): number =>
+    text
+      .split('\n')
+      .filter((l) => l.startsWith(name) && l.includes(labels) && !l.startsWith('#'))
+      .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+  const workerLines = () => relay.logs().filter((l) => l['event'] === 'message');
+  const startedWorkers = (): Record<string, number> => (relay.logs().find((l) => l['event'] === 'started')?.['workers'] ?? {}) as Record<string, number>;
+
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), 'dlp-cluster-'));
+    sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
+    sink = await startRawSink();
+    relay = await spawnRelay(
+      {
+        DLP_RELAY_WORKERS: '2',
+        DLP_RELAY_LISTEN: '127.0.0.1:0',
+        DLP_RELAY_ADMIN_LISTEN: '127.0.0.1:0',
+        DLP_RELAY_ADMIN_TOKEN: TOKEN,
+        DLP_RELAY_NEXT_HOP: `127.0.0.1:${sink.port}`,
+        DLP_RELAY_UCWI_URL: sim.url,
+        DLP_RELAY_UCWI_ACCESS_KEY: SIM_KEYS.accessKey,
+        DLP_RELAY_UCWI_SECRET_KEY: SIM_KEYS.secretKey,
+        DLP_RELAY_SPOOL_DIR: join(root, 'spool'),
+        DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine'),
+        DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'),
+        DLP_RELAY_LOG_LEVEL: 'info',
+      },
+      ['--grace', '2000'],
+    );
+    const m = /admin: +(http:\/\/127\.0\.0\.1:\d+) \(metrics summed over the workers\)/.exec(relay.stderr());
+    expect(m).not.toBeNull();
+    adminUrl = m![1]!;
+  }, 60_000);
+
+  afterAll(async () => {
+    relay?.kill();
+    await sink?.close();
+    await sim?.close();
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  it('the banner names the worker count and the started line the pid of each worker', async () => {
+    expect(relay.stderr()).toContain('(SMTP, 2 worker processes)');
+    await eventually(() => Object.keys(startedWorkers()).length === 2, 5000);
+    const w = startedWorkers();
+    expect(Object.keys(w).sort()).toEqual(['1', '2']);
+    expect(w['1']).not.toBe(w['2']);
+    expect(w['1']).not.toBe(relay.proc.pid);
+  });
+
+  it('sessions spread over both workers; every reply is the policy answer; /metrics sums the workers', async () => {
+    const bodies = Array.from({ length: 8 }, (_, i) => (i === 3 ? 'please block DLPTEST-ACTION-2 now' : `clean message ${i}`));
+    const replies = await Promise.all(bodies.map((b) => sendMessage(relay.port, message(b))));
+    replies.forEach((r, i) => {
+      if (i === 3) expect(r.data).toMatch(/^550 5\.7\.1 /);
+      else expect(r.data).toMatch(/^250 2\.0\.0 Ok: relayed \(ref [0-9a-f-]{36}\)$/);
+    });
+    expect(sink.committed).toHaveLength(7);
+    await eventually(() => workerLines().length === 8, 5000);
+    const byWorker = new Set(workerLines().map((l) => l['worker']));
+    expect(byWorker).toEqual(new Set([1, 2]));
+    const text = await metricsText();
+    expect(sample(text, 'dlp_relay_messages_total', 'reply_class="2xx"')).toBe(7);
+    expect(sample(text, 'dlp_relay_messages_total', 'reply_class="5xx"')).toBe(1);
+    // The supervisor's own store gauge appears once, not once per worker.
+    expect(text.match(/^dlp_relay_quarantine_messages /gm)).toHaveLength(1);
+    const ready = await fetch(`${adminUrl}/readyz`);
+    expect(ready.status).toBe(200);
+  });
+
+  it('a worker killed with SIGKILL is started again and the relay keeps answering', async () => {
+    const pid = startedWorkers()['1']!;
+    process.kill(pid, 'SIGKILL');
+    await eventually(() => relay.logs().some((l) => typeof l['msg'] === 'string' && (l['msg'] as string).startsWith('SMTP worker 1 died')), 5000);
+    // Meanwhile worker 2 takes every session.
+    const before = sink.committed.length;
+    const during = await Promise.all(Array.from({ length: 3 }, (_, i) => sendMessage(relay.port, message(`while worker 1 is down ${i}`))));
+    for (const r of during) expect(r.data).toMatch(/^250 2\.0\.0 /);
+    const readyAgain = () => relay.logs().find((l) => l['event'] === 'worker-ready' && l['worker'] === 1 && l['pid'] !== pid);
+    await eventually(() => readyAgain() !== undefined, 10_000);
+    const linesBefore = workerLines().length;
+    const after = await Promise.all(Array.from({ length: 6 }, (_, i) => sendMessage(relay.port, message(`after the restart ${i}`))));
+    for (const r of after) expect(r.data).toMatch(/^250 2\.0\.0 /);
+    expect(sink.committed.length - before).toBe(9);
+    // The new worker 1 takes sessions again.
+    await eventually(() => workerLines().length === linesBefore + 6, 5000);
+    expect(new Set(workerLines().slice(linesBefore).map((l) => l['worker']))).toEqual(new Set([1, 2]));
+  });
+
+  it('SIGTERM stops the workers and the supervisor: exit 0, no spool file left', async () => {
+    relay.kill('SIGTERM');
+    expect((await relay.exited).code).toBe(0);
+    const spool = join(root, 'spool');
+    const left = readdirSync(spool, { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
+    expect(left.map((e) => e.name)).toEqual([]);
+    expect(readdirSync(spool).sort()).toEqual(['w1', 'w2']);
+  });
+});
