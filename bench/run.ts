@@ -158,7 +158,7 @@ interface Relay {
   pid: number;
 }
 
-async function startRelay(name: string, opts: { ucwiUrl: string; sinkPort: number; logLevel: string; cpuProfDir?: string; onStdout?: (b: Buffer) => void }): Promise<Relay> {
+async function startRelay(name: string, opts: { ucwiUrl: string; sinkPort: number; logLevel: string; cpuProfDir?: string; onStdout?: (b: Buffer) => void; workers?: number }): Promise<Relay> {
   const port = await freePort();
   const adminPort = await freePort();
   const dir = join(work, name);
@@ -178,6 +178,7 @@ async function startRelay(name: string, opts: { ucwiUrl: string; sinkPort: numbe
     DLP_RELAY_LOG_LEVEL: opts.logLevel,
     // The admin listener (metrics) stays on, as in production, on a port of its own.
     DLP_RELAY_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
+    ...(opts.workers ? { DLP_RELAY_WORKERS: String(opts.workers) } : {}),
   };
   const args = [...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : []), ...relayEntry, 'serve', '--grace', '2000'];
   const proc = startManaged(name, process.execPath, args, { maxSeconds: 1800, cwd: ROOT, env: childEnv(envVars), ...(opts.onStdout ? { onStdout: opts.onStdout } : {}) });
@@ -527,8 +528,13 @@ function targets(r: Results): Target[] {
       const theirs = cpuOf(h, 'haraka');
       out.push({ name: `CPU per message vs Haraka, ${n} sessions (information)`, goal: 'reported (no target)', measured: `relay ${mine.toFixed(2)} ms vs Haraka ${theirs.toFixed(2)} ms (Haraka ÷ relay = ${(theirs / mine).toFixed(2)})`, pass: null });
     }
-    const stub = get(r.throughput, 'dlp-relay-stub', n);
-    if (stub && h) out.push({ name: `throughput vs Haraka, ${n} sessions, no-scan UCWI stub (information)`, goal: 'reported (no target)', measured: `${(stub.msgPerSec / h.msgPerSec).toFixed(2)}× (${Math.round(stub.msgPerSec)} vs ${Math.round(h.msgPerSec)} msg/s)`, pass: null });
+    const info = (system: string, what: string) => {
+      const c = get(r.throughput, system, n);
+      if (c && h) out.push({ name: `throughput vs Haraka, ${n} sessions, ${what} (information)`, goal: 'reported (no target)', measured: `${(c.msgPerSec / h.msgPerSec).toFixed(2)}× (${Math.round(c.msgPerSec)} vs ${Math.round(h.msgPerSec)} msg/s)`, pass: null });
+    };
+    info('dlp-relay-stub', 'no-scan UCWI stub');
+    info('dlp-relay-2w', '2 workers, UCWI sim');
+    info('dlp-relay-stub-2w', '2 workers, no-scan UCWI stub');
   }
   if (r.latency) {
     out.push({ name: 'added latency p50 (excl. UCWI)', goal: '≤ 3 ms', measured: `${r.latency.addedP50.toFixed(2)} ms`, pass: r.latency.addedP50 <= 3 });
@@ -617,6 +623,10 @@ async function main(): Promise<void> {
         const h = haraka ? await startHaraka(haraka.bin, sink.port) : null;
         const stub = argv['no-stub'] ? null : await startStub(0);
         const relayStub = stub ? await startRelay('relay-stub-0ms', { ucwiUrl: stub.url, sinkPort: sink.port, logLevel: 'warn' }) : null;
+        // Cluster mode (smtp.workers: 2), diagnostic: with the simulator it competes for the same two cores;
+        // with the stub it shows what a second core does for the relay when the DLP engine is elsewhere.
+        const relay2 = await startRelay('relay-2w-0ms', { ucwiUrl: sim0.url, sinkPort: sink.port, logLevel: 'warn', workers: 2 });
+        const relayStub2 = stub ? await startRelay('relay-stub-2w-0ms', { ucwiUrl: stub.url, sinkPort: sink.port, logLevel: 'warn', workers: 2 }) : null;
         const simPid = sim0.proc.mainPid()!;
         try {
           const systems: System[] = [
@@ -628,6 +638,11 @@ async function main(): Promise<void> {
             const stubPid = stub.proc.mainPid()!;
             systems.push({ system: 'dlp-relay-stub', ucwiLatencyMs: 0, port: relayStub.port, cpu: () => ({ relay: cpuSeconds(relayStub.pid), stub: cpuSeconds(stubPid) }) });
           }
+          systems.push({ system: 'dlp-relay-2w', ucwiLatencyMs: 0, port: relay2.port, cpu: () => ({ relay: treeCpuSeconds(relay2.pid), sim: cpuSeconds(simPid) }) });
+          if (stub && relayStub2) {
+            const stubPid = stub.proc.mainPid()!;
+            systems.push({ system: 'dlp-relay-stub-2w', ucwiLatencyMs: 0, port: relayStub2.port, cpu: () => ({ relay: treeCpuSeconds(relayStub2.pid), stub: cpuSeconds(stubPid) }) });
+          }
           results.throughput = await throughputMatrix(systems, sink);
           results.peakRssDuringThroughputMiB['dlp-relay, throughput runs at 0 ms'] = (statusKb(relay.pid, 'VmHWM') ?? 0) / 1024;
           if (h) {
@@ -635,7 +650,7 @@ async function main(): Promise<void> {
             results.peakRssDuringThroughputMiB['Haraka (largest of its processes), throughput runs'] = harakaPeak / 1024;
           }
         } finally {
-          await Promise.all([relay.proc.stop(), h?.proc.stop(), relayStub?.proc.stop(), stub?.proc.stop()]);
+          await Promise.all([relay.proc.stop(), h?.proc.stop(), relayStub?.proc.stop(), relay2.proc.stop(), relayStub2?.proc.stop(), stub?.proc.stop()]);
         }
       });
     }

@@ -13,7 +13,7 @@ export interface Machine {
 }
 
 export interface ThroughputRun {
-  system: 'direct' | 'haraka' | 'dlp-relay' | 'dlp-relay-stub';
+  system: 'direct' | 'haraka' | 'dlp-relay' | 'dlp-relay-stub' | 'dlp-relay-2w' | 'dlp-relay-stub-2w';
   ucwiLatencyMs: number | null;
   sessions: number;
   messages: number;
@@ -144,6 +144,10 @@ const systemLabel = (c: { system: string; ucwiLatencyMs: number | null }) =>
     ? `dlp-relay (UCWI sim ${c.ucwiLatencyMs} ms)`
     : c.system === 'dlp-relay-stub'
       ? `dlp-relay (UCWI stub ${c.ucwiLatencyMs} ms, no scan)*`
+      : c.system === 'dlp-relay-2w'
+        ? `dlp-relay, 2 workers (UCWI sim ${c.ucwiLatencyMs} ms)*`
+        : c.system === 'dlp-relay-stub-2w'
+          ? `dlp-relay, 2 workers (UCWI stub ${c.ucwiLatencyMs} ms, no scan)*`
       : c.system === 'haraka'
         ? 'Haraka smtp_forward'
         : 'direct → sink (ceiling)';
@@ -263,7 +267,7 @@ export function writeBenchmarksMd(file: string, r: Results): void {
       '',
       mdTable(t.head, t.rows),
       '',
-      '\\* Diagnostic row, not used for the targets: the same relay against a stub UCWI server (bench/ucwi-stub.ts) that checks the signature and discards the upload without scanning. It shows what the relay does when the DLP engine is not competing with it for this machine\'s cores, as in production where UCWI is a separate appliance.',
+      '\\* Diagnostic row, not used for the targets: the same relay against a stub UCWI server (bench/ucwi-stub.ts) that checks the signature and discards the upload without scanning. It shows what the relay does when the DLP engine is not competing with it for this machine\'s cores, as in production where UCWI is a separate appliance. The "2 workers" rows run the relay in cluster mode (`smtp.workers: 2`): a supervisor and two SMTP worker processes, CPU summed over all three.',
       '',
     );
   }
