@@ -32,6 +32,8 @@ export function workerIndex(): number | null {
 /** Worker side: the SMTP relay in its own spool subdirectory; tells the supervisor once it listens. */
 export async function startWorker(c: FrozenConfig, logger: Logger, index: number): Promise<RunningRelay> {
   const relay = await startRelay(c, logger.child({ worker: index }), { worker: { index } });
+  // No handler for a dead supervisor: Node's cluster code exits a worker whose IPC channel drops. Its
+  // clients lose the connection without a reply and retry; nothing unanswered was acknowledged.
   process.send?.({ type: 'dlp-relay:ready', index, smtp: relay.smtp } satisfies ReadyMessage);
   return relay;
 }

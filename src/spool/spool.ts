@@ -154,7 +154,7 @@ export async function prepareSpoolDir(dir: string): Promise<number> {
  * Why small messages use synchronous file calls: a spool file lives in the page cache for the few
  * milliseconds its message is in flight, and an async call costs a threadpool round trip (two
  * cross-thread wake-ups) that is dearer than copying 10 KB. The relay's CPU profile at 20 sessions
- * had open/read/close/unlink dispatch at about a fifth of its time. Past SYNC_LIMIT bytes the calls go
+ * had file-call dispatch at about a fifth of its time. (Creating the file stays async; see SpoolFilePool.) Past SYNC_LIMIT bytes the calls go
  * through the threadpool again, so a big message never stalls other sessions on disk writeback.
  */
 export const SYNC_LIMIT = 256 * 1024;
@@ -185,6 +185,7 @@ function writeAllSync(fd: number, bufs: Buffer[], pos: number): void {
   while (rest.length > 0) {
     // Regular files take everything at once in practice; a short write is finished, not dropped.
     const n = writevSync(fd, rest, at);
+    if (n === 0) throw new Error('spool write made no progress');
     at += n;
     rest = remainder(rest, n);
   }
@@ -193,6 +194,7 @@ function writeAllSync(fd: number, bufs: Buffer[], pos: number): void {
 function writeAllAsync(fd: number, bufs: Buffer[], pos: number, cb: (err?: Error | null) => void): void {
   writev(fd, bufs, pos, (err, n) => {
     if (err) return cb(err);
+    if (n === 0) return cb(new Error('spool write made no progress'));
     const left = remainder(bufs, n);
     if (left.length === 0) cb();
     else writeAllAsync(fd, left, pos + n, cb);

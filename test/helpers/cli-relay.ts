@@ -1,5 +1,7 @@
 // Runs `dlp-relay serve` as a real child process (for SIGKILL and SIGTERM tests), waits for its banner and keeps its JSON log lines.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { SIM_KEYS } from './chain.js';
 
 const CLI = ['--import', 'tsx', 'src/cli/main.ts'];
 
@@ -15,6 +17,22 @@ export interface CliRelay {
   logs(): Array<Record<string, unknown>>;
   /** SIGKILL if still running; safe to call twice. */
   kill(signal?: NodeJS.Signals): void;
+}
+
+/** Environment for a relay process: loopback port 0 for SMTP and admin, directories under `root`, the given next hop and UCWI simulator. */
+export function relayEnv(root: string, sinkPort: number, ucwiUrl: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    DLP_RELAY_LISTEN: '127.0.0.1:0',
+    DLP_RELAY_ADMIN_LISTEN: '127.0.0.1:0',
+    DLP_RELAY_NEXT_HOP: `127.0.0.1:${sinkPort}`,
+    DLP_RELAY_UCWI_URL: ucwiUrl,
+    DLP_RELAY_UCWI_ACCESS_KEY: SIM_KEYS.accessKey,
+    DLP_RELAY_UCWI_SECRET_KEY: SIM_KEYS.secretKey,
+    DLP_RELAY_SPOOL_DIR: join(root, 'spool'),
+    DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine'),
+    DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'),
+    ...extra,
+  };
 }
 
 /** Starts the relay with these environment variables (over the test process's own) and waits for "listening on". */

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
 import { startRawSink, type RawSink } from '../helpers/raw-sink.js';
-import { spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
+import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { eventually, message, sendMessage, SIM_KEYS } from '../helpers/chain.js';
 
 const TOKEN = 'cluster-test-admin-token-0123';
@@ -36,20 +36,7 @@ describe('cluster mode: two SMTP workers under one supervisor', () => {
     sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
     sink = await startRawSink();
     relay = await spawnRelay(
-      {
-        DLP_RELAY_WORKERS: '2',
-        DLP_RELAY_LISTEN: '127.0.0.1:0',
-        DLP_RELAY_ADMIN_LISTEN: '127.0.0.1:0',
-        DLP_RELAY_ADMIN_TOKEN: TOKEN,
-        DLP_RELAY_NEXT_HOP: `127.0.0.1:${sink.port}`,
-        DLP_RELAY_UCWI_URL: sim.url,
-        DLP_RELAY_UCWI_ACCESS_KEY: SIM_KEYS.accessKey,
-        DLP_RELAY_UCWI_SECRET_KEY: SIM_KEYS.secretKey,
-        DLP_RELAY_SPOOL_DIR: join(root, 'spool'),
-        DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine'),
-        DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'),
-        DLP_RELAY_LOG_LEVEL: 'info',
-      },
+      relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_ADMIN_TOKEN: TOKEN, DLP_RELAY_LOG_LEVEL: 'info' }),
       ['--grace', '2000'],
     );
     const m = /admin: +(http:\/\/127\.0\.0\.1:\d+) \(metrics summed over the workers\)/.exec(relay.stderr());
@@ -120,4 +107,35 @@ describe('cluster mode: two SMTP workers under one supervisor', () => {
     expect(left.map((e) => e.name)).toEqual([]);
     expect(readdirSync(spool).sort()).toEqual(['w1', 'w2']);
   });
+});
+
+describe('cluster mode: the supervisor killed', () => {
+  it('its workers exit too (Node ends a worker whose IPC channel drops) instead of lingering as orphans', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'dlp-cluster-orphan-'));
+    const sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
+    const sink = await startRawSink();
+    const relay = await spawnRelay(relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_LOG_LEVEL: 'info' }), ['--grace', '2000']);
+    const alive = (pid: number): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    try {
+      await eventually(() => relay.logs().some((l) => l['event'] === 'started'), 5000);
+      const pids = Object.values(relay.logs().find((l) => l['event'] === 'started')!['workers'] as Record<string, number>);
+      expect(pids).toHaveLength(2);
+      expect(pids.every(alive)).toBe(true);
+      relay.kill('SIGKILL');
+      await relay.exited;
+      await eventually(() => !pids.some(alive), 15_000);
+    } finally {
+      relay.kill();
+      await sink.close();
+      await sim.close();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 30_000);
 });

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { startChain, eventually, spoolFiles, SIM_KEYS, type Chain } from '../helpers/chain.js';
 import { startRawSink, type RawSink } from '../helpers/raw-sink.js';
 import { startTcpGate, type TcpGate } from '../helpers/tcp-gate.js';
-import { spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
+import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { SmtpSession, replyCode } from '../helpers/raw-smtp.js';
 import { makeBatch, attemptOnce, sendWithRetries, tally, countMarkers, quarantineCounts, needsRetry, type Kind, type Tracked } from '../helpers/accounting.js';
 import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
@@ -463,19 +463,7 @@ describe('fault matrix: the relay process SIGKILLed', () => {
   let root: string;
   const relays: CliRelay[] = [];
 
-  const env = (): Record<string, string> => ({
-    DLP_RELAY_LISTEN: '127.0.0.1:0',
-    DLP_RELAY_ADMIN_LISTEN: '127.0.0.1:0',
-    DLP_RELAY_NEXT_HOP: `127.0.0.1:${sink.port}`,
-    DLP_RELAY_UCWI_URL: sim.url,
-    DLP_RELAY_UCWI_ACCESS_KEY: SIM_KEYS.accessKey,
-    DLP_RELAY_UCWI_SECRET_KEY: SIM_KEYS.secretKey,
-    DLP_RELAY_SPOOL_DIR: join(root, 'spool'),
-    DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine'),
-    DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'),
-    DLP_RELAY_DATA_DEADLINE_MS: '15000',
-    DLP_RELAY_LOG_LEVEL: 'info',
-  });
+  const env = (): Record<string, string> => relayEnv(root, sink.port, sim.url, { DLP_RELAY_DATA_DEADLINE_MS: '15000', DLP_RELAY_LOG_LEVEL: 'info' });
   const start = async (): Promise<CliRelay> => {
     const r = await spawnRelay(env(), ['--grace', '2000']);
     relays.push(r);

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startChain, eventually, spoolFiles, SIM_KEYS, type Chain } from '../helpers/chain.js';
 import { startRawSink, type RawSink } from '../helpers/raw-sink.js';
-import { spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
+import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { SmtpSession, replyCode } from '../helpers/raw-smtp.js';
 import { makeBatch, attemptOnce } from '../helpers/accounting.js';
 import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
@@ -181,18 +181,7 @@ describe('graceful shutdown of the real process (SIGTERM)', () => {
 
   it('in-flight transactions finish with 250, new and idle sessions get 421, the process exits 0', async () => {
     relay = await spawnRelay(
-      {
-        DLP_RELAY_LISTEN: '127.0.0.1:0',
-        DLP_RELAY_ADMIN_LISTEN: '127.0.0.1:0',
-        DLP_RELAY_NEXT_HOP: `127.0.0.1:${sink.port}`,
-        DLP_RELAY_UCWI_URL: sim.url,
-        DLP_RELAY_UCWI_ACCESS_KEY: SIM_KEYS.accessKey,
-        DLP_RELAY_UCWI_SECRET_KEY: SIM_KEYS.secretKey,
-        DLP_RELAY_SPOOL_DIR: join(root, 'spool'),
-        DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine'),
-        DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'),
-        DLP_RELAY_DATA_DEADLINE_MS: '20000',
-      },
+      relayEnv(root, sink.port, sim.url, { DLP_RELAY_DATA_DEADLINE_MS: '20000' }),
       ['--grace', '15000'],
     );
     const port = relay.port;
