@@ -18,8 +18,12 @@ import { createRequire } from 'node:module';
  *   - `_onConnect()`: fixes a socket leak when the connection is cancelled during DNS resolution;
  *   - `_createSendStream(cb)` (index.js ~1207): replaced so the message goes out byte for byte (only
  *     dot-stuffed); it queues `_actionSMTPStream` on `_responseActions` exactly as the original does;
- *   - fields `_supportedExtensions`, `_envelope`, `_recipientQueue`, `_socket`, `_destroyed`,
- *     `_usingSmtpUtf8`.
+ *   - `_setEnvelope(env, cb)` (index.js ~1042): with PIPELINING, called as is (it builds and sends MAIL
+ *     FROM and queues `_actionMAIL` last), then that action is replaced by handlers for MAIL, each RCPT
+ *     and DATA sent in the same write; they fill `_envelope.accepted/rejected/rejectedErrors` and use
+ *     `_formatError` and `_ehloLines` as `_actionMAIL/_actionRCPT/_actionDATA` (~1644-1760) do;
+ *   - fields `_supportedExtensions`, `_envelope` (incl. `rcptQueue`), `_recipientQueue`, `_socket`,
+ *     `_destroyed`, `_usingSmtpUtf8`, `_ehloLines`, `_responseActions`.
  * Before upgrading nodemailer, re-read those places. The assertion below fails at import time if a
  * hooked method disappears; test/integration/egress.test.ts checks the pinned version and that the
  * per-recipient parameters reach a real server, and `_sendCommand` turns a skipped hook into a
@@ -52,9 +56,14 @@ interface RelayEnvelopeFields {
 type NodemailerEnvelope = SMTPConnection.Envelope & RelayEnvelopeFields;
 
 /** The slice of nodemailer 7.0.13 internals we read or call (see the warning above). */
+type EnvelopeCallback = (err: Error | null, info?: { accepted: string[]; rejected: string[]; rejectedErrors?: Error[]; ehlo?: string[] }) => void;
+
 interface Internals {
   _supportedExtensions: string[];
-  _envelope: (NodemailerEnvelope & { to: string[] }) | false;
+  _envelope: (NodemailerEnvelope & { to: string[]; rcptQueue: string[]; accepted: string[]; rejected: string[]; rejectedErrors: Error[] }) | false;
+  _ehloLines?: string[];
+  _setEnvelope(envelope: NodemailerEnvelope, callback: EnvelopeCallback): void;
+  _formatError(message: string, type: string, response: string | false, command: string): Error & { recipient?: string; rejected?: string[]; rejectedErrors?: Error[] };
   _recipientQueue: string[];
   _socket: Socket | false;
   _destroyed: boolean;
@@ -68,7 +77,7 @@ interface Internals {
 }
 
 const baseProto = SMTPConnection.prototype as unknown as Internals;
-for (const name of ['_sendCommand', '_getDsnRcptToArgs', '_onConnect', '_onError', '_setEnvelope', '_createSendStream', '_actionSMTPStream'] as const) {
+for (const name of ['_sendCommand', '_getDsnRcptToArgs', '_onConnect', '_onError', '_setEnvelope', '_createSendStream', '_actionSMTPStream', '_formatError'] as const) {
   if (typeof (baseProto as unknown as Record<string, unknown>)[name] !== 'function') {
     // Fail loudly at startup: without the hook the relay would silently drop NOTIFY/ORCPT.
     throw new Error(`nodemailer SMTPConnection.${name} is missing: src/egress/connection.ts needs review for this nodemailer version`);
@@ -181,6 +190,10 @@ export class RelayConnection extends SMTPConnection {
   handshakeDone = false;
   /** Hook calls not yet matched by a RCPT TO line: detects a nodemailer change that bypasses the hook. */
   private pendingRcptHooks = 0;
+  /** True while a pipelined command group is written: the phase then follows the replies, not the commands. */
+  private sendingGroup = false;
+  /** Set when a MAIL FROM line went out (tells _setEnvelope that nodemailer's checks passed). */
+  private mailSent = false;
 
   private get internals(): Internals {
     return this as unknown as Internals;
@@ -229,9 +242,11 @@ export class RelayConnection extends SMTPConnection {
     const env = self._envelope;
     const ours = !!(env && env[RCPT_PARAMS]);
     if (str === 'STARTTLS') this.phase = 'tls';
-    else if (str === 'DATA' && ours) this.phase = 'data';
-    else if (ours && /^MAIL FROM:</i.test(str)) {
+    else if (str === 'DATA' && ours) {
+      if (!this.sendingGroup) this.phase = 'data';
+    } else if (ours && /^MAIL FROM:</i.test(str)) {
       this.phase = 'mail';
+      this.mailSent = true;
       this.pendingRcptHooks = 0;
       // nodemailer only adds SMTPUTF8 for non-ASCII addresses; the client may have asked for it for
       // its headers alone, and the next hop must get the same promise (RFC 6531 §3.4).
@@ -241,7 +256,7 @@ export class RelayConnection extends SMTPConnection {
         self._usingSmtpUtf8 = true;
       }
     } else if (ours && /^RCPT TO:</i.test(str)) {
-      this.phase = 'rcpt';
+      if (!this.sendingGroup) this.phase = 'rcpt';
       if (this.pendingRcptHooks <= 0) {
         // nodemailer built this RCPT line without asking us: its internals changed. Refuse to send a
         // RCPT without the client's DSN parameters; the error surfaces as a transient failure.
@@ -256,6 +271,88 @@ export class RelayConnection extends SMTPConnection {
       this.pendingRcptHooks--;
     }
     baseProto._sendCommand.call(this, str, logStr);
+  }
+
+  /**
+   * Private-API override: with PIPELINING (RFC 2920) MAIL FROM, every RCPT TO and DATA leave in one
+   * write and the replies are read in order, one round trip where nodemailer takes three (it pipelines
+   * only the RCPTs, after MAIL's reply). nodemailer still builds and checks MAIL FROM; only its reply
+   * handling for MAIL, RCPT and DATA is replaced, with the same results and errors as its own.
+   */
+  _setEnvelope(envelope: NodemailerEnvelope, callback: EnvelopeCallback): void {
+    const self = this.internals;
+    const socket = self._socket as Socket | false;
+    if (!envelope[RCPT_PARAMS] || !self._supportedExtensions.includes('PIPELINING') || !socket) {
+      return baseProto._setEnvelope.call(this, envelope, callback);
+    }
+    this.mailSent = false;
+    socket.cork();
+    this.sendingGroup = true;
+    try {
+      baseProto._setEnvelope.call(this, envelope, callback);
+      const env = self._envelope;
+      // nodemailer refused the envelope (callback already called) or found no recipients: nothing to add.
+      if (!this.mailSent || !env || env.rcptQueue.length === 0) return;
+      // nodemailer's MAIL reply handler is the last action queued; ours replace it for the whole group.
+      self._responseActions.pop();
+      this.sendPipelinedGroup(env, callback);
+    } finally {
+      this.sendingGroup = false;
+      socket.uncork();
+    }
+  }
+
+  private sendPipelinedGroup(env: Exclude<Internals['_envelope'], false>, callback: EnvelopeCallback): void {
+    const self = this.internals;
+    let mailError: Error | null = null;
+    let lastRcptReply = '';
+    self._responseActions.push((str) => {
+      if (Number(str.charAt(0)) !== 2) mailError = self._formatError('Mail command failed', 'EENVELOPE', str, 'MAIL FROM');
+      else this.phase = 'rcpt';
+    });
+    self._recipientQueue = [];
+    for (const rcpt of env.rcptQueue.splice(0)) {
+      self._recipientQueue.push(rcpt);
+      self._responseActions.push((str) => {
+        const current = self._recipientQueue.shift()!;
+        lastRcptReply = str;
+        if (mailError) return; // 503 after a refused MAIL: the MAIL reply is the one that counts
+        if (Number(str.charAt(0)) !== 2) {
+          const err = self._formatError('Recipient command failed', 'EENVELOPE', str, 'RCPT TO');
+          err.recipient = current;
+          env.rejected.push(current);
+          env.rejectedErrors.push(err);
+        } else env.accepted.push(current);
+        if (self._recipientQueue.length === 0) this.phase = 'data';
+      });
+      // Same order as nodemailer: the recipient is queued before the DSN hook reads it.
+      self._sendCommand('RCPT TO:<' + rcpt + '>' + this._getDsnRcptToArgs());
+    }
+    self._responseActions.push((str) => {
+      // A server that answered 354 although nothing can be delivered expects a message we will not send:
+      // the session is out of step, so the connection is dropped after the error is reported.
+      const outOfStep = str.charAt(0) === '3';
+      const fail = (err: Error): void => {
+        callback(err);
+        if (outOfStep) this.destroyNow();
+      };
+      if (mailError) return fail(mailError);
+      if (env.rejected.length >= env.to.length) {
+        const err = self._formatError("Can't send mail - all recipients were rejected", 'EENVELOPE', lastRcptReply, 'RCPT TO');
+        err.rejected = env.rejected;
+        err.rejectedErrors = env.rejectedErrors;
+        return fail(err);
+      }
+      // nodemailer accepts 2xx as well as 354 here (some servers answer DATA with 250).
+      if (!/^[23]/.test(str)) return callback(self._formatError('Data command failed', 'EENVELOPE', str, 'DATA'));
+      callback(null, {
+        accepted: env.accepted,
+        rejected: env.rejected,
+        ...(self._ehloLines && self._ehloLines.length ? { ehlo: self._ehloLines } : {}),
+        ...(env.rejectedErrors.length ? { rejectedErrors: env.rejectedErrors } : {}),
+      });
+    });
+    self._sendCommand('DATA');
   }
 
   /** Private-API override: nodemailer's DataStream (bare LF → CRLF) replaced by the byte-exact one; same wiring otherwise. */
