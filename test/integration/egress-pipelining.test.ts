@@ -3,7 +3,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import net, { type AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { pino } from 'pino';
-import { NextHopRelay, DeliveryError, type NextHopOptions, type OutboundEnvelope } from '../../src/egress/relay.js';
+import { NextHopRelay, DeliveryError, type OutboundEnvelope } from '../../src/egress/relay.js';
+import { nextHopTestOptions } from '../helpers/next-hop.js';
 
 const logger = pino({ level: 'silent' });
 
@@ -123,18 +124,15 @@ afterEach(async () => {
 async function setup(script: Script): Promise<{ peer: Peer; relay: NextHopRelay }> {
   const peer = await startPeer(script);
   peers.push(peer);
-  const opts: NextHopOptions = {
-    host: '127.0.0.1',
-    port: peer.port,
-    secure: false,
-    starttls: 'off',
-    tls: { rejectUnauthorized: true },
-    heloName: 'relay.test',
-    pool: { maxConnections: 1, maxMessagesPerConnection: 100, idleTimeoutMs: 60_000 },
-    // Short: a client that does not pipeline waits for a MAIL reply that never comes, and fails fast.
-    timeouts: { connectMs: 3_000, greetingMs: 3_000, socketMs: 3_000 },
-  };
-  const relay = new NextHopRelay(opts, logger);
+  const relay = new NextHopRelay(
+    nextHopTestOptions(peer.port, {
+      starttls: 'off',
+      pool: { maxConnections: 1, maxMessagesPerConnection: 100, idleTimeoutMs: 60_000 },
+      // Short: a client that does not pipeline waits for a MAIL reply that never comes, and fails fast.
+      timeouts: { connectMs: 3_000, greetingMs: 3_000, socketMs: 3_000 },
+    }),
+    logger,
+  );
   relays.push(relay);
   return { peer, relay };
 }

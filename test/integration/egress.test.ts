@@ -11,6 +11,7 @@ import { SMTPServer } from 'smtp-server';
 import { pino } from 'pino';
 import { NextHopRelay, DeliveryError, parseEnhancedCode, oneLineReply, type NextHopOptions, type OutboundEnvelope } from '../../src/egress/relay.js';
 import { RelayConnection, NODEMAILER_PINNED_VERSION, NODEMAILER_VERSION, encodeXText } from '../../src/egress/connection.js';
+import { nextHopTestOptions } from '../helpers/next-hop.js';
 
 const logger = pino({ level: 'silent' });
 
@@ -231,18 +232,7 @@ async function closedPort(): Promise<number> {
 const relays: NextHopRelay[] = [];
 
 function relayFor(port: number, over: Partial<NextHopOptions> = {}): NextHopRelay {
-  const opts: NextHopOptions = {
-    host: '127.0.0.1',
-    port,
-    secure: false,
-    starttls: 'opportunistic',
-    tls: { rejectUnauthorized: true },
-    heloName: 'relay.test',
-    pool: { maxConnections: 2, maxMessagesPerConnection: 100, idleTimeoutMs: 60_000 },
-    timeouts: { connectMs: 5_000, greetingMs: 5_000, socketMs: 10_000 },
-    ...over,
-  };
-  const relay = new NextHopRelay(opts, logger);
+  const relay = new NextHopRelay(nextHopTestOptions(port, over), logger);
   relays.push(relay);
   return relay;
 }

@@ -158,6 +158,9 @@ describe('quarantine CLI', () => {
     expect(await quarantineDelete({ id: rec.id }, ctx)).toBe(0);
     expect(await quarantineDelete({ id: rec.id }, ctx)).toBe(1);
     await put();
+    // "Older than 0 days" means quarantined before the purge's own clock reading: let the clock move past
+    // the put's millisecond (on a fast runtime both can fall in the same one, and then nothing is older).
+    await new Promise((r) => setTimeout(r, 5));
     expect(await quarantinePurge({ olderThanDays: '0', json: true }, ctx)).toBe(0);
     expect(out.text.trim().split('\n').pop()).toMatch(/"purged":1/);
     out = sink();
