@@ -139,3 +139,29 @@ describe('cluster mode: the supervisor killed', () => {
     }
   }, 30_000);
 });
+
+describe('cluster mode with the embedded DLP engine', () => {
+  it('each worker talks to its own engine (a shared port would mix up their made-up keys and answer 401)', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'dlp-cluster-embedded-'));
+    const sink = await startRawSink();
+    const env = relayEnv(root, sink.port, 'unused', { DLP_RELAY_WORKERS: '2', DLP_RELAY_LOG_LEVEL: 'info' });
+    // No UCWI URL and no keys: every process starts its embedded engine on a port of its own.
+    delete env['DLP_RELAY_UCWI_URL'];
+    delete env['DLP_RELAY_UCWI_ACCESS_KEY'];
+    delete env['DLP_RELAY_UCWI_SECRET_KEY'];
+    const relay = await spawnRelay(env, ['--grace', '2000']);
+    try {
+      expect(relay.stderr()).toContain('embedded engine');
+      const replies = await Promise.all(Array.from({ length: 6 }, (_, i) => sendMessage(relay.port, message(`embedded ${i}`))));
+      for (const r of replies) expect(r.data).toMatch(/^250 2\.0\.0 Ok: relayed /);
+      await eventually(() => relay.logs().filter((l) => l['event'] === 'message').length === 6, 5000);
+      expect(new Set(relay.logs().filter((l) => l['event'] === 'message').map((l) => l['worker']))).toEqual(new Set([1, 2]));
+      relay.kill('SIGTERM');
+      expect((await relay.exited).code).toBe(0);
+    } finally {
+      relay.kill();
+      await sink.close();
+      rmSync(root, { recursive: true, force: true });
+    }
+  }, 30_000);
+});
