@@ -7,7 +7,7 @@ import { access, constants, mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { FrozenConfig } from './config/load.js';
-import { UcwiClient } from './dlp/client.js';
+import { UcwiClient, type UcwiObserver } from './dlp/client.js';
 import { Ingress } from './ingress/server.js';
 import { UserDb } from './ingress/auth.js';
 import { prepareSpoolDir } from './spool/spool.js';
@@ -17,7 +17,7 @@ import { createQuarantineStore, startRetention, createNotifier, type QuarantineS
 import { decide, type PolicySettings } from './policy/policy.js';
 import { toOutbound, type Deliverer, type PipelineDeps, type VerdictHook } from './pipeline/process.js';
 import { startUcwiSim, type UcwiSim } from './sim/ucwi/server.js';
-import { ClusterMetrics, Metrics, type GaugeSources } from './observability/metrics.js';
+import { ClusterMetrics, Metrics, type GaugeSources, type MetricsRenderer } from './observability/metrics.js';
 import { createReadiness } from './observability/health.js';
 import { createAdminServer } from './admin/server.js';
 import { registerOpsRoutes } from './admin/ops-routes.js';
@@ -174,12 +174,34 @@ async function openStores(
   return { quarantine, cas, sources };
 }
 
+/** UCWI client (and the embedded engine when no URL is set), the deliverer, and the quarantine operations built on them. */
+async function openClients(
+  c: FrozenConfig,
+  logger: Logger,
+  stops: Array<() => Promise<unknown>>,
+  quarantine: QuarantineStore,
+  observer?: UcwiObserver,
+): Promise<{ ucwi: UcwiClient; sim: UcwiSim | null; baseUrl: string; deliverer: AppDeliverer; ops: OperationsContext }> {
+  const { client: ucwi, sim, baseUrl } = await createUcwiClient(c, logger, observer);
+  stops.push(() => ucwi.close());
+  if (sim) stops.push(() => sim.close());
+  const deliverer = createDeliverer(c, logger);
+  stops.push(() => deliverer.close());
+  // One operations context (delivery + re-scan) for sender notices and the admin API.
+  const ops = quarantineOps(c, quarantine, deliverer, ucwi, logger);
+  return { ucwi, sim, baseUrl, deliverer, ops };
+}
+
+function retentionFor(c: FrozenConfig, quarantine: QuarantineStore, logger: Logger): () => Promise<void> {
+  return startRetention(quarantine, { days: c.quarantine.retentionDays, intervalMs: c.quarantine.retentionIntervalMs }, logger.child({ component: 'retention' }));
+}
+
 /** The admin listener: health, readiness, metrics and the quarantine API. */
 async function startAdmin(
   c: FrozenConfig,
   logger: Logger,
   stops: Array<() => Promise<unknown>>,
-  parts: { metrics: { render(): Promise<{ contentType: string; body: string }> }; ucwi: UcwiClient; deliverer: AppDeliverer; quarantine: QuarantineStore; ops: OperationsContext; draining: () => boolean; spoolDir: string },
+  parts: { metrics: MetricsRenderer; ucwi: UcwiClient; deliverer: AppDeliverer; quarantine: QuarantineStore; ops: OperationsContext; draining: () => boolean; spoolDir: string },
 ): Promise<RunningRelay['admin']> {
   if (!c.admin.enabled) return null;
   const token = c.secrets.adminToken;
@@ -218,14 +240,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     const metrics = new Metrics(sources, { storeGauges: !worker });
     if (worker) metrics.shareWithSupervisor();
 
-    const { client: ucwi, sim, baseUrl } = await createUcwiClient(c, logger, metrics.ucwiObserver());
-    stops.push(() => ucwi.close());
-    if (sim) stops.push(() => sim.close());
-    const deliverer = createDeliverer(c, logger);
-    stops.push(() => deliverer.close());
-
-    // One operations context (delivery + re-scan) for sender notices and the admin API.
-    const ops = quarantineOps(c, quarantine, deliverer, ucwi, logger);
+    const { ucwi, sim, baseUrl, deliverer, ops } = await openClients(c, logger, stops, quarantine, metrics.ucwiObserver());
     const notifier: Notifier = await createNotifier(
       {
         enabled: c.quarantine.notifications.enabled,
@@ -241,7 +256,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     );
 
     // In a cluster the supervisor purges; one purger per store is enough.
-    if (!worker) stops.push(startRetention(quarantine, { days: c.quarantine.retentionDays, intervalMs: c.quarantine.retentionIntervalMs }, logger.child({ component: 'retention' })));
+    if (!worker) stops.push(retentionFor(c, quarantine, logger));
 
     const hooks: VerdictHook[] = [cas?.hook, opts.onVerdict].filter((h): h is VerdictHook => h !== undefined);
     const deps: PipelineDeps = {
@@ -346,13 +361,8 @@ export async function startSupervisor(c: FrozenConfig, logger: Logger): Promise<
   const stops: Array<() => Promise<unknown>> = [];
   try {
     const { quarantine, cas, sources } = await openStores(c, logger, stops, { casPusher: true });
-    const { client: ucwi, sim, baseUrl } = await createUcwiClient(c, logger);
-    stops.push(() => ucwi.close());
-    if (sim) stops.push(() => sim.close());
-    const deliverer = createDeliverer(c, logger);
-    stops.push(() => deliverer.close());
-    const ops = quarantineOps(c, quarantine, deliverer, ucwi, logger);
-    stops.push(startRetention(quarantine, { days: c.quarantine.retentionDays, intervalMs: c.quarantine.retentionIntervalMs }, logger.child({ component: 'retention' })));
+    const { ucwi, sim, baseUrl, deliverer, ops } = await openClients(c, logger, stops, quarantine);
+    stops.push(retentionFor(c, quarantine, logger));
     let draining = false;
     const admin = await startAdmin(c, logger, stops, { metrics: new ClusterMetrics(sources), ucwi, deliverer, quarantine, ops, draining: () => draining, spoolDir: c.spool.dir });
     return {

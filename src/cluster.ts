@@ -53,54 +53,52 @@ export async function startCluster(c: FrozenConfig, logger: Logger): Promise<Run
   const slots = new Map<number, Worker>();
   let stopping = false;
 
-  const fork = (index: number): Worker => {
+  const alive = (w: Worker): boolean => w.process.exitCode === null && w.process.signalCode === null;
+
+  /** Starts worker `index`; settles when it listens (or fails to start). A worker that dies later is started again. */
+  const fork = (index: number): Promise<ReadyMessage> => {
     const w = cluster.fork({ [WORKER_INDEX_ENV]: String(index) });
     slots.set(index, w);
-    w.on('message', (m: unknown) => {
-      if (isReady(m)) logger.info({ event: 'worker-ready', worker: index, pid: w.process.pid }, `SMTP worker ${index} ready`);
-    });
-    w.on('exit', (code, signal) => {
-      if (slots.get(index) === w) slots.delete(index);
-      if (stopping) return;
-      // Its sessions were cut; their clients retry (nothing was acknowledged that was not delivered or stored).
-      logger.error({ worker: index, pid: w.process.pid, code, signal }, `SMTP worker ${index} died; starting it again in ${RESTART_DELAY_MS} ms`);
-      setTimeout(() => {
-        if (!stopping) fork(index);
-      }, RESTART_DELAY_MS).unref();
-    });
-    return w;
-  };
-
-  const ready = (w: Worker): Promise<ReadyMessage> =>
-    new Promise((resolve, reject) => {
+    return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`SMTP worker did not start within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
+      timer.unref();
       w.on('message', (m: unknown) => {
         if (!isReady(m)) return;
         clearTimeout(timer);
+        logger.info({ event: 'worker-ready', worker: index, pid: w.process.pid }, `SMTP worker ${index} ready`);
         resolve(m);
       });
-      w.once('exit', (code) => {
+      w.on('exit', (code, signal) => {
         clearTimeout(timer);
         reject(new Error(`SMTP worker exited during start-up (code ${code}); see its log lines above`));
+        if (slots.get(index) === w) slots.delete(index);
+        if (stopping) return;
+        // Its sessions were cut; their clients retry (nothing was acknowledged that was not delivered or stored).
+        logger.error({ worker: index, pid: w.process.pid, code, signal }, `SMTP worker ${index} died; starting it again in ${RESTART_DELAY_MS} ms`);
+        setTimeout(() => {
+          // A restart that fails to start exits too, and this handler schedules the next attempt.
+          if (!stopping) fork(index).catch(() => {});
+        }, RESTART_DELAY_MS).unref();
       });
     });
+  };
 
   const stopWorkers = async (graceMs: number): Promise<void> => {
     stopping = true;
     supervisor.drain();
-    const running = [...slots.values()].filter((w) => w.isConnected() || w.process.exitCode === null);
+    const running = [...slots.values()].filter(alive);
     for (const w of running) w.process.kill('SIGTERM');
     // Each worker bounds its own shutdown (grace + a hard exit); this bound only guards against a hung one.
     const hard = setTimeout(() => {
-      for (const w of running) if (w.process.exitCode === null && w.process.signalCode === null) w.process.kill('SIGKILL');
+      for (const w of running) if (alive(w)) w.process.kill('SIGKILL');
     }, graceMs + 20_000);
     hard.unref();
-    await Promise.all(running.map((w) => (w.process.exitCode !== null || w.process.signalCode !== null ? undefined : once(w, 'exit'))));
+    await Promise.all(running.map((w) => (alive(w) ? once(w, 'exit') : undefined)));
     clearTimeout(hard);
   };
 
   try {
-    const first = await Promise.all(Array.from({ length: c.smtp.workers }, (_, i) => ready(fork(i + 1))));
+    const first = await Promise.all(Array.from({ length: c.smtp.workers }, (_, i) => fork(i + 1)));
     return {
       supervisor,
       smtp: first[0]!.smtp,

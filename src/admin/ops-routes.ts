@@ -1,8 +1,9 @@
 // Operational endpoints on the admin listener: /healthz (process up), /readyz (dependencies reachable), /metrics (Prometheus, token required).
 import type { AdminServer } from './server.js';
 import type { ReadyReport } from '../observability/health.js';
+import type { MetricsRenderer } from '../observability/metrics.js';
 
-export function registerOpsRoutes(server: AdminServer, deps: { metrics: { render(): Promise<{ contentType: string; body: string }> }; readiness: () => Promise<ReadyReport>; draining: () => boolean }): void {
+export function registerOpsRoutes(server: AdminServer, deps: { metrics: MetricsRenderer; readiness: () => Promise<ReadyReport>; draining: () => boolean }): void {
   // Open on purpose: container health checks and load balancers carry no token, and these say only up/down.
   server.addRoute('GET', '/healthz', () => ({ status: 200, json: { status: 'ok' } }), { auth: false });
   server.addRoute(

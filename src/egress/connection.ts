@@ -55,9 +55,10 @@ interface RelayEnvelopeFields {
 
 type NodemailerEnvelope = SMTPConnection.Envelope & RelayEnvelopeFields;
 
-/** The slice of nodemailer 7.0.13 internals we read or call (see the warning above). */
+/** How nodemailer's _setEnvelope reports: an error, or the recipients the next hop accepted and refused. */
 type EnvelopeCallback = (err: Error | null, info?: { accepted: string[]; rejected: string[]; rejectedErrors?: Error[]; ehlo?: string[] }) => void;
 
+/** The slice of nodemailer 7.0.13 internals we read or call (see the warning above). */
 interface Internals {
   _supportedExtensions: string[];
   _envelope: (NodemailerEnvelope & { to: string[]; rcptQueue: string[]; accepted: string[]; rejected: string[]; rejectedErrors: Error[] }) | false;

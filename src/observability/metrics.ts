@@ -13,7 +13,12 @@ export interface GaugeSources {
   casOutbox?: () => Promise<{ pending: number; failed: number }> | { pending: number; failed: number };
 }
 
-export class Metrics {
+/** What /metrics serves: one process's registry, or the cluster supervisor's sum over its workers. */
+export interface MetricsRenderer {
+  render(): Promise<{ contentType: string; body: string }>;
+}
+
+export class Metrics implements MetricsRenderer {
   readonly registry = new Registry();
   readonly messages: Counter<'action' | 'reply_class'>;
   readonly ucwiDuration: Histogram<'outcome'>;
@@ -117,7 +122,7 @@ function registerStoreGauges(r: Registry, sources: GaugeSources): void {
  * prom-client over IPC (counters, histograms and in-flight gauges add up across workers), followed by
  * the supervisor's own store gauges.
  */
-export class ClusterMetrics {
+export class ClusterMetrics implements MetricsRenderer {
   private readonly aggregator = new AggregatorRegistry();
   private readonly own = new Registry();
   constructor(sources: GaugeSources) {

@@ -3,10 +3,10 @@ import { createHash, randomUUID } from 'node:crypto';
 import { closeSync, ftruncateSync, open, read, readSync, unlinkSync, writev, writevSync } from 'node:fs';
 import { unlink, mkdir, readdir } from 'node:fs/promises';
 import { promisify } from 'node:util';
-
-const openAsync = promisify(open);
 import { join } from 'node:path';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
+
+const openAsync = promisify(open);
 
 /** One header field as found in the spooled bytes: where it starts and ends (end exclusive, line break included). */
 export interface HeaderField {
@@ -281,12 +281,7 @@ export class SpoolFilePool {
   ) {}
 
   async take(): Promise<SpoolSlot> {
-    const slot = this.free.pop();
-    if (slot) return slot;
-    const path = join(this.dir, `${randomUUID()}.eml.spool`);
-    // 'wx+' + 0600: private, readable back through the same descriptor, never clobbering another file.
-    // Async: creating the inode is slow (journal), and in the threadpool it overlaps other work.
-    return { fd: await openAsync(path, 'wx+', 0o600), path };
+    return this.free.pop() ?? createSpoolFile(this.dir);
   }
 
   /** Takes a used file back; false when it was not kept (pool closed or full, truncate failed) and the caller must discard it. */
@@ -307,10 +302,19 @@ export class SpoolFilePool {
     for (const slot of this.free.splice(0)) discardSync(slot);
   }
 
-  /** Idle files kept for reuse (for tests and metrics). */
+  /** Idle files kept for reuse (read by the tests). */
   get idle(): number {
     return this.free.length;
   }
+}
+
+/**
+ * A new spool file: 'wx+' and 0600, so private, readable back through the same descriptor, and never
+ * clobbering another file. Async: creating the inode is slow (journal); in the threadpool it overlaps other work.
+ */
+async function createSpoolFile(dir: string): Promise<SpoolSlot> {
+  const path = join(dir, `${randomUUID()}.eml.spool`);
+  return { fd: await openAsync(path, 'wx+', 0o600), path };
 }
 
 function discardSync(slot: SpoolSlot): void {
@@ -330,20 +334,17 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
   const tap = new SpoolTap(opts.maxBytes);
   // No fsync: a spool file only lives while the client waits for our answer; a crash loses nothing the
   // client was told we have.
-  const slot: SpoolSlot = opts.pool
-    ? await opts.pool.take()
-    : await (async () => {
-        const p = join(opts.dir, `${randomUUID()}.eml.spool`);
-        return { fd: await openAsync(p, 'wx+', 0o600), path: p };
-      })();
+  const slot = await (opts.pool ? opts.pool.take() : createSpoolFile(opts.dir));
   // Per message: a recycled descriptor gets a fresh SpoolFile, so readers of the last message see `closed`.
   const file: SpoolFile = { fd: slot.fd, closed: false };
   /** Ends this message's use of the file: back to the pool when small, else closed and unlinked. */
   const release = async (small: boolean): Promise<void> => {
     if (file.closed) return;
     file.closed = true;
-    if (small && opts.pool?.giveBack(slot)) return;
-    if (small) return discardSync(slot);
+    if (small) {
+      if (!opts.pool?.giveBack(slot)) discardSync(slot);
+      return;
+    }
     try {
       closeSync(slot.fd);
     } catch {
@@ -446,13 +447,13 @@ class SpoolReader extends Readable {
 
   override _read(): void {
     if (this.reading) return;
-    if (this.prepend) {
-      const p = this.prepend;
-      this.prepend = undefined;
-      // Small messages: the added headers and the first file bytes go out as one chunk, so the
-      // consumer (a socket, in the end) makes one write rather than two.
-      if (this.sync && !this.file.closed && p.length > 0 && this.ranges.length > 0) return void this.pushWithFirstChunk(p);
-      if (p.length > 0 && !this.push(p)) return;
+    // Small messages: the added headers ride in one chunk with the first file bytes, so the consumer
+    // (a socket, in the end) makes one write rather than two. Big messages send them on their own.
+    let lead = this.prepend;
+    this.prepend = undefined;
+    if (lead && (!this.sync || this.ranges.length === 0)) {
+      if (lead.length > 0 && !this.push(lead)) return;
+      lead = undefined;
     }
     for (;;) {
       const range = this.ranges[this.idx];
@@ -466,23 +467,26 @@ class SpoolReader extends Readable {
         continue;
       }
       if (this.file.closed) return void this.destroy(spoolClosed());
+      const head = lead?.length ?? 0;
       // A fresh buffer per chunk: the consumer may still hold the previous one.
-      const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, range[1] - this.pos));
+      const buf = Buffer.allocUnsafe(head + Math.min(READ_CHUNK, range[1] - this.pos));
+      lead?.copy(buf, 0);
+      lead = undefined;
       if (this.sync) {
         let n: number;
         try {
-          n = readSync(this.file.fd, buf, 0, buf.length, this.pos);
+          n = readSync(this.file.fd, buf, head, buf.length - head, this.pos);
         } catch (err) {
           return void this.destroy(err as Error);
         }
-        if (!this.took(buf, n)) return;
+        if (!this.took(buf, head, n)) return;
         continue;
       }
       this.reading = true;
       readAt(this.file, buf, this.pos, false).then(
         (n) => {
           this.reading = false;
-          if (this.took(buf, n)) this._read();
+          if (this.took(buf, 0, n)) this._read();
         },
         (err: Error) => {
           this.reading = false;
@@ -493,29 +497,14 @@ class SpoolReader extends Readable {
     }
   }
 
-  private pushWithFirstChunk(prepend: Buffer): void {
-    const range = this.ranges[0]!;
-    const len = Math.min(READ_CHUNK, range[1] - this.pos);
-    const buf = Buffer.allocUnsafe(prepend.length + len);
-    prepend.copy(buf, 0);
-    let n: number;
-    try {
-      n = readSync(this.file.fd, buf, prepend.length, len, this.pos);
-    } catch (err) {
-      return void this.destroy(err as Error);
-    }
-    if (n === 0) return void this.destroy(new Error('spool file shorter than expected'));
-    this.pos += n;
-    if (this.push(n === len ? buf : buf.subarray(0, prepend.length + n))) this._read();
-  }
-
-  /** Pushes what one read returned; false when the consumer wants no more for now (or the read failed). */
-  private took(buf: Buffer, n: number): boolean {
+  /** Pushes `head` bytes already in `buf` plus what one read returned; false when the consumer wants no more for now (or the read failed). */
+  private took(buf: Buffer, head: number, n: number): boolean {
     if (n === 0) {
       this.destroy(new Error('spool file shorter than expected'));
       return false;
     }
     this.pos += n;
-    return this.push(n === buf.length ? buf : buf.subarray(0, n));
+    const end = head + n;
+    return this.push(end === buf.length ? buf : buf.subarray(0, end));
   }
 }
