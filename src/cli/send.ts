@@ -1,10 +1,13 @@
 // `dlp-relay send`: the EML test harness; streams each message file through its own SMTP session and prints the server's real final reply.
-import { createReadStream, constants as fsConstants, type ReadStream } from 'node:fs';
+import { createReadStream, constants as fsConstants } from 'node:fs';
 import { access, readdir, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
-import SMTPConnection from 'nodemailer/lib/smtp-connection/index.js';
-import addressparser from 'nodemailer/lib/addressparser/index.js';
+import type { Readable } from 'node:stream';
+import { SmtpClient, SmtpClientError, type Reply, type SendResult as TransactionResult } from '../smtp/client.js';
+import type { EsmtpParam } from '../smtp/envelope.js';
+import { parseAddressList } from './address-list.js';
 
 export type Expectation = 'accept' | 'reject' | 'tempfail';
 /** `error` means no SMTP reply decided the file: connection failure, timeout, unreadable file, no recipients. */
@@ -18,7 +21,7 @@ export interface SendOptions {
   /** Envelope recipients; when empty, all addresses in the file's To:/Cc:/Bcc: headers. */
   to: string[];
   expect?: Expectation;
-  /** EHLO name; nodemailer's default (the local host name) when unset. */
+  /** EHLO name; the local host name (os.hostname()) when unset. */
   helo?: string;
   /** Per-file budget from connect to final reply, also used as the socket inactivity limit. Default 60000. */
   timeoutMs: number;
@@ -143,8 +146,8 @@ function parseHeaderBlock(block: string): Array<{ name: string; value: string }>
 }
 
 function addresses(value: string): string[] {
-  return addressparser(value, { flatten: true })
-    .map((a) => a.address.trim())
+  return parseAddressList(value)
+    .map((a) => a.trim())
     .filter((a) => a.length > 0);
 }
 
@@ -252,10 +255,10 @@ async function expandPaths(paths: string[]): Promise<FileJob[]> {
   return jobs;
 }
 
-/** Last non-empty line of a (possibly multi-line) SMTP reply. */
-function finalLine(response: string): string {
-  const lines = response.split(/\r?\n/).filter((l) => l.trim() !== '');
-  return (lines[lines.length - 1] ?? response).trim();
+
+/** The reply's last line as the server wrote it ("550 5.7.1 text"): what the harness prints. */
+function finalLine(reply: Reply): string {
+  return `${reply.code} ${reply.lines[reply.lines.length - 1] ?? ''}`.trim();
 }
 
 function oneLine(message: string): string {
@@ -269,13 +272,42 @@ function classify(code: number): Outcome {
   return 'error';
 }
 
-/** Outcome of a nodemailer error: the server's reply decides when there was one, else it is a client-side `error`. */
-function fromError(file: string, e: SMTPConnection.SMTPError): SendResult {
-  if (typeof e.response === 'string' && typeof e.responseCode === 'number') {
-    const outcome = classify(e.responseCode);
-    if (outcome !== 'error' && outcome !== 'accept') return { file, outcome, reply: finalLine(e.response), rejected: [] };
+const is2xx = (r: Reply): boolean => r.code >= 200 && r.code < 300;
+
+/** A reply that ended the transaction early: a 4xx/5xx decides the file, anything else is a client-side `error`. */
+function fromReply(file: string, reply: Reply, command: string): SendResult {
+  const outcome = classify(reply.code);
+  if (outcome === 'reject' || outcome === 'tempfail') return { file, outcome, reply: finalLine(reply), rejected: [] };
+  return { file, outcome: 'error', reply: `unexpected reply to ${command}: ${finalLine(reply)}`, rejected: [] };
+}
+
+/** What the transaction's replies mean for the file, in the order the server decided it. */
+function fromTransaction(file: string, to: string[], r: TransactionResult): SendResult {
+  if (!is2xx(r.mail)) return fromReply(file, r.mail, 'MAIL FROM');
+  // No accepted recipient, or the session ended (421) during RCPT: the last RCPT reply decides.
+  const lastRcpt = r.rcpts[r.rcpts.length - 1];
+  if (lastRcpt && (!r.rcpts.some(is2xx) || r.data === null)) return fromReply(file, lastRcpt, 'RCPT TO');
+  if (r.data === null) return { file, outcome: 'error', reply: 'connection closed before a final reply', rejected: [] };
+  if (r.data.code !== 354) return fromReply(file, r.data, 'DATA');
+  if (r.final === null) return { file, outcome: 'error', reply: 'connection closed before a final reply', rejected: [] };
+  const outcome = classify(r.final.code);
+  if (outcome !== 'accept') return fromReply(file, r.final, 'end of data');
+  const rejected = r.rcpts.flatMap((reply, i) => (is2xx(reply) ? [] : [{ address: to[i] ?? '', reply: finalLine(reply) }]));
+  return { file, outcome, reply: finalLine(r.final), rejected };
+}
+
+/** Outcome of a client failure: a server reply that ended the session decides when there was one, else it is an `error`. */
+function fromClientError(file: string, e: unknown, timeoutMs: number): SendResult {
+  if (!(e instanceof SmtpClientError)) return { file, outcome: 'error', reply: oneLine(String((e as Error)?.message ?? e)), rejected: [] };
+  if (e.reply) {
+    const outcome = classify(e.reply.code);
+    if (outcome === 'reject' || outcome === 'tempfail') return { file, outcome, reply: finalLine(e.reply), rejected: [] };
   }
-  return { file, outcome: 'error', reply: oneLine(e.message || String(e)), rejected: [] };
+  if (e.kind === 'timeout' || e.kind === 'aborted') {
+    return { file, outcome: 'error', reply: `timed out after ${timeoutMs} ms without a final reply`, rejected: [] };
+  }
+  if (e.kind === 'closed' && e.phase !== 'connect') return { file, outcome: 'error', reply: 'connection closed before a final reply', rejected: [] };
+  return { file, outcome: 'error', reply: oneLine(e.message), rejected: [] };
 }
 
 /** One file, one connection: EHLO, MAIL FROM (SIZE=, BODY=8BITMIME), RCPT TO..., DATA streamed from disk, QUIT. */
@@ -296,81 +328,43 @@ async function sendFile(job: FileJob, { address, opts }: Resolved): Promise<Send
   }
 
   const t = opts.timeoutMs;
-  const conn = new SMTPConnection({
-    host: address.host,
-    port: address.port,
-    ...(opts.helo !== undefined ? { name: opts.helo } : {}),
-    connectionTimeout: t,
-    greetingTimeout: t,
-    socketTimeout: t,
-    requireTLS: opts.starttls,
-    ignoreTLS: !opts.starttls,
-    ...(opts.insecure ? { tls: { rejectUnauthorized: false } } : {}),
-    logger: false,
-  });
-
-  let ended = false;
-  const endedPromise = new Promise<void>((resolve) =>
-    conn.once('end', () => {
-      ended = true;
-      resolve();
-    }),
-  );
-  let stream: ReadStream | undefined;
-  // Set only when the transaction finished on a reply, i.e. the session is back at a command prompt.
-  let canQuit = false;
-
-  const result = await new Promise<SendResult>((resolve) => {
-    let settled = false;
-    const finish = (r: SendResult): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(deadline);
-      resolve(r);
+  // The whole file, connect to final reply, has one budget; every single wait is bounded by it too.
+  const budget = new AbortController();
+  const deadline = setTimeout(() => budget.abort(), t);
+  let client: SmtpClient | undefined;
+  let readError: Error | undefined;
+  try {
+    client = await SmtpClient.connect(
+      {
+        host: address.host,
+        port: address.port,
+        // Without --starttls the harness never upgrades, so plaintext policies (530 5.7.0) can be tested.
+        starttls: opts.starttls ? 'required' : 'off',
+        ...(opts.insecure ? { tls: { rejectUnauthorized: false } } : {}),
+        heloName: opts.helo ?? hostname(),
+        timeouts: { connectMs: t, greetingMs: t, commandMs: t, dataDoneMs: t },
+      },
+      budget.signal,
+    );
+    // SIZE= is declared even when it exceeds the server's limit: the harness reports the server's own 552.
+    const params: EsmtpParam[] = [];
+    if (client.has('SIZE')) params.push(['SIZE', String(job.size)]);
+    if (client.has('8BITMIME')) params.push(['BODY', '8BITMIME']);
+    // eslint-disable-next-line no-control-regex
+    if (client.has('SMTPUTF8') && [from, ...to].some((a) => /[^\x00-\x7f]/.test(a))) params.push(['SMTPUTF8', null]);
+    const open = (): Readable => {
+      const stream = createReadStream(file);
+      stream.once('error', (err) => (readError = err));
+      return stream;
     };
-    const deadline = setTimeout(
-      () => finish({ file, outcome: 'error', reply: `timed out after ${t} ms without a final reply`, rejected: [] }),
-      t,
-    );
-    // Stays attached for the connection's lifetime: a late socket error must never become an unhandled 'error' event.
-    conn.on('error', (e) => finish(fromError(file, e)));
-    // nodemailer drops pending callbacks when the socket closes; 'end' is then the only signal.
-    void endedPromise.then(() =>
-      finish({ file, outcome: 'error', reply: 'connection closed before a final reply', rejected: [] }),
-    );
-    conn.connect((e) => {
-      if (e) return finish(fromError(file, e));
-      // nodemailer refuses locally when SIZE= exceeds the advertised limit; lift that so the
-      // harness reports the server's own 552 (the point of the harness is the real reply).
-      const internals = conn as unknown as { _maxAllowedSize?: unknown };
-      if (typeof internals._maxAllowedSize === 'number') internals._maxAllowedSize = 0;
-      stream = createReadStream(file);
-      conn.send({ from, to, size: job.size, use8BitMime: true }, stream, (sendErr, info) => {
-        if (sendErr) {
-          const r = fromError(file, sendErr);
-          canQuit = r.outcome !== 'error';
-          return finish(r);
-        }
-        canQuit = true;
-        const rejected = (info.rejectedErrors ?? []).map((re) => ({
-          address: (re as { recipient?: string }).recipient ?? '',
-          reply: finalLine(re.response ?? re.message),
-        }));
-        const code = Number(/^\d{3}/.exec(info.response)?.[0] ?? 0);
-        finish({ file, outcome: classify(code), reply: finalLine(info.response), rejected });
-      });
-    });
-  });
-
-  stream?.destroy();
-  if (!ended) {
-    // QUIT only between transactions; mid-DATA it would be taken as message content.
-    if (canQuit) conn.quit();
-    else conn.close();
-    let grace: NodeJS.Timeout | undefined;
-    await Promise.race([endedPromise, new Promise<void>((r) => (grace = setTimeout(r, Math.min(t, 5_000))))]);
-    clearTimeout(grace);
-    if (!ended) conn.close();
+    const r = await client.send({ from, mailParams: params, rcpts: to.map((a) => ({ address: a, params: [] })) }, open, budget.signal);
+    return fromTransaction(file, to, r);
+  } catch (e) {
+    if (readError) return { file, outcome: 'error', reply: `cannot read file: ${oneLine(readError.message)}`, rejected: [] };
+    return fromClientError(file, e, t);
+  } finally {
+    clearTimeout(deadline);
+    // The client drops any connection that is not back at a command prompt; only a clean one gets QUIT.
+    if (client && !client.closed) await client.quit();
   }
-  return result;
 }

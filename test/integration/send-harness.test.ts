@@ -2,7 +2,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -206,6 +206,11 @@ describe('runSend', () => {
     const { code } = await run([t('ok.eml')], { from: 'override@example.test', to: ['x@example.test', 'y@example.test'], helo: 'harness.test' });
     expect(code).toBe(0);
     expect(received[0]).toMatchObject({ from: 'override@example.test', to: ['x@example.test', 'y@example.test'], helo: 'harness.test' });
+  });
+
+  it('greets with the local host name when --helo is not given', async () => {
+    expect((await run([t('ok.eml')])).code).toBe(0);
+    expect(received[0]!.helo).toBe(hostname());
   });
 
   it('falls back to harness@localhost without a From: header and sends the null sender for --from ""', async () => {
