@@ -11,11 +11,12 @@ import { UcwiClient, type UcwiObserver } from './dlp/client.js';
 import { Ingress } from './ingress/server.js';
 import { UserDb } from './ingress/auth.js';
 import { prepareSpoolDir } from './spool/spool.js';
-import { NextHopRelay, type OutboundEnvelope, type DeliveryResult, type NextHopOptions } from './egress/relay.js';
+import { NextHopPool, type DeliveryReport, type NextHopOptions } from './egress/pool.js';
+import type { Envelope } from './smtp/envelope.js';
 import { LocalOutbox } from './egress/outbox.js';
 import { createQuarantineStore, startRetention, createNotifier, type QuarantineStore, type OperationsContext, type DeliverFn, type RescanFn, type Notifier } from './quarantine/index.js';
 import { decide, type PolicySettings } from './policy/policy.js';
-import { toOutbound, type Deliverer, type PipelineDeps, type VerdictHook } from './pipeline/process.js';
+import type { PipelineDeps, VerdictHook } from './pipeline/process.js';
 import { startUcwiSim, type UcwiSim } from './sim/ucwi/server.js';
 import { ClusterMetrics, Metrics, type GaugeSources, type MetricsRenderer } from './observability/metrics.js';
 import { createReadiness } from './observability/health.js';
@@ -33,7 +34,7 @@ export interface RunningRelay {
   quarantine: QuarantineStore;
   ingress: Ingress;
   ucwi: UcwiClient;
-  deliverer: Deliverer;
+  deliverer: AppDeliverer;
   metrics: Metrics;
   cas: CasParts | null;
   stop(graceMs?: number): Promise<void>;
@@ -65,7 +66,8 @@ export function nextHopOptions(c: FrozenConfig): NextHopOptions {
     ...(n.authUser && c.secrets.nextHopPass ? { auth: { user: n.authUser, pass: c.secrets.nextHopPass } } : {}),
     heloName: c.smtp.hostname,
     pool: { ...n.pool },
-    timeouts: { ...n.timeouts },
+    // The final reply is bounded by the message's own deadline (limits.dataDeadlineMs).
+    timeouts: { ...n.timeouts, dataDoneMs: c.limits.dataDeadlineMs },
   };
 }
 
@@ -73,34 +75,50 @@ export function policySettings(c: FrozenConfig): PolicySettings {
   return c.policy as unknown as PolicySettings;
 }
 
-export type AppDeliverer = Deliverer & { close(): Promise<void>; verify(signal: AbortSignal): Promise<void>; describe: string };
+/**
+ * Delivery outside a client session (quarantine releases, notices) and readiness, plus the parts
+ * ingress uses for live transactions: the next-hop pool, or the local outbox when none is configured.
+ */
+export interface AppDeliverer {
+  kind: 'next-hop' | 'outbox';
+  describe: string;
+  deliver(env: Envelope, open: () => Readable, signal: AbortSignal): Promise<DeliveryReport>;
+  verify(signal: AbortSignal): Promise<void>;
+  close(): Promise<void>;
+  pool: NextHopPool | null;
+  outbox: LocalOutbox | null;
+}
 
 /** The deliverer for accepted mail: the next hop when configured, else the local outbox directory. */
 export function createDeliverer(c: FrozenConfig, logger: Logger): AppDeliverer {
   if (c.nextHop.host) {
-    const relay = new NextHopRelay(nextHopOptions(c), logger.child({ component: 'egress' }));
+    const pool = new NextHopPool(nextHopOptions(c), logger.child({ component: 'egress' }));
     return {
       kind: 'next-hop',
-      describe: `next hop ${c.nextHop.host}:${c.nextHop.port}`,
-      deliver: (env: OutboundEnvelope, open: () => Readable, signal: AbortSignal) => relay.deliver(env, open, signal),
-      verify: (signal) => relay.verify(signal),
-      close: () => relay.close(),
+      describe: pool.describe,
+      deliver: (env, open, signal) => pool.deliver(env, open, signal),
+      verify: (signal) => pool.verify(signal),
+      close: () => pool.close(),
+      pool,
+      outbox: null,
     };
   }
   const outbox = new LocalOutbox(c.outbox.dir);
   return {
     kind: 'outbox',
     describe: `local outbox ${c.outbox.dir}`,
-    async deliver(env: OutboundEnvelope, open: () => Readable, signal: AbortSignal, queryId: string): Promise<DeliveryResult> {
-      const t0 = performance.now();
-      const { path } = await outbox.deliver(env, open, queryId, signal);
-      return { accepted: env.to.map((r) => r.address), rejected: [], response: `stored ${path}`, elapsedMs: Math.round(performance.now() - t0) };
+    async deliver(env, open, signal): Promise<DeliveryReport> {
+      const { path } = await outbox.deliver(env, open, randomUUID(), signal);
+      const response = `250 2.0.0 stored ${path}`;
+      return { response, recipients: env.to.map((r) => ({ address: r.address, status: 'accepted', code: 250, response })) };
     },
     async verify() {
       await mkdir(c.outbox.dir, { recursive: true });
       await access(c.outbox.dir, constants.W_OK);
     },
     close: async () => {},
+    pool: null,
+    outbox,
   };
 }
 
@@ -126,11 +144,8 @@ export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer
 }
 
 /** Release and re-scan for quarantine operations, shared by the admin API and the CLI. */
-export function quarantineOps(c: FrozenConfig, store: QuarantineStore, deliverer: Deliverer, ucwi: UcwiClient, logger: Logger): OperationsContext {
-  const deliver: DeliverFn = async (env, open, signal) => {
-    const r = await deliverer.deliver(toOutbound(env), open, signal, 'release');
-    return { response: r.response, rejected: r.rejected.map((x) => ({ address: x.address, response: x.response })) };
-  };
+export function quarantineOps(c: FrozenConfig, store: QuarantineStore, deliverer: AppDeliverer, ucwi: UcwiClient, logger: Logger): OperationsContext {
+  const deliver: DeliverFn = (env, open, signal) => deliverer.deliver(env, open, signal);
   const rescan: RescanFn = async (record, open, signal) => {
     const queryId = randomUUID();
     const r = await ucwi.inspect({ queryId, sender: record.envelope.from, recipients: record.envelope.to.map((t) => t.address), md5: record.md5, size: record.size, openMessage: open }, signal);
@@ -266,7 +281,6 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       dataDeadlineMs: c.limits.dataDeadlineMs,
       policy: policySettings(c),
       dlp: ucwi,
-      deliverer,
       quarantine,
       onVerdict: hooks.length ? async (v) => void (await Promise.all(hooks.map((h) => h(v)))) : undefined,
       onOutcome: c.quarantine.notifications.enabled
@@ -297,13 +311,20 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
         maxClients: c.smtp.maxClients,
         maxRecipients: c.smtp.maxRecipients,
         idleTimeoutMs: c.smtp.idleTimeoutMs,
+        sessionTimeoutMs: c.smtp.sessionTimeoutMs,
+        minBytesPerSecond: c.smtp.minBytesPerSecond,
+        greetingDelayMs: c.smtp.greetingDelayMs,
+        bareLineEndings: c.smtp.bareLineEndings,
         allowedClients: c.smtp.allowedClients,
         trustedNetworks: c.policy.loop.trustedNetworks,
+        proxyProtocolFrom: c.smtp.proxyProtocolFrom,
         tls: { ...c.smtp.tls },
         dsn: c.smtp.dsn,
         spoolDir,
         saturated: () => ucwi.saturated,
-        auth: c.smtp.auth.enabled ? { users: UserDb.fromFile(c.smtp.auth.usersFile!), required: c.smtp.auth.required } : undefined,
+        auth: c.smtp.auth.enabled ? { users: UserDb.fromFile(c.smtp.auth.usersFile!), required: c.smtp.auth.required, maxFailures: c.smtp.auth.maxFailures } : undefined,
+        delivery: deliverer.pool ? { pool: deliverer.pool } : { outbox: deliverer.outbox! },
+        commandTimeoutMs: c.nextHop.timeouts.socketMs,
       },
       deps,
       logger.child({ component: 'smtp' }),

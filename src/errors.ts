@@ -36,6 +36,8 @@ export const CATALOGUE = {
   AUTH_REQUIRED: { code: 530, enhanced: '5.7.0', text: 'Authentication required' },
   /** Writing the spool file failed (disk full, permissions): the client keeps the message. */
   SPOOL_FAILED: { code: 451, enhanced: '4.3.0', text: 'Local error in processing, try again later' },
+  /** The spool disk is full (ENOSPC, quota): answered once the rest of DATA is read, and the session goes on. */
+  SPOOL_FULL: { code: 452, enhanced: '4.3.1', text: 'Insufficient system storage, try again later' },
   /** UCWI could not give a verdict and policy says tempfail. */
   DLP_UNAVAILABLE: { code: 451, enhanced: '4.7.1', text: 'Content inspection unavailable, try again later' },
   /** The end-of-DATA budget ran out before a verdict and a next-hop answer: never a late 250. */
@@ -50,6 +52,8 @@ export const CATALOGUE = {
   NEXT_HOP_LOST: { code: 451, enhanced: '4.4.2', text: 'Connection to next hop lost, try again later' },
   /** The next hop answered 4xx: we pass on a tempfail of our own (its text goes to the log). */
   NEXT_HOP_TEMPFAIL: { code: 451, enhanced: '4.4.0', text: 'Next hop deferred the message, try again later' },
+  /** Every next-hop connection is busy with other transactions and none came free in time. */
+  NEXT_HOP_BUSY: { code: 451, enhanced: '4.3.2', text: 'All next-hop connections busy, try again later' },
   /** Anything unexpected: tempfail, never a 5xx by accident (smtp-server's own default is 450). */
   INTERNAL: { code: 451, enhanced: '4.3.0', text: 'Local error in processing, try again later' },
 } as const satisfies Record<string, SmtpReply>;
@@ -111,8 +115,9 @@ export function nextHopFailureReply(f: NextHopFailure, ref: string): SmtpReply {
     const text = (f.response ?? '').replace(/^\d{3}[ -]?/, '').replace(/^[245]\.\d{1,3}\.\d{1,3}\s*/, '').trim() || 'Rejected by next hop';
     return { code: f.code, enhanced: f.enhanced ?? '5.0.0', text: text.slice(0, 400) };
   }
+  if (f.phase === 'pool') return catalogueReply('NEXT_HOP_BUSY', ref);
   if (f.phase === 'aborted' || f.phase === 'timeout') return catalogueReply('NEXT_HOP_UNAVAILABLE', ref);
   if (f.code !== undefined && f.code >= 400 && f.code < 500) return catalogueReply('NEXT_HOP_TEMPFAIL', ref);
-  if (f.phase === 'data') return catalogueReply('NEXT_HOP_LOST', ref);
+  if (f.phase === 'data' || f.phase === 'rcpt') return catalogueReply('NEXT_HOP_LOST', ref);
   return catalogueReply('NEXT_HOP_UNAVAILABLE', ref);
 }

@@ -73,8 +73,27 @@ export const configSchema = z
          */
         workers: z.number().int().min(1).max(64).default(1),
         maxRecipients: z.number().int().min(1).max(100_000).default(1000),
-        /** Idle time on a session before we hang up (smtp-server socketTimeout). */
+        /** Idle time on a session (no byte from the client) before we answer 421 and hang up. */
         idleTimeoutMs: ms(60_000),
+        /** Whole-session cap, however busy the client is (RFC 5321 leaves it to us; Postfix has none, Haraka none). */
+        sessionTimeoutMs: ms(1_800_000, 86_400_000),
+        /**
+         * Slowloris guard: a command line or DATA must arrive at least this fast (bytes per second, averaged
+         * over 30 s); a client dribbling a byte every few seconds loses its slot. 0 turns it off.
+         */
+        minBytesPerSecond: z.number().int().min(0).max(1_000_000_000).default(256),
+        /**
+         * Early-talker pause before the greeting (0: greet at once). A client that talks first is refused,
+         * like Postfix's postscreen pregreet test; costs every connection this much latency.
+         */
+        greetingDelayMs: z.number().int().min(0).max(60_000).default(0),
+        /** Bare CR or LF in DATA: pass through as data (our client stuffs dots after them) or refuse with 550 5.5.2. */
+        bareLineEndings: z.enum(['accept', 'reject']).default('accept'),
+        /**
+         * PROXY protocol v1/v2 (HAProxy send-proxy[-v2]) from these load balancers only. When set, every
+         * connection must start with a PROXY header; the address it gives is the one checked and logged.
+         */
+        proxyProtocolFrom: z.array(cidr).default([]),
         /** Networks allowed to send through us; everything else gets 554 at connect. Never an open relay. */
         allowedClients: z.array(cidr).min(1).default(['127.0.0.0/8', '::1/128']),
         tls: tlsFiles.prefault({}),
@@ -85,7 +104,13 @@ export const configSchema = z
          * usersFile lines are "user:scrypt$<salt b64>$<hash b64>" (make them with `dlp-relay hash-password`).
          */
         auth: z
-          .object({ enabled: z.boolean().default(false), required: z.boolean().default(false), usersFile: nullableString })
+          .object({
+            enabled: z.boolean().default(false),
+            required: z.boolean().default(false),
+            usersFile: nullableString,
+            /** Failed AUTH attempts on one connection before it is closed with 421 4.7.0. */
+            maxFailures: z.number().int().min(1).max(100).default(3),
+          })
           .strict()
           .prefault({}),
       })
@@ -204,6 +229,11 @@ export const configSchema = z
             maxConnections: z.number().int().min(1).max(1000).default(20),
             maxMessagesPerConnection: z.number().int().min(1).max(100_000).default(100),
             idleTimeoutMs: ms(10_000),
+            /**
+             * A client transaction holds one next-hop connection from MAIL FROM to its end (lockstep, as
+             * Postfix's before-queue proxy): past maxConnections a new MAIL waits this long, then gets 451.
+             */
+            acquireTimeoutMs: ms(5_000),
           })
           .strict()
           .prefault({}),

@@ -3,7 +3,7 @@ import { stat, unlink } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { writeDurably } from '../util/durable-file.js';
-import type { OutboundEnvelope } from './relay.js';
+import type { Envelope } from '../smtp/envelope.js';
 
 /** What the .json sidecar holds. */
 export interface OutboxSidecar {
@@ -11,7 +11,7 @@ export interface OutboxSidecar {
   storedAt: string;
   /** File name of the message this sidecar belongs to (same directory). */
   message: string;
-  envelope: OutboundEnvelope;
+  envelope: Envelope;
 }
 
 export class LocalOutbox {
@@ -24,7 +24,7 @@ export class LocalOutbox {
    * `signal`: the end-of-DATA deadline. If it fires while we write, the client has already been told
    * 451 and will retry, so a copy finished after that is removed again instead of becoming a duplicate.
    */
-  async deliver(env: OutboundEnvelope, openMessage: () => Readable, queryId: string, signal?: AbortSignal): Promise<{ path: string }> {
+  async deliver(env: Envelope, openMessage: () => Readable, queryId: string, signal?: AbortSignal): Promise<{ path: string }> {
     const storedAt = new Date();
     const base = await this.reserve(`${storedAt.toISOString().replace(/:/g, '')}-${safeName(queryId)}`);
     const emlPath = join(this.dir, `${base}.eml`);

@@ -1,16 +1,17 @@
-// SMTP ingress: smtp-server options and callbacks only — access control, limits, spooling DATA, handing the message to the pipeline, one summary log line.
-import { randomUUID } from 'node:crypto';
+// SMTP ingress on our own engine: who may connect, and each client transaction run in lockstep with a next-hop transaction (Postfix's before-queue proxy).
 import { readFileSync } from 'node:fs';
-import type { Readable } from 'node:stream';
-import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerDataStream } from 'smtp-server';
 import type { Logger } from 'pino';
-import { spoolMessage, SpoolFilePool } from '../spool/spool.js';
-import { processMessage, type PipelineDeps, type Outcome } from '../pipeline/process.js';
-import { CATALOGUE, catalogueReply, formatReply, replyError, replyClass, RelayError, type SmtpReply } from '../errors.js';
+import { SmtpServer, type MailFromCommand, type RcptToCommand, type SmtpSession, type SmtpTransaction, type ResetReason } from '../smtp/server.js';
+import type { Envelope, Recipient } from '../smtp/envelope.js';
+import { SpoolFilePool } from '../spool/spool.js';
+import type { PipelineDeps, Outcome } from '../pipeline/process.js';
+import { catalogueReply, nextHopFailureReply, type SmtpReply } from '../errors.js';
 import { NetworkList } from '../util/cidr.js';
-import type { StoredEnvelope } from '../quarantine/types.js';
-import { installEnhancedReplyPatch } from './replies.js';
+import type { NextHopPool, NextHopTransaction } from '../egress/pool.js';
+import { DeliveryError, passThrough } from '../egress/next-hop-errors.js';
+import type { LocalOutbox } from '../egress/outbox.js';
 import type { UserDb } from './auth.js';
+import { handleMessage } from './message.js';
 
 export interface IngressOptions {
   host: string;
@@ -20,18 +21,28 @@ export interface IngressOptions {
   maxClients: number;
   maxRecipients: number;
   idleTimeoutMs: number;
+  sessionTimeoutMs: number;
+  minBytesPerSecond: number;
+  greetingDelayMs: number;
+  bareLineEndings: 'accept' | 'reject';
   allowedClients: readonly string[];
   trustedNetworks: readonly string[];
   tls: { certFile: string | null; keyFile: string | null; require: boolean };
   dsn: boolean;
+  /** PROXY protocol from these load balancers only; empty: off. */
+  proxyProtocolFrom: readonly string[];
   /**
    * True while a downstream (UCWI) is saturated: new sessions then get 421 4.3.2 so the sessions
    * already in flight keep their latency instead of queueing behind newcomers.
    */
   saturated?: (() => boolean) | undefined;
   /** SMTP AUTH (PLAIN, LOGIN) after STARTTLS; `required` refuses MAIL FROM without it. */
-  auth?: { users: UserDb; required: boolean } | undefined;
+  auth?: { users: UserDb; required: boolean; maxFailures: number } | undefined;
   spoolDir: string;
+  /** Where relayed mail goes: a next hop in lockstep, or else the local outbox. */
+  delivery: { pool: NextHopPool; outbox?: undefined } | { pool?: undefined; outbox: LocalOutbox };
+  /** Longest wait for the next hop's answer to MAIL or RCPT (its own command timeout also applies). */
+  commandTimeoutMs: number;
 }
 
 /** Observers for metrics; every member optional. */
@@ -42,228 +53,195 @@ export interface IngressObserver {
   refused?(reason: 'not_allowed' | 'saturated' | 'shutting_down'): void;
 }
 
-interface EnvelopeView {
-  mailFrom: false | { address: string };
-  rcptTo: Array<{ address: string; dsn?: { notify?: string[]; orcpt?: string } }>;
-  smtpUtf8?: boolean;
-  bodyType?: '7bit' | '8bitmime';
-  dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
+/** One client transaction: the envelope as accepted so far and, with a next hop, its open transaction there. */
+export interface ClientTransaction {
+  envelope: Envelope;
+  /** Every RCPT with the reply the client got (for the summary log line). */
+  rcptLog: Array<{ address: string; reply: string }>;
+  nextHop: NextHopTransaction | null;
+  /** Aborts next-hop commands when the client goes away. */
+  abort: AbortController;
 }
 
-export function envelopeFromSession(session: SMTPServerSession): StoredEnvelope {
-  const e = session.envelope as unknown as EnvelopeView;
-  const env: StoredEnvelope = {
-    from: e.mailFrom ? e.mailFrom.address : '',
-    to: e.rcptTo.map((r) => ({
-      address: r.address,
-      ...(r.dsn?.notify ? { notify: [...r.dsn.notify] } : {}),
-      ...(r.dsn?.orcpt ? { orcpt: r.dsn.orcpt } : {}),
-    })),
-    smtpUtf8: e.smtpUtf8 === true,
-  };
-  if (e.bodyType) env.bodyType = e.bodyType;
-  if (e.dsn?.ret) env.ret = e.dsn.ret;
-  if (e.dsn?.envid) env.envid = e.dsn.envid;
+export function envelopeFromMail(m: MailFromCommand): Envelope {
+  const env: Envelope = { from: m.address, to: [], smtpUtf8: m.smtpUtf8, params: [...m.params] };
+  if (m.bodyType) env.bodyType = m.bodyType;
+  if (m.ret) env.ret = m.ret;
+  if (m.envid !== undefined) env.envid = m.envid;
+  if (m.size !== undefined) env.size = m.size;
   return env;
 }
 
+function recipientFromRcpt(r: RcptToCommand): Recipient {
+  return { address: r.address, params: [...r.params], ...(r.notify ? { notify: [...r.notify] } : {}), ...(r.orcpt !== undefined ? { orcpt: r.orcpt } : {}) };
+}
+
 export class Ingress {
-  private readonly server: SMTPServer;
-  private readonly allowed: NetworkList;
-  private readonly trusted: NetworkList;
+  private readonly server: SmtpServer;
+  private allowed: NetworkList;
+  private trusted: NetworkList;
   /** Spool files recycled across messages (creating a file costs ~20× reusing one). */
-  private readonly spoolFiles: SpoolFilePool;
+  readonly spoolFiles: SpoolFilePool;
   private sessions = 0;
   private isDraining = false;
-  private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly txs = new WeakMap<SmtpSession, ClientTransaction>();
 
   constructor(
-    private readonly opts: IngressOptions,
-    private readonly deps: PipelineDeps,
-    private readonly logger: Logger,
-    private readonly observer: IngressObserver = {},
+    readonly opts: IngressOptions,
+    readonly deps: PipelineDeps,
+    readonly logger: Logger,
+    readonly observer: IngressObserver = {},
   ) {
-    installEnhancedReplyPatch();
     this.spoolFiles = new SpoolFilePool(opts.spoolDir);
     this.allowed = new NetworkList(opts.allowedClients);
     this.trusted = new NetworkList(opts.trustedNetworks);
-    const hasTls = opts.tls.certFile !== null && opts.tls.keyFile !== null;
-    const disabledCommands = [...(hasTls ? [] : ['STARTTLS']), ...(opts.auth ? [] : ['AUTH'])];
-    // smtp-server lists AUTH in EHLO on a plain connection too (it only refuses the command there with
-    // 538), so a plain session gets AUTH disabled until STARTTLS: never advertised in clear.
-    const hideAuthUntilTls = opts.auth !== undefined && hasTls;
-    const options: SMTPServerOptions & Record<string, unknown> = {
-      name: opts.hostname,
-      banner: 'dlp-relay ESMTP',
-      size: opts.maxMessageBytes,
-      // Our own cap in onConnect answers 421 4.3.2; smtp-server's is a backstop only.
-      maxClients: opts.maxClients + 16,
-      maxRecipients: opts.maxRecipients,
-      socketTimeout: opts.idleTimeoutMs,
-      // close() first lets in-flight messages finish; after that idle sessions only need their 421.
-      closeTimeout: 1_000,
-      hideENHANCEDSTATUSCODES: false,
-      hideDSN: !opts.dsn,
-      hideSMTPUTF8: false,
-      hide8BITMIME: false,
-      hidePIPELINING: false,
-      // AUTH is advertised only on a TLS-protected session (allowInsecureAuth false), never in clear.
-      authOptional: !opts.auth?.required,
-      authMethods: ['PLAIN', 'LOGIN'],
-      allowInsecureAuth: false,
-      disabledCommands,
-      // smtp-server's own check for MAIL/RCPT/DATA before AUTH (it fires before onMailFrom) gives the catalogue reply.
-      authRequiredMessage: `${CATALOGUE.AUTH_REQUIRED.enhanced} ${CATALOGUE.AUTH_REQUIRED.text}`,
-      onAuth: (auth, session, cb) => {
-        const users = opts.auth?.users;
-        const { username, password } = auth;
-        if (!users || !username || typeof password !== 'string') return cb(replyError({ code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid' }));
-        users.verify(username, password).then(
-          (ok) => {
-            this.logger.info({ cid: session.id, user: username, ok }, 'smtp auth');
-            if (ok) cb(null, { user: username });
-            else cb(replyError({ code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid' }));
-          },
-          () => cb(replyError(catalogueReply('INTERNAL'))),
-        );
+    const tls = opts.tls.certFile && opts.tls.keyFile ? { key: readFileSync(opts.tls.keyFile), cert: readFileSync(opts.tls.certFile), require: opts.tls.require } : undefined;
+    this.server = new SmtpServer(
+      {
+        hostname: opts.hostname,
+        greetingDelayMs: opts.greetingDelayMs,
+        maxMessageBytes: opts.maxMessageBytes,
+        maxRecipients: opts.maxRecipients,
+        idleTimeoutMs: opts.idleTimeoutMs,
+        sessionTimeoutMs: opts.sessionTimeoutMs,
+        minBytesPerSecond: opts.minBytesPerSecond,
+        bareLineEndings: opts.bareLineEndings,
+        dsn: opts.dsn,
+        tls,
+        auth: opts.auth ? { required: opts.auth.required, maxFailures: opts.auth.maxFailures } : undefined,
+        proxyProtocol: opts.proxyProtocolFrom.length ? { trustedPeers: opts.proxyProtocolFrom } : undefined,
+        // Our own cap in connect() answers 421 4.3.2; the engine's is a backstop only.
+        maxConnections: opts.maxClients + 16,
       },
-      ...(hasTls ? { key: readFileSync(opts.tls.keyFile!), cert: readFileSync(opts.tls.certFile!) } : {}),
-      logger: false,
-      onConnect: (session, cb) => {
-        if (hideAuthUntilTls && !session.secure) session.disabledCommands = [...disabledCommands, 'AUTH'];
-        this.onConnect(session, cb);
+      {
+        connect: (s) => this.onConnect(s),
+        auth: async (s, user, pass) => {
+          const ok = (await opts.auth?.users.verify(user, pass)) ?? false;
+          this.logger.info({ cid: s.id, user, ok }, 'smtp auth');
+          return ok;
+        },
+        mail: (s, m) => this.onMail(s, m),
+        rcpt: (s, r) => this.onRcpt(s, r),
+        data: (s, tx, message) => this.onData(s, tx, message),
+        reset: (s, _tx, reason) => this.onReset(s, reason),
+        close: () => {
+          this.sessions = Math.max(0, this.sessions - 1);
+          this.observer.sessionClosed?.();
+        },
       },
-      onSecure: (_socket, session, cb) => {
-        // TLS is up: back to the server-wide list, which offers AUTH.
-        session.disabledCommands = undefined;
-        cb();
-      },
-      onMailFrom: (_addr, session, cb) => {
-        if (opts.tls.require && !session.secure) return cb(replyError(catalogueReply('TLS_REQUIRED')));
-        if (opts.auth?.required && !session.user) return cb(replyError(catalogueReply('AUTH_REQUIRED')));
-        if (this.isDraining) return cb(replyError(catalogueReply('SHUTTING_DOWN')));
-        cb();
-      },
-      onData: (stream, session, cb) => this.onData(stream, session, cb),
-      onClose: () => {
-        // onClose fires only for sessions onConnect accepted or refused; both were counted.
-        this.sessions = Math.max(0, this.sessions - 1);
-        this.observer.sessionClosed?.();
-      },
-    };
-    this.server = new SMTPServer(options);
-    // Replies are small writes; with Nagle a pipelined reply can wait for the client's delayed ACK.
-    this.server.server.on('connection', (socket: import('node:net').Socket) => socket.setNoDelay(true));
-    this.server.on('error', (err) => this.logger.warn({ err }, 'smtp connection error'));
+      logger,
+    );
   }
 
-  private onConnect(session: SMTPServerSession, cb: (err?: Error | null) => void): void {
+  private onConnect(s: SmtpSession): SmtpReply | void {
     this.sessions++;
     this.observer.sessionOpened?.();
-    if (!this.allowed.has(session.remoteAddress)) {
+    if (!this.allowed.has(s.remoteAddress)) {
       this.observer.refused?.('not_allowed');
-      this.logger.warn({ cid: session.id, client: session.remoteAddress }, 'client not in allowed networks');
-      return cb(replyError(catalogueReply('CLIENT_NOT_ALLOWED')));
+      this.logger.warn({ cid: s.id, client: s.remoteAddress }, 'client not in allowed networks');
+      return catalogueReply('CLIENT_NOT_ALLOWED');
     }
     if (this.isDraining) {
       this.observer.refused?.('shutting_down');
-      return cb(replyError(catalogueReply('SHUTTING_DOWN')));
+      return catalogueReply('SHUTTING_DOWN');
     }
     if (this.sessions > this.opts.maxClients || this.opts.saturated?.()) {
       this.observer.refused?.('saturated');
-      return cb(replyError(catalogueReply('SATURATED')));
+      return catalogueReply('SATURATED');
     }
-    cb();
   }
 
-  private onData(stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
-    const p = this.handleData(stream, session)
-      .then((reply) => {
-        if (reply.code < 300) cb(null, `${reply.enhanced} ${reply.text}`);
-        else cb(replyError(reply));
-      })
-      .catch((err: unknown) => {
-        this.logger.error({ err, cid: session.id }, 'unexpected ingress failure');
-        cb(replyError(catalogueReply('INTERNAL')));
-      });
-    this.inFlight.add(p);
-    void p.finally(() => this.inFlight.delete(p));
-  }
-
-  private async handleData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<SmtpReply> {
-    const queryId = randomUUID();
-    const receivedAt = new Date();
-    const started = performance.now();
-    const envelope = envelopeFromSession(session);
-    const log = (o: Partial<Outcome> & { reply: SmtpReply; action: string }, size: number) => {
-      // The one summary line per message (Haraka's "message" line): ids, envelope counts, verdict, reply, timings.
-      this.logger.info(
-        {
-          event: 'message',
-          cid: session.id,
-          queryId,
-          client: session.remoteAddress,
-          sender: envelope.from,
-          rcpts: envelope.to.length,
-          size,
-          actionCode: o.actionCode ?? null,
-          action: o.action,
-          reply: formatReply(o.reply),
-          replyClass: replyClass(o.reply.code),
-          dlpMs: o.dlpMs ?? null,
-          relayMs: o.relayMs ?? null,
-          totalMs: Math.round(performance.now() - started),
-          ...(o.policies && o.policies.length ? { policies: o.policies.map((p) => p.name) } : {}),
-          ...(o.errorClass ? { errorClass: o.errorClass } : {}),
-          ...(o.detail ? { detail: o.detail } : {}),
-          ...(o.rejectedRecipients ? { refusedRecipients: o.rejectedRecipients } : {}),
-        },
-        'message',
-      );
-    };
-
-    let spool;
+  private async onMail(s: SmtpSession, m: MailFromCommand): Promise<SmtpReply | void> {
+    if (this.isDraining) return catalogueReply('SHUTTING_DOWN');
+    const tx: ClientTransaction = { envelope: envelopeFromMail(m), rcptLog: [], nextHop: null, abort: new AbortController() };
+    const pool = this.opts.delivery.pool;
+    if (!pool) {
+      this.txs.set(s, tx);
+      return;
+    }
     try {
-      spool = await spoolMessage(stream as unknown as Readable, { dir: this.opts.spoolDir, maxBytes: this.opts.maxMessageBytes, pool: this.spoolFiles });
+      const { reply, tx: nh } = await pool.begin(tx.envelope, this.commandSignal(tx));
+      if (!nh) {
+        this.logger.info({ cid: s.id, sender: m.address, reply: String(reply) }, 'next hop refused MAIL FROM');
+        return passThrough(reply);
+      }
+      tx.nextHop = nh;
+      this.txs.set(s, tx);
+      return passThrough(reply);
     } catch (err) {
-      const reply = catalogueReply('SPOOL_FAILED', queryId);
-      this.logger.error({ err, cid: session.id, queryId }, 'spooling failed');
-      log({ reply, action: 'tempfail-spool', errorClass: 'spool', detail: (err as Error).message }, stream.byteLength ?? 0);
-      return reply;
+      return this.nextHopTrouble(s, err, 'MAIL FROM');
     }
-    if (spool.sizeExceeded || stream.sizeExceeded) {
-      await spool.remove();
-      // smtp-server itself answers 552 5.3.4 for an oversized DATA whatever we reply; we only log it.
-      const reply = catalogueReply('SIZE_EXCEEDED');
-      log({ reply, action: 'reject-size' }, spool.size);
-      return reply;
-    }
-    const outcome = await processMessage(this.deps, {
-      queryId,
-      receivedAt,
-      clientAddress: session.remoteAddress,
-      clientTrusted: this.trusted.has(session.remoteAddress),
-      heloName: session.hostNameAppearsAs || null,
-      envelope,
-      spool,
-    });
-    log(outcome, spool.size);
-    this.observer.messageDone?.(outcome, spool.size);
-    // The file goes when the last user is done, even if a deadline answered the client earlier.
-    void outcome.settled.then(() => spool.remove()).catch((err: unknown) => this.logger.warn({ err, queryId }, 'spool cleanup failed'));
-    return outcome.reply;
   }
 
-  listen(): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(this.opts.port, this.opts.host, () => {
-        this.server.off('error', reject);
-        const addr = this.server.server.address();
-        if (addr && typeof addr === 'object') resolve({ host: addr.address, port: addr.port });
-        else reject(new Error('no listening address'));
-      });
-    });
+  private async onRcpt(s: SmtpSession, r: RcptToCommand): Promise<SmtpReply | void> {
+    const tx = this.txs.get(s);
+    if (!tx) return catalogueReply('INTERNAL');
+    const rcpt = recipientFromRcpt(r);
+    let reply: SmtpReply;
+    if (!tx.nextHop) {
+      reply = { code: 250, enhanced: '2.1.5', text: 'Ok' };
+    } else if (!tx.nextHop.usable) {
+      reply = catalogueReply('NEXT_HOP_LOST');
+    } else {
+      try {
+        reply = passThrough(await tx.nextHop.rcpt(rcpt, this.commandSignal(tx)));
+      } catch (err) {
+        reply = this.nextHopTrouble(s, err, 'RCPT TO');
+      }
+    }
+    if (reply.code < 300) tx.envelope.to.push(rcpt);
+    tx.rcptLog.push({ address: r.address, reply: `${reply.code} ${reply.enhanced} ${reply.text}` });
+    return reply;
+  }
+
+  private async onData(s: SmtpSession, _t: SmtpTransaction, message: import('node:stream').Readable): Promise<SmtpReply> {
+    const tx = this.txs.get(s);
+    this.txs.delete(s);
+    if (!tx) {
+      message.resume();
+      return catalogueReply('INTERNAL');
+    }
+    try {
+      return await handleMessage(this, s, tx, message, this.trusted.has(s.remoteAddress));
+    } finally {
+      // Whatever the verdict: a next-hop transaction that did not get DATA is reset (idempotent otherwise).
+      void tx.nextHop?.reset();
+    }
+  }
+
+  private onReset(s: SmtpSession, reason: ResetReason): void {
+    const tx = this.txs.get(s);
+    this.txs.delete(s);
+    if (!tx) return;
+    tx.abort.abort();
+    if (!tx.nextHop) return;
+    if (reason === 'shutdown') tx.nextHop.abort();
+    else void tx.nextHop.reset();
+  }
+
+  /** An abort signal for one next-hop command: the client leaving or the command taking too long. */
+  private commandSignal(tx: ClientTransaction): AbortSignal {
+    return AbortSignal.any([tx.abort.signal, AbortSignal.timeout(this.opts.commandTimeoutMs)]);
+  }
+
+  private nextHopTrouble(s: SmtpSession, err: unknown, command: string): SmtpReply {
+    const de = err instanceof DeliveryError ? err : null;
+    this.logger.warn({ cid: s.id, command, phase: de?.phase, err: (err as Error).message }, 'next hop unavailable during the client transaction');
+    return de ? nextHopFailureReply(de, s.id) : catalogueReply('INTERNAL');
+  }
+
+  get allowedNetworks(): NetworkList {
+    return this.allowed;
+  }
+
+  /** Reload: new client networks apply to the next connection; sessions in flight keep theirs. */
+  reconfigure(s: { allowedClients: readonly string[]; trustedNetworks: readonly string[] }): void {
+    this.allowed = new NetworkList(s.allowedClients);
+    this.trusted = new NetworkList(s.trustedNetworks);
+  }
+
+  async listen(): Promise<{ host: string; port: number }> {
+    return this.server.listen(this.opts.port, this.opts.host);
   }
 
   get draining(): boolean {
@@ -276,24 +254,12 @@ export class Ingress {
 
   /**
    * Graceful stop: refuse new sessions and transactions with 421, let messages already past the final
-   * dot finish within `graceMs`, then close what is left (smtp-server answers 421 to those).
+   * dot finish within `graceMs`, then close what is left with the catalogue's 421.
    */
   async close(graceMs = 10_000): Promise<void> {
     this.isDraining = true;
-    const pending = Promise.allSettled([...this.inFlight]);
-    await Promise.race([pending, new Promise((r) => setTimeout(r, graceMs).unref())]);
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    // Sessions still open get the catalogue's 421 now; smtp-server's own, after closeTimeout, would be
-    // "421 4.4.2 Server shutting down". send(421) also closes the connection. (`connections` is
-    // smtp-server's set of open sessions; the version is pinned.)
-    const shutting = catalogueReply('SHUTTING_DOWN');
-    for (const conn of (this.server as unknown as { connections: Set<{ send(code: number, data: string): void }> }).connections) {
-      conn.send(shutting.code, `${shutting.enhanced} ${shutting.text}`);
-    }
-    await closed;
+    await this.server.close(graceMs, catalogueReply('SHUTTING_DOWN'));
     // Files of messages still settling are discarded as they come back.
     this.spoolFiles.close();
   }
 }
-
-export { RelayError };

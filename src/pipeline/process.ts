@@ -1,24 +1,28 @@
 // One message after the final dot: loop rule → UCWI verdict → policy → relay, quarantine, reject or tempfail, all inside one deadline.
-import { Readable } from 'node:stream';
-import { createHash, randomUUID } from 'node:crypto';
+import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { SpooledMessage } from '../spool/spool.js';
 import type { InspectResult } from '../dlp/client.js';
 import { decide, loopRule, renderHeaders, type Decision, type PolicySettings } from '../policy/policy.js';
 import { catalogueReply, nextHopFailureReply, RelayError, type SmtpReply } from '../errors.js';
-import type { MatchedPolicy, NewQuarantineRecord, QuarantineStore, StoredEnvelope } from '../quarantine/types.js';
-import { DeliveryError, type DeliveryResult, type OutboundEnvelope } from '../egress/relay.js';
-import { buildFailureDsn } from '../egress/dsn.js';
+import type { MatchedPolicy, NewQuarantineRecord, QuarantineStore } from '../quarantine/types.js';
+import type { Envelope } from '../smtp/envelope.js';
+import { DeliveryError } from '../egress/next-hop-errors.js';
 
-/** Where accepted mail goes: the next hop, or the local outbox when none is configured. */
-export interface Deliverer {
+/**
+ * Where this one message goes when the policy says relay: the next-hop transaction the session holds
+ * open (lockstep), or the local outbox when no next hop is configured. Resolves with the reply for the
+ * client (the next hop's own final reply, passed through); throws on failure.
+ */
+export interface MessageSink {
   readonly kind: 'next-hop' | 'outbox';
-  deliver(env: OutboundEnvelope, openMessage: () => Readable, signal: AbortSignal, queryId: string): Promise<DeliveryResult>;
+  deliver(open: () => Readable, signal: AbortSignal): Promise<SmtpReply>;
 }
 
 export interface Inspector {
   inspect(
-    req: { queryId: string; sender: string; recipients: string[]; md5: string; size: number; openMessage: () => Readable },
+    /** md5 is left out when the bytes UCWI gets differ from the spooled ones (a header was cut out). */
+    req: { queryId: string; sender: string; recipients: string[]; md5?: string; size: number; openMessage: () => Readable },
     signal?: AbortSignal,
   ): Promise<InspectResult>;
 }
@@ -33,7 +37,6 @@ export interface PipelineDeps {
   dataDeadlineMs: number;
   policy: PolicySettings;
   dlp: Inspector;
-  deliverer: Deliverer;
   quarantine: QuarantineStore;
   onVerdict?: VerdictHook | undefined;
   /** Called once with the final outcome (after deadline handling); for sender notices. Must not throw. */
@@ -46,8 +49,12 @@ export interface MessageInput {
   clientAddress: string;
   clientTrusted: boolean;
   heloName: string | null;
-  envelope: StoredEnvelope;
+  /** The envelope with the recipients the next hop (or we, without one) accepted. */
+  envelope: Envelope;
   spool: SpooledMessage;
+  /** Our Received: line, prepended to every copy that leaves the spool (relayed or held). */
+  trace: Buffer;
+  sink: MessageSink;
 }
 
 export interface Outcome {
@@ -59,21 +66,11 @@ export interface Outcome {
   relayMs: number | null;
   errorClass?: string;
   detail?: string;
-  nextHopResponse?: string;
-  rejectedRecipients?: number;
   /** Settles when every use of the spool file is over (including work that outlived a deadline). */
   settled: Promise<void>;
 }
 
 type Partial_ = Omit<Outcome, 'settled'>;
-
-export function toOutbound(env: StoredEnvelope): OutboundEnvelope {
-  const out: OutboundEnvelope = { from: env.from, to: env.to.map((r) => ({ ...r })), smtpUtf8: env.smtpUtf8 };
-  if (env.bodyType) out.bodyType = env.bodyType;
-  if (env.ret) out.ret = env.ret;
-  if (env.envid) out.envid = env.envid;
-  return out;
-}
 
 /**
  * Runs the message through the pipeline. The deadline covers UCWI and the next hop together: when it
@@ -133,8 +130,8 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
         queryId,
         sender: msg.envelope.from,
         recipients: msg.envelope.to.map((r) => r.address),
-        // md5 describes the bytes UCWI receives; after stripping those differ from the spool's hash, so omit it.
-        md5: skip.length ? '' : spool.md5,
+        // md5 describes the bytes UCWI receives; after stripping those differ from the spool's hash, so leave it out.
+        ...(skip.length ? {} : { md5: spool.md5 }),
         size: spool.size - strippedBytes,
         openMessage: () => spool.open({ skip }),
       },
@@ -163,14 +160,14 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
     case 'quarantine':
       return quarantine(deps, msg, decision, base, skip, signal);
     case 'relay':
-      return relay(deps, msg, decision, base, skip, strippedBytes, signal);
+      return relay(deps, msg, decision, base, skip, signal);
   }
 }
 
 async function quarantine(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'quarantine' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
   const t0 = performance.now();
   try {
-    await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, decision.reason, base.policies), () => msg.spool.open({ skip }));
+    await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, decision.reason, base.policies), () => msg.spool.open({ prepend: msg.trace, skip }));
   } catch (err) {
     deps.logger.error({ err, queryId: msg.queryId }, 'quarantine store failed');
     return { ...base, reply: catalogueReply('QUARANTINE_FAILED', msg.queryId), action: 'tempfail-quarantine-failed', relayMs: null, errorClass: 'quarantine', detail: (err as Error).message };
@@ -205,17 +202,22 @@ function quarantineRecord(deps: PipelineDeps, msg: MessageInput, actionCode: num
   };
 }
 
-async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'relay' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, strippedBytes: number, signal: AbortSignal): Promise<Partial_> {
-  const prepend = renderHeaders(decision.headers);
-  const env = toOutbound(msg.envelope);
-  env.size = msg.spool.size + prepend.length - strippedBytes;
+async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'relay' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+  const prepend = Buffer.concat([msg.trace, renderHeaders(decision.headers)]);
   const t0 = performance.now();
-  let result: DeliveryResult;
+  const isLocal = msg.sink.kind === 'outbox';
   try {
-    result = await deps.deliverer.deliver(env, () => msg.spool.open({ prepend, skip }), signal, msg.queryId);
+    const reply = await msg.sink.deliver(() => msg.spool.open({ prepend, skip }), signal);
+    const ok = reply.code < 300;
+    return {
+      ...base,
+      reply,
+      action: ok ? decision.label : `${decision.label}-${reply.code >= 500 ? 'refused' : 'deferred'}`,
+      relayMs: Math.round(performance.now() - t0),
+      ...(ok ? {} : { errorClass: `next-hop:${reply.code >= 500 ? 'refused' : 'deferred'}`, detail: `${reply.code} ${reply.enhanced} ${reply.text}` }),
+    };
   } catch (err) {
     if (signal.aborted) throw signal.reason;
-    const isLocal = deps.deliverer.kind === 'outbox';
     if (isLocal) deps.logger.error({ err, queryId: msg.queryId }, 'local outbox write failed');
     const reply = isLocal ? catalogueReply('OUTBOX_FAILED', msg.queryId) : err instanceof DeliveryError ? nextHopFailureReply(err, msg.queryId) : catalogueReply('INTERNAL', msg.queryId);
     return {
@@ -226,68 +228,5 @@ async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<De
       errorClass: isLocal ? 'outbox' : `next-hop:${err instanceof DeliveryError ? err.phase : 'error'}`,
       detail: err instanceof DeliveryError ? (err.response ?? err.message) : (err as Error).message,
     };
-  }
-  const relayMs = Math.round(performance.now() - t0);
-  if (result.rejected.length > 0) await notifyRefused(deps, msg, result, signal);
-  const where = deps.deliverer.kind === 'outbox' ? 'stored in local outbox' : 'relayed';
-  return {
-    ...base,
-    reply: { code: 250, enhanced: '2.0.0', text: `Ok: ${where} (ref ${msg.queryId})` },
-    action: decision.label,
-    relayMs,
-    nextHopResponse: result.response,
-    rejectedRecipients: result.rejected.length,
-  };
-}
-
-/**
- * The next hop took the message for some recipients and refused others. One DATA reply cannot say
- * that, so the client gets 250 and the sender a DSN for the refused ones. If the DSN cannot be sent
- * now it is kept in the quarantine store (reason dsn-undeliverable) so an admin can release it: it is
- * never silently dropped.
- */
-async function notifyRefused(deps: PipelineDeps, msg: MessageInput, result: DeliveryResult, signal: AbortSignal): Promise<void> {
-  const byAddr = new Map(msg.envelope.to.map((r) => [r.address.toLowerCase(), r]));
-  const headers = await msg.spool.readHeaderBlock();
-  const dsn = buildFailureDsn({
-    reportingMta: deps.hostname,
-    originalEnvelope: toOutbound(msg.envelope),
-    arrivalDate: msg.receivedAt,
-    failed: result.rejected.map((r) => {
-      const orig = byAddr.get(r.address.toLowerCase());
-      return { address: r.address, code: r.code, response: r.response, ...(orig?.orcpt ? { orcpt: orig.orcpt } : {}) };
-    }),
-    originalHeaders: headers,
-    queryId: msg.queryId,
-  });
-  deps.logger.warn({ queryId: msg.queryId, refused: result.rejected.map((r) => ({ address: r.address, code: r.code })) }, 'next hop refused some recipients');
-  if (!dsn) return;
-  try {
-    await deps.deliverer.deliver(dsn.envelope, () => Readable.from([dsn.message]), signal, msg.queryId);
-  } catch (err) {
-    deps.logger.error({ err, queryId: msg.queryId }, 'DSN for refused recipients could not be sent; keeping it in quarantine');
-    const id = randomUUID();
-    await deps.quarantine
-      .put(
-        {
-          id,
-          queryId: msg.queryId,
-          receivedAt: new Date().toISOString(),
-          envelope: { from: '', to: dsn.envelope.to.map((t) => ({ address: t.address })), smtpUtf8: false },
-          clientAddress: '127.0.0.1',
-          heloName: null,
-          size: dsn.message.length,
-          sha256: createHash('sha256').update(dsn.message).digest('hex'),
-          md5: createHash('md5').update(dsn.message).digest('hex'),
-          subject: 'Delivery Status Notification (Failure)',
-          messageId: null,
-          actionCode: null,
-          reason: 'dsn-undeliverable',
-          policies: [],
-          instance: deps.instance,
-        },
-        () => Readable.from([dsn.message]),
-      )
-      .catch((e: unknown) => deps.logger.error({ err: e, queryId: msg.queryId }, 'DSN could not be stored either'));
   }
 }

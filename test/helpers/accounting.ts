@@ -149,7 +149,7 @@ export function tally(batch: Tracked[], atSink: Map<string, number>, inQuarantin
       const c = replyCode(a.reply);
       if (c >= 500 && !POLICY_REJECT.test(a.reply) && !(opts.nextHop5xx && opts.nextHop5xx.test(a.reply))) t.problems.push(`${m.marker}: 5xx that is neither policy nor next hop: ${a.reply}`);
       if (c >= 200 && c < 300) {
-        if (/Ok: relayed/.test(a.reply) && sinkN === 0) t.problems.push(`${m.marker}: 250 relayed but not at the sink`);
+        if (/Ok: queued as SINK/.test(a.reply) && sinkN === 0) t.problems.push(`${m.marker}: 250 relayed but not at the sink`);
         if (/held for review/.test(a.reply) && qN === 0) t.problems.push(`${m.marker}: 250 held but not in the quarantine`);
       }
     }
