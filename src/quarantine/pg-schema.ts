@@ -3,7 +3,7 @@ import pg from 'pg';
 import type { Migration } from '../util/pg-migrate.js';
 import { errCode, QuarantineInputError } from './common.js';
 import { QuarantineNotFoundError, QuarantineUnavailableError } from './errors.js';
-import type { MatchedPolicy, QuarantineRecord, QuarantineStatus, ReleaseInfo, StoredEnvelope } from './types.js';
+import type { MatchedPolicy, QuarantineRecord, QuarantineStatus, RecipientResult, ReleaseInfo, StoredEnvelope } from './types.js';
 
 /** Chunk size for message bytes: large enough that a 50 MiB message is ~200 rows, small enough to stay far from any memory concern. */
 export const CHUNK_BYTES = 256 * 1024;
@@ -74,6 +74,12 @@ CREATE INDEX quarantine_audit_target ON quarantine_audit (target, id DESC);
 CREATE INDEX quarantine_audit_at ON quarantine_audit (at DESC);
 `,
   },
+  {
+    version: 2,
+    description: 'per-recipient release results',
+    // Existing rows get [] (no recipient tried yet), which is what they mean: a held row was never partly released.
+    sql: `ALTER TABLE quarantine_messages ADD COLUMN recipient_results jsonb NOT NULL DEFAULT '[]'::jsonb;`,
+  },
 ];
 
 
@@ -141,6 +147,7 @@ export interface MessageRow {
   status: QuarantineStatus;
   instance: string;
   release: ReleaseInfo | null;
+  recipient_results: RecipientResult[] | null;
   claim_token: string | null;
   claim_by: string | null;
   claim_instance: string | null;
@@ -149,7 +156,7 @@ export interface MessageRow {
 }
 
 export const ROW_COLUMNS = `id, query_id, received_at, quarantined_at, envelope, client_address, helo_name, size, sha256, md5,
-  subject, message_id, action_code, reason, policies, status, instance, release,
+  subject, message_id, action_code, reason, policies, status, instance, release, recipient_results,
   claim_token, claim_by, claim_instance, claimed_at, claim_done`;
 
 export function rowToRecord(r: MessageRow): QuarantineRecord {
@@ -174,6 +181,7 @@ export function rowToRecord(r: MessageRow): QuarantineRecord {
     status: r.claim_done ? 'released' : r.status,
     instance: r.instance,
     release: r.release,
+    recipientResults: r.recipient_results ?? [],
     releaseClaim: claimActive
       ? { by: r.claim_by ?? 'unknown', at: (r.claimed_at ?? new Date(0)).toISOString(), instance: r.claim_instance ?? 'unknown' }
       : null,

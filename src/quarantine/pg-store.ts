@@ -16,6 +16,7 @@ import type { Logger } from '../observability/logger.js';
 import { migrate } from '../util/pg-migrate.js';
 import { isSafeId, clampLimit, decodeCursor, encodeCursor, failedStream, clip, instanceName, normAddress, DEFAULT_CLAIM_TTL_MS, QuarantineInputError } from './common.js';
 import { QuarantineNotFoundError, QuarantineUnavailableError } from './errors.js';
+import { ByteDigest } from './digest.js';
 import {
   CHUNK_BYTES,
   PURGE_BATCH,
@@ -28,7 +29,7 @@ import {
   toStoreError,
   type MessageRow,
 } from './pg-schema.js';
-import type { AuditEntry, AuditFilter, AuditPage, AuditRecord, DeleteResult, NewQuarantineRecord, QuarantineFilter, QuarantinePage, QuarantineRecord, QuarantineStore, ReleaseClaim, ReleaseInfo } from './types.js';
+import type { AuditEntry, AuditFilter, AuditPage, AuditRecord, DeleteResult, NewQuarantineRecord, QuarantineFilter, QuarantinePage, QuarantineRecord, QuarantineStore, RecipientResult, ReleaseClaim, ReleaseInfo } from './types.js';
 
 export { CHUNK_BYTES, QUARANTINE_MIGRATIONS, createQuarantinePool, isConnectivityError } from './pg-schema.js';
 
@@ -117,9 +118,10 @@ export class PgQuarantineStore implements QuarantineStore {
           JSON.stringify(record.envelope),
           record.clientAddress,
           record.heloName,
-          record.size,
-          record.sha256,
-          record.md5,
+          // Placeholders until the bytes are in: the UPDATE before COMMIT sets what was measured.
+          0,
+          '',
+          '',
           record.subject,
           record.messageId,
           record.actionCode,
@@ -134,12 +136,15 @@ export class PgQuarantineStore implements QuarantineStore {
       let total = 0;
       let pending: Buffer[] = [];
       let pendingBytes = 0;
+      // Measured on the bytes inserted, in the same pass: the row describes what is stored, not what was received.
+      const digest = new ByteDigest();
       const flush = async (buf: Buffer): Promise<void> => {
         await client.query('INSERT INTO quarantine_chunks (id, seq, data) VALUES ($1, $2, $3)', [record.id, seq++, buf]);
       };
       for await (const c of source) {
         const chunk = Buffer.isBuffer(c) ? c : Buffer.from(c as string);
         total += chunk.length;
+        digest.update(chunk);
         pending.push(chunk);
         pendingBytes += chunk.length;
         while (pendingBytes >= CHUNK_BYTES) {
@@ -153,10 +158,12 @@ export class PgQuarantineStore implements QuarantineStore {
       if (pendingBytes > 0) await flush(Buffer.concat(pending, pendingBytes));
       // Stamp the time again just before COMMIT: a large message that took a while to stream must not appear
       // behind a page an operator has already read.
+      const d = digest.result();
       await client.query(
-        `UPDATE quarantine_messages SET chunk_count = $2, stored_bytes = $3, quarantined_at = date_trunc('milliseconds', clock_timestamp())
+        `UPDATE quarantine_messages SET chunk_count = $2, stored_bytes = $3, size = $4, sha256 = $5, md5 = $6,
+                quarantined_at = date_trunc('milliseconds', clock_timestamp())
           WHERE id = $1`,
-        [record.id, seq, total],
+        [record.id, seq, total, d.size, d.sha256, d.md5],
       );
       await client.query('COMMIT');
     } catch (err) {
@@ -295,11 +302,25 @@ export class PgQuarantineStore implements QuarantineStore {
     return { status: 'in-progress', record: rec };
   }
 
-  async completeRelease(id: string, token: string, info: ReleaseInfo): Promise<void> {
+  async completeRelease(id: string, token: string, info: ReleaseInfo, recipientResults?: RecipientResult[]): Promise<void> {
     const r = await this.q(
       'complete release',
-      `UPDATE quarantine_messages SET status = 'released', release = $3, claim_done = true WHERE id = $1 AND claim_token = $2`,
-      [id, token, JSON.stringify(info)],
+      `UPDATE quarantine_messages SET status = 'released', release = $3, claim_done = true,
+              recipient_results = COALESCE($4::jsonb, recipient_results)
+        WHERE id = $1 AND claim_token = $2`,
+      [id, token, JSON.stringify(info), recipientResults ? JSON.stringify(recipientResults) : null],
+    );
+    if (r.rowCount !== 1) throw new Error('release claim lost');
+  }
+
+  async partialRelease(id: string, token: string, recipientResults: RecipientResult[]): Promise<void> {
+    // One statement: the results and the end of the claim land together, so no later release can miss them.
+    const r = await this.q(
+      'partial release',
+      `UPDATE quarantine_messages SET recipient_results = $3::jsonb,
+              claim_token = NULL, claim_by = NULL, claim_instance = NULL, claimed_at = NULL
+        WHERE id = $1 AND claim_token = $2 AND NOT claim_done`,
+      [id, token, JSON.stringify(recipientResults)],
     );
     if (r.rowCount !== 1) throw new Error('release claim lost');
   }
