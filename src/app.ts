@@ -11,7 +11,7 @@ import { UcwiClient, type UcwiObserver } from './dlp/client.js';
 import { Ingress } from './ingress/server.js';
 import { UserDb } from './ingress/auth.js';
 import { prepareSpoolDir } from './spool/spool.js';
-import { NextHopRelay, type OutboundEnvelope, type DeliveryResult, type NextHopOptions } from './egress/relay.js';
+import { NextHopRelay, DeliveryError, type OutboundEnvelope, type DeliveryResult, type NextHopOptions } from './egress/relay.js';
 import { LocalOutbox } from './egress/outbox.js';
 import { createQuarantineStore, startRetention, createNotifier, type QuarantineStore, type OperationsContext, type DeliverFn, type RescanFn, type Notifier } from './quarantine/index.js';
 import { decide, type PolicySettings } from './policy/policy.js';
@@ -127,9 +127,27 @@ export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer
 
 /** Release and re-scan for quarantine operations, shared by the admin API and the CLI. */
 export function quarantineOps(c: FrozenConfig, store: QuarantineStore, deliverer: Deliverer, ucwi: UcwiClient, logger: Logger): OperationsContext {
+  // Today's deliverer says { accepted, rejected } or throws; the release wants each recipient's fate (5xx refused, else deferred).
   const deliver: DeliverFn = async (env, open, signal) => {
-    const r = await deliverer.deliver(toOutbound(env), open, signal, 'release');
-    return { response: r.response, rejected: r.rejected.map((x) => ({ address: x.address, response: x.response })) };
+    const fate = (code: number) => (code >= 500 && code < 600 ? ('refused' as const) : ('deferred' as const));
+    const same = (a: string, b: string) => a.toLowerCase() === b.toLowerCase();
+    let r: Pick<DeliveryResult, 'accepted' | 'rejected' | 'response'>;
+    try {
+      r = await deliverer.deliver(toOutbound(env), open, signal, 'release');
+    } catch (err) {
+      // Refused at RCPT (every recipient) or at DATA: the next hop answered for the recipients. Anything earlier stays a throw: all deferred.
+      if (!(err instanceof DeliveryError) || err.code === undefined || (err.phase === 'rcpt' ? !err.rejected?.length : err.phase !== 'data')) throw err;
+      const reply = err.response ?? err.message;
+      r = { accepted: [], rejected: env.to.map((t) => err.rejected?.find((x) => same(x.address, t.address)) ?? { address: t.address, code: err.code!, response: reply }), response: err.phase === 'data' ? reply : '' };
+    }
+    const code = Number(/^[2-5]\d\d/.exec(r.response)?.[0] ?? 250);
+    const recipients = env.to.map((t) => {
+      const no = r.rejected.find((x) => same(x.address, t.address));
+      if (no) return { address: t.address, status: fate(no.code), code: no.code, response: no.response };
+      if (r.accepted.some((a) => same(a, t.address))) return { address: t.address, status: 'accepted' as const, code, response: r.response };
+      return { address: t.address, status: 'deferred' as const, code: 0, response: 'no answer for this recipient' };
+    });
+    return { response: r.response, recipients };
   };
   const rescan: RescanFn = async (record, open, signal) => {
     const queryId = randomUUID();

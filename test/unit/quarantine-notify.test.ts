@@ -14,6 +14,7 @@ import {
   type NoticeInput,
 } from '../../src/quarantine/notify.js';
 import { buildPreview, type DeliverFn } from '../../src/quarantine/operations.js';
+import { acceptAll } from '../helpers/deliver-report.js';
 
 const NOW = new Date('2025-03-04T05:06:07Z');
 const TEMPLATE = [
@@ -152,7 +153,7 @@ describe('sending', () => {
     const deliver: DeliverFn = async (env, open) => {
       expect(env.to).toEqual([{ address: 'alice@example.com' }]);
       got.push(await readAll(open()));
-      return { response: '250 ok' };
+      return acceptAll(env, '250 ok');
     };
     const n = buildNotice(input(), OPTS)!;
     expect(await sendNotice(n, deliver, { logger: silentLogger() })).toBe(true);
@@ -166,9 +167,9 @@ describe('sending', () => {
 
   it('does nothing when disabled (the default) and respects per-kind switches', async () => {
     let calls = 0;
-    const deliver: DeliverFn = async () => {
+    const deliver: DeliverFn = async (env) => {
       calls++;
-      return { response: '250' };
+      return acceptAll(env, '250');
     };
     const base = {
       onQuarantine: true,
