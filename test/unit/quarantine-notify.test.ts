@@ -160,6 +160,15 @@ describe('sending', () => {
     expect(got[0]!.equals(n.message)).toBe(true);
   });
 
+  it('counts a notice as sent only when the next hop accepted it', async () => {
+    const n = buildNotice(input(), OPTS)!;
+    const refusing: DeliverFn = async (env) => ({
+      response: '',
+      recipients: env.to.map((r) => ({ address: r.address, status: 'refused' as const, code: 550, response: '550 5.1.1 no such user' })),
+    });
+    expect(await sendNotice(n, refusing, { logger: silentLogger() })).toBe(false);
+  });
+
   it('never throws when delivery fails', async () => {
     const n = buildNotice(input(), OPTS)!;
     expect(await sendNotice(n, async () => Promise.reject(new Error('next hop down')))).toBe(false);
