@@ -107,16 +107,17 @@ function parseReleaseBody(body: unknown): ReleaseOptions {
   if (body === undefined) return {};
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'body must be a JSON object');
   const b = body as Record<string, unknown>;
-  for (const k of Object.keys(b)) if (!['rescan', 'recipients', 'redirectTo'].includes(k)) throw new HttpError(400, `unknown field ${k}`);
+  for (const k of Object.keys(b)) if (!['rescan', 'recipients', 'redirectTo', 'drop'].includes(k)) throw new HttpError(400, `unknown field ${k}`);
   const out: ReleaseOptions = {};
   if (b.rescan !== undefined) {
     if (typeof b.rescan !== 'boolean') throw new HttpError(400, 'rescan must be true or false');
     out.rescan = b.rescan;
   }
-  if (b.recipients !== undefined) {
-    if (!Array.isArray(b.recipients) || b.recipients.length > 10_000 || !b.recipients.every((r) => typeof r === 'string' && r.length <= 320))
-      throw new HttpError(400, 'recipients must be a list of addresses');
-    out.recipients = b.recipients as string[];
+  for (const k of ['recipients', 'drop'] as const) {
+    const v = b[k];
+    if (v === undefined) continue;
+    if (!Array.isArray(v) || v.length > 10_000 || !v.every((r) => typeof r === 'string' && r.length <= 320)) throw new HttpError(400, `${k} must be a list of addresses`);
+    out[k] = v as string[];
   }
   if (b.redirectTo !== undefined) {
     if (typeof b.redirectTo !== 'string' || b.redirectTo.length > 320) throw new HttpError(400, 'redirectTo must be an address');
@@ -198,8 +199,14 @@ export function registerQuarantineRoutes(server: AdminServer, ctx: OperationsCon
       const opts = parseReleaseBody(await req.json());
       const out = await releaseMessage(ctx, actorOf(req), req.params.id ?? '', opts);
       switch (out.status) {
+        // One answer per recipient in every case; the status says how it went as a whole: all accepted 200,
+        // some 207 (the rest stay held and can be released again), none 502 (nothing was delivered).
         case 'released':
           return { status: 200, json: out };
+        case 'partial':
+          return { status: 207, json: out };
+        case 'undelivered':
+          return { status: 502, json: out };
         case 'not-found':
           throw NOT_FOUND();
         case 'already-released':

@@ -62,15 +62,26 @@ export function registerQuarantineCommands(program: Command, config: () => Froze
     .option('-o, --output <file>', 'write to this new file (mode 0600)')
     .action(async (id: string, o: { output?: string }) => done(await withContext(config(), false, (ctx) => quarantineDownload({ id, ...o }, ctx))));
   q.command('release <id>')
-    .description('deliver to the next hop with the original envelope (once)')
+    .description('deliver to the next hop with the original envelope; each recipient at most once, exit 1 unless all accepted')
     .option('--rescan', 'ask UCWI again first; release only if it now allows relaying')
     .option('--recipient <addr>', 'release only to these original recipients (repeatable)', collect, [])
     .option('--redirect-to <addr>', 'deliver to this address instead')
+    .option('--drop <addr>', 'give up on this original recipient (repeatable); it no longer keeps the message held', collect, [])
     .option('--json')
-    .action(async (id: string, o: { rescan?: boolean; recipient: string[]; redirectTo?: string; json?: boolean }) =>
+    .action(async (id: string, o: { rescan?: boolean; recipient: string[]; drop: string[]; redirectTo?: string; json?: boolean }) =>
       done(
         await withContext(config(), true, (ctx) =>
-          quarantineRelease({ id, ...(o.rescan ? { rescan: true } : {}), ...(o.recipient.length ? { recipients: o.recipient } : {}), ...(o.redirectTo ? { redirectTo: o.redirectTo } : {}), ...(o.json ? { json: true } : {}) }, ctx),
+          quarantineRelease(
+            {
+              id,
+              ...(o.rescan ? { rescan: true } : {}),
+              ...(o.recipient.length ? { recipients: o.recipient } : {}),
+              ...(o.drop.length ? { drop: o.drop } : {}),
+              ...(o.redirectTo ? { redirectTo: o.redirectTo } : {}),
+              ...(o.json ? { json: true } : {}),
+            },
+            ctx,
+          ),
         ),
       ),
     );

@@ -27,7 +27,9 @@ export interface InspectRequest {
   queryId: string;
   sender: string;
   recipients: string[];
-  md5: string;
+  /** MD5 (hex) of exactly the bytes openMessage() yields; leave it out when unknown ('' counts as unknown): it is never sent empty. */
+  md5?: string;
+  /** Byte count of what openMessage() yields (it becomes the Content-Length). */
   size: number;
   openMessage: () => Readable;
 }
@@ -111,7 +113,8 @@ export class UcwiClient {
     }
     try {
       const boundary = `----dlp-relay-${randomBytes(12).toString('hex')}`;
-      const metadata = JSON.stringify({ sender: req.sender, recipients: req.recipients, queryID: req.queryId, md5: req.md5 });
+      // An md5 that does not describe the uploaded bytes would be worse than none, so an unknown one is left out, never sent as "".
+      const metadata = JSON.stringify({ sender: req.sender, recipients: req.recipients, queryID: req.queryId, ...(req.md5 ? { md5: req.md5 } : {}) });
       const head = Buffer.from(
         `--${boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n${metadata}\r\n` +
           `--${boundary}\r\nContent-Disposition: form-data; name="request"; filename="${req.queryId}.eml"\r\n` +

@@ -68,6 +68,8 @@ export interface ReleaseCliOptions extends IdCliOptions {
   /** Repeatable option or one comma-separated value. */
   recipients?: string[] | string;
   redirectTo?: string;
+  /** Original recipients to give up on (repeatable or comma-separated). */
+  drop?: string[] | string;
 }
 
 export interface PurgeCliOptions {
@@ -263,6 +265,8 @@ export async function quarantineShow(opts: IdCliOptions, ctx: CliContext): Promi
       `instance:      ${cell(r.instance, 100)}`,
     ];
     if (r.release) lines.push(`released:      ${r.release.at} by ${cell(r.release.by, 100)} to ${r.release.recipients.map((x) => cell(x, 320)).join(', ')}`);
+    for (const x of r.recipientResults ?? [])
+      lines.push(`  ${x.status.padEnd(9)} ${cell(x.address, 320)} ${x.code || '-'} ${cell(x.response, 200)} (${x.at} by ${cell(x.by, 100)})`);
     lines.push('', 'headers:');
     for (const h of p.headers) lines.push(`  ${cell(h.name, 80)}: ${cell(h.value, 300)}`);
     if (p.headersTruncated) lines.push('  …');
@@ -275,30 +279,44 @@ export async function quarantineShow(opts: IdCliOptions, ctx: CliContext): Promi
   });
 }
 
-function recipientsOpt(v: string[] | string | undefined): string[] | undefined {
-  if (v === undefined) return undefined;
+function recipientsOpt(v: string[] | string | undefined, name = 'recipients'): string[] | undefined {
+  if (v === undefined || (Array.isArray(v) && v.length === 0)) return undefined;
   const list = (Array.isArray(v) ? v : [v]).flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
-  if (list.length === 0) throw new BadInput('--recipients needs at least one address');
+  if (list.length === 0) throw new BadInput(`--${name} needs at least one address`);
   return list;
 }
 
 export async function quarantineRelease(opts: ReleaseCliOptions, ctx: CliContext): Promise<number> {
   return run(ctx, async () => {
     const recipients = recipientsOpt(opts.recipients);
+    const drop = recipientsOpt(opts.drop, 'drop');
     if (recipients && opts.redirectTo !== undefined) throw new BadInput('--recipients and --redirect-to cannot be combined');
+    if (drop && opts.redirectTo !== undefined) throw new BadInput('--drop and --redirect-to cannot be combined');
     const out = await releaseMessage(opsContext(ctx), ctx.actor ?? defaultActor(), opts.id, {
       ...(opts.rescan ? { rescan: true } : {}),
       ...(recipients ? { recipients } : {}),
+      ...(drop ? { drop } : {}),
       ...(opts.redirectTo !== undefined ? { redirectTo: opts.redirectTo } : {}),
     });
     if (opts.json) ctx.out.write(JSON.stringify(out, null, 2) + '\n');
     switch (out.status) {
       case 'released':
+      case 'partial':
+      case 'undelivered': {
         if (!opts.json) {
-          ctx.out.write(`released ${out.id} to ${out.recipients.map((a) => cell(a, 320)).join(', ')}: ${cell(out.response, 300)}\n`);
-          if (out.rejected.length) ctx.out.write(`refused by the next hop: ${out.rejected.map((a) => cell(a, 320)).join(', ')}\n`);
+          // One line per recipient, so a script (or an operator) sees each fate; the summary says what is still held.
+          const rows = out.recipients.map((r) => [r.status, cell(r.address, 320), r.code ? String(r.code) : '-', cell(r.response, 300)]);
+          for (const a of out.dropped) rows.push(['dropped', cell(a, 320), '-', '']);
+          if (rows.length) ctx.out.write(table(rows));
+          const n = out.recipients.filter((r) => r.status === 'accepted').length;
+          const summary = out.complete
+            ? 'released completely'
+            : `${n} of ${out.recipients.length} accepted; still held for ${out.pending.map((a) => cell(a, 320)).join(', ')}`;
+          ctx.out.write(`${out.id}: ${summary}\n`);
         }
-        return EXIT_OK;
+        // Non-zero unless every recipient of this delivery was accepted: the rest is not delivered yet.
+        return out.status === 'released' ? EXIT_OK : EXIT_FAILURE;
+      }
       case 'not-found':
         return notFound(ctx, opts.id);
       case 'already-released':

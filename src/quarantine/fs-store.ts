@@ -34,6 +34,7 @@ import {
   DEFAULT_CLAIM_TTL_MS,
 } from './common.js';
 import { QuarantineNotFoundError } from './errors.js';
+import { ByteDigest, throughDigest } from './digest.js';
 import type {
   AuditEntry,
   AuditFilter,
@@ -45,6 +46,7 @@ import type {
   QuarantinePage,
   QuarantineRecord,
   QuarantineStore,
+  RecipientResult,
   ReleaseClaim,
   ReleaseInfo,
 } from './types.js';
@@ -125,9 +127,11 @@ export class FsQuarantineStore implements QuarantineStore {
 
   async put(record: NewQuarantineRecord, openMessage: () => Readable): Promise<void> {
     // Message first, metadata last: a listing is driven by .json files, so it never shows a message whose bytes are missing.
-    await writeDurably(this.emlPath(record.id), openMessage());
+    // Size and hashes are measured on the way to the file, so they describe the stored bytes whatever the caller thinks.
+    const digest = new ByteDigest();
+    await writeDurably(this.emlPath(record.id), throughDigest(openMessage(), digest));
     // Stamped once the bytes are down, so a slow write never lands behind a page an operator has already read.
-    const full: QuarantineRecord = { ...record, status: 'held', quarantinedAt: new Date().toISOString(), release: null };
+    const full: QuarantineRecord = { ...record, ...digest.result(), status: 'held', quarantinedAt: new Date().toISOString(), release: null, recipientResults: [] };
     try {
       await writeDurably(this.metaPath(record.id), JSON.stringify(full, null, 2) + '\n');
     } catch (err) {
@@ -192,7 +196,7 @@ export class FsQuarantineStore implements QuarantineStore {
 
   /** Folds the claim marker into the record: a done marker wins over a .json that still says held (crash between the two writes). */
   private applyMarker(rec: QuarantineRecord, m: ReleaseMarker | null): QuarantineRecord {
-    const base: QuarantineRecord = { ...rec, release: rec.release ?? null, releaseClaim: null };
+    const base: QuarantineRecord = { ...rec, release: rec.release ?? null, releaseClaim: null, recipientResults: rec.recipientResults ?? [] };
     if (!m || base.status !== 'held') return base;
     if (m.done) return { ...base, status: 'released', release: m.release ?? null };
     return { ...base, releaseClaim: { by: m.by, at: m.at, instance: m.instance } };
@@ -331,17 +335,30 @@ export class FsQuarantineStore implements QuarantineStore {
     return rec ? { status: 'in-progress', record: rec } : { status: 'not-found' };
   }
 
-  async completeRelease(id: string, token: string, info: ReleaseInfo): Promise<void> {
+  async completeRelease(id: string, token: string, info: ReleaseInfo, recipientResults?: RecipientResult[]): Promise<void> {
     const m = await this.readMarker(id);
     if (!m || m.token !== token) throw new Error('release claim lost');
     // Marker first: once it says done, no later claim can deliver again, even if the .json write below fails.
     await writeDurably(this.markerPath(id), JSON.stringify({ ...m, done: true, release: info }));
     const rec = await this.readMeta(id);
     if (rec) {
-      const updated: QuarantineRecord = { ...rec, status: 'released', release: info };
+      const updated: QuarantineRecord = { ...rec, status: 'released', release: info, ...(recipientResults ? { recipientResults } : {}) };
       delete updated.releaseClaim;
       await writeDurably(this.metaPath(id), JSON.stringify(updated, null, 2) + '\n');
     }
+  }
+
+  async partialRelease(id: string, token: string, recipientResults: RecipientResult[]): Promise<void> {
+    const m = await this.readMarker(id);
+    if (!m || m.token !== token || m.done) throw new Error('release claim lost');
+    const rec = await this.readMeta(id);
+    if (!rec) throw new QuarantineNotFoundError(id);
+    // Results first, claim last: if the .json write fails the claim stays (and only goes stale after its TTL),
+    // so no release can run without knowing which recipients already have the message.
+    const updated: QuarantineRecord = { ...rec, recipientResults };
+    delete updated.releaseClaim;
+    await writeDurably(this.metaPath(id), JSON.stringify(updated, null, 2) + '\n');
+    await this.abandonRelease(id, token);
   }
 
   async abandonRelease(id: string, token: string): Promise<void> {

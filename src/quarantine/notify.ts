@@ -181,8 +181,14 @@ export async function sendNotice(notice: Notice, deliver: DeliverFn, opts: { log
   const timer = setTimeout(() => abort.abort(new Error('notice delivery timed out')), opts.timeoutMs ?? 30_000);
   timer.unref();
   try {
-    const { response } = await deliver(notice.envelope, () => Readable.from([notice.message]), abort.signal);
-    opts.logger?.info({ queryId: opts.queryId, to: notice.envelope.to.map((r) => r.address), response }, 'sender notice sent');
+    const { response, recipients } = await deliver(notice.envelope, () => Readable.from([notice.message]), abort.signal);
+    const to = notice.envelope.to.map((r) => r.address);
+    // A notice has one recipient; sent means the next hop took it, not merely that it answered.
+    if (!recipients.some((r) => r.status === 'accepted')) {
+      opts.logger?.warn({ queryId: opts.queryId, to, recipients }, 'sender notice not accepted by the next hop');
+      return false;
+    }
+    opts.logger?.info({ queryId: opts.queryId, to, response }, 'sender notice sent');
     return true;
   } catch (err) {
     opts.logger?.warn({ queryId: opts.queryId, err: err instanceof Error ? err.message : String(err) }, 'sender notice failed');

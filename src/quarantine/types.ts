@@ -30,14 +30,30 @@ export interface StoredEnvelope {
  */
 export type QuarantineStatus = 'held' | 'released' | 'deleted';
 
-/** What a successful release did; stored on the record so "already released" can say when and by whom. */
+/** What a completed release did; stored on the record so "already released" can say when and by whom. */
 export interface ReleaseInfo {
+  /** The release that completed the record (earlier partial releases are in recipientResults and the audit). */
   at: string;
   by: string;
-  /** Envelope recipients the release was delivered to (a subset of the original, or the redirect address). */
+  /** Every address the message was delivered to, over all releases of it (original recipients, or the redirect address). */
   recipients: string[];
-  /** The next hop's answer, for the operator. */
+  /** The next hop's answer to the last delivery, for the operator ('' when the last step only dropped recipients). */
   response: string;
+}
+
+/**
+ * Where one original recipient stands after the releases so far. 'accepted' is final (never delivered again),
+ * 'refused' (5xx) is not retried unless an operator names the recipient, 'deferred' (4xx or connection trouble)
+ * is retried by the next plain release, 'dropped' means an operator gave up on it.
+ */
+export interface RecipientResult {
+  address: string;
+  status: 'accepted' | 'refused' | 'deferred' | 'dropped';
+  /** The next hop's reply code; 0 when there was none (connection failure, or dropped). */
+  code: number;
+  response: string;
+  at: string;
+  by: string;
 }
 
 /** A release in flight: who claimed it and when. Visible so `show` can say "release in progress". */
@@ -71,11 +87,24 @@ export interface QuarantineRecord {
   instance: string;
   /** Set once released; absent or null while held. */
   release?: ReleaseInfo | null;
+  /** Latest result per original recipient that a release has tried or dropped; absent or [] when none has. */
+  recipientResults?: RecipientResult[];
   /** Set while a release is being delivered (or was interrupted by a crash, until the claim goes stale). */
   releaseClaim?: ReleaseClaimInfo | null;
 }
 
-export type NewQuarantineRecord = Omit<QuarantineRecord, 'status' | 'quarantinedAt' | 'release' | 'releaseClaim'>;
+/**
+ * What the relay hands to put(). size, sha256 and md5 are measured by the store on the bytes it writes (a
+ * stripped loop header makes them differ from the bytes received); values passed here are ignored.
+ */
+export type NewQuarantineRecord = Omit<QuarantineRecord, 'status' | 'quarantinedAt' | 'release' | 'releaseClaim' | 'recipientResults' | 'size' | 'sha256' | 'md5'> & {
+  /** @deprecated ignored: the store measures what it stores. */
+  size?: number;
+  /** @deprecated ignored: the store measures what it stores. */
+  sha256?: string;
+  /** @deprecated ignored: the store measures what it stores. */
+  md5?: string;
+};
 
 export const DEFAULT_LIST_LIMIT = 50;
 export const MAX_LIST_LIMIT = 500;
@@ -113,7 +142,7 @@ export interface AuditEntry {
   action: string;
   /** The message id, or null for actions on the whole store. */
   target: string | null;
-  /** "ok", "not-found", "already-released", "in-progress", "blocked", "failed", "invalid", "error". */
+  /** "ok", "partial" (a release reached some recipients), "not-found", "already-released", "in-progress", "blocked", "failed", "invalid", "error". */
   result: string;
   detail?: string;
   /** Where the actor came from (remote address, user@host). */
@@ -159,7 +188,8 @@ export interface QuarantineStore {
   init(): Promise<void>;
   /**
    * Stores the message bytes and metadata durably. When this resolves the message survives a crash;
-   * when it rejects nothing half-written is visible and the relay answers 451.
+   * when it rejects nothing half-written is visible and the relay answers 451. The stored record's size,
+   * sha256 and md5 are those of the bytes read from openMessage(), measured while they are written.
    */
   put(record: NewQuarantineRecord, openMessage: () => Readable): Promise<void>;
   /** Cheap probe for readiness: can we write right now? */
@@ -179,8 +209,16 @@ export interface QuarantineStore {
    * claim exists. A claim older than claimTtlMs is treated as left by a crash and may be taken over.
    */
   claimRelease(id: string, claimant: { actor: string; claimTtlMs?: number }): Promise<ReleaseClaim>;
-  /** Marks the claimed message released. The claim stays as a guard so no later claim can deliver again. */
-  completeRelease(id: string, token: string, info: ReleaseInfo): Promise<void>;
+  /**
+   * Marks the claimed message released (and stores recipientResults when given). The claim stays as a guard
+   * so no later claim can deliver again.
+   */
+  completeRelease(id: string, token: string, info: ReleaseInfo, recipientResults?: RecipientResult[]): Promise<void>;
+  /**
+   * Ends a claimed release that left recipients to do: stores recipientResults (the whole list, replacing the
+   * old one) and drops the claim; the message stays held for the recipients not yet delivered.
+   */
+  partialRelease(id: string, token: string, recipientResults: RecipientResult[]): Promise<void>;
   /** Drops the claim after a failed delivery so a retry is possible. No-op if the token no longer holds it. */
   abandonRelease(id: string, token: string): Promise<void>;
   /** Removes bytes and metadata. A message with a live release claim is not deleted ('in-progress'). */

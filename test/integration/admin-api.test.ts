@@ -13,6 +13,7 @@ import type { DeliverFn } from '../../src/quarantine/operations.js';
 import type { NewQuarantineRecord, QuarantineStore, StoredEnvelope } from '../../src/quarantine/types.js';
 import { createAdminServer, type AdminServer } from '../../src/admin/server.js';
 import { registerQuarantineRoutes } from '../../src/admin/quarantine-routes.js';
+import { acceptAll } from '../helpers/deliver-report.js';
 
 const TOKEN = 'admin-token-for-tests-0123456789';
 const AUTH = { authorization: `Bearer ${TOKEN}` };
@@ -109,7 +110,7 @@ describe('admin API: quarantine', () => {
     deliveries = [];
     const deliver: DeliverFn = async (env, open) => {
       deliveries.push({ env, bytes: await readAll(open()) });
-      return { response: '250 2.0.0 Ok: queued as ABC' };
+      return acceptAll(env, '250 2.0.0 Ok: queued as ABC');
     };
     admin = createAdminServer({ host: '127.0.0.1', port: 0, token: TOKEN, logger, maxBodyBytes: 4096 });
     registerQuarantineRoutes(admin, { store, deliver, logger });
@@ -189,7 +190,17 @@ describe('admin API: quarantine', () => {
     const rec = await put(MIXED);
     const res = await call('POST', `/api/v1/quarantine/${rec.id}/release`, { body: {} });
     expect(res.status).toBe(200);
-    expect(res.json()).toMatchObject({ status: 'released', id: rec.id, recipients: ['bob@example.org', 'carol@example.net'], response: '250 2.0.0 Ok: queued as ABC' });
+    expect(res.json()).toMatchObject({
+      status: 'released',
+      id: rec.id,
+      recipients: [
+        { address: 'bob@example.org', status: 'accepted', code: 250, response: '250 2.0.0 Ok: queued as ABC' },
+        { address: 'carol@example.net', status: 'accepted', code: 250, response: '250 2.0.0 Ok: queued as ABC' },
+      ],
+      response: '250 2.0.0 Ok: queued as ABC',
+      complete: true,
+      pending: [],
+    });
     expect(deliveries).toHaveLength(1);
     expect(deliveries[0]!.env).toEqual(rec.envelope);
     const text = deliveries[0]!.bytes.toString();
@@ -304,7 +315,7 @@ describe('admin API: store unavailable', () => {
       get: (_t, prop) => (prop === 'kind' ? 'postgres' : prop === 'openMessage' ? () => Readable.from([]) : async () => down()),
     });
     const admin = createAdminServer({ host: '127.0.0.1', port: 0, token: TOKEN, logger });
-    registerQuarantineRoutes(admin, { store, deliver: async () => ({ response: '250' }), logger });
+    registerQuarantineRoutes(admin, { store, deliver: async (env) => acceptAll(env, '250'), logger });
     const { url } = await admin.listen();
     try {
       const id = randomUUID();

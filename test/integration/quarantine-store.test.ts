@@ -17,6 +17,7 @@ import { runRetentionOnce, startRetention } from '../../src/quarantine/retention
 import { createAdminServer } from '../../src/admin/server.js';
 import { registerQuarantineRoutes } from '../../src/admin/quarantine-routes.js';
 import type { NewQuarantineRecord, QuarantineStore } from '../../src/quarantine/types.js';
+import { acceptAll } from '../helpers/deliver-report.js';
 
 const PG_URL = 'postgres://postgres@127.0.0.1:5432/test';
 const logger = silentLogger();
@@ -344,7 +345,7 @@ describe.each(backends)('quarantine store: $name', (backend) => {
       delivered.push(await readAll(open()));
       await Promise.race([firstSettled.promise, twoDeliveries.promise]);
       expect(env.to.map((r) => r.address)).toEqual(['bob@example.org', 'carol@example.net']);
-      return { response: '250 2.0.0 queued' };
+      return acceptAll(env, '250 2.0.0 queued');
     };
     const ctx: OperationsContext = { store, deliver, logger };
     const one = () => releaseMessage(ctx, { name: 'tester' }, got.id).finally(() => firstSettled.resolve());
@@ -370,14 +371,21 @@ describe.each(backends)('quarantine store: $name', (backend) => {
   it('drops the claim when delivery fails, so a retry can deliver', async () => {
     const got = await putAndGet(store, eml('retry'));
     let calls = 0;
-    const deliver: DeliverFn = async (_env, open) => {
+    const deliver: DeliverFn = async (env, open) => {
       calls++;
       await readAll(open());
       if (calls === 1) throw new Error('451 4.4.1 next hop unavailable');
-      return { response: '250 ok' };
+      return acceptAll(env, '250 ok');
     };
     const ctx: OperationsContext = { store, deliver, logger };
-    expect(await releaseMessage(ctx, { name: 't' }, got.id)).toMatchObject({ status: 'failed' });
+    expect(await releaseMessage(ctx, { name: 't' }, got.id)).toMatchObject({
+      status: 'undelivered',
+      complete: false,
+      recipients: [
+        { address: 'bob@example.org', status: 'deferred', code: 0 },
+        { address: 'carol@example.net', status: 'deferred', code: 0 },
+      ],
+    });
     const held = await store.get(got.id);
     expect(held).toMatchObject({ status: 'held' });
     expect(held!.releaseClaim ?? null).toBeNull();
@@ -393,7 +401,7 @@ describe.each(backends)('quarantine store: $name', (backend) => {
     const deliver: DeliverFn = async (env, open) => {
       await readAll(open());
       envs.push(env.to.map((r) => r.address));
-      return { response: '250 ok' };
+      return acceptAll(env, '250 ok');
     };
     const blocking = async () => ({ actionCode: 2, allow: false, detail: 'still PCI' });
     const ctx: OperationsContext = { store, deliver, logger, rescan: blocking };
@@ -405,7 +413,9 @@ describe.each(backends)('quarantine store: $name', (backend) => {
     expect((await store.get(got.id))!.releaseClaim ?? null).toBeNull();
     expect(await releaseMessage(ctx, { name: 't' }, got.id, { recipients: ['CAROL@example.net'] })).toMatchObject({
       status: 'released',
-      recipients: ['carol@example.net'],
+      recipients: [{ address: 'carol@example.net', status: 'accepted' }],
+      complete: false,
+      pending: ['bob@example.org'],
     });
     const other = await putAndGet(store, eml('redirect'));
     expect(await releaseMessage(ctx, { name: 't' }, other.id, { redirectTo: 'review@example.com' })).toMatchObject({ status: 'released' });
@@ -466,12 +476,12 @@ describe('quarantine store: postgres, several relays and failures', () => {
       let deliveries = 0;
       const firstSettled = deferred();
       const twoDeliveries = deferred();
-      const deliver: DeliverFn = async (_env, open) => {
+      const deliver: DeliverFn = async (env, open) => {
         deliveries++;
         if (deliveries >= 2) twoDeliveries.resolve();
         await readAll(open());
         await Promise.race([firstSettled.promise, twoDeliveries.promise]);
-        return { response: '250 ok' };
+        return acceptAll(env, '250 ok');
       };
       const results = await Promise.all(
         [a, b].map((store) => releaseMessage({ store, deliver, logger }, { name: 'admin-api', source: store === a ? 'relay-a' : 'relay-b' }, rec.id).finally(() => firstSettled.resolve())),

@@ -19,6 +19,7 @@ import {
 import type { DeliverFn } from '../../src/quarantine/operations.js';
 import type { NewQuarantineRecord, QuarantineStore } from '../../src/quarantine/types.js';
 import { QuarantineUnavailableError } from '../../src/quarantine/errors.js';
+import { acceptAll } from '../helpers/deliver-report.js';
 
 const MSG = Buffer.from('From: alice@example.com\r\nTo: bob@example.org\r\nSubject: Numbers\r\n\r\nCard 4111 1111 1111 1111\r\n');
 
@@ -78,9 +79,9 @@ describe('quarantine CLI', () => {
     out = sink();
     err = sink();
     deliveries = 0;
-    const deliver: DeliverFn = async () => {
+    const deliver: DeliverFn = async (env) => {
       deliveries++;
-      return { response: '250 ok' };
+      return acceptAll(env, '250 ok');
     };
     ctx = { store, deliver, out, err, actor: { name: 'cli:tester', source: 'testhost' } };
   });
@@ -135,16 +136,22 @@ describe('quarantine CLI', () => {
     expect(out.text).not.toContain('\u001b');
   });
 
-  it('releases once; the second attempt says already released and exits 1', async () => {
+  it('releases each recipient once; once all are delivered a further attempt says already released and exits 1', async () => {
     const rec = await put();
     expect(await quarantineRelease({ id: rec.id, recipients: ['carol@example.net'] }, ctx)).toBe(0);
-    expect(out.text).toMatch(/^released .* to carol@example.net: 250 ok\n$/);
+    expect(out.text).toBe(`accepted  carol@example.net  250  250 ok\n${rec.id}: 1 of 1 accepted; still held for bob@example.org\n`);
+    out = sink();
+    ctx.out = out;
+    // The plain release that follows goes to the one not yet delivered.
+    expect(await quarantineRelease({ id: rec.id }, ctx)).toBe(0);
+    expect(out.text).toBe(`accepted  bob@example.org  250  250 ok\n${rec.id}: released completely\n`);
     expect(await quarantineRelease({ id: rec.id }, ctx)).toBe(1);
     expect(err.text).toMatch(/^already released at \S+ by cli:tester \[testhost\]; not delivered again\n$/);
-    expect(deliveries).toBe(1);
+    expect(deliveries).toBe(2);
     const audit = await store.listAudit({ target: rec.id, action: 'release' });
     expect(audit.items.map((a) => [a.actor, a.source, a.result])).toEqual([
       ['cli:tester', 'testhost', 'already-released'],
+      ['cli:tester', 'testhost', 'ok'],
       ['cli:tester', 'testhost', 'ok'],
     ]);
   });

@@ -14,6 +14,7 @@ import {
   type NoticeInput,
 } from '../../src/quarantine/notify.js';
 import { buildPreview, type DeliverFn } from '../../src/quarantine/operations.js';
+import { acceptAll } from '../helpers/deliver-report.js';
 
 const NOW = new Date('2025-03-04T05:06:07Z');
 const TEMPLATE = [
@@ -152,11 +153,20 @@ describe('sending', () => {
     const deliver: DeliverFn = async (env, open) => {
       expect(env.to).toEqual([{ address: 'alice@example.com' }]);
       got.push(await readAll(open()));
-      return { response: '250 ok' };
+      return acceptAll(env, '250 ok');
     };
     const n = buildNotice(input(), OPTS)!;
     expect(await sendNotice(n, deliver, { logger: silentLogger() })).toBe(true);
     expect(got[0]!.equals(n.message)).toBe(true);
+  });
+
+  it('counts a notice as sent only when the next hop accepted it', async () => {
+    const n = buildNotice(input(), OPTS)!;
+    const refusing: DeliverFn = async (env) => ({
+      response: '',
+      recipients: env.to.map((r) => ({ address: r.address, status: 'refused' as const, code: 550, response: '550 5.1.1 no such user' })),
+    });
+    expect(await sendNotice(n, refusing, { logger: silentLogger() })).toBe(false);
   });
 
   it('never throws when delivery fails', async () => {
@@ -166,9 +176,9 @@ describe('sending', () => {
 
   it('does nothing when disabled (the default) and respects per-kind switches', async () => {
     let calls = 0;
-    const deliver: DeliverFn = async () => {
+    const deliver: DeliverFn = async (env) => {
       calls++;
-      return { response: '250' };
+      return acceptAll(env, '250');
     };
     const base = {
       onQuarantine: true,
