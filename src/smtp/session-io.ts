@@ -30,6 +30,8 @@ export interface Line {
   tooLong: boolean;
   /** Ended in a bare LF, or holds a CR or NUL. */
   badLine: boolean;
+  /** Length on the wire including the line ending. */
+  bytes: number;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -328,12 +330,12 @@ export class SessionIO {
     this.resumeInput();
     if (this.discardingLong || lf + 1 > limit) {
       this.discardingLong = false;
-      return { text: '', tooLong: true, badLine: false };
+      return { text: '', tooLong: true, badLine: false, bytes: lf + 1 };
     }
     const bareLf = lf === 0 || raw[lf - 1] !== 0x0d;
     const content = raw.subarray(0, bareLf ? lf : lf - 1);
     const badLine = bareLf || content.includes(0x0d) || content.includes(0);
-    return { text: content.toString('utf8'), tooLong: false, badLine };
+    return { text: content.toString('utf8'), tooLong: false, badLine, bytes: lf + 1 };
   }
 
   private resumeInput(): void {

@@ -147,7 +147,9 @@ export class Session implements SmtpSession {
     }
     for (;;) {
       if (this.io.expired) this.io.end(R('SESSION_TIMEOUT'), 'timeout');
-      const line = await this.io.readLine(this.cfg.maxCommandLineBytes);
+      // Under TLS with AUTH on offer, read up to the AUTH limit; command() holds other verbs to the usual one.
+      const authLines = this.secure && !!this.cfg.opts.auth;
+      const line = await this.io.readLine(authLines ? Math.max(AUTH_LINE_BYTES, this.cfg.maxCommandLineBytes) : this.cfg.maxCommandLineBytes);
       if (await this.command(line)) return;
     }
   }
@@ -188,6 +190,7 @@ export class Session implements SmtpSession {
     if (line.tooLong) return this.say('LINE_TOO_LONG');
     if (line.badLine) return this.say('BAD_LINE');
     const { verb, arg } = splitCommand(line.text);
+    if (line.bytes > this.cfg.maxCommandLineBytes && verb !== 'AUTH') return this.say('LINE_TOO_LONG');
     if (verb === 'QUIT') {
       this.io.end(R('QUIT'), 'quit');
       await this.resetTx('quit');

@@ -190,6 +190,16 @@ describe('DATA', () => {
     expect(e.rec.data.length).toBe(1);
     expect(e.rec.data[0]!.message.equals(msg)).toBe(true);
     expect(e.rec.mails.length).toBe(1);
+    // The same sequence sent raw, as a smuggling client would: still data (only its line-start dot is
+    // removed, as unstuffing says), no second transaction, and the session is still in sync.
+    await openTx(s);
+    expect(await s.cmd('DATA')).toMatch(/^354/);
+    s.send(`x${seq}MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nspoofed\r\n.\r\n`);
+    expect(await s.read()).toBe('250 2.0.0 Queued');
+    expect(await s.cmd('NOOP')).toBe('250 2.0.0 Ok');
+    expect(e.rec.data.length).toBe(2);
+    expect(e.rec.data[1]!.message.toString('latin1')).toBe(`x${seq.replace('.', '')}MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nspoofed\r\n`);
+    expect(e.rec.mails.map((m) => m.mail.address)).toEqual(['a@x.test', 'a@x.test']);
     await s.quit();
   });
 
