@@ -82,8 +82,8 @@ export const CATALOGUE = {
   SESSION_TIMEOUT: { code: 421, enhanced: '4.4.2', text: 'Session time limit exceeded, closing connection' },
   /** Talked before a delayed greeting: a spambot's habit (Postfix postscreen "pregreet"). */
   EARLY_TALKER: { code: 554, enhanced: '5.5.0', text: 'Protocol error: client sent data before the greeting' },
-  /** The connect handler failed: refuse the session with a tempfail, never a 5xx. */
-  CONNECT_FAILED: { code: 421, enhanced: '4.3.0', text: 'Local error, try again later' },
+  /** The connect handler failed, or the session met an unexpected error: close with a tempfail, never a 5xx. */
+  SESSION_FAILED: { code: 421, enhanced: '4.3.0', text: 'Local error, try again later' },
   TLS_NOT_AVAILABLE: { code: 454, enhanced: '4.7.0', text: 'TLS not available' },
   AUTH_CONTINUE: { code: 334, enhanced: '', text: '' },
   AUTH_USERNAME: { code: 334, enhanced: '', text: 'VXNlcm5hbWU6' },

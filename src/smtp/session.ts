@@ -97,7 +97,7 @@ export class Session implements SmtpSession {
       if (e instanceof SessionEnded) reason = e.reason;
       else {
         this.log.error({ err: e }, 'SMTP session failed');
-        this.io.end(R('INTERNAL'), 'close');
+        this.io.end(R('SESSION_FAILED'), 'close');
       }
     }
     this.io.end(null, reason);
@@ -125,7 +125,7 @@ export class Session implements SmtpSession {
     if (this.cfg.proxyTrusted && !(await this.readProxyHeader(this.cfg.proxyTrusted))) return;
     const refusal = await this.call('connect', () => this.handlers.connect?.(this));
     if (refusal === undefined) {
-      this.io.end(R('CONNECT_FAILED'), 'close');
+      this.io.end(R('SESSION_FAILED'), 'close');
       return;
     }
     if (refusal) {

@@ -104,9 +104,17 @@ describe('transactions', () => {
     expect(await s.read()).toBe('550 5.1.1 No such user');
     expect(await s.read()).toBe('250 2.1.5 Ok');
     expect(await s.read()).toMatch(/^354 /);
-    s.send('Subject: hi\r\n\r\nbody\r\n.\r\n');
+    // The next transaction pipelined right behind the end of data is read as commands again.
+    s.send('Subject: hi\r\n\r\nbody\r\n.\r\nMAIL FROM:<c@x.test>\r\nRCPT TO:<d@y.test>\r\nDATA\r\n');
+    expect(await s.read()).toBe('250 2.0.0 Queued');
+    expect(await s.read()).toBe('250 2.1.0 Ok');
+    expect(await s.read()).toBe('250 2.1.5 Ok');
+    expect(await s.read()).toMatch(/^354 /);
+    s.send('second\r\n.\r\n');
     expect(await s.read()).toBe('250 2.0.0 Queued');
     expect(e.rec.data[0]!.tx.rcpts.map((r) => r.address)).toEqual(['slow@y.test', 'ok@y.test']);
+    expect(e.rec.data[0]!.message.toString()).toBe('Subject: hi\r\n\r\nbody\r\n');
+    expect(e.rec.data[1]!.message.toString()).toBe('second\r\n');
     await s.quit();
   });
 
@@ -383,6 +391,35 @@ describe('resets, handler failures and shutdown', () => {
     await closing;
     expect(e.server.connections).toBe(0);
     engine = undefined;
+  });
+
+  it('connect() refusals: 554 greeting then 503 to all but QUIT; 421 closes at once; a throw is 421 4.3.0', async () => {
+    const e = await start(
+      {},
+      {
+        connect: (s) => {
+          if (s.remotePort % 3 === 0) return { code: 554, enhanced: '5.7.1', text: 'Go away' };
+          if (s.remotePort % 3 === 1) return { code: 421, enhanced: '4.3.2', text: 'Busy' };
+          throw new Error('connect bug');
+        },
+      },
+    );
+    const seen = new Set<string>();
+    for (let i = 0; i < 30 && seen.size < 3; i++) {
+      const s = await SmtpSession.connect(e.port);
+      if (s.greeting.startsWith('554')) {
+        expect(s.greeting).toBe('554 5.7.1 Go away');
+        expect(await s.cmd('EHLO c')).toBe('503 5.5.1 Bad sequence of commands');
+        expect(await s.cmd('MAIL FROM:<a@x.test>')).toBe('503 5.5.1 Bad sequence of commands');
+        expect(await s.cmd('QUIT')).toBe('221 2.0.0 Bye');
+      } else {
+        expect(s.greeting).toMatch(/^(421 4\.3\.2 Busy|421 4\.3\.0 Local error, try again later)$/);
+        expect(await eventually(() => s.closed)).toBe(true);
+      }
+      seen.add(s.greeting.slice(0, 9));
+      s.close();
+    }
+    expect(seen).toEqual(new Set(['554 5.7.1', '421 4.3.2', '421 4.3.0']));
   });
 
   it('refuses connections past maxConnections with 421 4.3.2', async () => {
