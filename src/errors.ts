@@ -56,6 +56,51 @@ export const CATALOGUE = {
   NEXT_HOP_BUSY: { code: 451, enhanced: '4.3.2', text: 'All next-hop connections busy, try again later' },
   /** Anything unexpected: tempfail, never a 5xx by accident (smtp-server's own default is 450). */
   INTERNAL: { code: 451, enhanced: '4.3.0', text: 'Local error in processing, try again later' },
+
+  // SMTP protocol replies: everything the engine in src/smtp/ says on its own. An empty `enhanced` marks the
+  // replies RFC 2034 gives no enhanced code (3xx intermediates); the greeting and EHLO/HELO 250 are built there.
+  SMTP_OK: { code: 250, enhanced: '2.0.0', text: 'Ok' },
+  MAIL_OK: { code: 250, enhanced: '2.1.0', text: 'Ok' },
+  RCPT_OK: { code: 250, enhanced: '2.1.5', text: 'Ok' },
+  QUIT: { code: 221, enhanced: '2.0.0', text: 'Bye' },
+  HELP: { code: 214, enhanced: '2.0.0', text: 'See RFC 5321' },
+  /** RFC 5321 3.5.3: 252 when we will not verify, never a 250 without checking. */
+  VRFY: { code: 252, enhanced: '2.5.0', text: 'Cannot VRFY user, but will accept message and attempt delivery' },
+  EXPN: { code: 502, enhanced: '5.5.1', text: 'EXPN not supported' },
+  DATA_GO: { code: 354, enhanced: '', text: 'End data with <CR><LF>.<CR><LF>' },
+  STARTTLS_GO: { code: 220, enhanced: '2.0.0', text: 'Ready to start TLS' },
+  SYNTAX: { code: 501, enhanced: '5.5.4', text: 'Syntax error in parameters or arguments' },
+  BAD_SEQUENCE: { code: 503, enhanced: '5.5.1', text: 'Bad sequence of commands' },
+  UNKNOWN_COMMAND: { code: 500, enhanced: '5.5.2', text: 'Command unrecognized' },
+  LINE_TOO_LONG: { code: 500, enhanced: '5.5.6', text: 'Line too long' },
+  /** Command line with a bare LF, a CR or a NUL: strict parsing closes the door to smuggling tricks. */
+  BAD_LINE: { code: 500, enhanced: '5.5.2', text: 'Command lines must end in <CR><LF> and hold no CR or NUL' },
+  NO_VALID_RECIPIENTS: { code: 554, enhanced: '5.5.1', text: 'No valid recipients' },
+  BAD_ADDRESS: { code: 501, enhanced: '5.1.3', text: 'Bad address syntax' },
+  PATH_TOO_LONG: { code: 501, enhanced: '5.1.3', text: 'Path too long' },
+  UTF8_ADDRESS: { code: 553, enhanced: '5.6.7', text: 'Must declare SMTPUTF8 to send unicode address' },
+  PARAM_UNKNOWN: { code: 555, enhanced: '5.5.4', text: 'Unsupported parameter' },
+  PARAM_SYNTAX: { code: 501, enhanced: '5.5.4', text: 'Bad parameter syntax' },
+  IDLE_TIMEOUT: { code: 421, enhanced: '4.4.2', text: 'Idle timeout, closing connection' },
+  SLOW_CLIENT: { code: 421, enhanced: '4.4.2', text: 'Client too slow, closing connection' },
+  SESSION_TIMEOUT: { code: 421, enhanced: '4.4.2', text: 'Session time limit exceeded, closing connection' },
+  /** Talked before a delayed greeting: a spambot's habit (Postfix postscreen "pregreet"). */
+  EARLY_TALKER: { code: 554, enhanced: '5.5.0', text: 'Protocol error: client sent data before the greeting' },
+  /** The connect handler failed, or the session met an unexpected error: close with a tempfail, never a 5xx. */
+  SESSION_FAILED: { code: 421, enhanced: '4.3.0', text: 'Local error, try again later' },
+  TLS_NOT_AVAILABLE: { code: 454, enhanced: '4.7.0', text: 'TLS not available' },
+  AUTH_CONTINUE: { code: 334, enhanced: '', text: '' },
+  AUTH_USERNAME: { code: 334, enhanced: '', text: 'VXNlcm5hbWU6' },
+  AUTH_PASSWORD: { code: 334, enhanced: '', text: 'UGFzc3dvcmQ6' },
+  AUTH_OK: { code: 235, enhanced: '2.7.0', text: 'Authentication successful' },
+  AUTH_FAILED: { code: 535, enhanced: '5.7.8', text: 'Authentication credentials invalid' },
+  AUTH_NEEDS_TLS: { code: 538, enhanced: '5.7.11', text: 'Encryption required for requested authentication mechanism' },
+  AUTH_MECHANISM: { code: 504, enhanced: '5.5.4', text: 'Unrecognized authentication type' },
+  AUTH_CANCELLED: { code: 501, enhanced: '5.0.0', text: 'Authentication cancelled' },
+  AUTH_BAD_RESPONSE: { code: 501, enhanced: '5.5.2', text: 'Cannot decode authentication response' },
+  AUTH_TOO_MANY_FAILURES: { code: 421, enhanced: '4.7.0', text: 'Too many failed authentication attempts, closing connection' },
+  BARE_LINE_ENDING: { code: 550, enhanced: '5.5.2', text: 'Message contains bare <CR> or <LF>' },
+  DATA_LINE_TOO_LONG: { code: 552, enhanced: '5.3.4', text: 'Message contains a line longer than the maximum line length' },
 } as const satisfies Record<string, SmtpReply>;
 
 export type ErrorCode = keyof typeof CATALOGUE;
