@@ -242,6 +242,14 @@ function pump(source: Readable, tap: Transform, sink: Writable): Promise<void> {
       sink.destroy();
       reject(err);
     };
+    // The source may have failed before we got here (the SMTP engine breaks DATA off at once on a limit):
+    // its 'error' and 'close' are already gone, so look at its state instead of waiting for them.
+    if (source.destroyed) {
+      settled = true;
+      tap.destroy();
+      sink.destroy();
+      return reject(source.errored ?? new Error('message stream closed before its end'));
+    }
     source.once('error', fail);
     tap.once('error', fail);
     sink.once('error', fail);

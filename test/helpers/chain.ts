@@ -85,7 +85,7 @@ export async function startSink(behaviour: SinkBehaviour = {}): Promise<Sink> {
           const r = sink.behaviour.data?.(msg);
           if (r) return cb(smtpError(r[0], r[1]));
           sink.messages.push(msg);
-          cb(null, `2.0.0 Ok: queued as SINK${sink.messages.length}`);
+          cb(null, `Ok: queued as SINK${sink.messages.length}`);
         };
         if (sink.behaviour.dataDelayMs) setTimeout(answer, sink.behaviour.dataDelayMs);
         else answer();

@@ -65,7 +65,7 @@ describe('cluster mode: two SMTP workers under one supervisor', () => {
     const replies = await Promise.all(bodies.map((b) => sendMessage(relay.port, message(b))));
     replies.forEach((r, i) => {
       if (i === 3) expect(r.data).toMatch(/^550 5\.7\.1 /);
-      else expect(r.data).toMatch(/^250 2\.0\.0 Ok: queued as SINK\d+$/);
+      else expect(r.data).toMatch(/^250 2\.6\.0 Ok: queued as SINK\d+$/);
     });
     expect(sink.committed).toHaveLength(7);
     await eventually(() => workerLines().length === 8, 5000);
@@ -153,7 +153,7 @@ describe('cluster mode with the embedded DLP engine', () => {
     try {
       expect(relay.stderr()).toContain('embedded engine');
       const replies = await Promise.all(Array.from({ length: 6 }, (_, i) => sendMessage(relay.port, message(`embedded ${i}`))));
-      for (const r of replies) expect(r.data).toMatch(/^250 2\.0\.0 Ok: queued as SINK\d+$/);
+      for (const r of replies) expect(r.data).toMatch(/^250 2\.6\.0 Ok: queued as SINK\d+$/);
       await eventually(() => relay.logs().filter((l) => l['event'] === 'message').length === 6, 5000);
       expect(new Set(relay.logs().filter((l) => l['event'] === 'message').map((l) => l['worker']))).toEqual(new Set([1, 2]));
       relay.kill('SIGTERM');

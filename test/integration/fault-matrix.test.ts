@@ -16,7 +16,7 @@ import { silentLogger } from '../../src/observability/logger.js';
 
 const REF = '\\(ref [0-9a-f-]{36}\\)';
 const R = {
-  relayed: new RegExp(`^250 2\\.0\\.0 Ok: queued as SINK\\d+$`),
+  relayed: new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`),
   held: new RegExp(`^250 2\\.0\\.0 Ok: message held for review ${REF}$`),
   policy: new RegExp(`^550 5\\.7\\.1 Message rejected by data-loss-prevention policy ${REF}$`),
   dlpDown: new RegExp(`^451 4\\.7\\.1 Content inspection unavailable, try again later ${REF}$`),

@@ -38,7 +38,7 @@ describe('one end-of-DATA budget for UCWI and the next hop', () => {
     sink.behaviour = {};
     const [m] = makeBatch('ucwislow', ['clean']);
     const a = await attemptOnce(chain.port, m!);
-    expect(a.reply).toMatch(new RegExp(`^250 2\\.0\\.0 Ok: queued as SINK\\d+$`));
+    expect(a.reply).toMatch(new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`));
   });
 
   it('next hop slow alone fits: 250', async () => {
@@ -46,7 +46,7 @@ describe('one end-of-DATA budget for UCWI and the next hop', () => {
     sink.behaviour = { greetingDelayMs: SLOW };
     const [m] = makeBatch('hopslow', ['clean']);
     const a = await attemptOnce(chain.port, m!);
-    expect(a.reply).toMatch(new RegExp(`^250 2\\.0\\.0 Ok: queued as SINK\\d+$`));
+    expect(a.reply).toMatch(new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`));
   });
 
   it('both slow exceed the shared budget: 451 4.4.7, and the next hop never gets the message afterwards', async () => {
@@ -104,7 +104,7 @@ describe('caps', () => {
       expect(sixth.greeting).toBe('421 4.3.2 Too many connections, try again later');
       sixth.close();
       const replies = await Promise.all(sessions.map((s, i) => s.data(batch[i]!.body, { dotStuff: true })));
-      for (const r of replies) expect(r).toMatch(new RegExp(`^250 2\\.0\\.0 Ok: queued as SINK\\d+$`));
+      for (const r of replies) expect(r).toMatch(new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`));
       expect(chain.sink.messages).toHaveLength(5);
       for (const s of sessions) await s.quit();
       // Capacity comes back once sessions end (counted on close, which follows asynchronously).
@@ -128,7 +128,7 @@ describe('caps', () => {
       chain.sim.setFaults({ latencyMs: 200 });
       const batch = makeBatch('slots', ['clean', 'clean', 'clean', 'clean', 'clean', 'clean']);
       const { results, maxInFlight } = await whileSampling(chain, () => Promise.all(batch.map((m) => attemptOnce(chain.port, m))));
-      for (const r of results) expect(r.reply).toMatch(new RegExp(`^250 2\\.0\\.0 Ok: queued as SINK\\d+$`));
+      for (const r of results) expect(r.reply).toMatch(new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`));
       // The cap held and was reached: at most two UCWI calls at once, the others queued.
       expect(maxInFlight).toBe(2);
       expect(chain.sim.stats().requests).toBe(6);
@@ -214,7 +214,7 @@ describe('graceful shutdown of the real process (SIGTERM)', () => {
     // The next hop answers: every message that was in flight gets its 250.
     sink.release();
     const results = await Promise.all(inFlight);
-    for (const r of results) expect(r.reply).toMatch(new RegExp(`^250 2\\.0\\.0 Ok: queued as SINK\\d+$`));
+    for (const r of results) expect(r.reply).toMatch(new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`));
     expect(sink.committed.filter((m) => m.acknowledged)).toHaveLength(3);
 
     // The idle session is closed with the catalogue's 421 once the in-flight work is done.

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { LocalOutbox, type OutboxSidecar } from '../../src/egress/outbox.js';
-import type { OutboundEnvelope } from '../../src/egress/relay.js';
+import type { Envelope as OutboundEnvelope } from '../../src/smtp/envelope.js';
 
 let dir: string;
 

@@ -27,7 +27,7 @@ describe('relay chain: verdict table', () => {
   it('actionCode 1 relays with verdict headers prepended, bytes otherwise unchanged', async () => {
     const input = message('Clean body.\r\n.leading dot line\r\n8-bit: caf\u00e9 \u00fcber');
     const r = await send(chain.port, input);
-    expect(r.data).toMatch(new RegExp(`^250 2\\.0\\.0 Ok: queued as SINK\\d+$`));
+    expect(r.data).toMatch(new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`));
     const qid = /ref ([0-9a-f-]{36})/.exec(r.data)![1]!;
     expect(chain.sink.messages).toHaveLength(1);
     const got = chain.sink.messages[0]!;
@@ -322,7 +322,7 @@ describe('relay chain: envelope fidelity', () => {
     expect(await s.read()).toMatch(/^250 /);
     expect(await s.read()).toMatch(/^354 /);
     s.send(message('pipelined') + '.\r\n');
-    expect(await s.read()).toMatch(/^250 2\.0\.0 Ok: queued as SINK/);
+    expect(await s.read()).toMatch(/^250 2\.6\.0 Ok: queued as SINK/);
     s.close();
   });
 });

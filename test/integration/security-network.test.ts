@@ -12,7 +12,7 @@ import { createNetNs, netnsUnavailable, writeSmtpClientScript, type NetNs } from
 import { hashPassword } from '../../src/ingress/auth.js';
 
 const REF = '\\(ref [0-9a-f-]{36}\\)';
-const RELAYED = new RegExp(`^250 2\\.0\\.0 Ok: queued as SINK\\d+$`);
+const RELAYED = new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`);
 
 let dir: string;
 let pki: TestPki;
