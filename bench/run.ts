@@ -1,17 +1,18 @@
-// `npm run bench`: dlp-relay against Haraka and a direct smtp-source → smtp-sink ceiling on loopback; throughput, added latency, peak RSS; writes bench/results/latest.json and BENCHMARKS.md.
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, copyFileSync, createWriteStream, existsSync } from 'node:fs';
+// `npm run bench`: dlp-relay against Haraka (2 worker processes each) and a direct smtp-source → smtp-sink ceiling on loopback, with new and reused connections; throughput, CPU, added latency, peak RSS, profile; writes bench/results/latest.json and BENCHMARKS.md.
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, copyFileSync, existsSync } from 'node:fs';
 import { availableParallelism, cpus, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { cpuSeconds, freePort, loadAvg1, pollRss, runCommand, startManaged, statusKb, stopAll, treeCpuSeconds, treeOf, waitForPort, type Managed } from './lib/proc.js';
+import { cpuSeconds, freePort, loadAvg1, machineTicks, monotonicUs, pollRss, runCommand, startManaged, statusKb, stopAll, treeCpuSeconds, treeOf, waitForPort, type Managed } from './lib/proc.js';
 import { buildRelay, ensureHaraka, ensurePostfixTools, ensureScript, writeHarakaConfig, SMTP_SINK, SMTP_SOURCE } from './lib/setup.js';
-import { SmtpSession, makeMessage } from './lib/smtp-client.js';
-import { summarizeProfile } from './lib/cpuprofile.js';
-import { median, percentiles, printTables, writeBenchmarksMd, type LatencyResult, type Results, type RssResult, type Target, type ThroughputCell, type ThroughputRun } from './lib/report.js';
+import { SmtpSession, makeMessage, messageIdOf } from './lib/smtp-client.js';
+import { writeBigMessage } from './lib/bigmessage.js';
+import { summarizeProfiles } from './lib/cpuprofile.js';
+import { analyse, cellOf, computeTargets, RELAY } from './lib/analysis.js';
+import { CONN_MODES, median, percentiles, printTables, writeBenchmarksMd, type ConnMode, type LatencyResult, type Results, type RssResult, type ThroughputCell, type ThroughputRun } from './lib/report.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RESULTS_DIR = join(ROOT, 'bench', 'results');
@@ -22,6 +23,8 @@ const { values: argv } = parseArgs({
   options: {
     seconds: { type: 'string', default: '8' },
     reps: { type: 'string', default: '3' },
+    sessions: { type: 'string', default: '20,100' },
+    single: { type: 'boolean', default: false },
     'latency-messages': { type: 'string', default: '1000' },
     'big-mb': { type: 'string', default: '50' },
     only: { type: 'string' },
@@ -41,13 +44,15 @@ if (argv.help) {
       'npm run bench [-- options]',
       '  --seconds N            target length of one measured throughput run (default 8)',
       '  --reps N               repetitions per throughput cell, median reported (default 3)',
+      '  --sessions a,b         smtp-source session counts for the throughput matrix (default 20,100)',
+      '  --single               also run single-process rows (relay without workers, Haraka nodes=1)',
       '  --latency-messages N   sequential messages for the latency measurement (default 1000)',
       '  --big-mb N             size of the big message for the RSS measurement (default 50)',
       `  --only a,b             run only some scenarios: ${SCENARIOS.join(', ')}`,
-      '  --profile              also run the relay under --cpu-prof at 100 sessions and summarise the profile',
+      '  --profile              also run the 2-worker relay under --cpu-prof, new connection per message, and summarise it',
       '  --quick                smoke test: 3 s runs, 1 repetition, 300 latency messages',
       '  --no-md                do not rewrite BENCHMARKS.md',
-      '  --no-stub              skip the diagnostic rows with the no-scan UCWI stub',
+      '  --no-stub              skip the diagnostic 2-worker rows with the no-scan UCWI stub',
       '  --md-only              only rewrite BENCHMARKS.md from bench/results/latest.json',
       '',
     ].join('\n'),
@@ -58,6 +63,8 @@ if (argv.help) {
 if (argv['md-only']) {
   const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
   const saved = JSON.parse(readFileSync(join(root, 'bench', 'results', 'latest.json'), 'utf8')) as Results;
+  saved.targets = computeTargets(saved);
+  saved.analysis = analyse(saved);
   writeBenchmarksMd(join(root, 'BENCHMARKS.md'), saved);
   process.stdout.write(printTables(saved) + '\n');
   process.exit(0);
@@ -71,7 +78,8 @@ const ONLY = new Set<Scenario>((argv.only ? argv.only.split(',') : [...SCENARIOS
 for (const s of ONLY) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s}; known: ${SCENARIOS.join(', ')}`);
 
 const BODY = 10 * 1024;
-const SESSIONS = [20, 100];
+const SESSIONS = argv.sessions.split(',').map((x) => Number(x.trim()));
+if (!SESSIONS.length || SESSIONS.some((n) => !Number.isInteger(n) || n < 1 || n > 500)) throw new Error(`--sessions: want a list of 1..500, got ${argv.sessions}`);
 const DOMAIN = 'example.test';
 const FROM = 'sender@bench.example.test';
 const RCPT = `rcpt@${DOMAIN}`;
@@ -193,13 +201,14 @@ async function startRelay(name: string, opts: { ucwiUrl: string; sinkPort: numbe
   return { proc, port, pid };
 }
 
-async function startHaraka(bin: string, sinkPort: number): Promise<{ proc: Managed; port: number }> {
+async function startHaraka(bin: string, sinkPort: number, nodes: number): Promise<{ proc: Managed; port: number }> {
   const port = await freePort();
-  const dir = join(work, 'haraka');
-  await writeHarakaConfig(bin, dir, port, sinkPort, DOMAIN);
-  const proc = startManaged('haraka', process.execPath, [bin, '-c', dir], { maxSeconds: 1800, cwd: dir, env: childEnv({}) });
+  const name = `haraka-${nodes}w`;
+  const dir = join(work, name);
+  await writeHarakaConfig(bin, dir, port, sinkPort, DOMAIN, nodes);
+  const proc = startManaged(name, process.execPath, [bin, '-c', dir], { maxSeconds: 1800, cwd: dir, env: childEnv({}) });
   await waitForPort(port, 30_000, proc);
-  commands['haraka'] = `node ${bin} -c $WORK/haraka   # config/: ${['smtp.ini', 'plugins', 'host_list', 'smtp_forward.ini', 'log.ini']
+  commands[`haraka, ${nodes} worker(s)`] = `node ${bin} -c $WORK/${name}   # config/: ${['smtp.ini', 'plugins', 'host_list', 'smtp_forward.ini', 'log.ini']
     .map((f) => `${f}=${JSON.stringify(readFileSync(join(dir, 'config', f), 'utf8').trim())}`)
     .join(' ')}`;
   return { proc, port };
@@ -209,8 +218,9 @@ async function startHaraka(bin: string, sinkPort: number): Promise<{ proc: Manag
 
 const commands: Record<string, string> = {};
 
-async function smtpSource(port: number, sessions: number, messages: number, label?: string): Promise<{ seconds: number; sent: number; code: number | null; stderr: string }> {
-  const args = ['-d', '-c', '-s', String(sessions), '-m', String(messages), '-l', String(BODY), '-M', 'bench.example.test', '-f', FROM, '-t', RCPT, `127.0.0.1:${port}`];
+/** smtp-source: `-d` keeps each session's connection for the next message; without it every message opens a new one. */
+async function smtpSource(port: number, sessions: number, messages: number, mode: ConnMode, label?: string): Promise<{ seconds: number; sent: number; code: number | null; stderr: string }> {
+  const args = [...(mode === 'reused' ? ['-d'] : []), '-c', '-s', String(sessions), '-m', String(messages), '-l', String(BODY), '-M', 'bench.example.test', '-f', FROM, '-t', RCPT, `127.0.0.1:${port}`];
   if (label) commands[label] = `${SMTP_SOURCE} ${args.join(' ')}`;
   const t0 = performance.now();
   // Bounded: at worst 20 msg/s plus start-up, never more than 5 minutes.
@@ -229,11 +239,13 @@ interface System {
   cpu: () => Record<string, number>;
 }
 
-async function throughputRun(sys: System, sessions: number, messages: number, sink: Sink, label?: string): Promise<ThroughputRun> {
+async function throughputRun(sys: System, mode: ConnMode, sessions: number, messages: number, sink: Sink, label?: string): Promise<ThroughputRun> {
   const cpu0 = sys.cpu();
   const sink0 = sink.count();
   const loadAvg = loadAvg1();
-  const r = await smtpSource(sys.port, sessions, messages, label);
+  const m0 = machineTicks();
+  const r = await smtpSource(sys.port, sessions, messages, mode, label);
+  const m1 = machineTicks();
   await sleep(300); // let the sink's counter reach us through the pty
   const cpu1 = sys.cpu();
   const sinkReceived = sink.count() - sink0;
@@ -243,6 +255,7 @@ async function throughputRun(sys: System, sessions: number, messages: number, si
   const run: ThroughputRun = {
     system: sys.system,
     ucwiLatencyMs: sys.ucwiLatencyMs,
+    mode,
     sessions,
     messages,
     sent: r.sent,
@@ -252,41 +265,53 @@ async function throughputRun(sys: System, sessions: number, messages: number, si
     ok,
     cpuMsPerMsg,
     loadAvg,
+    machineIdlePct: Math.round(((m1.idle - m0.idle) / Math.max(1, m1.total - m0.total)) * 1000) / 10,
   };
   if (!ok) run.error = `smtp-source exit ${r.code}, sent ${r.sent}/${messages}, sink got ${sinkReceived}: ${r.stderr}`;
-  log(`  ${sys.system}${sys.ucwiLatencyMs !== null ? ` (UCWI ${sys.ucwiLatencyMs} ms)` : ''} s=${sessions}: ${run.sent} msgs in ${run.seconds.toFixed(2)} s = ${run.msgPerSec} msg/s${ok ? '' : `  FAILED: ${run.error}`}`);
+  log(`  ${sys.system}${sys.ucwiLatencyMs !== null ? ` (UCWI ${sys.ucwiLatencyMs} ms)` : ''} ${mode} s=${sessions}: ${run.sent} msgs in ${run.seconds.toFixed(2)} s = ${run.msgPerSec} msg/s${ok ? '' : `  FAILED: ${run.error}`}`);
   return run;
 }
 
 function cell(runs: ThroughputRun[]): ThroughputCell {
   const rates = runs.map((r) => r.msgPerSec);
-  return { system: runs[0]!.system, ucwiLatencyMs: runs[0]!.ucwiLatencyMs, sessions: runs[0]!.sessions, msgPerSec: median(rates), min: Math.min(...rates), max: Math.max(...rates), runs };
+  return { system: runs[0]!.system, ucwiLatencyMs: runs[0]!.ucwiLatencyMs, mode: runs[0]!.mode, sessions: runs[0]!.sessions, msgPerSec: median(rates), min: Math.min(...rates), max: Math.max(...rates), runs };
 }
 
-/** Messages for a run of about SECONDS at `rate` msg/s, in hundreds, bounded. */
-const countFor = (rate: number) => Math.min(200_000, Math.max(500, Math.round((rate * SECONDS) / 100) * 100));
+/**
+ * Messages for a run of about SECONDS at `rate` msg/s, in hundreds, bounded. With a new connection per message the
+ * bound is lower: each connection leaves a TIME_WAIT socket on loopback, and the ceiling row would otherwise open
+ * some 100,000 of them in one run.
+ */
+const countFor = (rate: number, mode: ConnMode = 'reused') => Math.min(mode === 'new-connection' ? 30_000 : 200_000, Math.max(500, Math.round((rate * SECONDS) / 100) * 100));
 
-/** Warm-up run, then `reps` measured runs of a message count that takes about SECONDS at the warm-up's rate, interleaved across systems. */
-async function throughputMatrix(systems: System[], sink: Sink, ideal?: (s: System, sessions: number) => number): Promise<ThroughputCell[]> {
+/**
+ * Warm-up run, then `reps` measured runs of a message count that takes about SECONDS at the warm-up's rate,
+ * interleaved across systems so that a burst of outside load hits every system alike.
+ */
+async function throughputMatrix(systems: System[], sink: Sink, modes: readonly ConnMode[], ideal?: (s: System, sessions: number) => number): Promise<ThroughputCell[]> {
   const counts = new Map<string, number>();
-  const key = (s: System, n: number) => `${s.system}/${s.ucwiLatencyMs}/${n}`;
-  for (const sessions of SESSIONS) {
-    for (const s of systems) {
-      const warm = ideal ? Math.max(sessions * 3, 200) : Math.max(500, sessions * 5);
-      const w = await throughputRun(s, sessions, warm, sink);
-      counts.set(key(s, sessions), countFor(ideal ? ideal(s, sessions) : w.msgPerSec));
+  const key = (s: System, mode: ConnMode, n: number) => `${s.system}/${s.ucwiLatencyMs}/${mode}/${n}`;
+  for (const mode of modes) {
+    for (const sessions of SESSIONS) {
+      for (const s of systems) {
+        const warm = ideal ? Math.max(sessions * 3, 200) : Math.max(500, sessions * 5);
+        const w = await throughputRun(s, mode, sessions, warm, sink);
+        counts.set(key(s, mode, sessions), countFor(ideal ? ideal(s, sessions) : w.msgPerSec, mode));
+      }
     }
   }
   const runs = new Map<string, ThroughputRun[]>();
   for (let rep = 0; rep < REPS; rep++) {
-    for (const sessions of SESSIONS) {
-      for (const s of systems) {
-        const k = key(s, sessions);
-        const label = `smtp-source → ${s.system}${s.ucwiLatencyMs !== null ? ` (UCWI ${s.ucwiLatencyMs} ms)` : ''}, ${sessions} sessions`;
-        const r = await throughputRun(s, sessions, counts.get(k)!, sink, label);
-        runs.set(k, [...(runs.get(k) ?? []), r]);
-        // A short warm-up underestimates the rate (session start-up dominates); size later runs from this one.
-        if (!ideal && r.ok) counts.set(k, countFor(r.msgPerSec));
+    for (const mode of modes) {
+      for (const sessions of SESSIONS) {
+        for (const s of systems) {
+          const k = key(s, mode, sessions);
+          const label = `smtp-source → ${s.system}${s.ucwiLatencyMs !== null ? ` (UCWI ${s.ucwiLatencyMs} ms)` : ''}, ${mode}, ${sessions} sessions`;
+          const r = await throughputRun(s, mode, sessions, counts.get(k)!, sink, label);
+          runs.set(k, [...(runs.get(k) ?? []), r]);
+          // A short warm-up underestimates the rate (session start-up dominates); size later runs from this one.
+          if (!ideal && r.ok) counts.set(k, countFor(r.msgPerSec, mode));
+        }
       }
     }
   }
@@ -297,22 +322,36 @@ async function throughputMatrix(systems: System[], sink: Sink, ideal?: (s: Syste
 
 interface LogLine {
   queryId: string;
+  /** The Message-ID header value as the relay logs it (relays from issue 9 on). */
+  messageId?: string | null;
   dlpMs: number | null;
   relayMs: number | null;
   totalMs: number;
 }
 
-/** Sequential messages over one session; returns each final-dot → reply time and the relay's ref (queryId) when present. */
-async function sequential(port: number, n: number, warm: number): Promise<Array<{ dotMs: number; ref: string | null }>> {
+/** The id inside a Message-ID value, without angle brackets or spaces, so `<a@b>` and ` <a@b> ` compare equal. */
+const msgIdKey = (v: string): string => v.trim().replace(/^<(.*)>$/, '$1');
+
+interface Sent {
+  dotMs: number;
+  /** Key of the Message-ID header we wrote (see makeMessage). */
+  messageId: string;
+  /** "(ref <queryId>)" from the reply, which only relays before issue 9 give; with lockstep the next hop's reply passes through. */
+  ref: string | null;
+}
+
+/** Sequential messages over one session; returns each final-dot → reply time with the message's Message-ID. */
+async function sequential(port: number, n: number, warm: number): Promise<Sent[]> {
   const s = await SmtpSession.open('127.0.0.1', port, { timeoutMs: 30_000 });
-  const out: Array<{ dotMs: number; ref: string | null }> = [];
+  const out: Sent[] = [];
   const deadline = Date.now() + 120_000;
   try {
     for (let i = 0; i < warm + n && Date.now() < deadline; i++) {
-      const msg = makeMessage(BODY, { from: FROM, to: RCPT, subject: `latency ${i}`, id: `lat-${i}-${randomBytes(4).toString('hex')}` });
+      const id = `lat-${i}-${randomBytes(4).toString('hex')}`;
+      const msg = makeMessage(BODY, { from: FROM, to: RCPT, subject: `latency ${i}`, id });
       const r = await s.send(FROM, [RCPT], msg);
       if (r.reply.code !== 250) throw new Error(`message ${i}: ${r.reply.code} ${r.reply.text}`);
-      if (i >= warm) out.push({ dotMs: r.dotMs, ref: /ref ([0-9a-f-]{36})/i.exec(r.reply.text)?.[1] ?? null });
+      if (i >= warm) out.push({ dotMs: r.dotMs, messageId: msgIdKey(messageIdOf(id)), ref: /ref ([0-9a-f-]{36})/i.exec(r.reply.text)?.[1] ?? null });
     }
   } finally {
     await s.quit();
@@ -322,7 +361,8 @@ async function sequential(port: number, n: number, warm: number): Promise<Array<
 }
 
 async function latencyScenario(sink: Sink, simUrl: string): Promise<LatencyResult> {
-  const lines = new Map<string, LogLine>();
+  const byMessageId = new Map<string, LogLine>();
+  const byQueryId = new Map<string, LogLine>();
   let partial = '';
   const onStdout = (b: Buffer) => {
     const text = partial + b.toString('utf8');
@@ -332,14 +372,15 @@ async function latencyScenario(sink: Sink, simUrl: string): Promise<LatencyResul
       if (!line.includes('"event":"message"')) continue;
       try {
         const o = JSON.parse(line) as LogLine;
-        lines.set(o.queryId, o);
+        if (typeof o.messageId === 'string') byMessageId.set(msgIdKey(o.messageId), o);
+        if (typeof o.queryId === 'string') byQueryId.set(o.queryId, o);
       } catch {
         // not a JSON line
       }
     }
   };
   const relay = await startRelay('relay-latency', { ucwiUrl: simUrl, sinkPort: sink.port, logLevel: 'info', onStdout });
-  let viaRelay: Array<{ dotMs: number; ref: string | null }>;
+  let viaRelay: Sent[];
   try {
     viaRelay = await sequential(relay.port, LAT_N, 100);
     await sleep(500);
@@ -347,8 +388,12 @@ async function latencyScenario(sink: Sink, simUrl: string): Promise<LatencyResul
     await relay.proc.stop();
   }
   const direct = await sequential(sink.port, LAT_N, 100);
+  // messageId first (the log line of issue 9's relay carries it); the reply's ref only for relays that still give one.
+  const matchedBy = { messageId: 0, ref: 0 };
   const matched = viaRelay.flatMap((m) => {
-    const l = m.ref ? lines.get(m.ref) : undefined;
+    let l = byMessageId.get(m.messageId);
+    if (l) matchedBy.messageId++;
+    else if (m.ref && (l = byQueryId.get(m.ref))) matchedBy.ref++;
     return l && l.dlpMs !== null ? [{ ...m, log: l }] : [];
   });
   const relayDot = percentiles(viaRelay.map((m) => m.dotMs));
@@ -369,58 +414,16 @@ async function latencyScenario(sink: Sink, simUrl: string): Promise<LatencyResul
     addedInclUcwiP50: r3(relayDot.p50 - directDot.p50),
     addedInclUcwiP99: r3(relayDot.p99 - directDot.p99),
     matchedLogLines: matched.length,
+    matchedBy,
   };
 }
 
 // ---- memory ------------------------------------------------------------------------------------
 
-/** A multipart message of `bytes` bytes (a short text part and a base64 attachment of random data), written streaming. */
-async function writeBigMessage(path: string, bytes: number): Promise<void> {
-  const boundary = 'bench-boundary-7f3a';
-  const head = Buffer.from(
-    [
-      `From: <${FROM}>`,
-      `To: <${RCPT}>`,
-      'Subject: big attachment',
-      `Date: ${new Date().toUTCString()}`,
-      'Message-ID: <big@bench.example.test>',
-      'MIME-Version: 1.0',
-      `Content-Type: multipart/mixed; boundary="${boundary}"`,
-      '',
-      `--${boundary}`,
-      'Content-Type: text/plain; charset=us-ascii',
-      '',
-      'Quarterly numbers attached.',
-      `--${boundary}`,
-      'Content-Type: application/octet-stream; name="data.bin"',
-      'Content-Transfer-Encoding: base64',
-      'Content-Disposition: attachment; filename="data.bin"',
-      '',
-      '',
-    ].join('\r\n'),
-  );
-  const tail = Buffer.from(`--${boundary}--\r\n`);
-  const out = createWriteStream(path);
-  out.write(head);
-  let left = bytes - head.length - tail.length;
-  // 57 random bytes → one 76-character base64 line + CRLF = 78 bytes.
-  while (left >= 78) {
-    const lines = Math.min(2000, Math.floor(left / 78));
-    const raw = randomBytes(57 * lines).toString('base64');
-    const parts: string[] = [];
-    for (let i = 0; i < lines; i++) parts.push(raw.slice(i * 76, i * 76 + 76));
-    if (!out.write(parts.join('\r\n') + '\r\n')) await once(out, 'drain');
-    left -= lines * 78;
-  }
-  if (left > 0) out.write('\r\n'.padStart(left, 'A'));
-  out.end(tail);
-  await once(out, 'finish');
-}
-
 async function rssScenario(sink: Sink, sim0Url: string, sim200Url: string): Promise<RssResult> {
   const big = join(work, 'big.eml');
   log(`writing a ${(BIG_BYTES / 1e6).toFixed(0)} MB message`);
-  await writeBigMessage(big, BIG_BYTES);
+  await writeBigMessage(big, BIG_BYTES, FROM, RCPT);
   const relay = await startRelay('relay-rss-big', { ucwiUrl: sim0Url, sinkPort: sink.port, logLevel: 'warn' });
   let result: Omit<RssResult, 'sessions200'>;
   try {
@@ -458,7 +461,7 @@ async function rssScenario(sink: Sink, sim0Url: string, sim200Url: string): Prom
     const r200 = await startRelay(`relay-rss-200-${latency}`, { ucwiUrl: url, sinkPort: sink.port, logLevel: 'warn' });
     try {
       const messages = 2000;
-      const r = await smtpSource(r200.port, 200, messages, `smtp-source, 200 sessions (RSS, UCWI ${latency} ms)`);
+      const r = await smtpSource(r200.port, 200, messages, 'reused', `smtp-source -d, 200 sessions (RSS, UCWI ${latency} ms)`);
       const peak = (statusKb(r200.pid, 'VmHWM') ?? 0) / 1024;
       sessions200.push({ ucwiLatencyMs: latency, messages, sent: r.sent, seconds: Math.round(r.seconds * 100) / 100, peakMiB: peak, ok: r.code === 0 && r.sent === messages });
       log(`  200 sessions, UCWI ${latency} ms: ${r.sent}/${messages} in ${r.seconds.toFixed(1)} s, VmHWM ${peak.toFixed(1)} MiB`);
@@ -471,24 +474,44 @@ async function rssScenario(sink: Sink, sim0Url: string, sim200Url: string): Prom
 
 // ---- profile -----------------------------------------------------------------------------------
 
+/**
+ * The 2-worker relay under --cpu-prof with a new connection per message (the mode where issue 9 found the fixed
+ * delay). Cluster workers inherit the supervisor's execArgv, so every process writes its own profile on exit.
+ */
 async function profileScenario(sink: Sink, sim0Url: string, results: Results): Promise<void> {
   const dir = join(work, 'cpuprof');
   mkdirSync(dir, { recursive: true });
-  const relay = await startRelay('relay-profile', { ucwiUrl: sim0Url, sinkPort: sink.port, logLevel: 'warn', cpuProfDir: dir });
-  const sessions = 100;
+  const mode: ConnMode = 'new-connection';
+  const sessions = SESSIONS[0]!;
+  const workers = 2;
+  const measured = cellOf(results, RELAY, mode, sessions);
+  // About SECONDS of load at the rate measured without the profiler, when there is one.
+  const messages = measured ? countFor(measured.msgPerSec, mode) : 2000;
+  const relay = await startRelay('relay-profile', { ucwiUrl: sim0Url, sinkPort: sink.port, logLevel: 'warn', cpuProfDir: dir, workers });
+  let rate = NaN;
+  const window = { fromUs: 0, toUs: Infinity };
   try {
-    await smtpSource(relay.port, sessions, 500);
-    const r = await smtpSource(relay.port, sessions, 4000, 'smtp-source → dlp-relay under --cpu-prof');
-    log(`  profiled run: ${r.sent} msgs in ${r.seconds.toFixed(2)} s = ${(r.sent / r.seconds).toFixed(0)} msg/s (profiler on)`);
+    await smtpSource(relay.port, sessions, 300, mode);
+    // Only the samples of the measured run count: start-up (module compilation) and the warm-up are left out.
+    window.fromUs = monotonicUs();
+    const r = await smtpSource(relay.port, sessions, messages, mode, `smtp-source → dlp-relay (2 workers) under --cpu-prof, ${mode}`);
+    window.toUs = monotonicUs();
+    if (r.code !== 0 || r.sent !== messages) throw new Error(`profiled run: smtp-source exit ${r.code}, sent ${r.sent}/${messages}: ${r.stderr}`);
+    rate = r.sent / r.seconds;
+    log(`  profiled run: ${r.sent} msgs in ${r.seconds.toFixed(2)} s = ${rate.toFixed(0)} msg/s (profiler on)`);
   } finally {
     await relay.proc.stop();
   }
-  const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
-  if (!file) throw new Error('the relay wrote no .cpuprofile');
-  const dest = join(RESULTS_DIR, 'relay-100-sessions.cpuprofile');
-  copyFileSync(join(dir, file), dest);
-  const summary = summarizeProfile(dest, ROOT, [/ dist\/|src\//]);
-  results.profile = { ...summary, file: 'bench/results/relay-100-sessions.cpuprofile', sessions };
+  const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).sort();
+  if (!files.length) throw new Error('the relay wrote no .cpuprofile');
+  const saved: string[] = [];
+  files.forEach((f, i) => {
+    const dest = join(RESULTS_DIR, `relay-profile-${i + 1}.cpuprofile`);
+    copyFileSync(join(dir, f), dest);
+    saved.push(dest);
+  });
+  const summary = summarizeProfiles(saved, ROOT, messages, window);
+  results.profile = { ...summary, files: saved.map((f) => f.slice(ROOT.length + 1)), sessions, mode, workers, msgPerSec: Math.round(rate) };
 }
 
 // ---- main --------------------------------------------------------------------------------------
@@ -508,56 +531,6 @@ function machine(): Results['machine'] {
   };
 }
 
-function targets(r: Results): Target[] {
-  const out: Target[] = [];
-  const get = (list: ThroughputCell[], system: string, sessions: number) => list.find((c) => c.system === system && c.sessions === sessions);
-  for (const n of SESSIONS) {
-    const ours = get(r.throughput, 'dlp-relay', n);
-    const h = get(r.throughput, 'haraka', n);
-    if (ours && h) {
-      const ratio = ours.msgPerSec / h.msgPerSec;
-      out.push({ name: `throughput vs Haraka, ${n} sessions, UCWI 0 ms`, goal: '≥ 2.0× Haraka', measured: `${ratio.toFixed(2)}× (${Math.round(ours.msgPerSec)} vs ${Math.round(h.msgPerSec)} msg/s)`, pass: ratio >= 2 });
-    }
-  }
-  for (const n of SESSIONS) {
-    const ours = get(r.throughput, 'dlp-relay', n);
-    const h = get(r.throughput, 'haraka', n);
-    const cpuOf = (c: ThroughputCell, k: string) => median(c.runs.map((x) => x.cpuMsPerMsg[k] ?? NaN).filter(Number.isFinite));
-    if (ours && h) {
-      const mine = cpuOf(ours, 'relay');
-      const theirs = cpuOf(h, 'haraka');
-      out.push({ name: `CPU per message vs Haraka, ${n} sessions (information)`, goal: 'reported (no target)', measured: `relay ${mine.toFixed(2)} ms vs Haraka ${theirs.toFixed(2)} ms (Haraka ÷ relay = ${(theirs / mine).toFixed(2)})`, pass: null });
-    }
-    const info = (system: string, what: string) => {
-      const c = get(r.throughput, system, n);
-      if (c && h) out.push({ name: `throughput vs Haraka, ${n} sessions, ${what} (information)`, goal: 'reported (no target)', measured: `${(c.msgPerSec / h.msgPerSec).toFixed(2)}× (${Math.round(c.msgPerSec)} vs ${Math.round(h.msgPerSec)} msg/s)`, pass: null });
-    };
-    info('dlp-relay-stub', 'no-scan UCWI stub');
-    info('dlp-relay-2w', '2 workers, UCWI sim');
-    info('dlp-relay-stub-2w', '2 workers, no-scan UCWI stub');
-  }
-  if (r.latency) {
-    out.push({ name: 'added latency p50 (excl. UCWI)', goal: '≤ 3 ms', measured: `${r.latency.addedP50.toFixed(2)} ms`, pass: r.latency.addedP50 <= 3 });
-    out.push({ name: 'added latency p99 (excl. UCWI)', goal: '≤ 15 ms', measured: `${r.latency.addedP99.toFixed(2)} ms`, pass: r.latency.addedP99 <= 15 });
-  }
-  if (r.rss) {
-    const okReply = r.rss.bigMessageReply.startsWith('250');
-    out.push({
-      name: `peak RSS, one ${(r.rss.bigMessageBytes / 1e6).toFixed(0)} MB message`,
-      goal: '≤ 200 MB (190.7 MiB)',
-      measured: `${r.rss.peakBigMiB.toFixed(1)} MiB${okReply ? '' : ` (reply ${r.rss.bigMessageReply})`}`,
-      pass: okReply && r.rss.peakBigMiB * 1024 * 1024 <= 200e6,
-    });
-    for (const s of r.rss.sessions200) out.push({ name: `peak RSS, 200 sessions, UCWI ${s.ucwiLatencyMs} ms`, goal: 'reported (no target)', measured: `${s.peakMiB.toFixed(1)} MiB`, pass: null });
-  }
-  for (const c of r.latency200) {
-    const ideal = c.sessions / ((c.ucwiLatencyMs ?? 200) / 1000);
-    const eff = c.msgPerSec / ideal;
-    out.push({ name: `throughput at UCWI 200 ms, ${c.sessions} sessions`, goal: `≥ 90 % of ${Math.round(ideal)} msg/s`, measured: `${(eff * 100).toFixed(1)} % (${Math.round(c.msgPerSec)} msg/s)`, pass: eff >= 0.9 });
-  }
-  return out;
-}
-
 async function main(): Promise<void> {
   const started = new Date();
   mkdirSync(RESULTS_DIR, { recursive: true });
@@ -568,7 +541,7 @@ async function main(): Promise<void> {
     durationSeconds: 0,
     machine: machine(),
     versions: { haraka: '', relayBuild: '', smtpSource: '' },
-    settings: { bodyBytes: BODY, seconds: SECONDS, reps: REPS },
+    settings: { bodyBytes: BODY, seconds: SECONDS, reps: REPS, sessions: SESSIONS, modes: [...CONN_MODES] },
     commands,
     throughput: [],
     latency200: [],
@@ -577,6 +550,7 @@ async function main(): Promise<void> {
     peakRssDuringThroughputMiB: {},
     profile: null,
     targets: [],
+    analysis: [],
     errors: [],
   };
   const step = async (name: string, fn: () => Promise<void>) => {
@@ -618,39 +592,34 @@ async function main(): Promise<void> {
     const sim200 = ONLY.has('latency200') || ONLY.has('rss') ? await startSim(200) : null;
 
     if (ONLY.has('throughput')) {
-      await step(`throughput at 0 ms UCWI: direct, Haraka, dlp-relay × ${SESSIONS.join('/')} sessions × ${REPS} runs of ~${SECONDS} s`, async () => {
-        const relay = await startRelay('relay-0ms', { ucwiUrl: sim0.url, sinkPort: sink.port, logLevel: 'warn' });
-        const h = haraka ? await startHaraka(haraka.bin, sink.port) : null;
-        const stub = argv['no-stub'] ? null : await startStub(0);
-        const relayStub = stub ? await startRelay('relay-stub-0ms', { ucwiUrl: stub.url, sinkPort: sink.port, logLevel: 'warn' }) : null;
-        // Cluster mode (smtp.workers: 2), diagnostic: with the simulator it competes for the same two cores;
-        // with the stub it shows what a second core does for the relay when the DLP engine is elsewhere.
+      await step(`throughput at 0 ms UCWI: direct, Haraka and dlp-relay with 2 workers each, ${CONN_MODES.join(' and ')} × ${SESSIONS.join('/')} sessions × ${REPS} runs of ~${SECONDS} s`, async () => {
+        // Issue 9 compares both systems with 2 worker processes: relay smtp.workers: 2, Haraka nodes=2.
         const relay2 = await startRelay('relay-2w-0ms', { ucwiUrl: sim0.url, sinkPort: sink.port, logLevel: 'warn', workers: 2 });
+        const h2 = haraka ? await startHaraka(haraka.bin, sink.port, 2) : null;
+        const stub = argv['no-stub'] ? null : await startStub(0);
+        // Diagnostic: the DLP engine's CPU off the relay's cores, as with a UCWI appliance on its own hardware.
         const relayStub2 = stub ? await startRelay('relay-stub-2w-0ms', { ucwiUrl: stub.url, sinkPort: sink.port, logLevel: 'warn', workers: 2 }) : null;
+        const relay1 = argv.single ? await startRelay('relay-1p-0ms', { ucwiUrl: sim0.url, sinkPort: sink.port, logLevel: 'warn' }) : null;
+        const h1 = argv.single && haraka ? await startHaraka(haraka.bin, sink.port, 1) : null;
         const simPid = sim0.proc.mainPid()!;
+        // CPU of whole process trees: the relay's supervisor and workers, Haraka's master and workers.
+        const harakaTree = (m: Managed) => () => ({ haraka: treeCpuSeconds(m.child.pid!) });
         try {
-          const systems: System[] = [
-            { system: 'direct', ucwiLatencyMs: null, port: sink.port, cpu: () => ({}) },
-            { system: 'dlp-relay', ucwiLatencyMs: 0, port: relay.port, cpu: () => ({ relay: cpuSeconds(relay.pid), sim: cpuSeconds(simPid) }) },
-          ];
-          if (h) systems.splice(1, 0, { system: 'haraka', ucwiLatencyMs: null, port: h.port, cpu: () => ({ haraka: treeCpuSeconds(h.proc.child.pid!) }) });
-          if (stub && relayStub) {
-            const stubPid = stub.proc.mainPid()!;
-            systems.push({ system: 'dlp-relay-stub', ucwiLatencyMs: 0, port: relayStub.port, cpu: () => ({ relay: cpuSeconds(relayStub.pid), stub: cpuSeconds(stubPid) }) });
-          }
+          const systems: System[] = [{ system: 'direct', ucwiLatencyMs: null, port: sink.port, cpu: () => ({}) }];
+          if (h2) systems.push({ system: 'haraka-2w', ucwiLatencyMs: null, port: h2.port, cpu: harakaTree(h2.proc) });
           systems.push({ system: 'dlp-relay-2w', ucwiLatencyMs: 0, port: relay2.port, cpu: () => ({ relay: treeCpuSeconds(relay2.pid), sim: cpuSeconds(simPid) }) });
           if (stub && relayStub2) {
             const stubPid = stub.proc.mainPid()!;
             systems.push({ system: 'dlp-relay-stub-2w', ucwiLatencyMs: 0, port: relayStub2.port, cpu: () => ({ relay: treeCpuSeconds(relayStub2.pid), stub: cpuSeconds(stubPid) }) });
           }
-          results.throughput = await throughputMatrix(systems, sink);
-          results.peakRssDuringThroughputMiB['dlp-relay, throughput runs at 0 ms'] = (statusKb(relay.pid, 'VmHWM') ?? 0) / 1024;
-          if (h) {
-            const harakaPeak = Math.max(...treeOf(h.proc.child.pid!).map((p) => statusKb(p, 'VmHWM') ?? 0));
-            results.peakRssDuringThroughputMiB['Haraka (largest of its processes), throughput runs'] = harakaPeak / 1024;
-          }
+          if (h1) systems.push({ system: 'haraka', ucwiLatencyMs: null, port: h1.port, cpu: harakaTree(h1.proc) });
+          if (relay1) systems.push({ system: 'dlp-relay', ucwiLatencyMs: 0, port: relay1.port, cpu: () => ({ relay: treeCpuSeconds(relay1.pid), sim: cpuSeconds(simPid) }) });
+          results.throughput = await throughputMatrix(systems, sink, CONN_MODES);
+          const peak = (pid: number) => Math.max(...treeOf(pid).map((p) => statusKb(p, 'VmHWM') ?? 0)) / 1024;
+          results.peakRssDuringThroughputMiB['dlp-relay, 2 workers (largest of its processes), throughput runs'] = peak(relay2.pid);
+          if (h2) results.peakRssDuringThroughputMiB['Haraka, 2 workers (largest of its processes), throughput runs'] = peak(h2.proc.child.pid!);
         } finally {
-          await Promise.all([relay.proc.stop(), h?.proc.stop(), relayStub?.proc.stop(), relay2.proc.stop(), relayStub2?.proc.stop(), stub?.proc.stop()]);
+          await Promise.all([relay2.proc.stop(), h2?.proc.stop(), relayStub2?.proc.stop(), stub?.proc.stop(), relay1?.proc.stop(), h1?.proc.stop()]);
         }
       });
     }
@@ -660,7 +629,7 @@ async function main(): Promise<void> {
         const simPid = sim200.proc.mainPid()!;
         try {
           const sys: System = { system: 'dlp-relay', ucwiLatencyMs: 200, port: relay.port, cpu: () => ({ relay: cpuSeconds(relay.pid), sim: cpuSeconds(simPid) }) };
-          results.latency200 = await throughputMatrix([sys], sink, (_s, n) => n / 0.2);
+          results.latency200 = await throughputMatrix([sys], sink, ['reused'], (_s, n) => n / 0.2);
         } finally {
           await relay.proc.stop();
         }
@@ -677,7 +646,7 @@ async function main(): Promise<void> {
       });
     }
     if (argv.profile) {
-      await step('CPU profile of the relay at 100 sessions', async () => {
+      await step(`CPU profile of the 2-worker relay, new connection per message, ${SESSIONS[0]} sessions`, async () => {
         await profileScenario(sink, sim0.url, results);
       });
     }
@@ -691,12 +660,10 @@ async function main(): Promise<void> {
   const finished = new Date();
   results.finishedAt = finished.toISOString();
   results.durationSeconds = Math.round((finished.getTime() - started.getTime()) / 1000);
-  results.targets = targets(results);
+  results.targets = computeTargets(results);
+  results.analysis = analyse(results);
   writeFileSync(join(RESULTS_DIR, 'latest.json'), JSON.stringify(results, null, 2) + '\n');
   process.stdout.write('\n' + printTables(results) + '\n');
-  if (results.profile) {
-    process.stdout.write(`CPU profile (${results.profile.file}), self time:\n${results.profile.topSelf.slice(0, 15).map((r) => `  ${r.pct.toFixed(1).padStart(5)} %  ${r.name}`).join('\n')}\n`);
-  }
   if (!argv['no-md']) writeBenchmarksMd(join(ROOT, 'BENCHMARKS.md'), results);
   log(`wrote bench/results/latest.json${argv['no-md'] ? '' : ' and BENCHMARKS.md'} (${results.durationSeconds} s)`);
   process.exitCode = results.errors.length ? 1 : 0;

@@ -249,3 +249,18 @@ export function loadAvg1(): number {
     return NaN;
   }
 }
+
+/** Machine-wide CPU ticks from /proc/stat (all cores): idle (idle + iowait) and total, to tell waiting from a full machine. */
+export function machineTicks(): { idle: number; total: number } {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal (guest time is already inside user and nice)
+    const total = f.slice(0, 8).reduce((s, v) => s + (Number.isFinite(v) ? v : 0), 0);
+    return { idle: (f[3] ?? 0) + (f[4] ?? 0), total };
+  } catch {
+    return { idle: NaN, total: NaN };
+  }
+}
+
+/** Microseconds on the monotonic clock that V8's CPU profiles stamp their samples with (both CLOCK_MONOTONIC on Linux). */
+export const monotonicUs = (): number => Number(process.hrtime.bigint() / 1000n);

@@ -12,9 +12,14 @@ export interface Machine {
   loadAvgAtStart: number;
 }
 
+/** How smtp-source uses its sessions: a new TCP connection (greeting, EHLO, QUIT) per message, or `-d` (keep it). */
+export type ConnMode = 'new-connection' | 'reused';
+export const CONN_MODES: readonly ConnMode[] = ['new-connection', 'reused'];
+
 export interface ThroughputRun {
-  system: 'direct' | 'haraka' | 'dlp-relay' | 'dlp-relay-stub' | 'dlp-relay-2w' | 'dlp-relay-stub-2w';
+  system: 'direct' | 'haraka' | 'haraka-2w' | 'dlp-relay' | 'dlp-relay-2w' | 'dlp-relay-stub-2w';
   ucwiLatencyMs: number | null;
+  mode: ConnMode;
   sessions: number;
   messages: number;
   /** Messages smtp-source counted as done (DATA completed). */
@@ -24,15 +29,18 @@ export interface ThroughputRun {
   seconds: number;
   msgPerSec: number;
   ok: boolean;
-  /** CPU milliseconds per message of the system under test (relay and simulator separately), when measured. */
+  /** CPU milliseconds per message by process group (relay tree, Haraka tree, simulator or stub), when measured. */
   cpuMsPerMsg: Record<string, number>;
   loadAvg: number;
+  /** Share of the whole machine's CPU time that was idle during the run (all processes, ours and others'), in %. */
+  machineIdlePct: number;
   error?: string;
 }
 
 export interface ThroughputCell {
   system: ThroughputRun['system'];
   ucwiLatencyMs: number | null;
+  mode: ConnMode;
   sessions: number;
   /** Median over the repetitions. */
   msgPerSec: number;
@@ -71,6 +79,8 @@ export interface LatencyResult {
   addedInclUcwiP50: number;
   addedInclUcwiP99: number;
   matchedLogLines: number;
+  /** How the replies were matched to log lines: by the log line's messageId, or (older relays) by the reply's "(ref <queryId>)". */
+  matchedBy: { messageId: number; ref: number };
 }
 
 export interface RssResult {
@@ -86,6 +96,8 @@ export interface RssResult {
 }
 
 export interface Target {
+  /** Which issue set the goal: issue 9's targets are the point of this harness; issue 5's are kept for regressions. */
+  issue: 5 | 9;
   name: string;
   goal: string;
   measured: string;
@@ -98,15 +110,17 @@ export interface Results {
   durationSeconds: number;
   machine: Machine;
   versions: { haraka: string; relayBuild: string; smtpSource: string };
-  settings: { bodyBytes: number; seconds: number; reps: number };
+  settings: { bodyBytes: number; seconds: number; reps: number; sessions: number[]; modes: ConnMode[] };
   commands: Record<string, string>;
   throughput: ThroughputCell[];
   latency200: ThroughputCell[];
   latency: LatencyResult | null;
   rss: RssResult | null;
   peakRssDuringThroughputMiB: Record<string, number>;
-  profile: (ProfileSummary & { file: string; sessions: number }) | null;
+  profile: (ProfileSummary & { files: string[]; sessions: number; mode: ConnMode; workers: number; msgPerSec: number }) | null;
   targets: Target[];
+  /** Sentences derived from the numbers (bench/lib/analysis.ts). */
+  analysis: string[];
   errors: string[];
 }
 
@@ -139,26 +153,37 @@ function plainTable(head: string[], rows: string[][]): string {
   return [line(head), line(w.map((n) => '-'.repeat(n))), ...rows.map(line)].join('\n');
 }
 
-const systemLabel = (c: { system: string; ucwiLatencyMs: number | null }) =>
-  c.system === 'dlp-relay'
-    ? `dlp-relay (UCWI sim ${c.ucwiLatencyMs} ms)`
-    : c.system === 'dlp-relay-stub'
-      ? `dlp-relay (UCWI stub ${c.ucwiLatencyMs} ms, no scan)*`
-      : c.system === 'dlp-relay-2w'
-        ? `dlp-relay, 2 workers (UCWI sim ${c.ucwiLatencyMs} ms)*`
-        : c.system === 'dlp-relay-stub-2w'
-          ? `dlp-relay, 2 workers (UCWI stub ${c.ucwiLatencyMs} ms, no scan)*`
-      : c.system === 'haraka'
-        ? 'Haraka smtp_forward'
-        : 'direct → sink (ceiling)';
+const systemLabel = (c: { system: string; ucwiLatencyMs: number | null }): string => {
+  switch (c.system) {
+    case 'dlp-relay':
+      return `dlp-relay, 1 process (UCWI sim ${c.ucwiLatencyMs} ms)${c.ucwiLatencyMs === 0 ? '*' : ''}`;
+    case 'dlp-relay-2w':
+      return `dlp-relay, 2 workers (UCWI sim ${c.ucwiLatencyMs} ms)`;
+    case 'dlp-relay-stub-2w':
+      return `dlp-relay, 2 workers (UCWI stub ${c.ucwiLatencyMs} ms, no scan)*`;
+    case 'haraka':
+      return 'Haraka smtp_forward, 1 worker (nodes=1)*';
+    case 'haraka-2w':
+      return 'Haraka smtp_forward, 2 workers (nodes=2)';
+    default:
+      return 'direct → sink (ceiling)';
+  }
+};
+
+export const modeTitle = (m: ConnMode): string => (m === 'new-connection' ? 'a new connection per message (smtp-source without -d)' : 'reused connections (smtp-source -d)');
+
+/** Median CPU ms per message of one process group over a cell's runs (NaN when not measured). */
+export function cpuOf(c: ThroughputCell, group: string): number {
+  return median(c.runs.map((r) => r.cpuMsPerMsg[group] ?? NaN).filter(Number.isFinite));
+}
 
 function cpuCell(c: ThroughputCell): string {
   const keys = new Set(c.runs.flatMap((r) => Object.keys(r.cpuMsPerMsg)));
-  return [...keys].map((k) => `${k} ${f2(median(c.runs.map((r) => r.cpuMsPerMsg[k] ?? NaN).filter(Number.isFinite)))}`).join(', ') || '—';
+  return [...keys].map((k) => `${k} ${f2(cpuOf(c, k))}`).join(', ') || '—';
 }
 
 function throughputRows(cells: ThroughputCell[], withExpected: boolean): { head: string[]; rows: string[][] } {
-  const head = ['system', 'sessions', 'msg/s (median)', 'min–max', 'runs', 'msgs/run (median)', 'CPU ms/msg', ...(withExpected ? ['sessions ÷ latency', 'efficiency'] : []), 'load avg', 'all delivered'];
+  const head = ['system', 'sessions', 'msg/s (median)', 'min–max', 'runs', 'msgs/run (median)', 'CPU ms/msg', ...(withExpected ? ['sessions ÷ latency', 'efficiency'] : []), 'machine idle', 'load avg', 'all delivered'];
   const rows = cells.map((c) => {
     const expected = c.ucwiLatencyMs ? c.sessions / (c.ucwiLatencyMs / 1000) : NaN;
     return [
@@ -170,6 +195,7 @@ function throughputRows(cells: ThroughputCell[], withExpected: boolean): { head:
       f0(median(c.runs.map((r) => r.messages))),
       cpuCell(c),
       ...(withExpected ? [f0(expected), `${f1((c.msgPerSec / expected) * 100)} %`] : []),
+      `${f0(median(c.runs.map((r) => r.machineIdlePct).filter(Number.isFinite)))} %`,
       f1(median(c.runs.map((r) => r.loadAvg))),
       c.runs.every((r) => r.ok) ? 'yes' : `NO (${c.runs.filter((r) => !r.ok).length} failed)`,
     ];
@@ -192,20 +218,40 @@ function latencyRows(l: LatencyResult): { head: string[]; rows: string[][] } {
   };
 }
 
+const targetRows = (ts: Target[], bold: boolean): string[][] =>
+  ts.map((t) => [t.name, t.goal, t.measured, t.pass === null ? 'n/a' : bold ? (t.pass ? '**PASS**' : '**FAIL**') : t.pass ? 'PASS' : 'FAIL']);
+
+type Profile = NonNullable<Results['profile']>;
+
+function profileTables(p: Profile): { head: string[]; rows: string[][] }[] {
+  const ms = (v: number | null) => (v === null ? 'n/a' : v.toFixed(3));
+  return [
+    { head: ['who', '% of busy time', 'ms/msg'], rows: p.byKind.map((x) => [x.name, f1(x.pct), ms(x.msPerMsg)]) },
+    { head: ['area (self time)', 'kind', '% of busy time', 'ms/msg'], rows: p.byArea.slice(0, 12).map((x) => [x.name, x.kind, f1(x.pct), ms(x.msPerMsg)]) },
+    { head: ['top functions (self time)', 'kind', '% of busy time'], rows: p.topSelf.slice(0, 12).map((x) => [x.name, x.kind, f1(x.pct)]) },
+  ];
+}
+
+const profileIntro = (p: Profile): string =>
+  `${p.processes} process(es) (supervisor and ${p.workers} worker(s)), ${modeTitle(p.mode)}, ${p.sessions} sessions, UCWI sim 0 ms, ${p.messages ?? '?'} messages at ${f0(p.msgPerSec)} msg/s with the profiler on; ${f0(p.totalMs)} ms sampled ${p.windowed ? 'during the measured run only (start-up and warm-up left out)' : "over the processes' whole lives (the run window could not be applied)"}, ${f1(p.idlePct)} % idle. Shares are of busy (non-idle) time; ms/msg is busy sampled time per message over all processes (main threads only: GC helper and libuv threads are not sampled).`;
+
 export function printTables(r: Results): string {
   const out: string[] = [];
-  if (r.throughput.length) {
-    const t = throughputRows(r.throughput, false);
-    out.push(`Throughput, ${r.settings.bodyBytes}-byte bodies, UCWI simulator at 0 ms`, plainTable(t.head, t.rows), '');
+  for (const mode of CONN_MODES) {
+    const cells = r.throughput.filter((c) => c.mode === mode);
+    if (!cells.length) continue;
+    const t = throughputRows(cells, false);
+    out.push(`Throughput, ${modeTitle(mode)}, ${r.settings.bodyBytes}-byte bodies, UCWI at 0 ms`, plainTable(t.head, t.rows), '');
   }
   if (r.latency200.length) {
     const t = throughputRows(r.latency200, true);
-    out.push('Throughput, UCWI simulator at 200 ms', plainTable(t.head, t.rows), '');
+    out.push('Throughput, UCWI simulator at 200 ms (reused connections)', plainTable(t.head, t.rows), '');
   }
   if (r.latency) {
     const t = latencyRows(r.latency);
     out.push(`Latency, ${r.latency.messages} sequential messages, one session`, plainTable(t.head, t.rows));
-    out.push(`added (excl. UCWI): p50 ${f2(r.latency.addedP50)} ms, p99 ${f2(r.latency.addedP99)} ms; incl. the UCWI round trip at 0 ms: p50 ${f2(r.latency.addedInclUcwiP50)} ms, p99 ${f2(r.latency.addedInclUcwiP99)} ms`, '');
+    out.push(`added (excl. UCWI): p50 ${f2(r.latency.addedP50)} ms, p99 ${f2(r.latency.addedP99)} ms; incl. the UCWI round trip at 0 ms: p50 ${f2(r.latency.addedInclUcwiP50)} ms, p99 ${f2(r.latency.addedInclUcwiP99)} ms`);
+    out.push(`log lines matched: ${r.latency.matchedLogLines} of ${r.latency.messages} (by messageId ${r.latency.matchedBy.messageId}, by reply ref ${r.latency.matchedBy.ref})`, '');
   }
   if (r.rss) {
     out.push(
@@ -214,33 +260,46 @@ export function printTables(r: Results): string {
       '',
     );
   }
-  if (r.targets.length) {
-    out.push('Targets', plainTable(['target', 'goal', 'measured', 'result'], r.targets.map((t) => [t.name, t.goal, t.measured, t.pass === null ? 'n/a' : t.pass ? 'PASS' : 'FAIL'])), '');
+  if (r.profile) {
+    out.push('Where the time goes (relay CPU profile)', profileIntro(r.profile));
+    for (const t of profileTables(r.profile)) out.push(plainTable(t.head, t.rows), '');
   }
+  for (const issue of [9, 5] as const) {
+    const ts = r.targets.filter((t) => t.issue === issue);
+    if (ts.length) out.push(`Targets (issue ${issue})`, plainTable(['target', 'goal', 'measured', 'result'], targetRows(ts, false)), '');
+  }
+  if (r.analysis.length) out.push('Analysis', ...r.analysis.map((a) => `- ${a}`), '');
   if (r.errors.length) out.push('Errors:', ...r.errors.map((e) => `  - ${e}`), '');
   return out.join('\n');
 }
 
-const ANALYSIS_START = '<!-- analysis:start (kept by bench/run.ts when it rewrites this file) -->';
-const ANALYSIS_END = '<!-- analysis:end -->';
+const NOTES_START = '<!-- analysis:start (kept by bench/run.ts when it rewrites this file) -->';
+const NOTES_END = '<!-- analysis:end -->';
 
 export function writeBenchmarksMd(file: string, r: Results): void {
+  // Hand-written notes between the markers survive a rewrite; everything else, the analysis included, is generated.
   const old = existsSync(file) ? readFileSync(file, 'utf8') : '';
-  const a = old.indexOf(ANALYSIS_START);
-  const b = old.indexOf(ANALYSIS_END);
-  const analysis = a >= 0 && b > a ? old.slice(a, b + ANALYSIS_END.length) : `${ANALYSIS_START}\n_No analysis written yet._\n${ANALYSIS_END}`;
+  const a = old.indexOf(NOTES_START);
+  const b = old.indexOf(NOTES_END);
+  const notes = a >= 0 && b > a ? old.slice(a, b + NOTES_END.length) : `${NOTES_START}\n_None._\n${NOTES_END}`;
   const m = r.machine;
   const parts: string[] = [];
+  const i9 = r.targets.filter((t) => t.issue === 9);
+  const i5 = r.targets.filter((t) => t.issue === 5);
   parts.push(
     '# Benchmarks',
     '',
     `Generated by \`npm run bench\` (bench/run.ts) on ${r.finishedAt.slice(0, 10)}; the run took ${f0(r.durationSeconds)} s. Raw numbers: \`bench/results/latest.json\` (not committed).`,
     'Everything runs on one machine over 127.0.0.1: load generator, relay, UCWI simulator, Haraka and the sink share its cores, so the numbers compare systems on the same box, not what each would do alone.',
     '',
-    '## Targets (issue 5)',
+    '## Targets (issue 9: both systems with 2 worker processes, same run)',
     '',
-    mdTable(['target', 'goal', 'measured', 'result'], r.targets.map((t) => [t.name, t.goal, t.measured, t.pass === null ? 'n/a' : t.pass ? '**PASS**' : '**FAIL**'])),
+    i9.length ? mdTable(['target', 'goal', 'measured', 'result'], targetRows(i9, true)) : '_Not measured in this run (the throughput scenario did not run or Haraka was unavailable)._',
     '',
+  );
+  if (i5.length) parts.push('### Earlier targets (issue 5), kept to catch regressions', '', mdTable(['target', 'goal', 'measured', 'result'], targetRows(i5, true)), '');
+  if (r.analysis.length) parts.push('## Analysis (generated from the numbers above)', '', ...r.analysis.map((s) => `- ${s}`), '');
+  parts.push(
     '## Machine',
     '',
     mdTable(
@@ -258,22 +317,28 @@ export function writeBenchmarksMd(file: string, r: Results): void {
     ),
     '',
   );
+  for (const mode of CONN_MODES) {
+    const cells = r.throughput.filter((c) => c.mode === mode);
+    if (!cells.length) continue;
+    const t = throughputRows(cells, false);
+    parts.push(`## Throughput, ${modeTitle(mode)}: ${r.settings.bodyBytes / 1024} KiB messages, UCWI at 0 ms`, '', mdTable(t.head, t.rows), '');
+  }
   if (r.throughput.length) {
-    const t = throughputRows(r.throughput, false);
     parts.push(
-      `## Throughput: ${r.settings.bodyBytes / 1024} KiB messages, UCWI simulator at 0 ms`,
+      `Each cell is the median of ${r.settings.reps} runs of about ${r.settings.seconds} s each (the first sized from a warm-up run, the others from the run before). "CPU ms/msg" is user+system CPU divided by messages: \`relay\` is the relay's whole process tree (supervisor and workers), \`haraka\` Haraka's (master and workers), \`sim\`/\`stub\` the UCWI server. "machine idle" is the share of all cores' time that was idle during the run (every process on the machine counted); "load avg" is the 1-minute load average when the runs started: the machine has ${m.nproc} cores; anything well above the load this benchmark makes itself means other work shared the CPU.`,
       '',
-      `Each cell is the median of ${r.settings.reps} runs of about ${r.settings.seconds} s each (the first sized from a warm-up run, the others from the run before). "CPU ms/msg" is user+system CPU of the process(es) under test divided by messages (relay and UCWI simulator or stub separately; Haraka is its master and worker together). "load avg" is the 1-minute load average when the runs started: the machine has ${r.machine.nproc} cores, anything well above the load this benchmark makes itself (about 2) means other work shared the CPU.`,
-      '',
-      mdTable(t.head, t.rows),
-      '',
-      '\\* Diagnostic row, not used for the targets: the same relay against a stub UCWI server (bench/ucwi-stub.ts) that checks the signature and discards the upload without scanning. It shows what the relay does when the DLP engine is not competing with it for this machine\'s cores, as in production where UCWI is a separate appliance. The "2 workers" rows run the relay in cluster mode (`smtp.workers: 2`): a supervisor and two SMTP worker processes, CPU summed over all three.',
+      '\\* Diagnostic row, not used for the targets: single-process rows (`--single`) and the relay against a stub UCWI server (bench/ucwi-stub.ts) that checks the signature and discards the upload without scanning, as if the DLP engine ran on its own hardware.',
       '',
     );
   }
+  if (r.profile) {
+    parts.push('## Where the time goes (CPU profile of the relay, `--profile`)', '', profileIntro(r.profile), '');
+    for (const t of profileTables(r.profile)) parts.push(mdTable(t.head, t.rows.map((row) => row.map((c, i) => (i === 0 && /:\d+$/.test(c) ? '`' + c + '`' : c)))), '');
+    parts.push(`Profiles: ${r.profile.files.map((f) => `\`${f}\``).join(', ')} (not committed; open in Chrome DevTools or speedscope).`, '');
+  }
   if (r.latency200.length) {
     const t = throughputRows(r.latency200, true);
-    parts.push('## Throughput with the UCWI simulator at 200 ms', '', 'By Little\'s law a session can complete at most one message per 200 ms, so the ideal is sessions ÷ 0.2 s.', '', mdTable(t.head, t.rows), '');
+    parts.push('## Throughput with the UCWI simulator at 200 ms (reused connections)', '', "By Little's law a session can complete at most one message per 200 ms, so the ideal is sessions ÷ 0.2 s.", '', mdTable(t.head, t.rows), '');
   }
   if (r.latency) {
     const t = latencyRows(r.latency);
@@ -286,7 +351,7 @@ export function writeBenchmarksMd(file: string, r: Results): void {
       '',
       `- **Added latency excluding UCWI** = percentile of (relay dot→250 − that message's \`dlpMs\`) − the same percentile of direct dot→250: **p50 ${f2(r.latency.addedP50)} ms, p99 ${f2(r.latency.addedP99)} ms**.`,
       `- Including the UCWI round trip to the simulator at 0 ms (relay dot→250 − direct dot→250): p50 ${f2(r.latency.addedInclUcwiP50)} ms, p99 ${f2(r.latency.addedInclUcwiP99)} ms.`,
-      `- \`dlpMs\` is the relay's own timing of the whole UCWI call (upload, simulator scan, answer), rounded to whole ms by the relay, so each per-message difference carries ±0.5 ms. ${r.latency.matchedLogLines} of ${r.latency.messages} replies were matched to their log line by queryId.`,
+      `- \`dlpMs\` is the relay's own timing of the whole UCWI call, rounded to whole ms, so each per-message difference carries ±0.5 ms. ${r.latency.matchedLogLines} of ${r.latency.messages} replies were matched to the relay's "message" log line (${r.latency.matchedBy.messageId} by its \`messageId\`, the Message-ID our client wrote; ${r.latency.matchedBy.ref} by a "(ref <queryId>)" in the reply, which only relays before issue 9 give).`,
       '',
     );
   }
@@ -305,27 +370,19 @@ export function writeBenchmarksMd(file: string, r: Results): void {
       '',
     );
   }
-  if (r.profile) {
-    parts.push(
-      `## CPU profile of the relay (\`--profile\`, ${r.profile.sessions} sessions, UCWI 0 ms)`,
-      '',
-      `${r.profile.totalMs} ms sampled, ${r.profile.idlePct} % idle. Saved as \`${r.profile.file}\` (not committed).`,
-      '',
-      mdTable(['self time by package', '%'], r.profile.byPackage.map((p) => [p.name, p.pct.toFixed(1)])),
-      '',
-      mdTable(['top functions (self time)', '%'], r.profile.topSelf.slice(0, 20).map((p) => ['`' + p.name + '`', p.pct.toFixed(1)])),
-      '',
-    );
-  }
   parts.push(
     '## How it was run',
     '',
-    '`npm run bench` runs everything below in about 4–6 minutes and installs what is missing (Debian `postfix` for smtp-source/smtp-sink, with the daemon left stopped; Haraka with npm into a temp dir). `npm run bench -- --help` lists the options: `--profile` adds a `node --cpu-prof` run of the relay at 100 sessions and summarises it, `--only latency,rss` runs some scenarios, `--quick` is a short smoke run, `--md-only` rewrites this file from `bench/results/latest.json`.',
+    '`npm run bench` runs everything below and installs what is missing (Debian `postfix` for smtp-source/smtp-sink, with the daemon left stopped; Haraka with npm into a temp dir). `npm run bench -- --help` lists the options: `--profile` adds a `node --cpu-prof` run of the 2-worker relay with a new connection per message and summarises it, `--sessions 20` limits the session counts, `--single` adds single-process rows, `--only latency,rss` runs some scenarios, `--quick` is a short smoke run, `--md-only` rewrites this file from `bench/results/latest.json`.',
     '',
     'Exact commands (ports differ per run):',
     '',
-    '```', ...Object.entries(r.commands).map(([k, v]) => `# ${k}\n${v}`), '```', '');
+    '```',
+    ...Object.entries(r.commands).map(([k, v]) => `# ${k}\n${v}`),
+    '```',
+    '',
+  );
   if (r.errors.length) parts.push('## Errors during the run', '', ...r.errors.map((e) => `- ${e}`), '');
-  parts.push('## Analysis and proposals', '', analysis, '');
+  parts.push('## Hand-written notes (kept between runs; they may describe earlier runs)', '', notes, '');
   writeFileSync(file, parts.join('\n'));
 }

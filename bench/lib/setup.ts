@@ -60,16 +60,18 @@ export async function ensureHaraka(log: Log): Promise<{ bin: string; version: st
 
 /**
  * Writes a Haraka config dir: listen on loopback, accept mail for example.test (rcpt_to.in_host_list)
- * and forward it with queue/smtp_forward to the sink, no TLS, log level warn, one worker process.
+ * and forward it with queue/smtp_forward to the sink, no TLS, log level warn, `nodes` worker processes.
+ * `nodes` is Haraka's cluster setting (smtp.ini [main], docs/CoreConfig.md: "Number of worker processes to
+ * fork"); any value makes Haraka fork that many workers from a master, so nodes=1 is master + one worker.
  * `haraka -i` lays down the full default tree first (Haraka reads connection.ini etc. from it).
  */
-export async function writeHarakaConfig(bin: string, dir: string, listenPort: number, sinkPort: number, domain: string): Promise<void> {
+export async function writeHarakaConfig(bin: string, dir: string, listenPort: number, sinkPort: number, domain: string, nodes: number): Promise<void> {
   if (!existsSync(join(dir, 'config', 'connection.ini'))) {
     const r = await runCommand('node', [bin, '-i', dir], { maxSeconds: 60 });
     if (r.code !== 0) throw new Error(`haraka -i failed:\n${r.stderr}${r.stdout}`);
   }
   const c = (name: string, text: string) => writeFileSync(join(dir, 'config', name), text);
-  c('smtp.ini', `listen=127.0.0.1:${listenPort}\nnodes=1\n`);
+  c('smtp.ini', `listen=127.0.0.1:${listenPort}\nnodes=${nodes}\n`);
   c('log.ini', '[main]\nlevel=warn\n');
   c('plugins', 'rcpt_to.in_host_list\nqueue/smtp_forward\n');
   c('host_list', `${domain}\n`);

@@ -164,11 +164,14 @@ export class SmtpSession {
   }
 }
 
+/** The Message-ID header value makeMessage writes for `id`; the relay's "message" log line carries it as messageId. */
+export const messageIdOf = (id: string): string => `<${id}@bench.example.test>`;
+
 /** A plain-text message of about `bodyBytes` body bytes (72-character lines, CRLF), dot-safe. */
 export function makeMessage(bodyBytes: number, opts: { from: string; to: string; subject: string; id: string }): Buffer {
   const head =
     `From: <${opts.from}>\r\nTo: <${opts.to}>\r\nSubject: ${opts.subject}\r\n` +
-    `Date: ${new Date().toUTCString()}\r\nMessage-ID: <${opts.id}@bench.example.test>\r\nMIME-Version: 1.0\r\n` +
+    `Date: ${new Date().toUTCString()}\r\nMessage-ID: ${messageIdOf(opts.id)}\r\nMIME-Version: 1.0\r\n` +
     `Content-Type: text/plain; charset=us-ascii\r\n\r\n`;
   const line = 'The quick brown fox jumps over the lazy dog, then files a status report.\r\n';
   const body = line.repeat(Math.max(1, Math.ceil(bodyBytes / line.length)));
