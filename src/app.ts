@@ -15,6 +15,7 @@ import { NextHopRelay, type OutboundEnvelope, type DeliveryResult, type NextHopO
 import { LocalOutbox } from './egress/outbox.js';
 import { createQuarantineStore, startRetention, createNotifier, type QuarantineStore, type OperationsContext, type DeliverFn, type RescanFn, type Notifier } from './quarantine/index.js';
 import { decide, type PolicySettings } from './policy/policy.js';
+import { loopGuardFromConfig } from './policy/loop-token.js';
 import { toOutbound, type Deliverer, type PipelineDeps, type VerdictHook } from './pipeline/process.js';
 import { startUcwiSim, type UcwiSim } from './sim/ucwi/server.js';
 import { ClusterMetrics, Metrics, type GaugeSources, type MetricsRenderer } from './observability/metrics.js';
@@ -265,6 +266,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       instance: `${hostname()}:${process.pid}`,
       dataDeadlineMs: c.limits.dataDeadlineMs,
       policy: policySettings(c),
+      loopGuard: loopGuardFromConfig({ ...c.policy.loop, key: c.secrets.loopKey, previousKey: c.secrets.loopPreviousKey }, logger),
       dlp: ucwi,
       deliverer,
       quarantine,

@@ -98,13 +98,22 @@ function num(raw: Raw, path: string[], v: string): string | void {
 }
 
 /** Secrets: env value, else env *_FILE, else the config's *File key. Never the YAML itself. */
-const SECRETS: Array<{ key: keyof Config['secrets']; env: string; fileKey?: [string, string] }> = [
+const SECRETS: Array<{ key: keyof Config['secrets']; env: string; fileKey?: string[] }> = [
   { key: 'ucwiAccessKey', env: 'DLP_RELAY_UCWI_ACCESS_KEY', fileKey: ['ucwi', 'accessKeyFile'] },
   { key: 'ucwiSecretKey', env: 'DLP_RELAY_UCWI_SECRET_KEY', fileKey: ['ucwi', 'secretKeyFile'] },
   { key: 'nextHopPass', env: 'DLP_RELAY_NEXT_HOP_PASS', fileKey: ['nextHop', 'passFile'] },
   { key: 'adminToken', env: 'DLP_RELAY_ADMIN_TOKEN', fileKey: ['admin', 'tokenFile'] },
   { key: 'casToken', env: 'DLP_RELAY_CAS_TOKEN', fileKey: ['cas', 'tokenFile'] },
+  { key: 'loopKey', env: 'DLP_RELAY_LOOP_KEY', fileKey: ['policy', 'loop', 'keyFile'] },
+  { key: 'loopPreviousKey', env: 'DLP_RELAY_LOOP_PREVIOUS_KEY', fileKey: ['policy', 'loop', 'previousKeyFile'] },
 ];
+
+/** raw.a.b.c, or undefined when any step is missing. */
+function getPath(obj: Raw, path: string[]): unknown {
+  let cur: unknown = obj;
+  for (const k of path) cur = cur && typeof cur === 'object' && !Array.isArray(cur) ? (cur as Raw)[k] : undefined;
+  return cur;
+}
 
 export interface LoadOptions {
   /** Config file; default config/default.yaml beside the package (skipped silently if absent). */
@@ -168,7 +177,7 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
   for (const s of SECRETS) {
     const direct = env[s.env];
     const envFile = env[`${s.env}_FILE`];
-    const cfgFile = s.fileKey ? ((raw[s.fileKey[0]] as Raw | undefined)?.[s.fileKey[1]] as string | undefined) : undefined;
+    const cfgFile = s.fileKey ? (getPath(raw, s.fileKey) as string | undefined) : undefined;
     const f = envFile || cfgFile;
     if (direct) secrets[s.key] = direct;
     else if (f) {
@@ -215,6 +224,11 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
       problems.push({ path: 'cas.outbox.backend', message: 'the pg outbox lives in the quarantine database: set quarantine.url' });
     if (c.smtp.workers > 1 && c.cas.enabled && c.cas.outbox.backend !== 'pg')
       problems.push({ path: 'smtp.workers', message: 'several workers share the CAS outbox only with cas.outbox.backend: pg (the fs journal admits one process)' });
+    const loop = c.policy.loop;
+    for (const [key, path] of [['loopKey', 'policy.loop.keyFile'], ['loopPreviousKey', 'policy.loop.previousKeyFile']] as const)
+      if (c.secrets[key] !== null && Buffer.byteLength(c.secrets[key]) < 16) problems.push({ path, message: 'a loop header key must be at least 16 bytes (32 random bytes, e.g. `openssl rand -base64 32`)' });
+    if ((c.secrets.loopPreviousKey !== null) !== (loop.previousKeyUntil !== null))
+      problems.push({ path: 'policy.loop.previousKeyUntil', message: 'the previous loop key (policy.loop.previousKeyFile or DLP_RELAY_LOOP_PREVIOUS_KEY) and previousKeyUntil go together' });
     if (c.nextHop.secure && c.nextHop.starttls === 'required')
       problems.push({ path: 'nextHop.starttls', message: 'implicit TLS (secure: true) and STARTTLS exclude each other' });
   }

@@ -175,6 +175,16 @@ export const configSchema = z
             /** Marks a message we already scanned; trusted networks may send it back without a second scan. */
             header: headerName.default('X-DLP-Relay-Scanned'),
             trustedNetworks: z.array(cidr).default([]),
+            /**
+             * The header's value is signed (HMAC-SHA-256) with this key; relays that reflect mail to each
+             * other share it. DLP_RELAY_LOOP_KEY (or its _FILE) wins. None: a random key per process.
+             */
+            keyFile: nullableString,
+            /** Key rotation: the key before the current one, accepted for incoming values until previousKeyUntil. */
+            previousKeyFile: nullableString,
+            previousKeyUntil: z.iso.datetime({ offset: true }).or(z.iso.date()).nullable().default(null),
+            /** A signed value older than this is not trusted: the copy is scanned again. */
+            maxAgeSeconds: z.number().int().min(60).max(30 * 86_400).default(3600),
           })
           .strict()
           .prefault({}),
@@ -267,6 +277,8 @@ export const configSchema = z
         nextHopPass: z.string().nullable().default(null),
         adminToken: z.string().nullable().default(null),
         casToken: z.string().nullable().default(null),
+        loopKey: z.string().nullable().default(null),
+        loopPreviousKey: z.string().nullable().default(null),
       })
       .strict()
       .prefault({}),

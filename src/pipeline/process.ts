@@ -4,7 +4,8 @@ import { createHash, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { SpooledMessage } from '../spool/spool.js';
 import type { InspectResult } from '../dlp/client.js';
-import { decide, loopRule, renderHeaders, type Decision, type PolicySettings } from '../policy/policy.js';
+import { decide, renderHeaders, type Decision, type PolicySettings } from '../policy/policy.js';
+import type { LoopGuard } from '../policy/loop-token.js';
 import { catalogueReply, nextHopFailureReply, RelayError, type SmtpReply } from '../errors.js';
 import type { MatchedPolicy, NewQuarantineRecord, QuarantineStore, StoredEnvelope } from '../quarantine/types.js';
 import { DeliveryError, type DeliveryResult, type OutboundEnvelope } from '../egress/relay.js';
@@ -32,6 +33,8 @@ export interface PipelineDeps {
   instance: string;
   dataDeadlineMs: number;
   policy: PolicySettings;
+  /** Signs our loop header and judges incoming ones (only a valid, fresh one from a trusted client skips the scan). */
+  loopGuard: LoopGuard;
   dlp: Inspector;
   deliverer: Deliverer;
   quarantine: QuarantineStore;
@@ -116,11 +119,8 @@ export function processMessage(deps: PipelineDeps, msg: MessageInput): Promise<O
 
 async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, side: Array<Promise<unknown>>): Promise<Partial_> {
   const { spool, queryId } = msg;
-  const loopName = deps.policy.loop.header.toLowerCase();
-  const loopFields = spool.headers.filter((h) => h.name === loopName);
-  const rule = loopRule(loopFields.length > 0, msg.clientTrusted);
-  // A forged loop header is cut out of the bytes we scan and deliver.
-  const skip = rule === 'strip-and-scan' ? loopFields.map((h) => ({ start: h.start, end: h.end })) : [];
+  // A loop header that does not let the message skip the scan is cut out of the bytes we scan and deliver.
+  const { rule, strip: skip } = deps.loopGuard.judge(spool.headers, msg.clientTrusted, { queryId, clientAddress: msg.clientAddress });
   const strippedBytes = skip.reduce((n, r) => n + (r.end - r.start), 0);
 
   let dlp: InspectResult | null = null;
@@ -206,7 +206,7 @@ function quarantineRecord(deps: PipelineDeps, msg: MessageInput, actionCode: num
 }
 
 async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'relay' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, strippedBytes: number, signal: AbortSignal): Promise<Partial_> {
-  const prepend = renderHeaders(decision.headers);
+  const prepend = renderHeaders(deps.loopGuard.seal(decision.headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId));
   const env = toOutbound(msg.envelope);
   env.size = msg.spool.size + prepend.length - strippedBytes;
   const t0 = performance.now();
