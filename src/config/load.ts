@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { configSchema, type Config, type FrozenConfig } from './schema.js';
 import { effectiveActions } from '../policy/policy.js';
+import { maskDeep, maskSecrets } from '../util/mask.js';
 
 export type { Config, FrozenConfig } from './schema.js';
 
@@ -20,7 +21,8 @@ export interface ConfigProblem {
 export class ConfigError extends Error {
   readonly problems: ConfigProblem[];
   constructor(problems: ConfigProblem[]) {
-    super(`invalid configuration:\n${problems.map((p) => `  - ${p.path}: ${p.message}`).join('\n')}`);
+    // Messages may quote a value (an env override, a URL): masked, since they go to stderr and logs.
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p.path}: ${maskSecrets(p.message)}`).join('\n')}`);
     this.name = 'ConfigError';
     this.problems = problems;
   }
@@ -242,6 +244,6 @@ export function maskedConfig(c: FrozenConfig): unknown {
   for (const k of Object.keys(copy.secrets) as Array<keyof Config['secrets']>) {
     if (copy.secrets[k]) copy.secrets[k] = '********';
   }
-  if (copy.quarantine.url) copy.quarantine.url = copy.quarantine.url.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:********@');
-  return copy;
+  // Every string, not a list of known URL keys: a password in any URL (ucwi.url, cas.url, quarantine.url…) is masked.
+  return maskDeep(copy);
 }
