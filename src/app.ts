@@ -10,7 +10,7 @@ import type { FrozenConfig } from './config/load.js';
 import { UcwiClient, type UcwiObserver } from './dlp/client.js';
 import { Ingress } from './ingress/server.js';
 import { UserDb } from './ingress/auth.js';
-import { prepareSpoolDir } from './spool/spool.js';
+import { recoverStores } from './recovery/startup.js';
 import { NextHopRelay, type OutboundEnvelope, type DeliveryResult, type NextHopOptions } from './egress/relay.js';
 import { LocalOutbox } from './egress/outbox.js';
 import { createQuarantineStore, startRetention, createNotifier, type QuarantineStore, type OperationsContext, type DeliverFn, type RescanFn, type Notifier } from './quarantine/index.js';
@@ -234,7 +234,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
   // Each cluster worker sweeps and uses its own subdirectory, so a restarting worker never removes
   // the spool files of a sibling's messages in flight.
   const spoolDir = worker ? join(c.spool.dir, `w${worker.index}`) : c.spool.dir;
-  await prepareSpoolDir(spoolDir);
+  await recoverStores(c, logger, { spoolDir, worker: worker !== undefined });
   const stops: Array<() => Promise<unknown>> = [];
   try {
     const { quarantine, cas, sources } = await openStores(c, logger, stops, { quarantine: opts.quarantine, casPusher: !worker });
@@ -359,7 +359,7 @@ export interface RunningSupervisor {
  */
 export async function startSupervisor(c: FrozenConfig, logger: Logger): Promise<RunningSupervisor> {
   // Files left by an earlier single-process run; the workers sweep their own subdirectories.
-  await prepareSpoolDir(c.spool.dir);
+  await recoverStores(c, logger, { spoolDir: c.spool.dir, worker: false });
   const stops: Array<() => Promise<unknown>> = [];
   try {
     const { quarantine, cas, sources } = await openStores(c, logger, stops, { casPusher: true });
