@@ -203,6 +203,15 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
     const c = result.data;
     // Codes the file does not mention keep their defaults; the effective table is what check-config prints.
     c.policy.actions = effectiveActions(c.policy.actions);
+    // Our own domains are never pushed to a tenant-wide block list unless the admin lists exemptions explicitly.
+    // An empty list counts as unset (config/default.yaml spells it out as []).
+    if (c.cas.exemptDomains.length === 0) c.cas.exemptDomains = [...c.policy.localDomains];
+    if (c.cas.enabled && c.cas.push.sender && c.cas.exemptDomains.length === 0 && !c.cas.allowEmptyExemptions)
+      problems.push({
+        path: 'cas.exemptDomains',
+        message:
+          'CAS sender pushing (cas.push.sender) with no exempt domain would put our own users on the tenant-wide blocked-senders list: set policy.localDomains (or cas.exemptDomains), or cas.allowEmptyExemptions: true if that is really meant',
+      });
     if (c.ucwi.url !== null && (!c.secrets.ucwiAccessKey || !c.secrets.ucwiSecretKey))
       problems.push({
         path: 'ucwi.url',

@@ -170,6 +170,8 @@ export const configSchema = z
           .object({ name: headerName.default('X-DLP-Encrypt'), value: z.string().min(1).default('required') })
           .strict()
           .prefault({}),
+        /** Our own mail domains; cas.exemptDomains defaults to them, so CAS never blocks our own users. */
+        localDomains: z.array(z.string().min(1).regex(/^[@.]?[A-Za-z0-9.-]+$/, 'must be a domain name')).default([]),
         loop: z
           .object({
             /** Marks a message we already scanned; trusted networks may send it back without a second scan. */

@@ -64,7 +64,7 @@ describe('secrets never reach the logs', () => {
       config: {
         ...common,
         nextHop: { port: sink.port, authUser: 'relayuser' },
-        cas: { enabled: true, url: cas.url, outbox: { dir: join(dir, 'cas-outbox'), intervalMs: 100, baseMs: 100 }, retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 2000 } },
+        cas: { enabled: true, url: cas.url, exemptDomains: ['ourcorp.test'], outbox: { dir: join(dir, 'cas-outbox'), intervalMs: 100, baseMs: 100 }, retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 2000 } },
         secrets: { ucwiAccessKey: S.ucwiAccessKey, ucwiSecretKey: S.ucwiSecretKey, nextHopPass: S.nextHopPass, adminToken: S.adminToken, casToken: S.casToken },
       },
     });

@@ -52,6 +52,7 @@ describe('start-up recovery of every store', () => {
         spool: { dir: d.spool },
         outbox: { dir: d.outbox },
         quarantine: { dir: d.quarantine },
+        policy: { localDomains: ['ourcorp.test'] },
         cas: { enabled: true, url: cas.url, outbox: { dir: d.casOutbox } },
         secrets: { casToken: 'cas-token-recovery-0123456789' },
       },
