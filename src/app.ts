@@ -10,12 +10,13 @@ import type { FrozenConfig } from './config/load.js';
 import { UcwiClient, type UcwiObserver } from './dlp/client.js';
 import { Ingress } from './ingress/server.js';
 import { UserDb } from './ingress/auth.js';
-import { prepareSpoolDir } from './spool/spool.js';
+import { recoverStores } from './recovery/startup.js';
 import { NextHopPool, type DeliveryReport, type NextHopOptions } from './egress/pool.js';
 import type { Envelope } from './smtp/envelope.js';
 import { LocalOutbox } from './egress/outbox.js';
 import { createQuarantineStore, startRetention, createNotifier, type QuarantineStore, type OperationsContext, type DeliverFn, type RescanFn, type Notifier } from './quarantine/index.js';
 import { decide, type PolicySettings } from './policy/policy.js';
+import { loopGuardFromConfig } from './policy/loop-token.js';
 import type { PipelineDeps, VerdictHook } from './pipeline/process.js';
 import { startUcwiSim, type UcwiSim } from './sim/ucwi/server.js';
 import { ClusterMetrics, Metrics, type GaugeSources, type MetricsRenderer } from './observability/metrics.js';
@@ -248,7 +249,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
   // Each cluster worker sweeps and uses its own subdirectory, so a restarting worker never removes
   // the spool files of a sibling's messages in flight.
   const spoolDir = worker ? join(c.spool.dir, `w${worker.index}`) : c.spool.dir;
-  await prepareSpoolDir(spoolDir);
+  await recoverStores(c, logger, { spoolDir, worker: worker !== undefined });
   const stops: Array<() => Promise<unknown>> = [];
   try {
     const { quarantine, cas, sources } = await openStores(c, logger, stops, { quarantine: opts.quarantine, casPusher: !worker });
@@ -280,6 +281,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       instance: `${hostname()}:${process.pid}`,
       dataDeadlineMs: c.limits.dataDeadlineMs,
       policy: policySettings(c),
+      loopGuard: loopGuardFromConfig({ ...c.policy.loop, key: c.secrets.loopKey, previousKey: c.secrets.loopPreviousKey }, logger),
       dlp: ucwi,
       quarantine,
       onVerdict: hooks.length ? async (v) => void (await Promise.all(hooks.map((h) => h(v)))) : undefined,
@@ -378,7 +380,7 @@ export interface RunningSupervisor {
  */
 export async function startSupervisor(c: FrozenConfig, logger: Logger): Promise<RunningSupervisor> {
   // Files left by an earlier single-process run; the workers sweep their own subdirectories.
-  await prepareSpoolDir(c.spool.dir);
+  await recoverStores(c, logger, { spoolDir: c.spool.dir, worker: false });
   const stops: Array<() => Promise<unknown>> = [];
   try {
     const { quarantine, cas, sources } = await openStores(c, logger, stops, { casPusher: true });

@@ -1,6 +1,7 @@
 // Cluster mode (smtp.workers > 1): the supervisor forks SMTP workers that share the listen port, restarts a worker that dies, and on shutdown stops the workers before its own parts.
 import cluster, { type Worker } from 'node:cluster';
 import { once } from 'node:events';
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { FrozenConfig } from './config/load.js';
 import { startRelay, startSupervisor, type RunningRelay, type RunningSupervisor } from './app.js';
@@ -53,11 +54,19 @@ export async function startCluster(c: FrozenConfig, logger: Logger): Promise<Run
   const slots = new Map<number, Worker>();
   let stopping = false;
 
+  // The workers must share one loop header key, or a copy relayed by one worker and reflected to another
+  // is scanned twice: without a configured key the supervisor makes one for all of them (same warning).
+  const loopKeyEnv: Record<string, string> = {};
+  if (!c.secrets.loopKey) {
+    loopKeyEnv['DLP_RELAY_LOOP_KEY'] = randomBytes(32).toString('base64');
+    logger.warn({ setting: 'policy.loop.keyFile' }, 'no loop header key configured (policy.loop.keyFile or DLP_RELAY_LOOP_KEY): using a random key shared by this cluster\'s workers; other relays, and this one after a restart, will scan reflected mail again');
+  }
+
   const alive = (w: Worker): boolean => w.process.exitCode === null && w.process.signalCode === null;
 
   /** Starts worker `index`; settles when it listens (or fails to start). A worker that dies later is started again. */
   const fork = (index: number): Promise<ReadyMessage> => {
-    const w = cluster.fork({ [WORKER_INDEX_ENV]: String(index) });
+    const w = cluster.fork({ [WORKER_INDEX_ENV]: String(index), ...loopKeyEnv });
     slots.set(index, w);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`SMTP worker did not start within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);

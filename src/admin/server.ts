@@ -1,6 +1,7 @@
 // The admin HTTP listener: a tiny router (":param" segments, query strings), bearer-token auth compared in constant time, JSON errors, bounded bodies.
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import { ConnectionLimiter } from './limits.js';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -60,10 +61,16 @@ export interface AdminServerOptions {
   logger: Logger;
   /** Largest accepted request body (default 64 KiB); admin requests are small JSON. */
   maxBodyBytes?: number;
-  /** Time allowed to receive a whole request (default 30 s). */
+  /** Time allowed to receive a whole request (default 15 s). */
   requestTimeoutMs?: number;
-  /** Simultaneous connections (default 64): the admin API is for a few operators and tools. */
+  /** Time allowed to receive the request head, counted from the connection or the previous response (default 5 s). */
+  headersTimeoutMs?: number;
+  /** How long an idle keep-alive connection stays open (default 2 s). */
+  keepAliveTimeoutMs?: number;
+  /** Simultaneous connections (default 128): the admin API is for a few operators and tools. */
   maxConnections?: number;
+  /** Simultaneous connections from one address (default 32). */
+  maxConnectionsPerAddress?: number;
 }
 
 export interface AdminServer {
@@ -294,10 +301,15 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
     }
   };
 
+  const requestTimeout = opts.requestTimeoutMs ?? 15_000;
+  const headersTimeout = Math.min(requestTimeout, opts.headersTimeoutMs ?? 5_000);
   const server = createServer(
     {
-      requestTimeout: opts.requestTimeoutMs ?? 30_000,
-      headersTimeout: Math.min(opts.requestTimeoutMs ?? 30_000, 10_000),
+      requestTimeout,
+      headersTimeout,
+      keepAliveTimeout: opts.keepAliveTimeoutMs ?? 2_000,
+      // Node checks the two timeouts above only this often (default 30 s): idle connections would outlive them.
+      connectionsCheckingInterval: 1_000,
       maxHeaderSize: 16 * 1024,
     },
     (req, res) => {
@@ -308,8 +320,11 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
       });
     },
   );
-  server.maxConnections = opts.maxConnections ?? 64;
-  server.keepAliveTimeout = 5_000;
+  // No server.maxConnections: at that cap Node drops every new connection, /healthz included, which is
+  // how 64 idle connections starved the listener. The limiter makes room by closing the oldest idle one.
+  const limiter = new ConnectionLimiter({ max: opts.maxConnections ?? 128, perAddress: opts.maxConnectionsPerAddress ?? 32, firstRequestMs: headersTimeout }, logger);
+  server.on('connection', (sock: Socket) => limiter.admit(sock));
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => limiter.busy(req.socket, res));
 
   return {
     server,

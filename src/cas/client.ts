@@ -8,6 +8,7 @@ import { CAS_REGION_HOSTS, type CasRegion, type CasRateSettings, type CasRetrySe
 import type { CasRuleAction, CasRules, CasList } from './items.js';
 import { CAS_LISTS } from './items.js';
 import type { MitigationItem } from './validate.js';
+import { maskUrl } from '../util/mask.js';
 
 /** Body `code` of the documented throttle answer (cas.md §2); seen on 429, honoured on any status. */
 export const CAS_THROTTLE_CODE = -4290001;
@@ -220,7 +221,7 @@ const DEFAULT_TIMEOUTS: CasTimeoutSettings = { connectMs: 10_000, headersMs: 30_
 export function casBaseUrl(opts: { region?: CasRegion | null; url?: string | null }): string {
   if (opts.url) {
     const u = new URL(opts.url);
-    if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new Error(`CAS URL must be http(s): ${opts.url}`);
+    if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new Error(`CAS URL must be http(s): ${maskUrl(opts.url)}`);
     return u.origin + u.pathname.replace(/\/+$/, '');
   }
   if (opts.region) {

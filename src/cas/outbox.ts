@@ -6,6 +6,7 @@ import type { Logger } from '../observability/logger.js';
 import { writeDurably } from '../util/durable-file.js';
 import { migrate, type Migration } from '../util/pg-migrate.js';
 import { CasError, type CasApi, type BlockedLists } from './client.js';
+import { ListCapacity, LIST_FULL_RECHECK_MS, countByList, isListFullError, listsNamed } from './capacity.js';
 import {
   CAS_LISTS,
   MAX_ITEMS_PER_LIST,
@@ -906,6 +907,8 @@ export interface CasPusherOptions {
   diffBeforeCreate?: boolean;
   /** Done entries older than this are forgotten (default 7 days). */
   keepDoneMs?: number;
+  /** Items the relay may have on one list at a time (ledger count); creates past it are held back. Default 2,048. */
+  maxListItems?: number;
   now?: () => number;
   logger?: Logger;
 }
@@ -916,6 +919,8 @@ export interface CasPushReport {
   alreadyListed: number;
   failed: number;
   expired: number;
+  /** Creates held back (no request) because the list is full. */
+  deferred: number;
 }
 
 /** Splits entries into requests: chunk i carries slice i of every list, each at most 2,048 long. */
@@ -961,6 +966,7 @@ export class CasPusher {
   private readonly keepDoneMs: number;
   private readonly now: () => number;
   private readonly logger: Logger | undefined;
+  private readonly capacity: ListCapacity;
   private lastSweep = -Infinity;
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<CasPushReport> | null = null;
@@ -979,6 +985,7 @@ export class CasPusher {
     this.keepDoneMs = opts.keepDoneMs ?? 7 * 86_400_000;
     this.now = opts.now ?? Date.now;
     this.logger = opts.logger;
+    this.capacity = new ListCapacity(opts.maxListItems ?? MAX_ITEMS_PER_LIST, opts.logger);
   }
 
   /** Starts the background loop; its timer does not keep the process alive. */
@@ -1022,7 +1029,7 @@ export class CasPusher {
   }
 
   private async round(): Promise<CasPushReport> {
-    const report: CasPushReport = { requests: 0, pushed: 0, alreadyListed: 0, failed: 0, expired: 0 };
+    const report: CasPushReport = { requests: 0, pushed: 0, alreadyListed: 0, failed: 0, expired: 0, deferred: 0 };
     const now = this.now();
     if (now - this.lastSweep >= this.ttlSweepIntervalMs) {
       this.lastSweep = now;
@@ -1064,6 +1071,12 @@ export class CasPusher {
             group = group.filter((e) => !ids.has(e.id));
           }
         }
+        if (action === 'create') {
+          // Never past the cap: what the relay has on each list comes from the ledger (recorded at every push).
+          const { fit, over } = this.capacity.plan(group, countByList(await this.outbox.addedItems()), this.now());
+          await this.defer(over, 'CAS list full (cas.maxListItems)', report);
+          group = fit;
+        }
         const chunks = chunkRequests(group);
         for (let i = 0; i < chunks.length; i++) {
           const chunk = chunks[i]!;
@@ -1089,6 +1102,12 @@ export class CasPusher {
     try {
       await this.client.updateBlockedLists(action, rules);
     } catch (err) {
+      if (action === 'create' && isListFullError(err)) {
+        // A full list is not a bad item: halving would only multiply refused requests. Hold back, recheck later.
+        this.capacity.markFull(listsNamed(err, [...new Set(entries.map((e) => e.list))]), this.now());
+        await this.defer(entries, `CAS list full: ${err.msg}`, report);
+        return null;
+      }
       if (err instanceof CasError && err.status === 400 && entries.length > 1 && depth < 16) {
         // Whether one bad item fails the whole request is unknown (cas.md §3): halve until it is found.
         const mid = Math.ceil(entries.length / 2);
@@ -1105,7 +1124,8 @@ export class CasPusher {
     const done = entries.map(item);
     await this.outbox.markDone(
       entries.map((e) => e.id),
-      action === 'create' ? { now: this.now(), added: this.ttlMs !== null ? done : [] } : { now: this.now(), removed: done },
+      // Recorded with or without a TTL: the ledger is also how the relay knows how full each list is.
+      action === 'create' ? { now: this.now(), added: done } : { now: this.now(), removed: done },
     );
     report.pushed += entries.length;
     return null;
@@ -1119,6 +1139,16 @@ export class CasPusher {
     );
     report.failed += entries.length;
     this.logger?.warn({ count: entries.length, status: err instanceof CasError ? err.status : 0, traceId: err instanceof CasError ? err.traceId : null }, 'CAS push failed; will retry later');
+  }
+
+  /** Creates for a full list: back to pending without an attempt, not due again before the recheck time. */
+  private async defer(entries: CasOutboxEntry[], why: string, report: CasPushReport): Promise<void> {
+    if (entries.length === 0) return;
+    await this.outbox.markFailed(
+      entries.map((e) => e.id),
+      { error: why, schedule: { ...this.schedule, baseMs: LIST_FULL_RECHECK_MS, maxMs: LIST_FULL_RECHECK_MS }, now: this.now(), countAttempt: false },
+    );
+    report.deferred += entries.length;
   }
 
   /** Entries never sent this round because CAS is down: back to pending without spending an attempt. */

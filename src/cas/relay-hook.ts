@@ -65,6 +65,7 @@ export async function startCas(c: FrozenConfig, logger: Logger, opts: { pusher?:
           schedule: { maxAttempts: s.outbox.maxAttempts, baseMs: s.outbox.baseMs, maxMs: s.outbox.maxMs },
           intervalMs: s.outbox.intervalMs,
           ttlDays: s.ttlDays,
+          maxListItems: s.maxListItems,
           logger: logger.child({ component: 'cas-pusher' }),
         });
   pusher?.start();

@@ -63,9 +63,13 @@ export interface CasSettings {
     /** Cap on URLs taken from one message: a newsletter must not fill the 2,048-item list. */
     maxUrls: number;
   };
-  /** Senders in these domains (and their subdomains) are never pushed: our own users. */
+  /** Senders in these domains (and their subdomains) are never pushed: our own users. Default: policy.localDomains. */
   exemptDomains: string[];
   exemptSenders: string[];
+  /** Sender pushing with no exempt domain is refused at start unless this says it is meant. */
+  allowEmptyExemptions: boolean;
+  /** Items the relay may have on one blocked list at a time; creates past it are held back (CAS's cap is 2,048). */
+  maxListItems: number;
   /** Days after which what the relay added is removed again; null keeps it forever. */
   ttlDays: number | null;
   rate: CasRateSettings;
@@ -97,6 +101,8 @@ export const casSettingsSchema = z
       .prefault({}),
     exemptDomains: z.array(z.string().min(1)).default([]),
     exemptSenders: z.array(z.string().min(1)).default([]),
+    allowEmptyExemptions: z.boolean().default(false),
+    maxListItems: positiveInt.max(2048).default(2048),
     ttlDays: z.number().positive().nullable().default(null),
     rate: z
       .object({ limit: positiveInt.default(20), windowMs: positiveInt.default(60_000) })

@@ -12,6 +12,7 @@ import { startCluster, startWorker, workerIndex } from '../cluster.js';
 import { registerQuarantineCommands } from './quarantine-commands.js';
 import { registerCasCommands } from './cas-commands.js';
 import { hashPassword } from '../ingress/auth.js';
+import { maskSecrets, maskUrl } from '../util/mask.js';
 
 function loadOrExit(file: string | undefined): FrozenConfig {
   try {
@@ -79,31 +80,31 @@ export function buildProgram(): Command {
         process.stderr.write(
           [
             `dlp-relay listening on ${running.smtp.host}:${running.smtp.port} (SMTP, ${cfg.smtp.workers} worker processes)`,
-            `  DLP:        ${sup.embeddedDlp ? `embedded engine (policies ${cfg.embeddedDlp.policiesFile}), one per process` : sup.ucwiUrl}`,
+            `  DLP:        ${sup.embeddedDlp ? `embedded engine (policies ${cfg.embeddedDlp.policiesFile}), one per process` : maskUrl(sup.ucwiUrl)}`,
             `  delivery:   ${sup.delivery}`,
             `  quarantine: ${sup.quarantine.kind} ${cfg.quarantine.url ? '(PostgreSQL)' : cfg.quarantine.dir}`,
             sup.admin ? `  admin:      ${sup.admin.url} (metrics summed over the workers)` : '  admin:      disabled',
           ].join('\n') + '\n',
         );
-        logger.info({ event: 'started', smtp: running.smtp, workers: Object.fromEntries(running.workers()), ucwi: sup.ucwiUrl, delivery: sup.delivery }, 'dlp-relay started');
+        logger.info({ event: 'started', smtp: running.smtp, workers: Object.fromEntries(running.workers()), ucwi: maskUrl(sup.ucwiUrl), delivery: sup.delivery }, 'dlp-relay started');
         onShutdown(logger, () => running.stop(grace), grace + 30_000);
         return;
       }
       const relay = await startRelay(cfg, logger);
       const lines = [
         `dlp-relay listening on ${relay.smtp.host}:${relay.smtp.port} (SMTP)`,
-        `  DLP:        ${relay.embeddedDlp ? `embedded engine at ${relay.ucwiUrl} (policies ${cfg.embeddedDlp.policiesFile})` : relay.ucwiUrl}`,
+        `  DLP:        ${relay.embeddedDlp ? `embedded engine at ${relay.ucwiUrl} (policies ${cfg.embeddedDlp.policiesFile})` : maskUrl(relay.ucwiUrl)}`,
         `  delivery:   ${relay.delivery}`,
         `  quarantine: ${relay.quarantine.kind} ${cfg.quarantine.url ? '(PostgreSQL)' : cfg.quarantine.dir}`,
         `  clients:    ${cfg.smtp.allowedClients.join(', ')}`,
         relay.admin
           ? `  admin:      ${relay.admin.url} (/healthz, /readyz${relay.admin.apiEnabled ? ', /metrics, /api/v1 with the bearer token' : '; set DLP_RELAY_ADMIN_TOKEN for /metrics and /api/v1'})`
           : '  admin:      disabled',
-        ...(relay.cas ? [`  CAS:        pushing verdicts ${cfg.cas.triggers.join(',')} to ${relay.cas.client.baseUrl}`] : []),
+        ...(relay.cas ? [`  CAS:        pushing verdicts ${cfg.cas.triggers.join(',')} to ${maskUrl(relay.cas.client.baseUrl)}`] : []),
       ];
       if (relay.embeddedDlp) lines.push('  WARNING: the embedded DLP engine is for trials only; set ucwi.url (DLP_RELAY_UCWI_URL) for production.');
       process.stderr.write(lines.join('\n') + '\n');
-      logger.info({ event: 'started', smtp: relay.smtp, ucwi: relay.ucwiUrl, embeddedDlp: relay.embeddedDlp, delivery: relay.delivery }, 'dlp-relay started');
+      logger.info({ event: 'started', smtp: relay.smtp, ucwi: maskUrl(relay.ucwiUrl), embeddedDlp: relay.embeddedDlp, delivery: relay.delivery }, 'dlp-relay started');
       onShutdown(logger, () => relay.stop(grace), grace + 15_000);
     });
 
@@ -197,7 +198,7 @@ export async function main(argv: string[]): Promise<void> {
       process.exitCode = err.exitCode === 0 ? 0 : 2;
       return;
     }
-    process.stderr.write(`dlp-relay: ${(err as Error).message}\n`);
+    process.stderr.write(`dlp-relay: ${maskSecrets((err as Error).message)}\n`);
     process.exitCode = 1;
   }
 }

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { configSchema, type Config, type FrozenConfig } from './schema.js';
 import { effectiveActions } from '../policy/policy.js';
+import { maskDeep, maskSecrets } from '../util/mask.js';
 
 export type { Config, FrozenConfig } from './schema.js';
 
@@ -20,7 +21,8 @@ export interface ConfigProblem {
 export class ConfigError extends Error {
   readonly problems: ConfigProblem[];
   constructor(problems: ConfigProblem[]) {
-    super(`invalid configuration:\n${problems.map((p) => `  - ${p.path}: ${p.message}`).join('\n')}`);
+    // Messages may quote a value (an env override, a URL): masked, since they go to stderr and logs.
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p.path}: ${maskSecrets(p.message)}`).join('\n')}`);
     this.name = 'ConfigError';
     this.problems = problems;
   }
@@ -98,13 +100,22 @@ function num(raw: Raw, path: string[], v: string): string | void {
 }
 
 /** Secrets: env value, else env *_FILE, else the config's *File key. Never the YAML itself. */
-const SECRETS: Array<{ key: keyof Config['secrets']; env: string; fileKey?: [string, string] }> = [
+const SECRETS: Array<{ key: keyof Config['secrets']; env: string; fileKey?: string[] }> = [
   { key: 'ucwiAccessKey', env: 'DLP_RELAY_UCWI_ACCESS_KEY', fileKey: ['ucwi', 'accessKeyFile'] },
   { key: 'ucwiSecretKey', env: 'DLP_RELAY_UCWI_SECRET_KEY', fileKey: ['ucwi', 'secretKeyFile'] },
   { key: 'nextHopPass', env: 'DLP_RELAY_NEXT_HOP_PASS', fileKey: ['nextHop', 'passFile'] },
   { key: 'adminToken', env: 'DLP_RELAY_ADMIN_TOKEN', fileKey: ['admin', 'tokenFile'] },
   { key: 'casToken', env: 'DLP_RELAY_CAS_TOKEN', fileKey: ['cas', 'tokenFile'] },
+  { key: 'loopKey', env: 'DLP_RELAY_LOOP_KEY', fileKey: ['policy', 'loop', 'keyFile'] },
+  { key: 'loopPreviousKey', env: 'DLP_RELAY_LOOP_PREVIOUS_KEY', fileKey: ['policy', 'loop', 'previousKeyFile'] },
 ];
+
+/** raw.a.b.c, or undefined when any step is missing. */
+function getPath(obj: Raw, path: string[]): unknown {
+  let cur: unknown = obj;
+  for (const k of path) cur = cur && typeof cur === 'object' && !Array.isArray(cur) ? (cur as Raw)[k] : undefined;
+  return cur;
+}
 
 export interface LoadOptions {
   /** Config file; default config/default.yaml beside the package (skipped silently if absent). */
@@ -168,7 +179,7 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
   for (const s of SECRETS) {
     const direct = env[s.env];
     const envFile = env[`${s.env}_FILE`];
-    const cfgFile = s.fileKey ? ((raw[s.fileKey[0]] as Raw | undefined)?.[s.fileKey[1]] as string | undefined) : undefined;
+    const cfgFile = s.fileKey ? (getPath(raw, s.fileKey) as string | undefined) : undefined;
     const f = envFile || cfgFile;
     if (direct) secrets[s.key] = direct;
     else if (f) {
@@ -192,6 +203,15 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
     const c = result.data;
     // Codes the file does not mention keep their defaults; the effective table is what check-config prints.
     c.policy.actions = effectiveActions(c.policy.actions);
+    // Our own domains are never pushed to a tenant-wide block list unless the admin lists exemptions explicitly.
+    // An empty list counts as unset (config/default.yaml spells it out as []).
+    if (c.cas.exemptDomains.length === 0) c.cas.exemptDomains = [...c.policy.localDomains];
+    if (c.cas.enabled && c.cas.push.sender && c.cas.exemptDomains.length === 0 && !c.cas.allowEmptyExemptions)
+      problems.push({
+        path: 'cas.exemptDomains',
+        message:
+          'CAS sender pushing (cas.push.sender) with no exempt domain would put our own users on the tenant-wide blocked-senders list: set policy.localDomains (or cas.exemptDomains), or cas.allowEmptyExemptions: true if that is really meant',
+      });
     if (c.ucwi.url !== null && (!c.secrets.ucwiAccessKey || !c.secrets.ucwiSecretKey))
       problems.push({
         path: 'ucwi.url',
@@ -215,6 +235,11 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
       problems.push({ path: 'cas.outbox.backend', message: 'the pg outbox lives in the quarantine database: set quarantine.url' });
     if (c.smtp.workers > 1 && c.cas.enabled && c.cas.outbox.backend !== 'pg')
       problems.push({ path: 'smtp.workers', message: 'several workers share the CAS outbox only with cas.outbox.backend: pg (the fs journal admits one process)' });
+    const loop = c.policy.loop;
+    for (const [key, path] of [['loopKey', 'policy.loop.keyFile'], ['loopPreviousKey', 'policy.loop.previousKeyFile']] as const)
+      if (c.secrets[key] !== null && Buffer.byteLength(c.secrets[key]) < 16) problems.push({ path, message: 'a loop header key must be at least 16 bytes (32 random bytes, e.g. `openssl rand -base64 32`)' });
+    if ((c.secrets.loopPreviousKey !== null) !== (loop.previousKeyUntil !== null))
+      problems.push({ path: 'policy.loop.previousKeyUntil', message: 'the previous loop key (policy.loop.previousKeyFile or DLP_RELAY_LOOP_PREVIOUS_KEY) and previousKeyUntil go together' });
     if (c.nextHop.secure && c.nextHop.starttls === 'required')
       problems.push({ path: 'nextHop.starttls', message: 'implicit TLS (secure: true) and STARTTLS exclude each other' });
   }
@@ -228,6 +253,6 @@ export function maskedConfig(c: FrozenConfig): unknown {
   for (const k of Object.keys(copy.secrets) as Array<keyof Config['secrets']>) {
     if (copy.secrets[k]) copy.secrets[k] = '********';
   }
-  if (copy.quarantine.url) copy.quarantine.url = copy.quarantine.url.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:********@');
-  return copy;
+  // Every string, not a list of known URL keys: a password in any URL (ucwi.url, cas.url, quarantine.url…) is masked.
+  return maskDeep(copy);
 }

@@ -195,11 +195,23 @@ export const configSchema = z
           .object({ name: headerName.default('X-DLP-Encrypt'), value: z.string().min(1).default('required') })
           .strict()
           .prefault({}),
+        /** Our own mail domains; cas.exemptDomains defaults to them, so CAS never blocks our own users. */
+        localDomains: z.array(z.string().min(1).regex(/^[@.]?[A-Za-z0-9.-]+$/, 'must be a domain name')).default([]),
         loop: z
           .object({
             /** Marks a message we already scanned; trusted networks may send it back without a second scan. */
             header: headerName.default('X-DLP-Relay-Scanned'),
             trustedNetworks: z.array(cidr).default([]),
+            /**
+             * The header's value is signed (HMAC-SHA-256) with this key; relays that reflect mail to each
+             * other share it. DLP_RELAY_LOOP_KEY (or its _FILE) wins. None: a random key per process.
+             */
+            keyFile: nullableString,
+            /** Key rotation: the key before the current one, accepted for incoming values until previousKeyUntil. */
+            previousKeyFile: nullableString,
+            previousKeyUntil: z.iso.datetime({ offset: true }).or(z.iso.date()).nullable().default(null),
+            /** A signed value older than this is not trusted: the copy is scanned again. */
+            maxAgeSeconds: z.number().int().min(60).max(30 * 86_400).default(3600),
           })
           .strict()
           .prefault({}),
@@ -297,6 +309,8 @@ export const configSchema = z
         nextHopPass: z.string().nullable().default(null),
         adminToken: z.string().nullable().default(null),
         casToken: z.string().nullable().default(null),
+        loopKey: z.string().nullable().default(null),
+        loopPreviousKey: z.string().nullable().default(null),
       })
       .strict()
       .prefault({}),

@@ -3,6 +3,7 @@ import { AggregatorRegistry, Registry, Counter, Histogram, Gauge, collectDefault
 import type { IngressObserver } from '../ingress/server.js';
 import type { UcwiObserver } from '../dlp/client.js';
 import { replyClass } from '../errors.js';
+import { maskSecrets } from '../util/mask.js';
 
 /** Seconds buckets from 1 ms to 60 s: UCWI and next hops live between a few ms and the deadline. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -61,7 +62,8 @@ export class Metrics implements MetricsRenderer {
       messageDone: (o, size) => {
         this.messages.inc({ action: o.action, reply_class: replyClass(o.reply.code) });
         this.messageBytes.inc(size);
-        if (o.errorClass) this.errors.inc({ class: o.errorClass });
+        // Label values end up in every scrape and dashboard: never let one carry a secret.
+        if (o.errorClass) this.errors.inc({ class: maskSecrets(o.errorClass) });
         if (o.relayMs !== null && o.relayMs !== undefined) this.nextHopDuration.observe({ outcome: o.reply.code < 400 ? 'ok' : 'failed' }, o.relayMs / 1000);
       },
     };

@@ -3,7 +3,8 @@ import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { SpooledMessage } from '../spool/spool.js';
 import type { InspectResult } from '../dlp/client.js';
-import { decide, loopRule, renderHeaders, type Decision, type PolicySettings } from '../policy/policy.js';
+import { decide, renderHeaders, type Decision, type PolicySettings } from '../policy/policy.js';
+import type { LoopGuard } from '../policy/loop-token.js';
 import { catalogueReply, nextHopFailureReply, RelayError, type SmtpReply } from '../errors.js';
 import type { MatchedPolicy, NewQuarantineRecord, QuarantineStore } from '../quarantine/types.js';
 import type { Envelope } from '../smtp/envelope.js';
@@ -36,6 +37,8 @@ export interface PipelineDeps {
   instance: string;
   dataDeadlineMs: number;
   policy: PolicySettings;
+  /** Signs our loop header and judges incoming ones (only a valid, fresh one from a trusted client skips the scan). */
+  loopGuard: LoopGuard;
   dlp: Inspector;
   quarantine: QuarantineStore;
   onVerdict?: VerdictHook | undefined;
@@ -113,11 +116,8 @@ export function processMessage(deps: PipelineDeps, msg: MessageInput): Promise<O
 
 async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, side: Array<Promise<unknown>>): Promise<Partial_> {
   const { spool, queryId } = msg;
-  const loopName = deps.policy.loop.header.toLowerCase();
-  const loopFields = spool.headers.filter((h) => h.name === loopName);
-  const rule = loopRule(loopFields.length > 0, msg.clientTrusted);
-  // A forged loop header is cut out of the bytes we scan and deliver.
-  const skip = rule === 'strip-and-scan' ? loopFields.map((h) => ({ start: h.start, end: h.end })) : [];
+  // A loop header that does not let the message skip the scan is cut out of the bytes we scan and deliver.
+  const { rule, strip: skip } = deps.loopGuard.judge(spool.headers, msg.clientTrusted, { queryId, clientAddress: msg.clientAddress });
   const strippedBytes = skip.reduce((n, r) => n + (r.end - r.start), 0);
 
   let dlp: InspectResult | null = null;
@@ -203,7 +203,8 @@ function quarantineRecord(deps: PipelineDeps, msg: MessageInput, actionCode: num
 }
 
 async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'relay' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
-  const prepend = Buffer.concat([msg.trace, renderHeaders(decision.headers)]);
+  const sealed = deps.loopGuard.seal(decision.headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId);
+  const prepend = Buffer.concat([msg.trace, renderHeaders(sealed)]);
   const t0 = performance.now();
   const isLocal = msg.sink.kind === 'outbox';
   try {

@@ -20,6 +20,8 @@ export interface SinkMessage {
   size: number;
   /** Kept for messages up to 2 MiB; bigger ones only have their hash. */
   data: Buffer | null;
+  /** The first 64 KiB, whatever the size (our prepended headers, for big messages too). */
+  head: Buffer;
 }
 
 export interface SinkBehaviour {
@@ -80,6 +82,7 @@ export async function startSink(behaviour: SinkBehaviour = {}): Promise<Sink> {
           sha256: hash.digest('hex'),
           size,
           data: size <= 2 * 1024 * 1024 ? Buffer.concat(chunks) : null,
+          head: Buffer.concat(chunks).subarray(0, 64 * 1024),
         };
         const answer = () => {
           const r = sink.behaviour.data?.(msg);

@@ -369,7 +369,7 @@ const CASES: Case[] = [
       const outboxDir = mkdtempSync(join(tmpdir(), 'dlp-cas-outbox-'));
       return chainHarness(
         {
-          cas: { enabled: true, url: 'http://127.0.0.1:1', outbox: { dir: outboxDir, intervalMs: 100, baseMs: 100 }, retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 500 } },
+          cas: { enabled: true, url: 'http://127.0.0.1:1', exemptDomains: ['ourcorp.test'], outbox: { dir: outboxDir, intervalMs: 100, baseMs: 100 }, retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 500 } },
           secrets: { casToken: 'x'.repeat(40) },
         },
         () => {},

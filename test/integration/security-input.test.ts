@@ -47,8 +47,11 @@ function received(payload: Buffer): Buffer {
   return endsCrlf ? payload : Buffer.concat([payload, Buffer.from('\r\n')]);
 }
 
-function prefix(qid: string): string {
-  return `X-DLP-Relay-Scanned: ${qid}\r\nX-DLP-Query-ID: ${qid}\r\nX-DLP-Action-Code: 1\r\nX-DLP-Action: relay\r\n`;
+/** Our prepended lines; the loop header's signed value is taken from what was delivered (its time varies). */
+function prefix(qid: string, head: Buffer): string {
+  const loop = /^X-DLP-Relay-Scanned: v1; t=\d+; q=([0-9a-f-]{36}); mac=[A-Za-z0-9_-]{43}\r\n/.exec(head.toString('latin1'));
+  expect(loop?.[1]).toBe(qid);
+  return `${loop![0]}X-DLP-Query-ID: ${qid}\r\nX-DLP-Action-Code: 1\r\nX-DLP-Action: relay\r\n`;
 }
 
 /** One transaction; RCPTs are pipelined in one write, as an MTA with many recipients does. */
@@ -92,9 +95,9 @@ describe('input hardening: relayed byte-exact or refused with a clear code, neve
     const qid = new RegExp(`\\(ref (${UUID})\\)`).exec(r.reply)![1]!;
     expect(chain.sink.messages.length).toBe(before + 1);
     const got = chain.sink.messages.at(-1)!;
-    const want = createHash('sha256').update(prefix(qid)).update(input).digest('hex');
+    const want = createHash('sha256').update(prefix(qid, got.head)).update(input).digest('hex');
     expect(got.sha256, `${c.name}: bytes at the next hop differ from prefix + input`).toBe(want);
-    expect(got.size).toBe(Buffer.byteLength(prefix(qid)) + input.length);
+    expect(got.size).toBe(Buffer.byteLength(prefix(qid, got.head)) + input.length);
     if (c.rcpts) expect(got.to.map((t) => t.address)).toEqual(Array.from({ length: c.rcpts }, (_, i) => `rcpt${i}@example.test`));
     // Still alive and serving: a fresh session is greeted.
     const fresh = await SmtpSession.connect(chain.port);
@@ -130,7 +133,7 @@ describe('line endings and dots in every combination', () => {
         expect(reply).toMatch(/^250 2\.6\.0 Ok: queued as SINK\d+$/);
         const qid = new RegExp(`\\(ref (${UUID})\\)`).exec(reply)![1]!;
         const got = chain.sink.messages.at(-1)!;
-        expect(got.sha256, `message ${n}`).toBe(createHash('sha256').update(prefix(qid)).update(payload).digest('hex'));
+        expect(got.sha256, `message ${n}`).toBe(createHash('sha256').update(prefix(qid, got.head)).update(payload).digest('hex'));
       }
       expect(chain.sink.messages).toHaveLength(20);
     } finally {
@@ -165,7 +168,7 @@ describe('SMTP smuggling: "<LF>.<CR><LF>" inside a message never reaches the nex
     expect(got.from).toBe('alice@example.test');
     expect(got.to.map((t) => t.address)).toEqual(['rcpt0@example.test']);
     const qid = new RegExp(`\\(ref (${UUID})\\)`).exec(r.reply)![1]!;
-    expect(got.sha256).toBe(createHash('sha256').update(prefix(qid)).update(payload).digest('hex'));
+    expect(got.sha256).toBe(createHash('sha256').update(prefix(qid, got.head)).update(payload).digest('hex'));
     // On the wire to the next hop, every dot after a line feed is doubled: "\n.\r\n" never appears unstuffed.
     const wire = Buffer.concat(gate.captured()).toString('latin1');
     expect(wire).toContain('smuggled body');

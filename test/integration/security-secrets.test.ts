@@ -12,6 +12,10 @@ import { makeTestPki } from '../helpers/tls-certs.js';
 import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
 import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
 import { hashPassword } from '../../src/ingress/auth.js';
+import { spawn } from 'node:child_process';
+import { startSink, SIM_KEYS, type Sink } from '../helpers/chain.js';
+import { spawnRelay, relayEnv, type CliRelay } from '../helpers/cli-relay.js';
+import { maskSecrets, maskUrl } from '../../src/util/mask.js';
 
 /** Distinctive values: if any of them shows up in a log line, the grep finds it. */
 const S = {
@@ -25,6 +29,7 @@ const S = {
   casOtherToken: 'cas-OTHERTOKEN-' + 'z'.repeat(25),
   smtpUserPass: 'smtp-USERPASS-9a8b7c6d',
   smtpWrongPass: 'smtp-WRONGPASS-1f2e3d4c',
+  ucwiUrlPass: 'ucwi-URLPASS-6b5a4c3d2e1f',
 };
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
@@ -49,7 +54,8 @@ describe('secrets never reach the logs', () => {
     // CAS answers 401 to our token: the failure path is the one most likely to log a request.
     cas = await startCasSim({ token: S.casOtherToken });
     const common = {
-      ucwi: { url: `http://127.0.0.1:${gate.port}` },
+      // Credentials written into the URL itself (issue 10 §3): the client must not need them, nothing may print them.
+      ucwi: { url: `http://ucwi-user:${S.ucwiUrlPass}@127.0.0.1:${gate.port}` },
       log: { level: 'trace' },
       smtp: { tls: { certFile: pki.certFile, keyFile: pki.keyFile }, auth: { enabled: true, required: false, usersFile } },
     };
@@ -58,7 +64,7 @@ describe('secrets never reach the logs', () => {
       config: {
         ...common,
         nextHop: { port: sink.port, authUser: 'relayuser' },
-        cas: { enabled: true, url: cas.url, outbox: { dir: join(dir, 'cas-outbox'), intervalMs: 100, baseMs: 100 }, retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 2000 } },
+        cas: { enabled: true, url: cas.url, exemptDomains: ['ourcorp.test'], outbox: { dir: join(dir, 'cas-outbox'), intervalMs: 100, baseMs: 100 }, retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 2000 } },
         secrets: { ucwiAccessKey: S.ucwiAccessKey, ucwiSecretKey: S.ucwiSecretKey, nextHopPass: S.nextHopPass, adminToken: S.adminToken, casToken: S.casToken },
       },
     });
@@ -185,5 +191,83 @@ describe('the admin endpoints require the token', () => {
     expect(body!.checks['nextHop']!.ok).toBe(false);
     expect(body!.checks['ucwi']!.ok).toBe(true);
     expect(body!.checks['quarantine']!.ok).toBe(true);
+  });
+});
+
+/** Runs the CLI once (bounded) and returns everything it printed. */
+function runCli(args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    p.stderr.on('data', (c: Buffer) => (out += c.toString()));
+    const t = setTimeout(() => p.kill('SIGKILL'), 30_000);
+    p.on('error', reject);
+    p.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code, out });
+    });
+  });
+}
+
+describe('a password inside a URL never appears in CLI output or logs (issue 10 §3)', () => {
+  const URL_PASS = 'url-SECRET-a1b2c3d4e5f6';
+  let dir: string;
+  let sim: UcwiSim;
+  let sink: Sink;
+  let relay: CliRelay | undefined;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'dlp-urlsecret-'));
+    sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
+    sink = await startSink();
+  });
+  afterAll(async () => {
+    relay?.kill();
+    if (relay) await relay.exited;
+    await sink?.close();
+    await sim?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the start banner and the started log line show the URL with its password masked', async () => {
+    const url = sim.url.replace('http://', `http://ucwi-user:${URL_PASS}@`);
+    relay = await spawnRelay(relayEnv(dir, sink.port, url));
+    // A message through it: the client works without the URL's credentials (it signs its own requests).
+    const { reply } = await attemptOnce(relay.port, makeBatch('urlpass', ['clean'])[0]!);
+    expect(reply).toMatch(/^250 /);
+    expect(relay.stderr()).toContain(`DLP:        ${sim.url.replace('http://', 'http://ucwi-user:********@')}`);
+    const started = relay.logs().find((l) => l['event'] === 'started');
+    expect(started?.['ucwi']).toBe(sim.url.replace('http://', 'http://ucwi-user:********@'));
+    expect(relay.stderr() + relay.stdout()).not.toContain(URL_PASS);
+  });
+
+  it('check-config masks passwords in every URL, and a config error quoting one masks it too', async () => {
+    const env = {
+      DLP_RELAY_UCWI_URL: `https://ucwi-user:${URL_PASS}@ucwi.example:5443`,
+      DLP_RELAY_UCWI_ACCESS_KEY: SIM_KEYS.accessKey,
+      DLP_RELAY_UCWI_SECRET_KEY: SIM_KEYS.secretKey,
+      DLP_RELAY_QUARANTINE_URL: `postgres://dbuser:${URL_PASS}@db.example/dlp`,
+      DLP_RELAY_CAS_URL: `https://${URL_PASS}@cas.example`,
+    };
+    const ok = await runCli(['check-config'], env);
+    expect(ok.code).toBe(0);
+    const cfg = JSON.parse(ok.out) as { ucwi: { url: string }; quarantine: { url: string }; cas: { url: string } };
+    expect(cfg.ucwi.url).toBe('https://ucwi-user:********@ucwi.example:5443');
+    expect(cfg.quarantine.url).toBe('postgres://dbuser:********@db.example/dlp');
+    expect(cfg.cas.url).toBe('https://********@cas.example');
+    expect(ok.out).not.toContain(URL_PASS);
+    const bad = await runCli(['check-config'], { ...env, DLP_RELAY_LISTEN: `http://u:${URL_PASS}@nowhere` });
+    expect(bad.code).toBe(2);
+    expect(bad.out).toMatch(/DLP_RELAY_LISTEN: expected host:port/);
+    expect(bad.out).not.toContain(URL_PASS);
+  });
+
+  it('maskSecrets: URL userinfo, bearer tokens and key=value secrets in free text', () => {
+    expect(maskUrl('https://user:pw@host:1/p?q=1')).toBe('https://user:********@host:1/p?q=1');
+    expect(maskUrl('https://tok@host')).toBe('https://********@host');
+    expect(maskUrl('https://host/path')).toBe('https://host/path');
+    expect(maskSecrets('connect postgres://a:b@c/d failed; Authorization: Bearer abc.def; ?token=xyz&x=1')).toBe(
+      'connect postgres://a:********@c/d failed; Authorization: Bearer ********; ?token=********&x=1',
+    );
   });
 });

@@ -122,7 +122,7 @@ describe('loadConfig', () => {
     expect(loadConfig({ file: '/dev/null', env: {} }).smtp.workers).toBe(1);
     const cas = { DLP_RELAY_WORKERS: '2', DLP_RELAY_CAS_TOKEN: 't', DLP_RELAY_CAS_URL: 'http://127.0.0.1:1' };
     const file = join(mkdtempSync(join(tmpdir(), 'cfg-')), 'c.yaml');
-    writeFileSync(file, 'cas:\n  enabled: true\n');
+    writeFileSync(file, 'cas:\n  enabled: true\n  exemptDomains: [ourcorp.test]\n');
     expect(problemsOf(() => loadConfig({ file, env: cas }))).toEqual([{ path: 'smtp.workers', message: expect.stringContaining('cas.outbox.backend: pg') }]);
     expect(problemsOf(() => loadConfig({ file: '/dev/null', env: { DLP_RELAY_WORKERS: '0' } })).map((p) => p.path)).toEqual(['smtp.workers']);
   });
