@@ -2,7 +2,8 @@
 // The dlp-relay command line: serve, send (EML harness), sim-ucwi (simulator), check-config; each error exits non-zero with a clear message.
 import { Command, Option, CommanderError } from 'commander';
 import { randomBytes } from 'node:crypto';
-import { loadConfig, maskedConfig, ConfigError, type FrozenConfig } from '../config/load.js';
+import { join } from 'node:path';
+import { loadConfigDetailed, PACKAGE_ROOT, maskedConfig, changedValues, ConfigError, type FrozenConfig, type LoadedConfig } from '../config/load.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { startRelay } from '../app.js';
 import { runSend } from './send.js';
@@ -13,16 +14,21 @@ import { registerQuarantineCommands } from './quarantine-commands.js';
 import { registerCasCommands } from './cas-commands.js';
 import { hashPassword } from '../ingress/auth.js';
 
-function loadOrExit(file: string | undefined): FrozenConfig {
+/** The configuration every command uses, found the same way (see config/sources.ts); a bad one exits 1 with every problem listed. */
+function loadDetailedOrExit(file: string | undefined): LoadedConfig {
   try {
-    return loadConfig({ file });
+    return loadConfigDetailed({ file });
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`dlp-relay: ${err.message}\n`);
-      process.exit(2);
+      process.exit(1);
     }
     throw err;
   }
+}
+
+function loadOrExit(file: string | undefined): FrozenConfig {
+  return loadDetailedOrExit(file).config;
 }
 
 /** SIGTERM/SIGINT: stop once, with a grace period, then a hard exit if something hangs. */
@@ -54,7 +60,7 @@ function onShutdown(logger: Logger, stop: () => Promise<void>, hardExitMs: numbe
 export function buildProgram(): Command {
   const program = new Command('dlp-relay')
     .description('Inline SMTP data-loss-prevention relay for SkyGuard UCWI')
-    .option('-c, --config <file>', 'YAML config file (default: config/default.yaml)')
+    .option('-c, --config <file>', 'YAML config file (default: $DLP_RELAY_CONFIG, else /etc/dlp-relay/dlp-relay.yaml if it exists, else built-in defaults)')
     .showHelpAfterError()
     .exitOverride();
 
@@ -142,7 +148,7 @@ export function buildProgram(): Command {
     .description('run the UCWI simulator (the embedded DLP engine) alone')
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', '5443')
-    .option('--policies <file>', 'detector policies', 'config/detectors.yaml')
+    .option('--policies <file>', 'detector policies', join(PACKAGE_ROOT, 'config', 'detectors.yaml'))
     .option('--latency <ms>', 'fault: response time; each answer goes out no sooner than this after its request arrived (scan included)', '0')
     .action(async (o: { host: string; port: string; policies: string; latency: string }) => {
       const accessKey = process.env['DLP_RELAY_UCWI_ACCESS_KEY'] || 'sim-access-key';
@@ -179,9 +185,15 @@ export function buildProgram(): Command {
   program
     .command('check-config')
     .description('validate the configuration and print the effective values with secrets masked')
-    .action(() => {
-      const cfg = loadOrExit(program.opts<{ config?: string }>().config);
-      process.stdout.write(JSON.stringify(maskedConfig(cfg), null, 2) + '\n');
+    .option('--changed', 'only values that differ from the built-in defaults, with the file line or variable that set each (like postconf -n)')
+    .action((o: { changed?: boolean }) => {
+      const loaded = loadDetailedOrExit(program.opts<{ config?: string }>().config);
+      process.stderr.write(`config: ${loaded.file ?? 'built-in defaults'} (${loaded.source})\n`);
+      if (!o.changed) {
+        process.stdout.write(JSON.stringify(maskedConfig(loaded.config), null, 2) + '\n');
+        return;
+      }
+      for (const c of changedValues(loaded)) process.stdout.write(`${c.path} = ${JSON.stringify(c.value)}  # ${c.origin}\n`);
     });
 
   return program;

@@ -164,9 +164,11 @@ describe('dlp-relay check-config and usage errors', () => {
     expect(cfg.secrets['ucwiSecretKey']).toBe('********');
   });
 
-  it('lists every config problem with its path and exits 2', async () => {
+  it('lists every config problem with its path and who set it, and exits 1', async () => {
     const r = await run(['check-config'], { DLP_RELAY_LISTEN: 'nope', DLP_RELAY_ON_DLP_ERROR: 'explode', DLP_RELAY_ALLOWED_CLIENTS: '300.1.1.1' });
-    expect(r.code).toBe(2);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^dlp-relay: invalid configuration:/);
+    expect(r.stderr).toContain('(set by DLP_RELAY_ON_DLP_ERROR)');
     expect(r.stderr).toContain('DLP_RELAY_LISTEN: expected host:port');
     expect(r.stderr).toContain('policy.onDlpError:');
     expect(r.stderr).toContain('smtp.allowedClients.0:');
