@@ -1,6 +1,7 @@
 // SMTP ingress: smtp-server options and callbacks only — access control, limits, spooling DATA, handing the message to the pipeline, one summary log line.
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createSecureContext } from 'node:tls';
 import type { Readable } from 'node:stream';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerDataStream } from 'smtp-server';
 import type { Logger } from 'pino';
@@ -69,8 +70,8 @@ export function envelopeFromSession(session: SMTPServerSession): StoredEnvelope 
 
 export class Ingress {
   private readonly server: SMTPServer;
-  private readonly allowed: NetworkList;
-  private readonly trusted: NetworkList;
+  private allowed: NetworkList;
+  private trusted: NetworkList;
   /** Spool files recycled across messages (creating a file costs ~20× reusing one). */
   private readonly spoolFiles: SpoolFilePool;
   private sessions = 0;
@@ -268,6 +269,29 @@ export class Ingress {
 
   get draining(): boolean {
     return this.isDraining;
+  }
+
+  /**
+   * Reload (SIGHUP): new client networks apply from the next connection, new certificate files from the
+   * next STARTTLS; sessions already open keep what they started with. Everything fallible (parsing,
+   * reading the files) happens before anything changes, so a throw leaves the old settings in place.
+   * Returns the settings that need a restart instead (TLS switched on or off, `require`).
+   */
+  reconfigure(s: { allowedClients: readonly string[]; trustedNetworks: readonly string[]; tls: { certFile: string | null; keyFile: string | null; require: boolean } }): string[] {
+    const allowed = new NetworkList(s.allowedClients);
+    const trusted = new NetworkList(s.trustedNetworks);
+    const hadTls = this.opts.tls.certFile !== null && this.opts.tls.keyFile !== null;
+    const hasTls = s.tls.certFile !== null && s.tls.keyFile !== null;
+    const restart: string[] = [];
+    if (hadTls !== hasTls) restart.push('smtp.tls (STARTTLS switched on or off)');
+    if (s.tls.require !== this.opts.tls.require) restart.push('smtp.tls.require');
+    const material = hadTls && hasTls ? { key: readFileSync(s.tls.keyFile!), cert: readFileSync(s.tls.certFile!) } : null;
+    // Checked here first: smtp-server replaces its context map before building the new one, so a bad pair would leave it with none.
+    if (material) createSecureContext(material);
+    if (material) this.server.updateSecureContext(material);
+    this.allowed = allowed;
+    this.trusted = trusted;
+    return restart;
   }
 
   get activeSessions(): number {
