@@ -28,9 +28,14 @@ function connectHost(host: string): string {
   return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
 }
 
-export function adminTarget(o: { server?: string | undefined; tokenFile?: string | undefined }, cfg: FrozenConfig, configFrom: string): AdminTarget {
-  let token = cfg.secrets.adminToken;
-  if (o.tokenFile) {
+/**
+ * Address and token of the relay's admin API. The configuration is read only for what the options do
+ * not give, so `reload --server ... --token-file ...` still reaches a relay whose new file is broken.
+ */
+export function adminTarget(o: { server?: string | undefined; tokenFile?: string | undefined }, config: () => FrozenConfig, configFrom: () => string): AdminTarget {
+  let token: string | null = null;
+  if (!o.tokenFile) token = config().secrets.adminToken;
+  else {
     try {
       token = readFileSync(o.tokenFile, 'utf8').trim();
     } catch (err) {
@@ -46,8 +51,9 @@ export function adminTarget(o: { server?: string | undefined; tokenFile?: string
     }
     return { url, token, from: '--server' };
   }
-  if (!cfg.admin.enabled) throw new CliError(`the admin API is disabled in ${configFrom} (admin.enabled: false); use --server, or --offline for direct store access`);
-  return { url: `http://${connectHost(cfg.admin.host)}:${cfg.admin.port}`, token, from: configFrom };
+  const cfg = config();
+  if (!cfg.admin.enabled) throw new CliError(`the admin API is disabled in ${configFrom()} (admin.enabled: false); use --server, or --offline for direct store access`);
+  return { url: `http://${connectHost(cfg.admin.host)}:${cfg.admin.port}`, token, from: configFrom() };
 }
 
 export interface AdminReply {

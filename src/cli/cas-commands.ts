@@ -84,7 +84,7 @@ export function registerCasCommands(program: Command, config: () => FrozenConfig
     .action(async (o: { retry: boolean; json?: boolean; server?: string; tokenFile?: string; offline?: boolean }) => {
       const cfg = config();
       if (!o.offline) {
-        const client = new AdminClient(adminTarget(o, cfg, configFrom()), 30_000);
+        const client = new AdminClient(adminTarget(o, () => cfg, configFrom), 30_000);
         process.stderr.write(`relay: ${client.target.url} (${client.target.from})\n`);
         // Only the three calls casOutbox makes exist on the remote shape.
         return done(await casOutbox(o, process.stdout, { outbox: remoteOutbox(client) as CasOutbox }));

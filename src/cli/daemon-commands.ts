@@ -37,7 +37,7 @@ export function registerDaemonCommands(program: Command, access: ConfigAccess): 
   const addAccess = (c: Command) =>
     c.option('--server <host:port>', "the relay's admin API (default: admin.host:admin.port of the configuration)").option('--token-file <file>', 'admin token file (default: DLP_RELAY_ADMIN_TOKEN, admin.tokenFile)');
   const client = (o: AccessOptions): AdminClient => {
-    const c = new AdminClient(adminTarget(o, access.config(), access.configFrom()), 30_000);
+    const c = new AdminClient(adminTarget(o, access.config, access.configFrom), 30_000);
     process.stderr.write(`relay: ${c.target.url} (${c.target.from})\n`);
     return c;
   };
@@ -76,7 +76,7 @@ export function registerDaemonCommands(program: Command, access: ConfigAccess): 
     .option('--ready', 'check /readyz instead (dependencies reachable)')
     .option('--timeout <ms>', 'give up after', '3000')
     .action(async (o: { server?: string; ready?: boolean; timeout: string }) => {
-      const t = adminTarget(o, access.config(), access.configFrom());
+      const t = adminTarget(o, access.config, access.configFrom);
       const path = o.ready ? '/readyz' : '/healthz';
       try {
         const res = await fetch(`${t.url}${path}`, { signal: AbortSignal.timeout(Number(o.timeout) || 3000) });

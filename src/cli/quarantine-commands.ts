@@ -70,7 +70,7 @@ async function withBackend(access: ConfigAccess, o: AccessOptions, needsDelivery
   try {
     const cfg = access.config();
     if (!o.offline && !o.store) {
-      const client = new AdminClient(adminTarget(o, cfg, access.configFrom()));
+      const client = new AdminClient(adminTarget(o, () => cfg, access.configFrom));
       const backend = remoteBackend(client);
       err.write(`relay: ${client.target.url} (${client.target.from})\n`);
       const unused = async (): Promise<never> => Promise.reject(new Error('not used with a remote backend'));
