@@ -139,7 +139,7 @@ export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer
     // A key pair made up for this process: the trial path goes through the real client and real auth.
     accessKey = `embedded-${randomBytes(6).toString('hex')}`;
     secretKey = randomBytes(24).toString('hex');
-    sim = await startUcwiSim({ host: c.embeddedDlp.host, port: c.embeddedDlp.port, accessKey, secretKey, policiesFile: c.embeddedDlp.policiesFile, logger: logger.child({ component: 'embedded-dlp' }) });
+    sim = await startUcwiSim({ host: c.embeddedDlp.host, port: c.embeddedDlp.port, accessKey, secretKey, policiesFile: c.embeddedDlp.policiesFile, logger: logger.child({ embeddedDlp: true }) });
     baseUrl = sim.url;
   }
   const client = new UcwiClient(
