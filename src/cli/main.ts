@@ -119,7 +119,7 @@ export function buildProgram(): Command {
         const sup = running.supervisor;
         process.stderr.write(
           [
-            `dlp-relay ${VERSION} listening on ${running.smtp.host}:${running.smtp.port} (SMTP, ${cfg.smtp.workers} worker processes)`,
+            `dlp-relay listening on ${running.smtp.host}:${running.smtp.port} (SMTP, ${cfg.smtp.workers} worker processes), version ${VERSION}`,
             `  config:     ${loaded.file ?? 'built-in defaults'} (${loaded.source}); state in ${cfg.stateDir}`,
             `  DLP:        ${sup.embeddedDlp ? `embedded engine (policies ${cfg.embeddedDlp.policiesFile}), one per process` : sup.ucwiUrl}`,
             `  delivery:   ${sup.delivery}`,
@@ -133,7 +133,7 @@ export function buildProgram(): Command {
       }
       const relay = await startRelay(cfg, logger, { reloadConfig, configFile: loaded.file }).catch(cannotStart);
       const lines = [
-        `dlp-relay ${VERSION} listening on ${relay.smtp.host}:${relay.smtp.port} (SMTP)`,
+        `dlp-relay listening on ${relay.smtp.host}:${relay.smtp.port} (SMTP), version ${VERSION}`,
         `  config:     ${loaded.file ?? 'built-in defaults'} (${loaded.source}); state in ${cfg.stateDir}`,
         `  DLP:        ${relay.embeddedDlp ? `embedded engine at ${relay.ucwiUrl} (policies ${cfg.embeddedDlp.policiesFile})` : relay.ucwiUrl}`,
         `  delivery:   ${relay.delivery}`,
