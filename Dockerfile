@@ -25,20 +25,22 @@ RUN mkdir -p /var/lib/dlp-relay/spool /var/lib/dlp-relay/quarantine /var/lib/dlp
  && chown -R node:node /var/lib/dlp-relay \
  && chmod -R 0700 /var/lib/dlp-relay
 VOLUME ["/var/lib/dlp-relay"]
-# The shipped config listens on loopback and keeps data under ./var; in a container the relay must
-# listen on all interfaces and keep its data in the volume. Allowed client networks are left to the
-# operator (DLP_RELAY_ALLOWED_CLIENTS): defaulting to "everyone" would make an open relay.
-ENV DLP_RELAY_LISTEN=0.0.0.0:2525 \
-    DLP_RELAY_SPOOL_DIR=/var/lib/dlp-relay/spool \
-    DLP_RELAY_QUARANTINE_DIR=/var/lib/dlp-relay/quarantine \
-    DLP_RELAY_OUTBOX_DIR=/var/lib/dlp-relay/outbox \
-    DLP_RELAY_CAS_OUTBOX_DIR=/var/lib/dlp-relay/cas-outbox
+# Defaults suit a container: data goes to the state directory /var/lib/dlp-relay (an installed package
+# has no src/, so that is its default), the config to /etc/dlp-relay/dlp-relay.yaml when mounted there
+# (-v ./dlp-relay.yaml:/etc/dlp-relay/dlp-relay.yaml:ro). The relay must listen on all interfaces here;
+# allowed client networks are left to the operator (DLP_RELAY_ALLOWED_CLIENTS or the config file):
+# defaulting to "everyone" would make an open relay.
+ENV DLP_RELAY_LISTEN=0.0.0.0:2525
 USER node
-# 2525 SMTP (unprivileged, so no root needed), 8025 admin/health/metrics HTTP. The admin listener stays
-# on the container's loopback (the HEALTHCHECK uses it there); to publish /metrics and the API, set
-# DLP_RELAY_ADMIN_LISTEN=0.0.0.0:8025 together with DLP_RELAY_ADMIN_TOKEN, behind TLS.
-EXPOSE 2525 8025
+# 2525 SMTP (unprivileged, so no root needed), 8425 admin/health/metrics HTTP. The admin listener stays
+# on the container's loopback unless the config or DLP_RELAY_ADMIN_LISTEN=0.0.0.0:8425 says otherwise
+# (then with DLP_RELAY_ADMIN_TOKEN, behind TLS).
+EXPOSE 2525 8425
+# `dlp-relay health` reads the same configuration as `serve`, so the check follows a configured admin
+# address instead of assuming one. Stop with a timeout longer than limits.shutdownGraceMs (20 s):
+# docker run --stop-timeout 45 / compose stop_grace_period: 45s.
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-  CMD ["node", "-e", "fetch('http://127.0.0.1:8025/healthz', { signal: AbortSignal.timeout(3000) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+  CMD ["node", "dist/cli/main.js", "health", "--timeout", "3000"]
 ENTRYPOINT ["node", "dist/cli/main.js"]
 CMD ["serve"]

@@ -20,11 +20,15 @@ import { loopGuardFromConfig } from './policy/loop-token.js';
 import type { PipelineDeps, VerdictHook } from './pipeline/process.js';
 import { startUcwiSim, type UcwiSim } from './sim/ucwi/server.js';
 import { ClusterMetrics, Metrics, type GaugeSources, type MetricsRenderer } from './observability/metrics.js';
-import { createReadiness } from './observability/health.js';
+import { createReadiness, type ReadyReport } from './observability/health.js';
 import { createAdminServer } from './admin/server.js';
 import { registerOpsRoutes } from './admin/ops-routes.js';
 import { registerQuarantineRoutes } from './admin/quarantine-routes.js';
 import { startCas, type CasParts } from './cas/relay-hook.js';
+import { registerDaemonRoutes, type DaemonRouteDeps, type StatusReport } from './admin/daemon-routes.js';
+import { setLogLevel } from './observability/logger.js';
+import { Reloader, type ReloadReport } from './reload.js';
+import { VERSION } from './version.js';
 
 export interface RunningRelay {
   smtp: { host: string; port: number };
@@ -38,10 +42,17 @@ export interface RunningRelay {
   deliverer: AppDeliverer;
   metrics: Metrics;
   cas: CasParts | null;
+  /** Re-reads the configuration (StartOptions.reloadConfig) and applies it; see reload.ts. */
+  reload(trigger: string): Promise<ReloadReport>;
+  status(): Promise<StatusReport>;
   stop(graceMs?: number): Promise<void>;
 }
 
 export interface StartOptions {
+  /** Reads the configuration again for a reload (SIGHUP, POST /api/v1/reload); without it reload answers "cannot reload". */
+  reloadConfig?: () => FrozenConfig;
+  /** Shown by `status`: the file the configuration came from. */
+  configFile?: string | undefined;
   onVerdict?: VerdictHook;
   /** Replace the quarantine store (tests inject failing stores this way). */
   quarantine?: QuarantineStore;
@@ -133,7 +144,7 @@ export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer
     // A key pair made up for this process: the trial path goes through the real client and real auth.
     accessKey = `embedded-${randomBytes(6).toString('hex')}`;
     secretKey = randomBytes(24).toString('hex');
-    sim = await startUcwiSim({ host: c.embeddedDlp.host, port: c.embeddedDlp.port, accessKey, secretKey, policiesFile: c.embeddedDlp.policiesFile, logger: logger.child({ component: 'embedded-dlp' }) });
+    sim = await startUcwiSim({ host: c.embeddedDlp.host, port: c.embeddedDlp.port, accessKey, secretKey, policiesFile: c.embeddedDlp.policiesFile, logger: logger.child({ embeddedDlp: true }) });
     baseUrl = sim.url;
   }
   const client = new UcwiClient(
@@ -162,12 +173,14 @@ async function openStores(
   logger: Logger,
   stops: Array<() => Promise<unknown>>,
   opts: { quarantine?: QuarantineStore | undefined; casPusher: boolean },
-): Promise<{ quarantine: QuarantineStore; cas: CasParts | null; sources: GaugeSources }> {
+): Promise<{ quarantine: QuarantineStore; cas: CasParts | null; casRef: { current: CasParts | null }; sources: GaugeSources }> {
   const quarantine = opts.quarantine ?? createQuarantineStore({ dir: c.quarantine.dir, url: c.quarantine.url }, logger.child({ component: 'quarantine' }));
   await quarantine.init();
   stops.push(() => quarantine.close());
   const cas = c.cas.enabled ? await startCas(c, logger, { pusher: opts.casPusher }) : null;
-  if (cas) stops.push(() => cas.stop());
+  // A reload may replace the CAS parts; readers go through the reference.
+  const casRef = { current: cas };
+  stops.push(async () => casRef.current?.stop());
   // The quarantine gauge reads the store at scrape time; cache it so scrapes stay cheap.
   let heldCache: { at: number; n: number } | null = null;
   const sources: GaugeSources = {
@@ -185,9 +198,9 @@ async function openStores(
       heldCache = { at: Date.now(), n };
       return n;
     },
-    ...(cas ? { casOutbox: () => cas.outbox.stats() } : {}),
+    ...(cas ? { casOutbox: () => casRef.current!.outbox.stats() } : {}),
   };
-  return { quarantine, cas, sources };
+  return { quarantine, cas, casRef, sources };
 }
 
 /** UCWI client (and the embedded engine when no URL is set), the deliverer, and the quarantine operations built on them. */
@@ -217,7 +230,7 @@ async function startAdmin(
   c: FrozenConfig,
   logger: Logger,
   stops: Array<() => Promise<unknown>>,
-  parts: { metrics: MetricsRenderer; ucwi: UcwiClient; deliverer: AppDeliverer; quarantine: QuarantineStore; ops: OperationsContext; draining: () => boolean; spoolDir: string },
+  parts: { metrics: MetricsRenderer; ucwi: UcwiClient; deliverer: AppDeliverer; quarantine: QuarantineStore; ops: OperationsContext; draining: () => boolean; spoolDir: string; daemon: (readiness: () => Promise<ReadyReport>) => DaemonRouteDeps },
 ): Promise<RunningRelay['admin']> {
   if (!c.admin.enabled) return null;
   const token = c.secrets.adminToken;
@@ -234,9 +247,48 @@ async function startAdmin(
   });
   registerOpsRoutes(admin, { metrics: parts.metrics, readiness, draining: parts.draining });
   registerQuarantineRoutes(admin, parts.ops);
-  const a = await admin.listen();
+  registerDaemonRoutes(admin, parts.daemon(readiness));
+  const a = await listenNamed('admin', c.admin.host, c.admin.port, () => admin.listen());
   stops.push(() => admin.close());
   return { ...a, apiEnabled: token !== null };
+}
+
+/** EADDRINUSE and friends name the listener and address, so an admin knows which port to look at. */
+async function listenNamed<T>(name: string, host: string, port: number, listen: () => Promise<T>): Promise<T> {
+  try {
+    return await listen();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'EADDRINUSE' ? 'address already in use (another process listens there)' : code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)' : (err as Error).message;
+    throw new Error(`cannot listen for ${name} on ${host}:${port}: ${why}${code ? ` [${code}]` : ''}`, { cause: err });
+  }
+}
+
+/** The status report's parts common to a relay and a cluster supervisor. */
+async function statusOf(
+  startedAt: Date,
+  parts: { configFile: string | undefined; draining: boolean; sessions: number | null; ucwi: UcwiClient; ucwiUrl: string; readiness: () => Promise<ReadyReport>; sources: GaugeSources; lastReload: ReloadReport | null },
+): Promise<StatusReport> {
+  const { quarantineSize, casOutbox: casStats } = parts.sources;
+  const [readiness, held, casOutbox] = await Promise.all([
+    parts.readiness(),
+    quarantineSize ? Promise.resolve(quarantineSize()).catch(() => null) : null,
+    casStats ? Promise.resolve(casStats()).then((s) => ({ done: 0, ...s })).catch(() => null) : null,
+  ]);
+  return {
+    version: VERSION,
+    pid: process.pid,
+    startedAt: startedAt.toISOString(),
+    uptimeS: Math.round((Date.now() - startedAt.getTime()) / 1000),
+    configFile: parts.configFile ?? null,
+    draining: parts.draining,
+    sessions: parts.sessions,
+    ucwi: { url: parts.ucwiUrl, inFlight: parts.ucwi.inFlight, waiting: parts.ucwi.waiting, outage: parts.ucwi.outageState },
+    readiness,
+    held,
+    casOutbox,
+    lastReload: parts.lastReload,
+  };
 }
 
 /** Undoes what was started, newest first, logging (not throwing) what fails. */
@@ -252,29 +304,35 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
   await recoverStores(c, logger, { spoolDir, worker: worker !== undefined });
   const stops: Array<() => Promise<unknown>> = [];
   try {
-    const { quarantine, cas, sources } = await openStores(c, logger, stops, { quarantine: opts.quarantine, casPusher: !worker });
+    const startedAt = new Date();
+    const { quarantine, cas, casRef, sources } = await openStores(c, logger, stops, { quarantine: opts.quarantine, casPusher: !worker });
     const metrics = new Metrics(sources, { storeGauges: !worker });
     if (worker) metrics.shareWithSupervisor();
 
     const { ucwi, sim, baseUrl, deliverer, ops } = await openClients(c, logger, stops, quarantine, metrics.ucwiObserver());
-    const notifier: Notifier = await createNotifier(
-      {
-        enabled: c.quarantine.notifications.enabled,
-        onQuarantine: c.quarantine.notifications.onQuarantine,
-        onReject: c.quarantine.notifications.onReject,
-        from: c.quarantine.notifications.from,
-        helpContact: c.quarantine.notifications.helpContact,
-        hostname: c.smtp.hostname,
-        templateDir: c.quarantine.notifications.templateDir,
-      },
-      ops.deliver!,
-      logger.child({ component: 'notify' }),
-    );
+    const makeNotifier = (n: FrozenConfig): Promise<Notifier> =>
+      createNotifier(
+        {
+          enabled: n.quarantine.notifications.enabled,
+          onQuarantine: n.quarantine.notifications.onQuarantine,
+          onReject: n.quarantine.notifications.onReject,
+          from: n.quarantine.notifications.from,
+          helpContact: n.quarantine.notifications.helpContact,
+          hostname: n.smtp.hostname,
+          templateDir: n.quarantine.notifications.templateDir,
+        },
+        ops.deliver!,
+        logger.child({ component: 'notify' }),
+      );
+    // Replaced by a reload (new templates or settings); a message in flight keeps the one it started with.
+    let notifier: Notifier = await makeNotifier(c);
+    let live = c;
 
     // In a cluster the supervisor purges; one purger per store is enough.
     if (!worker) stops.push(retentionFor(c, quarantine, logger));
 
-    const hooks: VerdictHook[] = [cas?.hook, opts.onVerdict].filter((h): h is VerdictHook => h !== undefined);
+    // Through casRef: a reload may replace the CAS parts. Without CAS at start no hook is installed (switching it on needs a restart).
+    const hooks: VerdictHook[] = [cas ? ((v: Parameters<VerdictHook>[0]) => casRef.current?.hook(v) ?? Promise.resolve()) : undefined, opts.onVerdict].filter((h): h is VerdictHook => h !== undefined);
     const deps: PipelineDeps = {
       logger,
       hostname: c.smtp.hostname,
@@ -285,8 +343,8 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       dlp: ucwi,
       quarantine,
       onVerdict: hooks.length ? async (v) => void (await Promise.all(hooks.map((h) => h(v)))) : undefined,
-      onOutcome: c.quarantine.notifications.enabled
-        ? (o, msg) => {
+      onOutcome: (o, msg) => {
+            if (!live.quarantine.notifications.enabled) return;
             const kind = o.reply.code < 300 && o.action.startsWith('quarantine') ? 'quarantine' : o.reply.code >= 500 && o.action === 'reject' ? 'reject' : null;
             if (!kind) return;
             const h = (n: string) => msg.spool.headers.find((x) => x.name === n)?.value ?? null;
@@ -301,8 +359,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
               precedence: h('precedence'),
               listId: h('list-id'),
             });
-          }
-        : undefined,
+          },
     };
     const ingress = new Ingress(
       {
@@ -333,10 +390,56 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       metrics.ingressObserver(),
     );
 
-    // Workers have no admin listener: the supervisor serves it for the whole cluster.
-    const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => ingress.draining, spoolDir });
+    const reloader = opts.reloadConfig
+      ? new Reloader(
+          c,
+          opts.reloadConfig,
+          {
+            async apply(next, _prev, changed) {
+              // Everything that can fail first (templates, certificates, CAS), then the swaps.
+              const newNotifier = changed.some((p) => p.startsWith('quarantine.notifications.')) ? await makeNotifier(next) : notifier;
+              const restart = ingress.reconfigure({ allowedClients: next.smtp.allowedClients, trustedNetworks: next.policy.loop.trustedNetworks, tls: { ...next.smtp.tls } });
+              if (changed.some((p) => p.startsWith('cas.'))) {
+                if (!cas || !next.cas.enabled) restart.push('cas.enabled (CAS switched on or off)');
+                else {
+                  await casRef.current?.stop();
+                  casRef.current = await startCas(next, logger, { pusher: !worker });
+                }
+              }
+              // The pipeline reads deps.policy once per message step; new messages see the new table.
+              deps.policy = policySettings(next);
+              notifier = newNotifier;
+              setLogLevel(logger, next.log.level);
+              live = next;
+              return restart;
+            },
+          },
+          logger,
+        )
+      : null;
+    const reload = (trigger: string): Promise<ReloadReport> =>
+      reloader ? reloader.reload(trigger) : Promise.resolve({ ok: false, at: new Date().toISOString(), trigger, applied: [], restartNeeded: [], problems: [{ path: '(reload)', message: 'this process was started without a configuration loader' }] });
+    let readinessRef: (() => Promise<ReadyReport>) | null = null;
+    const status = (): Promise<StatusReport> =>
+      statusOf(startedAt, {
+        configFile: opts.configFile,
+        draining: ingress.draining,
+        sessions: ingress.activeSessions,
+        ucwi,
+        ucwiUrl: baseUrl,
+        readiness: readinessRef ?? (async () => ({ ready: !ingress.draining, checks: {} })),
+        sources,
+        lastReload: reloader?.lastReport ?? null,
+      });
+    const daemon = (readiness: () => Promise<ReadyReport>): DaemonRouteDeps => {
+      readinessRef = readiness;
+      return { status, reload: reloader ? reload : null, casOutbox: () => casRef.current?.outbox ?? null };
+    };
 
-    const smtp = await ingress.listen();
+    // Workers have no admin listener: the supervisor serves it for the whole cluster.
+    const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => ingress.draining, spoolDir, daemon });
+
+    const smtp = await listenNamed('SMTP', c.listen.host, c.listen.port, () => ingress.listen());
     return {
       smtp,
       admin,
@@ -349,6 +452,8 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       deliverer,
       metrics,
       cas,
+      reload,
+      status,
       async stop(graceMs = c.limits.shutdownGraceMs) {
         // Ingress first (finish messages in flight), then everything it used, in reverse order of start.
         await ingress.close(graceMs);
@@ -383,11 +488,18 @@ export async function startSupervisor(c: FrozenConfig, logger: Logger): Promise<
   await recoverStores(c, logger, { spoolDir: c.spool.dir, worker: false });
   const stops: Array<() => Promise<unknown>> = [];
   try {
-    const { quarantine, cas, sources } = await openStores(c, logger, stops, { casPusher: true });
+    const startedAt = new Date();
+    const { quarantine, cas, casRef, sources } = await openStores(c, logger, stops, { casPusher: true });
     const { ucwi, sim, baseUrl, deliverer, ops } = await openClients(c, logger, stops, quarantine);
     stops.push(retentionFor(c, quarantine, logger));
     let draining = false;
-    const admin = await startAdmin(c, logger, stops, { metrics: new ClusterMetrics(sources), ucwi, deliverer, quarantine, ops, draining: () => draining, spoolDir: c.spool.dir });
+    // The workers hold the sessions and reload on their own SIGHUP (cluster.ts forwards it); the supervisor reports.
+    const daemon = (readiness: () => Promise<ReadyReport>): DaemonRouteDeps => ({
+      status: () => statusOf(startedAt, { configFile: undefined, draining, sessions: null, ucwi, ucwiUrl: baseUrl, readiness, sources, lastReload: null }),
+      reload: null,
+      casOutbox: () => casRef.current?.outbox ?? null,
+    });
+    const admin = await startAdmin(c, logger, stops, { metrics: new ClusterMetrics(sources), ucwi, deliverer, quarantine, ops, draining: () => draining, spoolDir: c.spool.dir, daemon });
     return {
       admin,
       ucwiUrl: baseUrl,

@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { FrozenConfig } from './config/load.js';
-import { startRelay, startSupervisor, type RunningRelay, type RunningSupervisor } from './app.js';
+import { startRelay, startSupervisor, type RunningRelay, type RunningSupervisor, type StartOptions } from './app.js';
 
 /** Environment variable that tells a forked process which worker slot it fills. */
 export const WORKER_INDEX_ENV = 'DLP_RELAY_WORKER_INDEX';
@@ -31,8 +31,8 @@ export function workerIndex(): number | null {
 }
 
 /** Worker side: the SMTP relay in its own spool subdirectory; tells the supervisor once it listens. */
-export async function startWorker(c: FrozenConfig, logger: Logger, index: number): Promise<RunningRelay> {
-  const relay = await startRelay(c, logger.child({ worker: index }), { worker: { index } });
+export async function startWorker(c: FrozenConfig, logger: Logger, index: number, reload: Pick<StartOptions, 'reloadConfig' | 'configFile'> = {}): Promise<RunningRelay> {
+  const relay = await startRelay(c, logger.child({ worker: index }), { ...reload, worker: { index } });
   // No handler for a dead supervisor: Node's cluster code exits a worker whose IPC channel drops. Its
   // clients lose the connection without a reply and retry; nothing unanswered was acknowledged.
   process.send?.({ type: 'dlp-relay:ready', index, smtp: relay.smtp } satisfies ReadyMessage);

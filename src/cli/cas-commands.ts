@@ -6,6 +6,8 @@ import { createLogger } from '../observability/logger.js';
 import { casBlock, casUnblock, casList, casOutbox, casMitigate, casResults, type CasMitigateOptions } from '../cas/cli.js';
 import { casClientFromConfig, casOutboxFromConfig } from '../cas/relay-hook.js';
 import type { CasClient } from '../cas/client.js';
+import type { CasOutbox } from '../cas/outbox.js';
+import { AdminClient, adminTarget, apiError, CliError } from './admin-client.js';
 
 function fail(msg: string): number {
   process.stderr.write(`dlp-relay: ${msg}\n`);
@@ -23,7 +25,31 @@ async function withClient(cfg: FrozenConfig, fn: (client: CasClient) => Promise<
   }
 }
 
-export function registerCasCommands(program: Command, config: () => FrozenConfig): void {
+/**
+ * The relay's outbox over its admin API, shaped as the three outbox calls `casOutbox` makes: the
+ * relay keeps the journal open (and locked), so the CLI must not open it while the relay runs.
+ */
+function remoteOutbox(client: AdminClient): Pick<CasOutbox, 'list' | 'stats' | 'retryFailed'> {
+  let cached: { stats: Awaited<ReturnType<CasOutbox['stats']>>; entries: Awaited<ReturnType<CasOutbox['list']>> } | null = null;
+  const get = async () => {
+    if (cached) return cached;
+    const r = await client.json('GET', '/api/v1/cas/outbox?limit=10000');
+    if (r.status !== 200) throw new CliError(`cas outbox: the relay answered ${apiError(r)}`);
+    return (cached = r.body as NonNullable<typeof cached>);
+  };
+  return {
+    list: async () => (await get()).entries,
+    stats: async () => (await get()).stats,
+    retryFailed: async () => {
+      const r = await client.json('POST', '/api/v1/cas/outbox/retry');
+      if (r.status !== 200) throw new CliError(`cas outbox --retry: the relay answered ${apiError(r)}`);
+      cached = null;
+      return (r.body as { retried: number }).retried;
+    },
+  };
+}
+
+export function registerCasCommands(program: Command, config: () => FrozenConfig, configFrom: () => string = () => 'configuration'): void {
   const cas = program.command('cas').description('Trend Micro Cloud App Security: blocked lists and mail mitigation');
   const done = (code: number) => {
     process.exitCode = code;
@@ -51,9 +77,20 @@ export function registerCasCommands(program: Command, config: () => FrozenConfig
     .command('outbox')
     .description('pending and failed pushes of the relay; --retry puts failed ones back in the queue')
     .option('--retry', 'retry failed entries', false)
+    .option('--server <host:port>', "the relay's admin API (default: admin.host:admin.port of the configuration)")
+    .option('--token-file <file>', 'admin token file (default: DLP_RELAY_ADMIN_TOKEN, admin.tokenFile)')
+    .option('--offline', 'open the outbox journal directly (only while the relay is stopped)')
     .option('--json')
-    .action(async (o: { retry: boolean; json?: boolean }) => {
-      const outbox = await casOutboxFromConfig(config(), createLogger({ level: 'warn', destination: 2 }));
+    .action(async (o: { retry: boolean; json?: boolean; server?: string; tokenFile?: string; offline?: boolean }) => {
+      const cfg = config();
+      if (!o.offline) {
+        const client = new AdminClient(adminTarget(o, () => cfg, configFrom), 30_000);
+        process.stderr.write(`relay: ${client.target.url} (${client.target.from})\n`);
+        // Only the three calls casOutbox makes exist on the remote shape.
+        return done(await casOutbox(o, process.stdout, { outbox: remoteOutbox(client) as CasOutbox }));
+      }
+      process.stderr.write(`store: CAS outbox ${cfg.cas.outbox.backend === 'pg' ? 'in the quarantine database' : cfg.cas.outbox.dir} (offline, not through a relay)\n`);
+      const outbox = await casOutboxFromConfig(cfg, createLogger({ level: 'warn', destination: 2 }));
       try {
         done(await casOutbox(o, process.stdout, { outbox }));
       } finally {

@@ -1,29 +1,53 @@
 #!/usr/bin/env node
-// The dlp-relay command line: serve, send (EML harness), sim-ucwi (simulator), check-config; each error exits non-zero with a clear message.
+// The dlp-relay command line: serve, status/reload/health, quarantine and cas admin, send (EML harness), sim-ucwi, check-config. Errors read "dlp-relay: <what>: <why>" and exit 1; usage errors exit 2.
 import { Command, Option, CommanderError } from 'commander';
 import { randomBytes } from 'node:crypto';
-import { loadConfig, maskedConfig, ConfigError, type FrozenConfig } from '../config/load.js';
+import { join } from 'node:path';
+import { loadConfigDetailed, PACKAGE_ROOT, maskedConfig, changedValues, ConfigError, type FrozenConfig, type LoadedConfig } from '../config/load.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { startRelay } from '../app.js';
 import { runSend } from './send.js';
 import { collect } from './options.js';
 import { startUcwiSim } from '../sim/ucwi/server.js';
 import { startCluster, startWorker, workerIndex } from '../cluster.js';
-import { registerQuarantineCommands } from './quarantine-commands.js';
+import { registerQuarantineCommands, type ConfigAccess } from './quarantine-commands.js';
 import { registerCasCommands } from './cas-commands.js';
+import { registerDaemonCommands } from './daemon-commands.js';
+import { CliError } from './admin-client.js';
 import { hashPassword } from '../ingress/auth.js';
 import { maskSecrets, maskUrl } from '../util/mask.js';
+import { VERSION } from '../version.js';
+import type { RunningRelay } from '../app.js';
 
-function loadOrExit(file: string | undefined): FrozenConfig {
+/** The configuration every command uses, found the same way (see config/sources.ts); a bad one exits 1 with every problem listed. */
+function loadDetailedOrExit(file: string | undefined): LoadedConfig {
   try {
-    return loadConfig({ file });
+    return loadConfigDetailed({ file });
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`dlp-relay: ${err.message}\n`);
-      process.exit(2);
+      process.exit(1);
     }
     throw err;
   }
+}
+
+
+/** A start-up failure (port in use, unreadable certificate, store down): one line naming what, exit 1. */
+function cannotStart(err: unknown): never {
+  process.stderr.write(`dlp-relay: cannot start: ${(err as Error).message}\n`);
+  process.exit(1);
+}
+
+/**
+ * SIGHUP re-reads the configuration instead of killing the process (admins and logrotate send HUP by
+ * habit). Sessions in flight keep their settings; a bad file keeps the old configuration (see reload.ts).
+ */
+function onReload(relay: Pick<RunningRelay, 'reload'>, logger: Logger): void {
+  process.on('SIGHUP', () => {
+    logger.info({ signal: 'SIGHUP' }, 'SIGHUP: reloading the configuration');
+    void relay.reload('SIGHUP').catch((err: unknown) => logger.error({ err }, 'reload failed'));
+  });
 }
 
 /** SIGTERM/SIGINT: stop once, with a grace period, then a hard exit if something hangs. */
@@ -55,31 +79,49 @@ function onShutdown(logger: Logger, stop: () => Promise<void>, hardExitMs: numbe
 export function buildProgram(): Command {
   const program = new Command('dlp-relay')
     .description('Inline SMTP data-loss-prevention relay for SkyGuard UCWI')
-    .option('-c, --config <file>', 'YAML config file (default: config/default.yaml)')
+    .version(VERSION, '-V, --version', 'print the version')
+    .option('-c, --config <file>', 'YAML config file (default: $DLP_RELAY_CONFIG, else /etc/dlp-relay/dlp-relay.yaml if it exists, else built-in defaults)')
     .showHelpAfterError()
     .exitOverride();
 
   program
     .command('serve')
     .description('run the relay (what `npm start` runs)')
-    .option('--grace <ms>', 'shutdown grace period for messages in flight', '10000')
-    .action(async (o: { grace: string }) => {
-      const cfg = loadOrExit(program.opts<{ config?: string }>().config);
-      const logger = createLogger({ level: cfg.log.level });
-      const grace = Number(o.grace);
+    .option('--grace <ms>', 'shutdown grace period for messages in flight (default: limits.shutdownGraceMs)')
+    .action(async (o: { grace?: string }) => {
+      const configOpt = program.opts<{ config?: string }>().config;
+      const loaded = loadDetailedOrExit(configOpt);
+      const cfg = loaded.config;
+      const logger = createLogger({ level: cfg.log.level, format: cfg.log.format });
+      if (o.grace !== undefined && !/^\d+$/.test(o.grace)) throw new CliError(`--grace: expected milliseconds, got ${JSON.stringify(o.grace)}`, 2);
+      const grace = o.grace !== undefined ? Number(o.grace) : cfg.limits.shutdownGraceMs;
+      const reloadConfig = (): FrozenConfig => loadConfigDetailed({ file: configOpt }).config;
       const index = workerIndex();
       if (index !== null) {
-        // A cluster worker: same config, SMTP only; the supervisor printed the banner.
-        const relay = await startWorker(cfg, logger, index);
+        // A cluster worker: same config, SMTP only; the supervisor printed the banner and forwards SIGHUP.
+        const relay = await startWorker(cfg, logger, index, { reloadConfig, configFile: loaded.file }).catch(cannotStart);
+        onReload(relay, logger);
         onShutdown(logger, () => relay.stop(grace), grace + 15_000);
         return;
       }
       if (cfg.smtp.workers > 1) {
-        const running = await startCluster(cfg, logger);
+        const running = await startCluster(cfg, logger).catch(cannotStart);
+        process.on('SIGHUP', () => {
+          // Validate once here so a bad file is reported once; each worker then re-reads and applies it.
+          try {
+            reloadConfig();
+          } catch (err) {
+            logger.error({ event: 'reload-refused', err: (err as Error).message }, 'reload refused: the running configuration stays in force');
+            return;
+          }
+          for (const pid of running.workers().values()) if (pid > 0) process.kill(pid, 'SIGHUP');
+          logger.info({ event: 'reload-forwarded', workers: running.workers().size }, 'SIGHUP forwarded to the SMTP workers');
+        });
         const sup = running.supervisor;
         process.stderr.write(
           [
-            `dlp-relay listening on ${running.smtp.host}:${running.smtp.port} (SMTP, ${cfg.smtp.workers} worker processes)`,
+            `dlp-relay listening on ${running.smtp.host}:${running.smtp.port} (SMTP, ${cfg.smtp.workers} worker processes), version ${VERSION}`,
+            `  config:     ${loaded.file ?? 'built-in defaults'} (${loaded.source}); state in ${cfg.stateDir}`,
             `  DLP:        ${sup.embeddedDlp ? `embedded engine (policies ${cfg.embeddedDlp.policiesFile}), one per process` : maskUrl(sup.ucwiUrl)}`,
             `  delivery:   ${sup.delivery}`,
             `  quarantine: ${sup.quarantine.kind} ${cfg.quarantine.url ? '(PostgreSQL)' : cfg.quarantine.dir}`,
@@ -90,9 +132,10 @@ export function buildProgram(): Command {
         onShutdown(logger, () => running.stop(grace), grace + 30_000);
         return;
       }
-      const relay = await startRelay(cfg, logger);
+      const relay = await startRelay(cfg, logger, { reloadConfig, configFile: loaded.file }).catch(cannotStart);
       const lines = [
-        `dlp-relay listening on ${relay.smtp.host}:${relay.smtp.port} (SMTP)`,
+        `dlp-relay listening on ${relay.smtp.host}:${relay.smtp.port} (SMTP), version ${VERSION}`,
+        `  config:     ${loaded.file ?? 'built-in defaults'} (${loaded.source}); state in ${cfg.stateDir}`,
         `  DLP:        ${relay.embeddedDlp ? `embedded engine at ${relay.ucwiUrl} (policies ${cfg.embeddedDlp.policiesFile})` : maskUrl(relay.ucwiUrl)}`,
         `  delivery:   ${relay.delivery}`,
         `  quarantine: ${relay.quarantine.kind} ${cfg.quarantine.url ? '(PostgreSQL)' : cfg.quarantine.dir}`,
@@ -104,7 +147,8 @@ export function buildProgram(): Command {
       ];
       if (relay.embeddedDlp) lines.push('  WARNING: the embedded DLP engine is for trials only; set ucwi.url (DLP_RELAY_UCWI_URL) for production.');
       process.stderr.write(lines.join('\n') + '\n');
-      logger.info({ event: 'started', smtp: relay.smtp, ucwi: maskUrl(relay.ucwiUrl), embeddedDlp: relay.embeddedDlp, delivery: relay.delivery }, 'dlp-relay started');
+      logger.info({ event: 'started', version: VERSION, config: loaded.file ?? null, smtp: relay.smtp, ucwi: maskUrl(relay.ucwiUrl), embeddedDlp: relay.embeddedDlp, delivery: relay.delivery }, 'dlp-relay started');
+      onReload(relay, logger);
       onShutdown(logger, () => relay.stop(grace), grace + 15_000);
     });
 
@@ -112,7 +156,7 @@ export function buildProgram(): Command {
     .command('send')
     .description('send EML files through an SMTP server and print one line per file with the final reply')
     .argument('<paths...>', 'EML files or directories of .eml files')
-    .option('--server <host:port>', 'SMTP server', '127.0.0.1:2525')
+    .requiredOption('--server <host:port>', 'SMTP server to send through (required: never a guessed default)')
     .option('--from <addr>', 'envelope sender (default: From: header)')
     .option('--to <addr>', 'envelope recipient, repeatable (default: To/Cc/Bcc headers)', collect, [])
     .addOption(new Option('--expect <outcome>', 'exit 1 unless every file gets this outcome').choices(['accept', 'reject', 'tempfail']))
@@ -121,6 +165,7 @@ export function buildProgram(): Command {
     .option('--starttls', 'require STARTTLS', false)
     .option('--insecure', 'do not verify the server certificate', false)
     .action(async (paths: string[], o: { server: string; from?: string; to: string[]; expect?: 'accept' | 'reject' | 'tempfail'; helo: string; timeout: string; starttls: boolean; insecure: boolean }) => {
+      process.stderr.write(`server: ${o.server}\n`);
       const code = await runSend(
         {
           server: o.server,
@@ -143,7 +188,7 @@ export function buildProgram(): Command {
     .description('run the UCWI simulator (the embedded DLP engine) alone')
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', '5443')
-    .option('--policies <file>', 'detector policies', 'config/detectors.yaml')
+    .option('--policies <file>', 'detector policies', join(PACKAGE_ROOT, 'config', 'detectors.yaml'))
     .option('--latency <ms>', 'fault: response time; each answer goes out no sooner than this after its request arrived (scan included)', '0')
     .action(async (o: { host: string; port: string; policies: string; latency: string }) => {
       const accessKey = process.env['DLP_RELAY_UCWI_ACCESS_KEY'] || 'sim-access-key';
@@ -157,9 +202,12 @@ export function buildProgram(): Command {
       onShutdown(logger, () => sim.close(), 5_000);
     });
 
-  const config = () => loadOrExit(program.opts<{ config?: string }>().config);
-  registerQuarantineCommands(program, config);
-  registerCasCommands(program, config);
+  let loadedOnce: LoadedConfig | null = null;
+  const loaded = (): LoadedConfig => (loadedOnce ??= loadDetailedOrExit(program.opts<{ config?: string }>().config));
+  const access: ConfigAccess = { config: () => loaded().config, configFrom: () => (loaded().file ? `config ${loaded().file}` : 'built-in defaults') };
+  registerDaemonCommands(program, access);
+  registerQuarantineCommands(program, access);
+  registerCasCommands(program, access.config, access.configFrom);
 
   program
     .command('hash-password')
@@ -170,7 +218,7 @@ export function buildProgram(): Command {
       for await (const c of process.stdin) input += (c as Buffer).toString();
       const pw = input.replace(/\r?\n$/, '');
       if (!pw) {
-        process.stderr.write('dlp-relay: no password on stdin\n');
+        process.stderr.write('dlp-relay: hash-password: no password on stdin\n');
         process.exitCode = 2;
         return;
       }
@@ -180,9 +228,17 @@ export function buildProgram(): Command {
   program
     .command('check-config')
     .description('validate the configuration and print the effective values with secrets masked')
-    .action(() => {
-      const cfg = loadOrExit(program.opts<{ config?: string }>().config);
-      process.stdout.write(JSON.stringify(maskedConfig(cfg), null, 2) + '\n');
+    .option('--changed', 'only values that differ from the built-in defaults, with the file line or variable that set each (like postconf -n)')
+    .action((o: { changed?: boolean }) => {
+      const loaded = loadDetailedOrExit(program.opts<{ config?: string }>().config);
+      process.stderr.write(`config: ${loaded.file ?? 'built-in defaults'} (${loaded.source})\n`);
+      if (!o.changed) {
+        process.stdout.write(JSON.stringify(maskedConfig(loaded.config), null, 2) + '\n');
+        return;
+      }
+      const changed = changedValues(loaded);
+      if (changed.length === 0) process.stderr.write('no value differs from the built-in defaults\n');
+      for (const c of changed) process.stdout.write(`${c.path} = ${JSON.stringify(c.value)}  # ${c.origin}\n`);
     });
 
   return program;
@@ -199,7 +255,7 @@ export async function main(argv: string[]): Promise<void> {
       return;
     }
     process.stderr.write(`dlp-relay: ${maskSecrets((err as Error).message)}\n`);
-    process.exitCode = 1;
+    process.exitCode = err instanceof CliError ? err.exitCode : 1;
   }
 }
 

@@ -1,11 +1,11 @@
-// Loads the configuration once: YAML file, then environment overrides, then secrets from env or files; validates all of it, lists every problem with its path, and freezes the result.
-import { readFileSync, existsSync } from 'node:fs';
-import { resolve, dirname, join } from 'node:path';
+// Loads the configuration once: YAML file, then environment overrides, then secrets from env or files; validates all of it, lists every problem with its path and who set it, and freezes the result.
+import { readFileSync } from 'node:fs';
+import { resolve, dirname, join, isAbsolute } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parse as parseYaml } from 'yaml';
 import { configSchema, type Config, type FrozenConfig } from './schema.js';
 import { effectiveActions } from '../policy/policy.js';
 import { maskDeep, maskSecrets } from '../util/mask.js';
+import { findConfigFile, readConfigFile, resolvePathsIn, dropNullDefaults, defaultStateDir, fileBase, flatten, getPath, setPathIfPresent, Origins, PATH_KEYS, SYSTEM_CONFIG_FILE, type ConfigSource } from './sources.js';
 
 export type { Config, FrozenConfig } from './schema.js';
 
@@ -16,13 +16,15 @@ export const DEFAULT_CONFIG_FILE = join(PACKAGE_ROOT, 'config', 'default.yaml');
 export interface ConfigProblem {
   path: string;
   message: string;
+  /** Who set the bad value: "FILE:LINE" or an environment variable; absent for a built-in default. */
+  origin?: string;
 }
 
 export class ConfigError extends Error {
   readonly problems: ConfigProblem[];
   constructor(problems: ConfigProblem[]) {
     // Messages may quote a value (an env override, a URL): masked, since they go to stderr and logs.
-    super(`invalid configuration:\n${problems.map((p) => `  - ${p.path}: ${maskSecrets(p.message)}`).join('\n')}`);
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p.path}: ${maskSecrets(p.message)}${p.origin && p.origin !== p.path ? ` (set by ${p.origin})` : ''}`).join('\n')}`);
     this.name = 'ConfigError';
     this.problems = problems;
   }
@@ -92,6 +94,8 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
   { name: 'DLP_RELAY_CAS_OUTBOX_DIR', apply: (raw, v) => setPath(raw, ['cas', 'outbox', 'dir'], v) },
   { name: 'DLP_RELAY_CAS_REGION', apply: (raw, v) => setPath(raw, ['cas', 'region'], v) },
   { name: 'DLP_RELAY_LOG_LEVEL', apply: (raw, v) => setPath(raw, ['log', 'level'], v) },
+  { name: 'DLP_RELAY_LOG_FORMAT', apply: (raw, v) => setPath(raw, ['log', 'format'], v) },
+  { name: 'DLP_RELAY_STATE_DIR', apply: (raw, v) => setPath(raw, ['stateDir'], v) },
 ];
 
 function num(raw: Raw, path: string[], v: string): string | void {
@@ -110,16 +114,13 @@ const SECRETS: Array<{ key: keyof Config['secrets']; env: string; fileKey?: stri
   { key: 'loopPreviousKey', env: 'DLP_RELAY_LOOP_PREVIOUS_KEY', fileKey: ['policy', 'loop', 'previousKeyFile'] },
 ];
 
-/** raw.a.b.c, or undefined when any step is missing. */
-function getPath(obj: Raw, path: string[]): unknown {
-  let cur: unknown = obj;
-  for (const k of path) cur = cur && typeof cur === 'object' && !Array.isArray(cur) ? (cur as Raw)[k] : undefined;
-  return cur;
-}
-
 export interface LoadOptions {
-  /** Config file; default config/default.yaml beside the package (skipped silently if absent). */
+  /** Config file (--config); default DLP_RELAY_CONFIG, then /etc/dlp-relay/dlp-relay.yaml if it exists, then built-in defaults. */
   file?: string | undefined;
+  /** The system file looked for last (tests point it elsewhere); null skips it. */
+  systemFile?: string | null;
+  /** Base of relative paths from the environment and overrides (default: process.cwd()). */
+  cwd?: string;
   env?: Env;
   /** Extra values applied over the file and env (tests use this). */
   overrides?: Raw;
@@ -146,18 +147,54 @@ function deepFreeze<T>(o: T): T {
   return o;
 }
 
+export interface LoadedConfig {
+  config: FrozenConfig;
+  /** The file read, or undefined for the built-in defaults. */
+  file: string | undefined;
+  source: ConfigSource;
+  origins: Origins;
+}
+
 export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
+  return loadConfigDetailed(opts).config;
+}
+
+/**
+ * Resolves relative paths the schema filled in from its defaults: shipped files in the package, data
+ * under the state directory (the schema's "var/spool" is <stateDir>/spool: var/ *is* the state dir of a checkout).
+ */
+function resolveDefaults(c: Config, stateDir: string): void {
+  for (const k of PATH_KEYS) {
+    const v = getPath(c, k.path);
+    if (typeof v !== 'string' || isAbsolute(v)) continue;
+    setPathIfPresent(c, k.path, k.base === 'state' ? resolve(stateDir, v.replace(/^var\//, '')) : resolve(PACKAGE_ROOT, v));
+  }
+}
+
+export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
   const env = opts.env ?? process.env;
+  const cwd = opts.cwd ?? process.cwd();
   const problems: ConfigProblem[] = [];
-  const file = opts.file ?? env['DLP_RELAY_CONFIG'] ?? (existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined);
+  const found = findConfigFile(opts.file, env, opts.systemFile === undefined ? SYSTEM_CONFIG_FILE : opts.systemFile);
+  const file = found.file;
+  const origins = new Origins();
 
   let raw: Raw = {};
   if (file) {
     try {
-      const parsed: unknown = parseYaml(readFileSync(file, 'utf8'));
+      const text = readConfigFile(file);
+      const parsed = text.value;
       if (parsed === null || parsed === undefined) raw = {};
       else if (typeof parsed !== 'object' || Array.isArray(parsed)) problems.push({ path: '(file)', message: `${file} must hold a mapping` });
-      else raw = parsed as Raw;
+      else {
+        raw = parsed as Raw;
+        dropNullDefaults(raw);
+        origins.setFile(text);
+        origins.recordFileLeaves(raw);
+        // Relative paths in a file mean "next to this file", whoever runs the command and from wherever.
+        resolvePathsIn(raw, fileBase(file));
+        if (typeof raw['stateDir'] === 'string' && !isAbsolute(raw['stateDir'])) raw['stateDir'] = resolve(fileBase(file), raw['stateDir']);
+      }
     } catch (err) {
       problems.push({ path: '(file)', message: `cannot read ${file}: ${(err as Error).message}` });
     }
@@ -170,17 +207,28 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
   for (const o of ENV_OVERRIDES) {
     const v = env[o.name];
     if (v === undefined || v === '') continue;
+    const before = flatten(raw);
     const err = o.apply(raw, v);
-    if (err) problems.push({ path: o.name, message: `${err} (got "${v}")` });
+    if (err) problems.push({ path: o.name, message: `${err} (got "${v}")`, origin: o.name });
+    for (const [p, x] of flatten(raw)) if (!before.has(p) || before.get(p) !== x) origins.record(p.split('.'), o.name);
   }
-  if (opts.overrides) raw = deepMerge(raw, opts.overrides);
+  if (opts.overrides) {
+    for (const p of flatten(opts.overrides).keys()) if (!p.startsWith('secrets')) origins.record(p.split('.'), 'override');
+    raw = deepMerge(raw, opts.overrides);
+  }
+  // Paths from the environment or overrides that are still relative were typed in a shell: its cwd.
+  resolvePathsIn(raw, cwd, (path) => {
+    const o = origins.of(path.join('.'));
+    return o !== null && !o.includes(':');
+  });
+  if (typeof raw['stateDir'] === 'string' && !isAbsolute(raw['stateDir'])) raw['stateDir'] = resolve(cwd, raw['stateDir']);
 
   const secrets: Raw = {};
   for (const s of SECRETS) {
     const direct = env[s.env];
     const envFile = env[`${s.env}_FILE`];
     const cfgFile = s.fileKey ? (getPath(raw, s.fileKey) as string | undefined) : undefined;
-    const f = envFile || cfgFile;
+    const f = envFile ? resolve(cwd, envFile) : cfgFile;
     if (direct) secrets[s.key] = direct;
     else if (f) {
       try {
@@ -196,11 +244,15 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
   const result = configSchema.safeParse(raw);
   if (!result.success) {
     for (const issue of result.error.issues) {
-      problems.push({ path: issue.path.map(String).join('.') || '(root)', message: issue.message });
+      const path = issue.path.map(String).join('.') || '(root)';
+      const origin = origins.of(path);
+      problems.push({ path, message: issue.message, ...(origin ? { origin } : {}) });
     }
   }
   if (result.success) {
     const c = result.data;
+    c.stateDir = c.stateDir ?? defaultStateDir(PACKAGE_ROOT);
+    resolveDefaults(c, c.stateDir);
     // Codes the file does not mention keep their defaults; the effective table is what check-config prints.
     c.policy.actions = effectiveActions(c.policy.actions);
     // Our own domains are never pushed to a tenant-wide block list unless the admin lists exemptions explicitly.
@@ -243,8 +295,32 @@ export function loadConfig(opts: LoadOptions = {}): FrozenConfig {
     if (c.nextHop.secure && c.nextHop.starttls === 'required')
       problems.push({ path: 'nextHop.starttls', message: 'implicit TLS (secure: true) and STARTTLS exclude each other' });
   }
+  for (const p of problems) {
+    if (p.origin) continue;
+    const origin = origins.of(p.path);
+    if (origin) p.origin = origin;
+  }
   if (problems.length > 0) throw new ConfigError(problems);
-  return deepFreeze(result.data!) as FrozenConfig;
+  return { config: deepFreeze(result.data!) as FrozenConfig, file, source: found.source, origins };
+}
+
+/**
+ * `check-config --changed` (Postfix's `postconf -n`): every value that differs from the built-in
+ * default, with the file line or environment variable that set it. Secrets are never listed.
+ */
+export function changedValues(loaded: LoadedConfig): Array<{ path: string; value: unknown; origin: string }> {
+  const defaults = configSchema.parse({}) as Config;
+  defaults.policy.actions = effectiveActions(defaults.policy.actions);
+  defaults.stateDir = loaded.config.stateDir;
+  resolveDefaults(defaults, defaults.stateDir!);
+  const base = flatten(defaults);
+  const out: Array<{ path: string; value: unknown; origin: string }> = [];
+  for (const [path, value] of flatten(loaded.config)) {
+    if (path.startsWith('secrets.')) continue;
+    if (JSON.stringify(base.get(path)) === JSON.stringify(value)) continue;
+    out.push({ path, value, origin: loaded.origins.of(path) ?? 'derived' });
+  }
+  return out;
 }
 
 /** The effective config for printing: secrets and passwords inside URLs masked. */

@@ -60,6 +60,11 @@ const tlsFiles = z
 
 export const configSchema = z
   .object({
+    /**
+     * Base of the default data directories (spool, quarantine, outbox, cas-outbox). null: the package's
+     * var/ in a checkout, /var/lib/dlp-relay when installed; filled in by load.ts, never the cwd.
+     */
+    stateDir: z.string().min(1).nullable().default(null),
     listen: hostPort.prefault({ host: '127.0.0.1', port: 2525 }),
     smtp: z
       .object({
@@ -132,7 +137,7 @@ export const configSchema = z
     ucwi: z
       .object({
         /** Base URL of the UCWI server, e.g. https://ucwi.example:5443. null: start the embedded engine on loopback. */
-        url: z.url({ protocol: /^https?$/ }).nullable().default(null),
+        url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL with the scheme written out, e.g. https://ucwi.example:5443' }).nullable().default(null),
         /** Path segment after /channel/email/: the vendor docs name only SMTP. */
         protocol: z.string().regex(/^[A-Za-z0-9_-]+$/).default('smtp'),
         /** Secrets are never read from this file: environment or files only. */
@@ -290,7 +295,8 @@ export const configSchema = z
       .object({
         /** Admin HTTP listener: /healthz and /readyz (open), /metrics and /api/v1 (bearer token). */
         host: z.string().min(1).default('127.0.0.1'),
-        port: port.default(8025),
+        /** 8425: not 8025, which Mailpit and MailHog (often on the same test host) listen on. */
+        port: port.default(8425),
         enabled: z.boolean().default(true),
         /** The token comes from DLP_RELAY_ADMIN_TOKEN or this file; without one only /healthz and /readyz answer. */
         tokenFile: nullableString,
@@ -298,7 +304,11 @@ export const configSchema = z
       .strict()
       .prefault({}),
     log: z
-      .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .object({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        /** json (one object per line, for collectors) or text (one readable line, for a terminal). */
+        format: z.enum(['json', 'text']).default('json'),
+      })
       .strict()
       .prefault({}),
     /** Runtime secrets, filled from the environment or *File keys only; see load.ts. */

@@ -7,6 +7,12 @@ import type { Logger } from 'pino';
 import { ucwiAuthHeaders } from './auth.js';
 import { parseUcwiResponse, type DlpParsed, type DlpErrorClass } from './parse.js';
 import { Semaphore } from '../util/semaphore.js';
+import { OutageLog, type OutageState } from '../observability/outage.js';
+
+/** Failures that mean UCWI (or our credentials or clock) is broken, as opposed to one odd message. */
+const OUTAGE_CLASSES: ReadonlySet<DlpErrorClass> = new Set(['auth', 'server_error', 'timeout', 'unreachable', 'bad_response']);
+/** UCWI refuses signatures whose timestamp is more than 5 minutes off its clock. */
+const MAX_CLOCK_SKEW_S = 300;
 
 export interface UcwiClientOptions {
   baseUrl: string;
@@ -48,6 +54,7 @@ export class UcwiClient {
   private readonly path: string;
   private readonly origin: string;
   private readonly basePath: string;
+  private readonly outage: OutageLog;
 
   constructor(
     private readonly opts: UcwiClientOptions,
@@ -59,6 +66,7 @@ export class UcwiClient {
     this.basePath = u.pathname.replace(/\/+$/, '');
     this.path = `${this.basePath}/skg/v1/dlp/channel/email/${encodeURIComponent(opts.protocol)}/sync`;
     this.slots = new Semaphore(opts.maxConcurrent);
+    this.outage = new OutageLog(logger, 'UCWI');
     this.pool = new Pool(this.origin, {
       connections: opts.maxConcurrent,
       connectTimeout: opts.timeouts.connectMs,
@@ -98,6 +106,8 @@ export class UcwiClient {
     } catch (err) {
       result = { ...this.classify(err, signal), elapsedMs: Math.round(performance.now() - started) };
     }
+    if (result.ok) this.outage.success();
+    else if (OUTAGE_CLASSES.has(result.errorClass)) this.outage.failure(result.errorClass, result.detail);
     this.observer.onEnd?.(result);
     return result;
   }
@@ -170,10 +180,26 @@ export class UcwiClient {
     return { ok: false, errorClass: 'unreachable', detail: `${code || e?.name || 'error'}: ${e?.message ?? String(err)}` };
   }
 
-  /** A cheap reachability probe for /readyz: any HTTP answer from the base URL counts as reachable. */
+  /** The outage in progress (failing since, how often, last class), or null while UCWI answers. */
+  get outageState(): OutageState | null {
+    return this.outage.current;
+  }
+
+  /**
+   * The /readyz probe: a signed GET of the channel list. Reachable is not enough: UCWI refusing our keys
+   * (401/403) or our clock, or answering 5xx, fails every message with 451, so it fails readiness
+   * with that reason. The answer's Date header shows a skewed clock before UCWI starts refusing.
+   */
   async probe(signal?: AbortSignal): Promise<void> {
     const res = await this.pool.request({ path: `${this.basePath}/skg/v1/dlp/channel`, method: 'GET', headers: ucwiAuthHeaders(this.opts.accessKey, this.opts.secretKey), signal: signal ?? AbortSignal.timeout(this.opts.timeouts.connectMs) });
     await res.body.dump();
+    const date = Date.parse(String(res.headers['date'] ?? ''));
+    const skewS = Number.isNaN(date) ? 0 : Math.round((Date.now() - date) / 1000);
+    const clock = Math.abs(skewS) > MAX_CLOCK_SKEW_S ? ` our clock is ${skewS} s off UCWI's (at most ${MAX_CLOCK_SKEW_S} s allowed)` : '';
+    if (res.statusCode === 401 || res.statusCode === 403)
+      throw new Error(`UCWI refuses our credentials (HTTP ${res.statusCode}): check the access/secret keys${clock ? ` and the clock;${clock}` : ' and that our clock is within 5 minutes of UCWI'}`);
+    if (res.statusCode >= 500) throw new Error(`UCWI answers HTTP ${res.statusCode}`);
+    if (clock) throw new Error(`UCWI will refuse our signatures:${clock}`);
   }
 
   async close(): Promise<void> {

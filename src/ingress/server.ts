@@ -234,10 +234,23 @@ export class Ingress {
     return this.allowed;
   }
 
-  /** Reload: new client networks apply to the next connection; sessions in flight keep theirs. */
-  reconfigure(s: { allowedClients: readonly string[]; trustedNetworks: readonly string[] }): void {
-    this.allowed = new NetworkList(s.allowedClients);
-    this.trusted = new NetworkList(s.trustedNetworks);
+  /**
+   * Reload: new client networks apply to the next connection and new certificates to the next STARTTLS;
+   * sessions in flight keep theirs. Returns the settings that need a restart to change.
+   */
+  reconfigure(s: { allowedClients: readonly string[]; trustedNetworks: readonly string[]; tls: { certFile: string | null; keyFile: string | null; require: boolean } }): string[] {
+    const allowed = new NetworkList(s.allowedClients);
+    const trusted = new NetworkList(s.trustedNetworks);
+    const hadTls = this.opts.tls.certFile !== null && this.opts.tls.keyFile !== null;
+    const hasTls = s.tls.certFile !== null && s.tls.keyFile !== null;
+    const restart: string[] = [];
+    if (hadTls !== hasTls) restart.push('smtp.tls (STARTTLS switched on or off)');
+    if (s.tls.require !== this.opts.tls.require) restart.push('smtp.tls.require');
+    // Throws on a bad pair before anything changed.
+    if (hadTls && hasTls) this.server.updateSecureContext({ key: readFileSync(s.tls.keyFile!), cert: readFileSync(s.tls.certFile!) });
+    this.allowed = allowed;
+    this.trusted = trusted;
+    return restart;
   }
 
   async listen(): Promise<{ host: string; port: number }> {

@@ -1,4 +1,4 @@
-// The pino root logger: JSON lines, secrets redacted by path, children carry {cid} per SMTP session and {queryId} per message.
+// The pino root logger: JSON lines (or readable text lines), secrets redacted by path, children carry {cid} per SMTP session and {queryId} per message; the level can change at run time (reload).
 import { pino, type Logger, type LoggerOptions } from 'pino';
 import { maskSecrets } from '../util/mask.js';
 
@@ -27,11 +27,40 @@ export const REDACT_PATHS = [
 
 export interface LoggerSettings {
   level: string;
-  /** Where JSON lines go; a file descriptor number or a writable stream (tests capture logs this way). */
+  /** json (default) or text: one readable line per event, for a terminal. */
+  format?: 'json' | 'text';
+  /** Where lines go; a file descriptor number or a writable stream (tests capture logs this way). */
   destination?: NodeJS.WritableStream | number;
 }
 
+/** Children of each root logger, weakly held: a reload changes their level too (pino copies the level at child()). */
+const families = new WeakMap<Logger, Set<WeakRef<Logger>>>();
+
+const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+const TEXT_SKIP = new Set(['level', 'time', 'msg', 'service', 'pid', 'hostname', 'component']);
+
+/** One JSON line as "TIME LEVEL [component] msg key=value ...": what an admin reads in a terminal or journalctl. */
+export function jsonLineToText(line: string): string {
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return line.endsWith('\n') ? line : `${line}\n`;
+  }
+  const parts = [String(o['time'] ?? ''), (LEVEL_NAMES[Number(o['level'])] ?? String(o['level'])).padEnd(5)];
+  if (o['component']) parts.push(`[${String(o['component'])}]`);
+  parts.push(String(o['msg'] ?? ''));
+  for (const [k, v] of Object.entries(o)) {
+    if (TEXT_SKIP.has(k) || v === undefined) continue;
+    const text = typeof v === 'string' ? (/[\s"=]/.test(v) || v === '' ? JSON.stringify(v) : v) : JSON.stringify(v);
+    parts.push(`${k}=${text}`);
+  }
+  return parts.join(' ') + '\n';
+}
+
 export function createLogger(settings: LoggerSettings): Logger {
+  const children = new Set<WeakRef<Logger>>();
+  let added = 0;
   const options: LoggerOptions = {
     level: settings.level,
     base: { service: 'dlp-relay' },
@@ -55,9 +84,33 @@ export function createLogger(settings: LoggerSettings): Logger {
       },
     },
     timestamp: pino.stdTimeFunctions.isoTime,
+    onChild: (child) => {
+      children.add(new WeakRef(child as Logger));
+      // Children made per message would pile up: sweep collected ones now and then.
+      if (++added % 1000 === 0) for (const r of children) if (!r.deref()) children.delete(r);
+    },
   };
   const dest = settings.destination ?? 1;
-  return typeof dest === 'number' ? pino(options, pino.destination({ dest, sync: false })) : pino(options, dest as pino.DestinationStream);
+  let stream: pino.DestinationStream = typeof dest === 'number' ? pino.destination({ dest, sync: false }) : (dest as pino.DestinationStream);
+  if (settings.format === 'text') {
+    const inner = stream as pino.DestinationStream & { flush?: (cb?: (err?: Error) => void) => void };
+    stream = {
+      write: (line: string) => inner.write(jsonLineToText(line)),
+      ...(inner.flush ? { flush: (cb?: (err?: Error) => void) => inner.flush!(cb) } : {}),
+    } as pino.DestinationStream;
+  }
+  const root = pino(options, stream);
+  families.set(root, children);
+  return root;
+}
+
+/** Changes the level of a logger made by createLogger and of every child it has made (SIGHUP reload). */
+export function setLogLevel(root: Logger, level: string): void {
+  root.level = level;
+  for (const r of families.get(root) ?? []) {
+    const child = r.deref();
+    if (child) child.level = level;
+  }
 }
 
 /** A logger that drops everything: for library use and tests that do not look at logs. */

@@ -2,7 +2,7 @@
 import { hostname, userInfo } from 'node:os';
 import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
-import type { Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import type { Logger } from '../observability/logger.js';
 import { isSafeId, QuarantineInputError } from './common.js';
 import { isUnavailable } from './errors.js';
@@ -20,9 +20,28 @@ import {
   type DeliverFn,
   type OperationsContext,
   type RescanFn,
+  type MessagePreview,
+  type ReleaseOptions,
+  type ReleaseOutcome,
 } from './operations.js';
-import { MAX_LIST_LIMIT, type AuditFilter, type QuarantineFilter, type QuarantineRecord, type QuarantineStatus } from './types.js';
+import { MAX_LIST_LIMIT, type AuditFilter, type AuditPage, type DeleteResult, type QuarantineFilter, type QuarantinePage, type QuarantineRecord, type QuarantineStatus } from './types.js';
 import type { QuarantineStore } from './types.js';
+
+/**
+ * Where the commands get their answers: the store itself (offline, operations.ts) or the running
+ * relay's admin API (src/cli/remote-quarantine.ts). Same results either way, so the printing is shared.
+ */
+export interface QuarantineBackend {
+  /** Printed before any output: which relay or store the command used. */
+  readonly describe: string;
+  list(filter: QuarantineFilter): Promise<QuarantinePage>;
+  show(id: string): Promise<{ record: QuarantineRecord; preview: MessagePreview } | null>;
+  download(id: string): Promise<{ stream: Readable } | null>;
+  release(id: string, opts: ReleaseOptions): Promise<ReleaseOutcome>;
+  delete(id: string): Promise<DeleteResult>;
+  purge(olderThanDays: number): Promise<{ purged: number; olderThan: string }>;
+  audit(filter: AuditFilter): Promise<AuditPage>;
+}
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -33,6 +52,8 @@ export interface TextSink {
 }
 
 export interface CliContext {
+  /** When set, every command goes through it instead of `store` (the relay's admin API). */
+  backend?: QuarantineBackend;
   store: QuarantineStore;
   deliver: DeliverFn;
   rescan?: RescanFn;
@@ -116,6 +137,26 @@ function opsContext(ctx: CliContext): OperationsContext {
   };
 }
 
+/** The store-backed implementation: what `--offline` uses, and what the admin API runs on the relay's side. */
+export function localBackend(ctx: CliContext, describe: string): QuarantineBackend {
+  const ops = opsContext(ctx);
+  const actor = ctx.actor ?? defaultActor();
+  return {
+    describe,
+    list: (f) => listMessages(ops, actor, f),
+    show: (id) => showMessage(ops, actor, id),
+    download: (id) => downloadMessage(ops, actor, id),
+    release: (id, o) => releaseMessage(ops, actor, id, o),
+    delete: (id) => deleteMessage(ops, actor, id),
+    purge: (days) => purgeMessages(ops, actor, { olderThanDays: days }),
+    audit: (f) => listAuditEntries(ops, actor, f),
+  };
+}
+
+function backendOf(ctx: CliContext): QuarantineBackend {
+  return ctx.backend ?? localBackend(ctx, `store ${ctx.store.kind}`);
+}
+
 /** Echoes user input safely (quoted, escaped), so a hostile argument cannot write to the terminal. */
 function quote(s: string): string {
   return JSON.stringify(s.length > 100 ? `${s.slice(0, 100)}…` : s);
@@ -132,16 +173,18 @@ async function run(ctx: CliContext, fn: () => Promise<number>): Promise<number> 
   try {
     return await fn();
   } catch (err) {
+    // One style for every CLI error: "dlp-relay: <what>: <why>"; bad input exits 2, everything else 1.
     if (err instanceof BadInput || err instanceof QuarantineInputError) {
-      ctx.err.write(`error: ${err.message}\n`);
+      ctx.err.write(`dlp-relay: quarantine: ${err.message}\n`);
       return EXIT_BAD_INPUT;
     }
     if (isUnavailable(err)) {
-      ctx.err.write(`error: quarantine store unavailable: ${err.message}\n`);
+      ctx.err.write(`dlp-relay: quarantine: store unavailable: ${err.message}\n`);
       return EXIT_FAILURE;
     }
-    ctx.err.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
-    return EXIT_FAILURE;
+    ctx.err.write(`dlp-relay: quarantine: ${err instanceof Error ? err.message : String(err)}\n`);
+    const code = (err as { exitCode?: unknown }).exitCode;
+    return typeof code === 'number' ? code : EXIT_FAILURE;
   }
 }
 
@@ -159,7 +202,8 @@ function parseLimit(v: string | number | undefined): number | undefined {
   return n;
 }
 
-const STATUSES: readonly QuarantineStatus[] = ['held', 'released', 'deleted'];
+/** "deleted" is not listable: our stores delete for real, and the audit trail keeps the fact. */
+const STATUSES: readonly QuarantineStatus[] = ['held', 'released'];
 
 function listFilter(o: ListCliOptions): QuarantineFilter {
   const f: QuarantineFilter = {};
@@ -178,6 +222,7 @@ function listFilter(o: ListCliOptions): QuarantineFilter {
     else throw new BadInput('--action-code must be a number or "none"');
   }
   if (o.status !== undefined) {
+    if (o.status === 'deleted') throw new BadInput('deleted messages are gone (bytes and metadata); their deletions are in the audit trail: dlp-relay quarantine audit --action delete');
     if (!STATUSES.includes(o.status as QuarantineStatus)) throw new BadInput(`--status must be one of ${STATUSES.join(', ')}`);
     f.status = o.status as QuarantineStatus;
   }
@@ -212,7 +257,7 @@ function recipientsCell(r: QuarantineRecord): string {
 export async function quarantineList(opts: ListCliOptions, ctx: CliContext): Promise<number> {
   return run(ctx, async () => {
     const filter = listFilter(opts);
-    const page = await listMessages(opsContext(ctx), ctx.actor ?? defaultActor(), filter);
+    const page = await backendOf(ctx).list(filter);
     if (opts.json) {
       ctx.out.write(JSON.stringify(page, null, 2) + '\n');
       return EXIT_OK;
@@ -242,7 +287,7 @@ export async function quarantineList(opts: ListCliOptions, ctx: CliContext): Pro
 
 export async function quarantineShow(opts: IdCliOptions, ctx: CliContext): Promise<number> {
   return run(ctx, async () => {
-    const shown = await showMessage(opsContext(ctx), ctx.actor ?? defaultActor(), opts.id);
+    const shown = await backendOf(ctx).show(opts.id);
     if (!shown) return notFound(ctx, opts.id);
     if (opts.json) {
       ctx.out.write(JSON.stringify(shown, null, 2) + '\n');
@@ -292,7 +337,7 @@ export async function quarantineRelease(opts: ReleaseCliOptions, ctx: CliContext
     const drop = recipientsOpt(opts.drop, 'drop');
     if (recipients && opts.redirectTo !== undefined) throw new BadInput('--recipients and --redirect-to cannot be combined');
     if (drop && opts.redirectTo !== undefined) throw new BadInput('--drop and --redirect-to cannot be combined');
-    const out = await releaseMessage(opsContext(ctx), ctx.actor ?? defaultActor(), opts.id, {
+    const out = await backendOf(ctx).release(opts.id, {
       ...(opts.rescan ? { rescan: true } : {}),
       ...(recipients ? { recipients } : {}),
       ...(drop ? { drop } : {}),
@@ -342,7 +387,7 @@ export async function quarantineRelease(opts: ReleaseCliOptions, ctx: CliContext
 
 export async function quarantineDelete(opts: IdCliOptions, ctx: CliContext): Promise<number> {
   return run(ctx, async () => {
-    const result = await deleteMessage(opsContext(ctx), ctx.actor ?? defaultActor(), opts.id);
+    const result = await backendOf(ctx).delete(opts.id);
     if (result === 'not-found') return notFound(ctx, opts.id);
     if (result === 'in-progress') {
       ctx.err.write('a release of this message is in progress; not deleted\n');
@@ -357,7 +402,7 @@ export async function quarantinePurge(opts: PurgeCliOptions, ctx: CliContext): P
   return run(ctx, async () => {
     const days = typeof opts.olderThanDays === 'number' ? opts.olderThanDays : opts.olderThanDays.trim() === '' ? NaN : Number(opts.olderThanDays);
     if (!Number.isFinite(days) || days < 0) throw new BadInput('--older-than-days must be a number of days (0 or more)');
-    const out = await purgeMessages(opsContext(ctx), ctx.actor ?? defaultActor(), { olderThanDays: days });
+    const out = await backendOf(ctx).purge(days);
     ctx.out.write(opts.json ? JSON.stringify(out) + '\n' : `purged ${out.purged} message(s) quarantined before ${out.olderThan}\n`);
     return EXIT_OK;
   });
@@ -365,7 +410,7 @@ export async function quarantinePurge(opts: PurgeCliOptions, ctx: CliContext): P
 
 export async function quarantineDownload(opts: DownloadCliOptions, ctx: CliContext): Promise<number> {
   return run(ctx, async () => {
-    const dl = await downloadMessage(opsContext(ctx), ctx.actor ?? defaultActor(), opts.id);
+    const dl = await backendOf(ctx).download(opts.id);
     if (!dl) return notFound(ctx, opts.id);
     if (opts.output) {
       // 'wx': never overwrite an existing file; 0600: quarantined mail is sensitive.
@@ -391,7 +436,7 @@ export async function quarantineAudit(opts: AuditCliOptions, ctx: CliContext): P
     if (opts.cursor !== undefined) f.cursor = opts.cursor;
     const limit = parseLimit(opts.limit);
     if (limit !== undefined) f.limit = limit;
-    const page = await listAuditEntries(opsContext(ctx), ctx.actor ?? defaultActor(), f);
+    const page = await backendOf(ctx).audit(f);
     if (opts.json) {
       ctx.out.write(JSON.stringify(page, null, 2) + '\n');
       return EXIT_OK;

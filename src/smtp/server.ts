@@ -65,6 +65,15 @@ export class SmtpServer {
     });
   }
 
+  /**
+   * New certificate and key (reload): sessions that start TLS from now on get them; sessions already
+   * encrypted keep theirs. Builds the context first, so a bad pair throws and changes nothing.
+   */
+  updateSecureContext(material: { key: Buffer | string; cert: Buffer | string }): void {
+    const ctx = createSecureContext(material);
+    if (this.cfg.tlsContext) this.cfg.tlsContext = ctx;
+  }
+
   /** Sessions currently open. */
   get connections(): number {
     return this.sessions.size;

@@ -26,6 +26,8 @@ function run(args: string[], env: Record<string, string> = {}): Promise<{ code: 
 describe('dlp-relay serve on embedded defaults', () => {
   let proc: ChildProcess;
   let port = 0;
+  let admin = '';
+  const token = 't'.repeat(32);
   let root: string;
   let stdout = '';
   let exited: Promise<number | null>;
@@ -33,7 +35,7 @@ describe('dlp-relay serve on embedded defaults', () => {
   beforeAll(async () => {
     root = mkdtempSync(join(tmpdir(), 'dlp-cli-'));
     proc = spawn(process.execPath, [...CLI, 'serve', '--grace', '2000'], {
-      env: { ...process.env, DLP_RELAY_LISTEN: '127.0.0.1:0', DLP_RELAY_ADMIN_LISTEN: '127.0.0.1:0', DLP_RELAY_SPOOL_DIR: join(root, 'spool'), DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'), DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine') },
+      env: { ...process.env, DLP_RELAY_LISTEN: '127.0.0.1:0', DLP_RELAY_ADMIN_LISTEN: '127.0.0.1:0', DLP_RELAY_SPOOL_DIR: join(root, 'spool'), DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'), DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine'), DLP_RELAY_ADMIN_TOKEN: token },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     exited = new Promise((r) => proc.on('close', r));
@@ -46,6 +48,7 @@ describe('dlp-relay serve on embedded defaults', () => {
         const m = /listening on 127\.0\.0\.1:(\d+)/.exec(banner);
         if (m && banner.includes('WARNING')) {
           port = Number(m[1]);
+          admin = /admin: +http:\/\/(127\.0\.0\.1:\d+)/.exec(banner)![1]!;
           clearTimeout(t);
           resolve();
         }
@@ -96,19 +99,21 @@ describe('dlp-relay serve on embedded defaults', () => {
     for (const s of summaries) expect(Object.keys(s)).toEqual(expect.arrayContaining(['queryId', 'sender', 'rcpts', 'size', 'actionCode', 'action', 'reply', 'dlpMs', 'relayMs']));
   });
 
-  it('quarantine list, show and release work from the CLI; a second release does not deliver again', async () => {
-    const env = { DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine'), DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'), DLP_RELAY_LOG_LEVEL: 'warn' };
+  it('quarantine list, show and release work from the CLI through the relay; a second release does not deliver again', async () => {
+    // No store or outbox variables in this shell: the relay's own store and delivery path are used.
+    const env = { DLP_RELAY_ADMIN_LISTEN: admin, DLP_RELAY_ADMIN_TOKEN: token, DLP_RELAY_LOG_LEVEL: 'warn' };
     const sent = await run(['send', '--server', `127.0.0.1:${port}`, '--expect', 'accept', 'fixtures/quoted-printable.eml']);
     const id = /ref ([0-9a-f-]{36})/.exec(sent.stdout)![1]!;
     const list = await run(['quarantine', 'list', '--json'], env);
     expect(list.code).toBe(0);
+    expect(list.stderr).toContain(`relay: http://${admin}`);
     const items = (JSON.parse(list.stdout) as { items: Array<{ id: string; actionCode: number }> }).items;
     expect(items.find((i) => i.id === id)).toMatchObject({ actionCode: 6 });
     const show = await run(['quarantine', 'show', id], env);
     expect(show.code).toBe(0);
     expect(show.stdout).toContain('IBAN');
     const before = readdirSync(join(root, 'outbox')).filter((f) => f.endsWith('.eml')).length;
-    const rel = await run(['quarantine', 'release', id], env);
+    const rel = await run(['quarantine', 'release', id.slice(0, 8)], env);
     expect(rel.code).toBe(0);
     expect(rel.stdout).toMatch(/^accepted  \S+@\S+ +250 /);
     expect(rel.stdout).toMatch(new RegExp(`(^|\\n)${id}: released completely\\n$`));
@@ -165,9 +170,11 @@ describe('dlp-relay check-config and usage errors', () => {
     expect(cfg.secrets['ucwiSecretKey']).toBe('********');
   });
 
-  it('lists every config problem with its path and exits 2', async () => {
+  it('lists every config problem with its path and who set it, and exits 1', async () => {
     const r = await run(['check-config'], { DLP_RELAY_LISTEN: 'nope', DLP_RELAY_ON_DLP_ERROR: 'explode', DLP_RELAY_ALLOWED_CLIENTS: '300.1.1.1' });
-    expect(r.code).toBe(2);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^dlp-relay: invalid configuration:/);
+    expect(r.stderr).toContain('(set by DLP_RELAY_ON_DLP_ERROR)');
     expect(r.stderr).toContain('DLP_RELAY_LISTEN: expected host:port');
     expect(r.stderr).toContain('policy.onDlpError:');
     expect(r.stderr).toContain('smtp.allowedClients.0:');

@@ -114,7 +114,7 @@ describe('loadConfig', () => {
 
   it('requires keys for a real UCWI server', () => {
     const problems = problemsOf(() => loadConfig({ file: '/dev/null', env: { DLP_RELAY_UCWI_URL: 'https://ucwi.example.test' } }));
-    expect(problems).toEqual([{ path: 'ucwi.url', message: expect.stringContaining('DLP_RELAY_UCWI_ACCESS_KEY') }]);
+    expect(problems).toEqual([{ path: 'ucwi.url', origin: 'DLP_RELAY_UCWI_URL', message: expect.stringContaining('DLP_RELAY_UCWI_ACCESS_KEY') }]);
   });
 
   it('smtp.workers: DLP_RELAY_WORKERS sets it; with CAS it needs the pg outbox, and 0 is refused', () => {
@@ -123,7 +123,7 @@ describe('loadConfig', () => {
     const cas = { DLP_RELAY_WORKERS: '2', DLP_RELAY_CAS_TOKEN: 't', DLP_RELAY_CAS_URL: 'http://127.0.0.1:1' };
     const file = join(mkdtempSync(join(tmpdir(), 'cfg-')), 'c.yaml');
     writeFileSync(file, 'cas:\n  enabled: true\n  exemptDomains: [ourcorp.test]\n');
-    expect(problemsOf(() => loadConfig({ file, env: cas }))).toEqual([{ path: 'smtp.workers', message: expect.stringContaining('cas.outbox.backend: pg') }]);
+    expect(problemsOf(() => loadConfig({ file, env: cas }))).toEqual([{ path: 'smtp.workers', origin: 'DLP_RELAY_WORKERS', message: expect.stringContaining('cas.outbox.backend: pg') }]);
     expect(problemsOf(() => loadConfig({ file: '/dev/null', env: { DLP_RELAY_WORKERS: '0' } })).map((p) => p.path)).toEqual(['smtp.workers']);
   });
 

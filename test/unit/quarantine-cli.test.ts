@@ -183,6 +183,6 @@ describe('quarantine CLI', () => {
       },
     });
     expect(await quarantineList({}, { ...ctx, store: down })).toBe(1);
-    expect(err.text).toMatch(/^error: quarantine store unavailable: /);
+    expect(err.text).toMatch(/^dlp-relay: quarantine: store unavailable: /);
   });
 });
