@@ -406,7 +406,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
                   casRef.current = await startCas(next, logger, { pusher: !worker });
                 }
               }
-              // The pipeline reads deps.policy once per message step; new messages see the new table.
+              // Each message takes a snapshot of deps when its DATA ends (ingress/message.ts): new messages see the new table.
               deps.policy = policySettings(next);
               notifier = newNotifier;
               setLogLevel(logger, next.log.level);

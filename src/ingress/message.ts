@@ -117,7 +117,8 @@ export async function handleMessage(ingress: Ingress, s: SmtpSession, tx: Client
           return { code: 250, enhanced: '2.0.0', text: `Ok: stored in local outbox (ref ${queryId})` };
         },
       };
-  const outcome = await processMessage(deps, {
+  // A snapshot: a reload swaps deps.policy for new messages; this one keeps the policy it started under.
+  const outcome = await processMessage({ ...deps }, {
     queryId,
     receivedAt,
     clientAddress: s.remoteAddress,
