@@ -155,7 +155,7 @@ export async function startRawSink(behaviour: RawSinkBehaviour = {}): Promise<Ra
         lineBuf += chunk.toString('latin1');
         return;
       }
-      while (rest && rest.length && state !== 'closed' && state !== 'delayed') {
+      while (rest && rest.length && state !== 'closed') {
         if (state === 'data') {
           // Keep everything received in DATA; look for the marker across chunk boundaries.
           data.push(rest);
