@@ -1,4 +1,4 @@
-// A scripted next-hop SMTP server on a raw socket, for faults smtp-server cannot produce: 421 at or during DATA, a dropped connection after the final dot, a held final dot, a slow greeting.
+// A scripted next-hop SMTP server on a raw socket, for faults smtp-server cannot produce: 421 at or during DATA, a dropped connection after the final dot, a held final dot, a slow greeting or DATA command.
 import { createHash } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 
@@ -17,6 +17,12 @@ export type DotMode =
 export interface RawSinkBehaviour {
   /** Delay before the 220 greeting of each new connection. */
   greetingDelayMs?: number;
+  /**
+   * Delay before answering the DATA command with 354. With lockstep the greeting, MAIL and RCPT happen
+   * while the client is still sending its envelope; DATA is the first next-hop step inside the
+   * end-of-DATA budget, so this is how a test makes the next hop slow within that budget.
+   */
+  dataCommandDelayMs?: number;
   /** Answer the DATA command with 421 and close, instead of 354. */
   dataCommand421?: boolean;
   /** After this many message bytes (before the final dot), answer 421 and close: a next hop failing mid-DATA. */
@@ -92,7 +98,7 @@ export async function startRawSink(behaviour: RawSinkBehaviour = {}): Promise<Ra
   const onConnection = (socket: Socket): void => {
     sink.connections++;
     sockets.add(socket);
-    let state: 'command' | 'data' | 'closed' = 'command';
+    let state: 'command' | 'delayed' | 'data' | 'closed' = 'command';
     let lineBuf = '';
     let data: Buffer[] = [];
     let dataLen = 0;
@@ -117,6 +123,12 @@ export async function startRawSink(behaviour: RawSinkBehaviour = {}): Promise<Ra
       state = 'closed';
     });
 
+    const startData = (): void => {
+      sink.dataStarted++;
+      write('354 End data with <CR><LF>.<CR><LF>\r\n');
+      state = 'data';
+    };
+
     const finishMessage = (raw: Buffer): void => {
       const body = unstuff(raw);
       sink.dots++;
@@ -138,6 +150,11 @@ export async function startRawSink(behaviour: RawSinkBehaviour = {}): Promise<Ra
 
     const onData = (chunk: Buffer): void => {
       let rest: Buffer | null = chunk;
+      if (state === 'delayed') {
+        // The 354 is not out yet: keep the bytes for when it is.
+        lineBuf += chunk.toString('latin1');
+        return;
+      }
       while (rest && rest.length && state !== 'closed') {
         if (state === 'data') {
           // Keep everything received in DATA; look for the marker across chunk boundaries.
@@ -188,9 +205,21 @@ export async function startRawSink(behaviour: RawSinkBehaviour = {}): Promise<Ra
               closeWith('421 4.3.2 rawsink: service not available, closing transmission channel\r\n');
               return;
             }
-            sink.dataStarted++;
-            write('354 End data with <CR><LF>.<CR><LF>\r\n');
-            state = 'data';
+            const delay = sink.behaviour.dataCommandDelayMs ?? 0;
+            if (delay > 0) {
+              // Stop reading commands until the 354 is out; what arrives meanwhile waits in lineBuf.
+              state = 'delayed';
+              const t = setTimeout(() => {
+                if (state !== 'delayed') return;
+                startData();
+                const tail = lineBuf;
+                lineBuf = '';
+                if (tail.length) onData(Buffer.from(tail, 'latin1'));
+              }, delay);
+              socket.once('close', () => clearTimeout(t));
+              return;
+            }
+            startData();
             // Whatever followed DATA in this chunk is message data.
             if (lineBuf.length) {
               const tail = Buffer.from(lineBuf, 'latin1');

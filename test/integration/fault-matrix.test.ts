@@ -1,4 +1,4 @@
-// Fault matrix of issue 5 §1: every UCWI, next-hop, quarantine, CAS and process fault, each with a retrying client and the accounting delivered + quarantined + rejected = sent.
+// Fault matrix of issue 5 §1: every UCWI, next-hop, quarantine, CAS and process fault, each with a retrying client and the accounting delivered + quarantined + rejected + deferred = sent.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -9,19 +9,21 @@ import { startRawSink, type RawSink } from '../helpers/raw-sink.js';
 import { startTcpGate, type TcpGate } from '../helpers/tcp-gate.js';
 import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { SmtpSession, replyCode } from '../helpers/raw-smtp.js';
-import { makeBatch, attemptOnce, sendWithRetries, tally, countMarkers, quarantineCounts, needsRetry, type Kind, type Tracked } from '../helpers/accounting.js';
+import { makeBatch, attemptOnce, sendWithRetries, tally, countMarkers, quarantineCounts, needsRetry, type Kind, type Stage, type Tracked } from '../helpers/accounting.js';
 import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
 import { createQuarantineStore, type QuarantineStore } from '../../src/quarantine/index.js';
 import { silentLogger } from '../../src/observability/logger.js';
 
 const REF = '\\(ref [0-9a-f-]{36}\\)';
+/** Before DATA there is no queryId yet: replies we make at MAIL FROM or RCPT carry the session id (the log's cid). */
+const CID_REF = '\\(ref ([0-9a-f]{10})\\)';
 const R = {
+  // The next hop's own final reply, verbatim (the chain's smtp-server sink).
   relayed: new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`),
   held: new RegExp(`^250 2\\.0\\.0 Ok: message held for review ${REF}$`),
   policy: new RegExp(`^550 5\\.7\\.1 Message rejected by data-loss-prevention policy ${REF}$`),
   dlpDown: new RegExp(`^451 4\\.7\\.1 Content inspection unavailable, try again later ${REF}$`),
-  hopDown: new RegExp(`^451 4\\.4\\.1 Next hop unavailable, try again later ${REF}$`),
-  hopDeferred: new RegExp(`^451 4\\.4\\.0 Next hop deferred the message, try again later ${REF}$`),
+  hopDownAtMail: new RegExp(`^451 4\\.4\\.1 Next hop unavailable, try again later ${CID_REF}$`),
   hopLost: new RegExp(`^451 4\\.4\\.2 Connection to next hop lost, try again later ${REF}$`),
   deadline: new RegExp(`^451 4\\.4\\.7 Processing deadline exceeded, try again later ${REF}$`),
   storeDown: new RegExp(`^451 4\\.3\\.0 Quarantine storage unavailable, try again later ${REF}$`),
@@ -48,6 +50,8 @@ interface Case {
   kinds?: Kind[];
   /** Expected reply to the first attempt, per kind (the fault is active then). */
   first: Partial<Record<Kind, RegExp>>;
+  /** Where the first attempt ends (default 'data': the DATA command or the final dot). */
+  firstStage?: Stage;
   start(): Promise<Harness | string>;
   /**
    * The SMTP window (README, Design notes, "Never a late 250"): the next hop accepted the final dot but
@@ -227,7 +231,9 @@ const CASES: Case[] = [
   // ---- next hop ----
   {
     name: 'next hop refused (connection refused)',
-    first: { clean: R.hopDown, block: R.policy, quarantine: R.held },
+    // Lockstep opens the next-hop transaction at MAIL FROM, before any verdict: every kind is deferred there.
+    first: { clean: R.hopDownAtMail, block: R.hopDownAtMail, quarantine: R.hopDownAtMail },
+    firstStage: 'mail',
     async start() {
       const gate = await startTcpGate(0);
       gates.push(gate);
@@ -244,14 +250,26 @@ const CASES: Case[] = [
         },
       };
     },
+    after(h, batch) {
+      // The refused transactions never reached DATA, so UCWI saw each message once: on its retry.
+      expect(h.chain.sim.stats().requests).toBe(batch.length);
+      for (const m of batch) expect(h.chain.summaries().filter((l) => l['messageId'] === `<${m.marker}@example.test>`), m.marker).toHaveLength(1);
+      // The ref in each MAIL FROM refusal is the session's cid, the key to its log lines.
+      const cids = new Set(h.chain.logs.filter((l) => l['command'] === 'MAIL FROM').map((l) => l['cid']));
+      for (const m of batch) {
+        const ref = new RegExp(CID_REF).exec(m.attempts[0]!.reply ?? '')?.[1];
+        expect(cids.has(ref), `ref ${ref} of ${m.marker} names a logged session`).toBe(true);
+      }
+    },
   },
   {
-    name: 'next hop 4xx at the final dot',
-    first: { clean: R.hopDeferred, block: R.policy, quarantine: R.held },
+    // smtp-server puts its own enhanced code in front of the text, so the texts here carry none.
+    name: 'next hop 4xx at the final dot (passed back verbatim)',
+    first: { clean: /^452 4\.2\.2 Insufficient system storage$/, block: R.policy, quarantine: R.held },
     start: () =>
       chainHarness(
         {},
-        (c) => void (c.sink.behaviour.data = () => [452, '4.3.1 Insufficient system storage']),
+        (c) => void (c.sink.behaviour.data = () => [452, 'Insufficient system storage']),
         (c) => void (c.sink.behaviour.data = undefined),
       ),
   },
@@ -263,13 +281,14 @@ const CASES: Case[] = [
     start: () =>
       chainHarness(
         {},
-        (c) => void (c.sink.behaviour.data = () => [554, '5.6.0 Content refused downstream']),
+        (c) => void (c.sink.behaviour.data = () => [554, 'Content refused downstream']),
         (c) => void (c.sink.behaviour.data = undefined),
       ),
   },
   {
+    // A 421 becomes 451 with the next hop's enhanced code and text: we keep the client's session.
     name: 'next hop answers DATA with 421 and closes',
-    first: { clean: R.hopDeferred, block: R.policy, quarantine: R.held },
+    first: { clean: /^451 4\.3\.2 rawsink: service not available, closing transmission channel$/, block: R.policy, quarantine: R.held },
     start: () =>
       rawSinkHarness(
         {},
@@ -284,7 +303,12 @@ const CASES: Case[] = [
   },
   {
     name: 'next hop sends 421 in the middle of DATA and closes',
-    first: { clean: /^451 4\.4\.[02] /, block: R.policy, quarantine: R.held },
+    // Its 421 becomes 451 (same code and text) if we read it before the socket goes, else the connection is lost.
+    first: {
+      clean: new RegExp(`^451 4\\.4\\.2 (rawsink: closing connection in the middle of DATA|Connection to next hop lost, try again later ${REF})$`),
+      block: R.policy,
+      quarantine: R.held,
+    },
     start: () =>
       rawSinkHarness(
         {},
@@ -413,11 +437,12 @@ describe('fault matrix: every fault, reply class and accounting', () => {
       await h.inject();
       await sendWithRetries(h.chain.port, batch, () => h.clear(), 3);
 
-      // (a) The first attempt, under the fault, got the reply the README's table promises.
+      // (a) The first attempt, under the fault, got the reply the README's table promises, at the step it promises.
       for (const m of batch) {
         const first = m.attempts[0]!;
         const want = c.first[m.kind]!;
         expect(first.reply, `${m.kind} first attempt (${first.dropped ?? ''})`).toMatch(want);
+        expect(first.stage, `${m.kind} first attempt ended at`).toBe(c.firstStage ?? 'data');
       }
       // Every message has a final answer: nobody is left retrying.
       for (const m of batch) expect(needsRetry(m), `${m.marker} still needs a retry: ${JSON.stringify(m.attempts)}`).toBe(false);
@@ -433,12 +458,15 @@ describe('fault matrix: every fault, reply class and accounting', () => {
         ...(c.nextHop5xx ? { nextHop5xx: c.nextHop5xx } : {}),
       });
       expect(t.problems).toEqual([]);
-      expect(t.delivered + t.quarantined + t.rejected).toBe(t.sent);
-      expect({ delivered: t.delivered, quarantined: t.quarantined, rejected: t.rejected }).toEqual({
+      expect(t.delivered + t.quarantined + t.rejected + t.deferred).toBe(t.sent);
+      expect({ delivered: t.delivered, quarantined: t.quarantined, rejected: t.rejected, deferred: t.deferred }).toEqual({
         delivered: c.cleanRejected ? 0 : clean,
         quarantined: kinds.filter((k) => k === 'quarantine').length,
         rejected: kinds.filter((k) => k === 'block').length + (c.cleanRejected ? clean : 0),
+        deferred: 0,
       });
+      // Exactly the messages whose first reply was a 4xx (or a drop) were retried.
+      expect(t.retried).toBe(batch.filter((m) => needsRetry({ ...m, attempts: m.attempts.slice(0, 1) })).length);
       // Outside the SMTP window nothing arrives twice; inside it, exactly one extra copy per message that was in it.
       expect(t.duplicates).toBe(c.window ? clean : 0);
 
@@ -533,7 +561,8 @@ describe('fault matrix: the relay process SIGKILLed', () => {
       expect(sink.partial).toBe(0);
       for (const m of sink.committed) {
         const src = batch.find((b) => m.data.toString('latin1').includes(b.marker))!;
-        expect(m.data.toString('latin1').startsWith('X-DLP-Relay-Scanned: ')).toBe(true);
+        // Our trace header first, then the X-DLP headers, then the client's bytes untouched.
+        expect(m.data.toString('latin1')).toMatch(/^Received: from client\.example\.test \(\[127\.0\.0\.1\]\)\r\n\tby [^ ]+ \(dlp-relay\) with ESMTP id [0-9a-f-]{36};\r\n\t[^\r\n]+\r\nX-DLP-Relay-Scanned: /);
         expect(m.data.toString('latin1').endsWith(src.body)).toBe(true);
       }
       second.kill('SIGTERM');

@@ -17,6 +17,8 @@ describe('one end-of-DATA budget for UCWI and the next hop', () => {
   let sink: RawSink;
   // Each half alone fits in the 1500 ms budget with room to spare; together (2 × 900 ms) they cannot.
   const SLOW = 900;
+  // The next hop's own final reply comes back verbatim since lockstep: the raw sink's queue id.
+  const RELAYED = /^250 2\.0\.0 Ok: queued as RAW\d+$/;
   beforeAll(async () => {
     sink = await startRawSink();
     chain = await startChain({
@@ -38,26 +40,39 @@ describe('one end-of-DATA budget for UCWI and the next hop', () => {
     sink.behaviour = {};
     const [m] = makeBatch('ucwislow', ['clean']);
     const a = await attemptOnce(chain.port, m!);
-    expect(a.reply).toMatch(new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`));
+    expect(a.reply).toMatch(RELAYED);
+    expect(sink.committed.filter((c) => c.data.toString('latin1').includes(m!.marker))).toHaveLength(1);
   });
 
   it('next hop slow alone fits: 250', async () => {
     chain.sim.resetFaults();
-    sink.behaviour = { greetingDelayMs: SLOW };
+    // With lockstep the first next-hop step after the final dot is DATA: slow there, inside the budget.
+    sink.behaviour = { dataCommandDelayMs: SLOW };
     const [m] = makeBatch('hopslow', ['clean']);
     const a = await attemptOnce(chain.port, m!);
-    expect(a.reply).toMatch(new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`));
+    expect(a.reply).toMatch(RELAYED);
+    expect(sink.committed.filter((c) => c.data.toString('latin1').includes(m!.marker))).toHaveLength(1);
+  });
+
+  it('a slow next-hop greeting is paid at MAIL FROM, outside the end-of-DATA budget: 250', async () => {
+    // Lockstep opens the next-hop transaction at MAIL FROM, so UCWI slow + a slow greeting do not add up.
+    chain.sim.setFaults({ latencyMs: SLOW });
+    sink.behaviour = { greetingDelayMs: SLOW };
+    const [m] = makeBatch('greetslow', ['clean']);
+    const a = await attemptOnce(chain.port, m!);
+    expect(a.reply).toMatch(RELAYED);
+    expect(sink.committed.filter((c) => c.data.toString('latin1').includes(m!.marker))).toHaveLength(1);
   });
 
   it('both slow exceed the shared budget: 451 4.4.7, and the next hop never gets the message afterwards', async () => {
     chain.sim.setFaults({ latencyMs: SLOW });
-    sink.behaviour = { greetingDelayMs: SLOW };
+    sink.behaviour = { dataCommandDelayMs: SLOW };
     const before = { dots: sink.dots, committed: sink.committed.length, dataStarted: sink.dataStarted };
     const [m] = makeBatch('bothslow', ['clean']);
     const a = await attemptOnce(chain.port, m!);
     expect(a.reply).toMatch(new RegExp(`^451 4\\.4\\.7 Processing deadline exceeded, try again later ${REF}$`));
-    // The relay abandoned the next-hop connection when the budget ran out (before the slow greeting
-    // ended), so no transaction can follow: wait until that connection is gone, then look.
+    // The relay abandoned the next-hop connection when the budget ran out (before the slow 354 came),
+    // so no message byte can follow: wait until that connection is gone, then look.
     await eventually(() => sink.closedConnections === sink.connections, 5000);
     expect({ dots: sink.dots, committed: sink.committed.length, dataStarted: sink.dataStarted }).toEqual(before);
     const line = chain.summaries().find((s) => String(s['reply']).includes('4.4.7'));
@@ -179,24 +194,45 @@ describe('graceful shutdown of the real process (SIGTERM)', () => {
     rmSync(root, { recursive: true, force: true });
   });
 
-  it('in-flight transactions finish with 250, new and idle sessions get 421, the process exits 0', async () => {
+  it('in-flight transactions finish with their 250 then 421, idle sessions and open envelopes get 421 at once, the process exits 0', async () => {
     relay = await spawnRelay(
       relayEnv(root, sink.port, sim.url, { DLP_RELAY_DATA_DEADLINE_MS: '20000' }),
       ['--grace', '15000'],
     );
     const port = relay.port;
-    // An idle session and one that has only said EHLO when the signal comes.
+    const SHUTTING_DOWN = '421 4.3.2 Service shutting down, try again later';
+    // An idle session, one that has only said EHLO, and one with an open envelope (MAIL + RCPT accepted,
+    // so a next-hop transaction is open for it) when the signal comes.
     const idle = await SmtpSession.connect(port);
-    await idle.cmd('EHLO idle.example.test');
     const late = await SmtpSession.connect(port);
     await late.cmd('EHLO late.example.test');
+    const enveloped = await SmtpSession.connect(port);
+    await enveloped.cmd('EHLO envelope.example.test');
+    expect(replyCode(await enveloped.cmd('MAIL FROM:<alice@example.test>'))).toBe(250);
+    expect(replyCode(await enveloped.cmd('RCPT TO:<bob@example.test>'))).toBe(250);
     // Three messages past their final dot, held by the next hop.
     const batch = makeBatch('sigterm', ['clean', 'clean', 'clean']);
-    const inFlight = batch.map((m) => attemptOnce(port, m, 30_000));
+    const inFlight = await Promise.all(
+      batch.map(async (m) => {
+        const s = await SmtpSession.connect(port, { timeoutMs: 30_000 });
+        await s.cmd('EHLO client.example.test');
+        expect(replyCode(await s.cmd('MAIL FROM:<alice@example.test>'))).toBe(250);
+        expect(replyCode(await s.cmd('RCPT TO:<bob@example.test>'))).toBe(250);
+        return { s, final: s.data(m.body, { dotStuff: true }) };
+      }),
+    );
     await eventually(() => sink.held === 3, 15_000);
 
     relay.kill('SIGTERM');
     await eventually(() => relay!.stdout().includes('shutting down'), 10_000);
+
+    // Sessions outside DATA are told at once (the next hop still holds the three dots: nothing waits on it).
+    for (const [name, s] of [['idle', idle], ['late', late], ['enveloped', enveloped]] as const) {
+      const r = await s.read(`421 for the ${name} session`).catch((e: Error) => `closed: ${e.message}`);
+      expect(r, name).toBe(SHUTTING_DOWN);
+      await eventually(() => s.closed, 5000);
+    }
+    expect(sink.held).toBe(3);
 
     // A new connection: refused outright, or greeted with 421 while the listener drains.
     const fresh = await SmtpSession.connect(port).then(
@@ -208,20 +244,21 @@ describe('graceful shutdown of the real process (SIGTERM)', () => {
       (e: Error) => `refused: ${e.message}`,
     );
     expect(fresh).toMatch(/^(421 4\.3\.2 Service shutting down, try again later|refused: .*ECONNREFUSED.*)$/);
-    // A session that starts a transaction now is told to come back later.
-    expect(await late.cmd('MAIL FROM:<alice@example.test>')).toBe('421 4.3.2 Service shutting down, try again later');
 
-    // The next hop answers: every message that was in flight gets its 250.
+    // The next hop answers: every message that was in flight gets the next hop's own 250, then the 421.
     sink.release();
-    const results = await Promise.all(inFlight);
-    for (const r of results) expect(r.reply).toMatch(new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`));
+    for (const { s, final } of inFlight) {
+      expect(await final).toMatch(/^250 2\.0\.0 Ok: queued as RAW\d+$/);
+      expect(await s.read('421 after the final reply').catch((e: Error) => `closed: ${e.message}`)).toBe(SHUTTING_DOWN);
+      await eventually(() => s.closed, 5000);
+    }
     expect(sink.committed.filter((m) => m.acknowledged)).toHaveLength(3);
+    for (const m of batch) expect(sink.committed.filter((c) => c.data.toString('latin1').includes(m.marker))).toHaveLength(1);
+    // The open envelope never became a message at the next hop: only the three in flight reached DATA.
+    expect(sink.dataStarted).toBe(3);
+    expect(sink.partial).toBe(0);
 
-    // The idle session is closed with the catalogue's 421 once the in-flight work is done.
-    const idleReply = await idle.read('421 for the idle session').catch((e: Error) => `closed: ${e.message}`);
-    expect(idleReply).toBe('421 4.3.2 Service shutting down, try again later');
-    idle.close();
-    late.close();
+    for (const s of [idle, late, enveloped]) s.close();
     expect(await relay.exited).toEqual({ code: 0, signal: null });
   });
 });
