@@ -259,3 +259,47 @@ export async function sendMessage(
     s.close();
   }
 }
+
+const TRACE_DAY = '(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \\d{1,2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \\d{4} \\d\\d:\\d\\d:\\d\\d \\+0000';
+const reEscape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+export interface TraceExpect {
+  /** The name the client gave in EHLO (sendMessage says client.example.test), or 'unknown'. */
+  helo?: string;
+  ip?: string;
+  /** smtp.hostname of the relay. */
+  host?: string;
+  /** RFC 3848 "with" value: ESMTP, ESMTPS, ESMTPA, ESMTPSA. */
+  with?: string;
+}
+
+/**
+ * Regex source for our Received: trace line (semantics §2), anchored at the start of a copy. Only the date
+ * is left open; helo, ip, host, protocol and queryId must be exactly the expected ones.
+ */
+export function traceLinePattern(queryId: string, o: TraceExpect = {}): string {
+  return (
+    `^Received: from ${reEscape(o.helo ?? 'client.example.test')} \\(\\[${reEscape(o.ip ?? '127.0.0.1')}\\]\\)\\r\\n` +
+    `\\tby ${reEscape(o.host ?? 'dlp-relay.localdomain')} \\(dlp-relay\\) with ${o.with ?? 'ESMTP'} id ${reEscape(queryId)};\\r\\n\\t${TRACE_DAY}\\r\\n`
+  );
+}
+
+/**
+ * The leading Received: trace line of a relayed or quarantined copy, exactly as stored, so byte-exact checks
+ * can rebuild the whole prefix. Throws when the copy does not start with the expected line.
+ */
+export function traceLine(data: Buffer | string, queryId: string, o: TraceExpect = {}): string {
+  const text = typeof data === 'string' ? data : data.toString('latin1');
+  const m = new RegExp(traceLinePattern(queryId, o)).exec(text);
+  if (!m) throw new Error(`copy does not start with our Received: line for ${queryId}: ${JSON.stringify(text.slice(0, 200))}`);
+  return m[0];
+}
+
+/** The queryId the relay stamped on a relayed copy (its X-DLP-Query-ID header); throws when there is none. */
+export function queryIdOf(data: Buffer | string): string {
+  const text = typeof data === 'string' ? data : data.toString('latin1');
+  const head = text.slice(0, Math.max(0, text.indexOf('\r\n\r\n')) || text.length);
+  const m = /(?:^|\r\n)X-DLP-Query-ID: ([0-9a-f-]{36})\r\n/.exec(head + '\r\n');
+  if (!m) throw new Error(`no X-DLP-Query-ID header in ${JSON.stringify(text.slice(0, 300))}`);
+  return m[1]!;
+}

@@ -13,6 +13,11 @@ export interface SmtpSessionOptions {
 export interface DataOptions {
   /** Double leading dots (RFC 5321 4.5.2) before sending; off by default so tests can send exactly the bytes they mean. */
   dotStuff?: boolean;
+  /**
+   * With dotStuff: also double a dot that follows a bare CR, the rule of our own engine (src/smtp), which reads a
+   * line start after CRLF, a bare LF or a bare CR. Needed for payloads holding "\r." (the relay would eat that dot).
+   */
+  afterBareCr?: boolean;
 }
 
 /** A complete reply: multi-line replies are joined with '\n', without CRLF. */
@@ -28,15 +33,19 @@ export function lastLine(reply: Reply): string {
   return reply.slice(reply.lastIndexOf('\n') + 1);
 }
 
-/** RFC 5321 4.5.2 transparency: a line starting with '.' gets a second '.'. */
-export function dotStuff(payload: string | Buffer): Buffer {
+/**
+ * RFC 5321 4.5.2 transparency: a line starting with '.' gets a second '.'. A line starts after LF (so after CRLF
+ * and a bare LF) and, with `afterBareCr`, after a bare CR too (our engine's rule; see DataOptions.afterBareCr).
+ */
+export function dotStuff(payload: string | Buffer, opts: { afterBareCr?: boolean } = {}): Buffer {
   const buf = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
   const out: number[] = [];
   let atLineStart = true;
   for (const b of buf) {
     if (atLineStart && b === 0x2e) out.push(0x2e);
     out.push(b);
-    atLineStart = b === 0x0a;
+    // A CR followed by LF is no line start yet, but then the next byte is the LF, which makes one anyway.
+    atLineStart = b === 0x0a || (opts.afterBareCr === true && b === 0x0d);
   }
   return Buffer.from(out);
 }
@@ -126,7 +135,7 @@ export class SmtpSession {
     const go = await this.cmd('DATA');
     if (replyCode(go) !== 354) return go;
     let buf = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
-    if (opts.dotStuff) buf = dotStuff(buf);
+    if (opts.dotStuff) buf = dotStuff(buf, { afterBareCr: opts.afterBareCr === true });
     const endsWithCrlf = buf.length >= 2 && buf[buf.length - 2] === 0x0d && buf[buf.length - 1] === 0x0a;
     this.write(buf);
     this.write(endsWithCrlf ? '.\r\n' : '\r\n.\r\n');

@@ -96,7 +96,17 @@ describe('dlp-relay serve on embedded defaults', () => {
   it('logs one JSON summary line per message', () => {
     const summaries = stdout.split('\n').filter((l) => l.includes('"event":"message"')).map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(summaries.length).toBeGreaterThanOrEqual(4);
-    for (const s of summaries) expect(Object.keys(s)).toEqual(expect.arrayContaining(['queryId', 'sender', 'rcpts', 'size', 'actionCode', 'action', 'reply', 'dlpMs', 'relayMs']));
+    for (const s of summaries) {
+      expect(Object.keys(s)).toEqual(
+        expect.arrayContaining(['event', 'cid', 'queryId', 'client', 'helo', 'sender', 'to', 'messageId', 'size', 'actionCode', 'action', 'reply', 'replyClass', 'dlpMs', 'relayMs', 'totalMs']),
+      );
+      // The recipient count and refused list were replaced by one entry per recipient with the reply it got at RCPT.
+      expect(s).not.toHaveProperty('rcpts');
+      expect(s).not.toHaveProperty('refusedRecipients');
+      const to = s['to'] as Array<Record<string, unknown>>;
+      expect(to.length).toBeGreaterThan(0);
+      for (const t of to) expect(t).toEqual({ address: expect.stringMatching(/@/), reply: expect.stringMatching(/^\d{3} \d\.\d{1,3}\.\d{1,3} /) });
+    }
   });
 
   it('quarantine list, show and release work from the CLI through the relay; a second release does not deliver again', async () => {

@@ -10,6 +10,16 @@ import { eventually, message, sendMessage, SIM_KEYS } from '../helpers/chain.js'
 
 const TOKEN = 'cluster-test-admin-token-0123';
 
+/**
+ * The client gets the next hop's own final reply, passed through verbatim: the raw sink's "queued as RAW<n>"
+ * for the n-th message it committed, which must be the message this client sent (not another worker's).
+ */
+function expectQueuedReply(sink: RawSink, reply: string, body: string): void {
+  const m = /^250 2\.0\.0 Ok: queued as RAW(\d+)$/.exec(reply);
+  expect(m, reply).not.toBeNull();
+  expect(sink.committed[Number(m![1]) - 1]?.data.toString('latin1')).toContain(body);
+}
+
 describe('cluster mode: two SMTP workers under one supervisor', () => {
   let sim: UcwiSim;
   let sink: RawSink;
@@ -63,11 +73,11 @@ describe('cluster mode: two SMTP workers under one supervisor', () => {
   it('sessions spread over both workers; every reply is the policy answer; /metrics sums the workers', async () => {
     const bodies = Array.from({ length: 8 }, (_, i) => (i === 3 ? 'please block DLPTEST-ACTION-2 now' : `clean message ${i}`));
     const replies = await Promise.all(bodies.map((b) => sendMessage(relay.port, message(b))));
+    expect(sink.committed).toHaveLength(7);
     replies.forEach((r, i) => {
       if (i === 3) expect(r.data).toMatch(/^550 5\.7\.1 /);
-      else expect(r.data).toMatch(/^250 2\.6\.0 Ok: queued as SINK\d+$/);
+      else expectQueuedReply(sink, r.data, bodies[i]!);
     });
-    expect(sink.committed).toHaveLength(7);
     await eventually(() => workerLines().length === 8, 5000);
     const byWorker = new Set(workerLines().map((l) => l['worker']));
     expect(byWorker).toEqual(new Set([1, 2]));
@@ -153,7 +163,8 @@ describe('cluster mode with the embedded DLP engine', () => {
     try {
       expect(relay.stderr()).toContain('embedded engine');
       const replies = await Promise.all(Array.from({ length: 6 }, (_, i) => sendMessage(relay.port, message(`embedded ${i}`))));
-      for (const r of replies) expect(r.data).toMatch(/^250 2\.6\.0 Ok: queued as SINK\d+$/);
+      expect(sink.committed).toHaveLength(6);
+      replies.forEach((r, i) => expectQueuedReply(sink, r.data, `embedded ${i}`));
       await eventually(() => relay.logs().filter((l) => l['event'] === 'message').length === 6, 5000);
       expect(new Set(relay.logs().filter((l) => l['event'] === 'message').map((l) => l['worker']))).toEqual(new Set([1, 2]));
       relay.kill('SIGTERM');

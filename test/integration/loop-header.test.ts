@@ -1,6 +1,6 @@
 // Issue 10 §1 through the real relay chain: only a signed, fresh loop header from a trusted network skips the scan; forged, expired, wrong-key and untrusted ones are cut out and scanned.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startChain, message, sendMessage, sha256, type Chain } from '../helpers/chain.js';
+import { startChain, message, sendMessage, sha256, traceLine, traceLinePattern, queryIdOf, type Chain } from '../helpers/chain.js';
 import { replyCode } from '../helpers/raw-smtp.js';
 import { mintLoopValue } from '../../src/policy/loop-token.js';
 
@@ -41,21 +41,27 @@ describe('loop header from a trusted network (the reflecting deployment)', () =>
   it('a genuine reflected copy is relayed without a second scan, byte for byte', async () => {
     const input = withMessageId('clean text going out', '<reflect-1@example.test>', null);
     const first = await sendMessage(chain.port, input);
-    expect(replyCode(first.data)).toBe(250);
+    expect(first.data).toBe(`250 2.6.0 Ok: queued as SINK${chain.sink.messages.length}`);
     const scans = chain.sim.stats().requests;
     const relayed = chain.sink.messages.at(-1)!.data!;
-    expect(relayed.toString('latin1')).toMatch(/^X-DLP-Relay-Scanned: v1; t=\d+; q=[0-9a-f-]{36}; mac=[A-Za-z0-9_-]{43}\r\n/);
+    const qid = queryIdOf(relayed);
+    expect(relayed.toString('latin1')).toMatch(new RegExp(`${traceLinePattern(qid)}X-DLP-Relay-Scanned: v1; t=\\d+; q=${qid}; mac=[A-Za-z0-9_-]{43}\r\n`));
     // The MTA behind us sends the relayed message back in, exactly as it got it.
     const back = await sendMessage(chain.port, relayed);
-    expect(back.data).toMatch(/^250 2\.0\.0 Ok: relayed/);
+    expect(back.data).toBe(`250 2.6.0 Ok: queued as SINK${chain.sink.messages.length}`);
     expect(chain.sim.stats().requests).toBe(scans);
-    expect(chain.sink.messages.at(-1)!.sha256).toBe(sha256(relayed));
+    // Byte for byte: the second copy is the first one under one more Received: line of ours (a new queryId).
+    const again = chain.sink.messages.at(-1)!;
+    const qid2 = String(chain.summaries().at(-1)!['queryId']);
+    expect(qid2).not.toBe(qid);
+    expect(again.sha256).toBe(sha256(Buffer.concat([Buffer.from(traceLine(again.data!, qid2), 'latin1'), relayed])));
   });
 
   it('a genuine header copied onto another message (other Message-ID) is a forgery', async () => {
     const input = withMessageId('clean', '<original@example.test>', null);
     await sendMessage(chain.port, input);
-    const loop = /^X-DLP-Relay-Scanned: ([^\r\n]*)\r\n/.exec(chain.sink.messages.at(-1)!.data!.toString('latin1'))![1]!;
+    const copy = chain.sink.messages.at(-1)!.data!;
+    const loop = /^X-DLP-Relay-Scanned: ([^\r\n]*)\r\n/.exec(copy.toString('latin1').slice(traceLine(copy, queryIdOf(copy)).length))![1]!;
     const before = chain.sim.stats().requests;
     const r = await sendMessage(chain.port, withMessageId(CARD, '<other@example.test>', loop));
     expect(r.data).toMatch(/^550 5\.7\.1 /);

@@ -1,11 +1,10 @@
 // Issue 5 §3, hostile input: bare LF/CR, NUL, a 1 MB header line, 10,000 recipients, deep MIME nesting, broken base64, an SMTP-smuggling attempt. Each is relayed byte-exact or refused with a clear code; the relay never crashes or hangs.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
-import { startChain, eventually, spoolFiles, type Chain } from '../helpers/chain.js';
-import { SmtpSession, replyCode } from '../helpers/raw-smtp.js';
+import { startChain, eventually, spoolFiles, traceLine, queryIdOf, type Chain } from '../helpers/chain.js';
+import { SmtpSession, replyCode, dotStuff } from '../helpers/raw-smtp.js';
 import { startTcpGate, type TcpGate } from '../helpers/tcp-gate.js';
-
-const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
+import { startScriptHop, type ScriptHop } from '../helpers/script-hop.js';
 
 interface InputCase {
   name: string;
@@ -47,11 +46,15 @@ function received(payload: Buffer): Buffer {
   return endsCrlf ? payload : Buffer.concat([payload, Buffer.from('\r\n')]);
 }
 
-/** Our prepended lines; the loop header's signed value is taken from what was delivered (its time varies). */
+/**
+ * Our prepended lines: the Received: line, the loop header, the verdict headers. The date and the loop header's
+ * signed value are taken from what was delivered (they vary); everything else must be exactly as expected.
+ */
 function prefix(qid: string, head: Buffer): string {
-  const loop = /^X-DLP-Relay-Scanned: v1; t=\d+; q=([0-9a-f-]{36}); mac=[A-Za-z0-9_-]{43}\r\n/.exec(head.toString('latin1'));
+  const trace = traceLine(head, qid);
+  const loop = /^X-DLP-Relay-Scanned: v1; t=\d+; q=([0-9a-f-]{36}); mac=[A-Za-z0-9_-]{43}\r\n/.exec(head.toString('latin1').slice(trace.length));
   expect(loop?.[1]).toBe(qid);
-  return `${loop![0]}X-DLP-Query-ID: ${qid}\r\nX-DLP-Action-Code: 1\r\nX-DLP-Action: relay\r\n`;
+  return `${trace}${loop![0]}X-DLP-Query-ID: ${qid}\r\nX-DLP-Action-Code: 1\r\nX-DLP-Action: relay\r\n`;
 }
 
 /** One transaction; RCPTs are pipelined in one write, as an MTA with many recipients does. */
@@ -91,10 +94,11 @@ describe('input hardening: relayed byte-exact or refused with a clear code, neve
     const input = received(payload);
     // Every one of these is relayed (a refusal with a clear enhanced code would also be acceptable, but
     // none is needed): then the next hop must get exactly our header lines plus what was received.
-    expect(r.reply).toMatch(new RegExp(`^250 2\\.6\\.0 Ok: queued as SINK\\d+$`));
-    const qid = new RegExp(`\\(ref (${UUID})\\)`).exec(r.reply)![1]!;
+    // The next hop's own reply, passed through: the sink's id for exactly this message.
     expect(chain.sink.messages.length).toBe(before + 1);
+    expect(r.reply).toBe(`250 2.6.0 Ok: queued as SINK${before + 1}`);
     const got = chain.sink.messages.at(-1)!;
+    const qid = queryIdOf(got.head);
     const want = createHash('sha256').update(prefix(qid, got.head)).update(input).digest('hex');
     expect(got.sha256, `${c.name}: bytes at the next hop differ from prefix + input`).toBe(want);
     expect(got.size).toBe(Buffer.byteLength(prefix(qid, got.head)) + input.length);
@@ -109,11 +113,15 @@ describe('input hardening: relayed byte-exact or refused with a clear code, neve
 
 describe('line endings and dots in every combination', () => {
   let chain: Chain;
+  let hop: ScriptHop;
   beforeAll(async () => {
-    chain = await startChain();
+    // A raw next hop that keeps the DATA bytes exactly as they came over the wire (still dot-stuffed).
+    hop = await startScriptHop();
+    chain = await startChain({ config: { nextHop: { port: hop.port } } });
   });
   afterAll(async () => {
     await chain.close();
+    await hop.close();
   });
 
   it('seeded random mixes of ".", CR, LF and other bytes are relayed byte-exact (dot-stuffing is transparent)', async () => {
@@ -129,13 +137,17 @@ describe('line endings and dots in every combination', () => {
         const payload = Buffer.concat([Buffer.from(`Subject: mix ${n}\r\n\r\n`), body, Buffer.from('\r\n')]);
         expect(replyCode(await s.cmd('MAIL FROM:<alice@example.test>'))).toBe(250);
         expect(replyCode(await s.cmd('RCPT TO:<bob@example.test>'))).toBe(250);
-        const reply = await s.data(payload, { dotStuff: true });
-        expect(reply).toMatch(/^250 2\.6\.0 Ok: queued as SINK\d+$/);
-        const qid = new RegExp(`\\(ref (${UUID})\\)`).exec(reply)![1]!;
-        const got = chain.sink.messages.at(-1)!;
-        expect(got.sha256, `message ${n}`).toBe(createHash('sha256').update(prefix(qid, got.head)).update(payload).digest('hex'));
+        // Stuffed by the engine's rule (a line starts after CRLF, bare LF or bare CR), so the relay receives `payload`.
+        const reply = await s.data(payload, { dotStuff: true, afterBareCr: true });
+        expect(reply).toBe(`250 2.0.0 Ok: queued as HOP${n + 1}`);
+        const wire = hop.rawData[n]!;
+        const qid = queryIdOf(wire);
+        // Byte-exact on the wire: our prefix plus exactly what was received, stuffed by the same rule, then the
+        // terminator. A receiver unstuffing by that rule gets prefix + payload back; no dot is lost or invented.
+        const want = Buffer.concat([dotStuff(Buffer.concat([Buffer.from(prefix(qid, wire), 'latin1'), payload]), { afterBareCr: true }), Buffer.from('.\r\n')]);
+        expect(wire.equals(want), `message ${n}`).toBe(true);
       }
-      expect(chain.sink.messages).toHaveLength(20);
+      expect(hop.rawData).toHaveLength(20);
     } finally {
       await s.quit();
     }
@@ -155,24 +167,35 @@ describe('SMTP smuggling: "<LF>.<CR><LF>" inside a message never reaches the nex
     await gate.close();
   });
 
+  const smuggle = (dot: string) =>
+    Buffer.from(`${HEAD}\r\nfirst part\n${dot}\r\nMAIL FROM:<smuggler@evil.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n`);
+
   it('one message in, one message out, from the real sender; the sequence is dot-stuffed on the wire', async () => {
     // What a smuggling client sends, unstuffed on purpose: a bare-LF "end of data" and a second transaction.
-    const payload = Buffer.from(
-      `${HEAD}\r\nfirst part\n.\r\nMAIL FROM:<smuggler@evil.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n`,
-    );
-    const r = await sendRaw(chain.port, payload, 1, false);
-    expect(r.reply).toMatch(/^250 2\.6\.0 Ok: queued as SINK\d+$/);
+    // Only CRLF.CRLF ends data; the dot after the bare LF is read as stuffing and removed (semantics §6).
+    const r = await sendRaw(chain.port, smuggle('.'), 1, false);
     expect(r.after).toMatch(/^221 /);
     expect(chain.sink.messages).toHaveLength(1);
+    expect(r.reply).toBe('250 2.6.0 Ok: queued as SINK1');
     const got = chain.sink.messages[0]!;
     expect(got.from).toBe('alice@example.test');
     expect(got.to.map((t) => t.address)).toEqual(['rcpt0@example.test']);
-    const qid = new RegExp(`\\(ref (${UUID})\\)`).exec(r.reply)![1]!;
-    expect(got.sha256).toBe(createHash('sha256').update(prefix(qid, got.head)).update(payload).digest('hex'));
+    const qid = queryIdOf(got.head);
+    expect(got.sha256).toBe(createHash('sha256').update(prefix(qid, got.head)).update(smuggle('')).digest('hex'));
+
+    // A client that stuffs the same text keeps its dot, and the relay stuffs it again on the way out.
+    const r2 = await sendRaw(chain.port, smuggle('.'), 1, true);
+    expect(r2.reply).toBe('250 2.6.0 Ok: queued as SINK2');
+    expect(chain.sink.messages).toHaveLength(2);
+    const got2 = chain.sink.messages[1]!;
+    expect(got2.from).toBe('alice@example.test');
+    expect(got2.sha256).toBe(createHash('sha256').update(prefix(queryIdOf(got2.head), got2.head)).update(smuggle('.')).digest('hex'));
+
     // On the wire to the next hop, every dot after a line feed is doubled: "\n.\r\n" never appears unstuffed.
     const wire = Buffer.concat(gate.captured()).toString('latin1');
     expect(wire).toContain('smuggled body');
     expect(/(?<!\r)\n\.\r\n/.test(wire)).toBe(false);
-    expect(wire).toMatch(/first part\r?\n\.\.\r\nMAIL FROM:<smuggler@evil\.test>/);
+    expect(wire).toContain('first part\n\r\nMAIL FROM:<smuggler@evil.test>');
+    expect(wire).toContain('first part\n..\r\nMAIL FROM:<smuggler@evil.test>');
   });
 });

@@ -50,7 +50,9 @@ describe('secrets never reach the logs', () => {
     sim = await startUcwiSim({ accessKey: S.ucwiAccessKey, secretKey: S.ucwiSecretKey, policiesFile: 'fixtures/detectors-test.yaml' });
     // The gate records what the relay sends to UCWI, so the HMAC signatures it computed can be grepped for too.
     gate = await startTcpGate(sim.port, { capture: true });
-    sink = await startSecureSink({ auth: { user: 'relayuser', pass: S.nextHopPass } });
+    // Our SMTP client sends AUTH only over TLS (it refuses to put credentials in clear), so the next hop offers STARTTLS.
+    sink = await startSecureSink({ tls: { keyFile: pki.keyFile, certFile: pki.certFile }, auth: { user: 'relayuser', pass: S.nextHopPass } });
+    const nextHop = { port: sink.port, authUser: 'relayuser', starttls: 'required', tls: { caFile: pki.caFile } };
     // CAS answers 401 to our token: the failure path is the one most likely to log a request.
     cas = await startCasSim({ token: S.casOtherToken });
     const common = {
@@ -63,7 +65,7 @@ describe('secrets never reach the logs', () => {
       sim,
       config: {
         ...common,
-        nextHop: { port: sink.port, authUser: 'relayuser' },
+        nextHop,
         cas: { enabled: true, url: cas.url, exemptDomains: ['ourcorp.test'], outbox: { dir: join(dir, 'cas-outbox'), intervalMs: 100, baseMs: 100 }, retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 2000 } },
         secrets: { ucwiAccessKey: S.ucwiAccessKey, ucwiSecretKey: S.ucwiSecretKey, nextHopPass: S.nextHopPass, adminToken: S.adminToken, casToken: S.casToken },
       },
@@ -72,7 +74,7 @@ describe('secrets never reach the logs', () => {
       sim,
       config: {
         ...common,
-        nextHop: { port: sink.port, authUser: 'relayuser' },
+        nextHop,
         secrets: { ucwiAccessKey: S.ucwiAccessKey, ucwiSecretKey: S.ucwiSecretKey, nextHopPass: S.nextHopWrongPass, adminToken: S.adminToken },
       },
     });
@@ -90,7 +92,9 @@ describe('secrets never reach the logs', () => {
   it('after traffic and failures of every kind, no secret, no signature and no encoded credential is in the log', async () => {
     const [clean, block, ucwi401, hopFail] = makeBatch('secrets', ['clean', 'block', 'clean', 'clean']);
     // Success through next-hop AUTH; a block verdict (which queues a CAS push that CAS refuses with 401).
-    expect((await attemptOnce(chain.port, clean!)).reply).toMatch(/^250 2\.6\.0 Ok: queued as SINK/);
+    // The secure sink's own final reply, passed through verbatim.
+    expect((await attemptOnce(chain.port, clean!)).reply).toBe('250 2.6.0 2.0.0 Ok: queued');
+    expect(sink.messages.at(-1)).toMatchObject({ secure: true, user: 'relayuser' });
     expect((await attemptOnce(chain.port, block!)).reply).toMatch(/^550 5\.7\.1 /);
     expect(sink.auths.some((a) => a.ok)).toBe(true);
     // UCWI answers 401.
