@@ -285,6 +285,18 @@ describe('deliver(): each recipient reported', () => {
     expect(hop.sessions.flatMap((s) => s.messages)).toHaveLength(1);
   });
 
+  it('DATA refused after accepted recipients: each is reported with that reply, and the connection (RSET) serves again', async () => {
+    let refuse = true;
+    const hop = await startStrictHop({ onCommand: (line) => (line === 'DATA' && refuse ? '452 4.3.1 insufficient system storage' : undefined) });
+    const pool = poolFor(hop.port, { pool: { maxConnections: 1, maxMessagesPerConnection: 100, idleTimeoutMs: 60_000, acquireTimeoutMs: 10_000 } });
+    const r = await pool.deliver(env(['a@example.com']), openSimple, never());
+    expect(r).toEqual({ response: '', recipients: [{ address: 'a@example.com', status: 'deferred', code: 452, response: '452 4.3.1 insufficient system storage' }] });
+    refuse = false;
+    expect((await pool.deliver(env(['a@example.com']), openSimple, never())).recipients[0]!.status).toBe('accepted');
+    expect(hop.nested).toBe(0);
+    expect(hop.sessions).toHaveLength(1);
+  });
+
   it('MAIL refused: every recipient carries that reply (550 refused, 451 deferred), nothing is sent', async () => {
     const hop = await hopWith({ mail: (l) => (l.includes('<spam@') ? '550 5.7.1 sender blocked' : '451 4.3.0 try later') });
     const pool = poolFor(hop.port);
