@@ -86,6 +86,9 @@ export class NextHopPool {
         if (reply.code >= 200 && reply.code < 300) return { reply, tx: new NextHopTransaction(this, conn, reply) };
         // A refused MAIL leaves no transaction open: the connection stays usable unless the next hop is leaving.
         this.release(conn, reply.code !== 421);
+        // A parked connection the next hop timed out ("421 ... timeout exceeded" crossing our MAIL) says
+        // nothing about a fresh one; MAIL was not accepted, so trying another connection is safe.
+        if (reused && reply.code === 421 && !signal.aborted) continue;
         return { reply, tx: null };
       } catch (err) {
         this.release(conn, false);
@@ -101,7 +104,8 @@ export class NextHopPool {
 
   /**
    * A whole transaction for releases and notices: pipelined where the next hop allows, each recipient
-   * reported. Throws DeliveryError only when no recipient got an answer (connection trouble before RCPT).
+   * reported. Throws DeliveryError (transient) when the connection fails before the next hop's final
+   * reply: nothing is known to be delivered then, so the caller retries the whole message.
    */
   async deliver(env: Envelope, open: () => Readable, signal: AbortSignal): Promise<DeliveryReport> {
     if (env.to.length === 0) throw new DeliveryError('no recipients to deliver to', { kind: 'permanent', phase: 'rcpt' });
@@ -120,7 +124,11 @@ export class NextHopPool {
         throw fromClientError(err, err instanceof SmtpClientError && err.phase === 'message' ? 'data' : 'mail');
       }
       const finalOk = r.final !== null && r.final.code >= 200 && r.final.code < 300;
-      this.release(conn, r.final !== null ? r.final.code !== 421 : r.mail.code < 400 || r.mail.code !== 421);
+      // MAIL accepted but no final reply (every RCPT refused, DATA refused): the next hop still holds the
+      // transaction, and the next MAIL on this connection would draw "503 nested MAIL". RSET first.
+      if (r.final === null && r.mail.code >= 200 && r.mail.code < 300) await this.resetAndRelease(conn);
+      else this.release(conn, r.final !== null ? r.final.code !== 421 : r.mail.code !== 421);
+      if (reused && r.mail.code === 421 && !signal.aborted) continue;
       if (r.mail.code >= 300) {
         const status = r.mail.code >= 500 ? 'refused' : 'deferred';
         return { response: '', recipients: env.to.map((t) => ({ address: t.address, status, code: r.mail.code, response: String(r.mail) })) };
@@ -257,7 +265,7 @@ export class NextHopPool {
     });
   }
 
-  /** A transaction is over with its connection: park it (clean) or close it. */
+  /** A transaction is over with its connection: park it (clean) or close it. For NextHopTransaction. */
   release(conn: Conn, clean: boolean): void {
     if (!this.leased.delete(conn)) return;
     const c = conn.client;
@@ -279,6 +287,17 @@ export class NextHopPool {
     // Idle connections must not keep a process alive on their own.
     conn.idleTimer.unref();
     this.idle.push(conn);
+  }
+
+  /** Ends a transaction the next hop still holds (no final reply) with RSET, then parks or drops the connection. For NextHopTransaction. */
+  async resetAndRelease(conn: Conn): Promise<void> {
+    if (conn.client.closed) return this.release(conn, false);
+    try {
+      const r = await conn.client.rset();
+      this.release(conn, r.code >= 200 && r.code < 300);
+    } catch {
+      this.release(conn, false);
+    }
   }
 
   /** Takes a connection out of service: QUIT when the dialogue is in step, otherwise drop the socket. */
@@ -312,7 +331,10 @@ export class NextHopPool {
  * relay, anything else resets it. Every path ends in exactly one of data(), reset() or abort().
  */
 export class NextHopTransaction {
-  private state: 'open' | 'broken' | 'done' = 'open';
+  /** 'sending': data() is running (DATA, the message, the final reply); only abort() may cut in. */
+  private state: 'open' | 'broken' | 'sending' | 'done' = 'open';
+  /** Fired by abort() while data() runs: the message transfer stops and the connection is dropped. */
+  private readonly stop = new AbortController();
   accepted = 0;
 
   constructor(
@@ -341,15 +363,28 @@ export class NextHopTransaction {
 
   /** DATA with the message; the next hop's final reply (or its refusal of DATA). */
   async data(open: () => Readable, signal: AbortSignal): Promise<Reply> {
-    if (this.state !== 'open') throw new DeliveryError('next-hop transaction is no longer open', { kind: 'transient', phase: 'data' });
-    this.state = 'done';
+    if (this.state !== 'open') {
+      // The transaction cannot go on; data() is still the call that ends it, so the connection goes back.
+      if (this.state === 'broken') {
+        this.state = 'done';
+        this.pool.release(this.conn, false);
+      }
+      throw new DeliveryError('next-hop transaction is no longer open', { kind: 'transient', phase: 'data' });
+    }
+    this.state = 'sending';
     try {
-      const { dataReply, final } = await this.conn.client.data(open(), signal);
-      const end = final ?? dataReply;
-      // After a final reply (any code) or a refused DATA the session is in step and can serve the next message.
-      this.pool.release(this.conn, end.code !== 421);
-      return end;
+      const { dataReply, final } = await this.conn.client.data(open(), AbortSignal.any([signal, this.stop.signal]));
+      this.state = 'done';
+      if (final === null && dataReply.code !== 421) {
+        // DATA refused: the next hop still holds MAIL and RCPT; RSET before the connection serves again.
+        await this.pool.resetAndRelease(this.conn);
+        return dataReply;
+      }
+      // After a final reply (any code) the session is in step and can serve the next message.
+      this.pool.release(this.conn, (final ?? dataReply).code !== 421);
+      return final ?? dataReply;
     } catch (err) {
+      this.state = 'done';
       this.pool.release(this.conn, false);
       throw fromClientError(err, 'data');
     }
@@ -357,30 +392,32 @@ export class NextHopTransaction {
 
   /** The client's transaction ended without relaying: RSET the next hop and give the connection back. */
   async reset(): Promise<void> {
-    if (this.state === 'done') return;
+    // 'sending': data() owns the connection and gives it back itself (a deadline may answer the client first).
+    if (this.state === 'done' || this.state === 'sending') return;
     if (this.state === 'broken') {
       this.state = 'done';
       this.pool.release(this.conn, false);
       return;
     }
     this.state = 'done';
-    try {
-      const r = await this.conn.client.rset();
-      this.pool.release(this.conn, r.code >= 200 && r.code < 300);
-    } catch {
-      this.pool.release(this.conn, false);
-    }
+    await this.pool.resetAndRelease(this.conn);
   }
 
   /** Drop the next-hop connection now (shutdown, a deadline in the middle of DATA). */
   abort(): void {
     if (this.state === 'done') return;
+    if (this.state === 'sending') {
+      // data() is waiting on the connection: the abort makes it fail, drop the socket and release it.
+      this.stop.abort();
+      return;
+    }
     this.state = 'done';
     this.pool.release(this.conn, false);
   }
 
   private breakOff(): void {
-    this.state = 'broken';
+    // After abort() or reset() the transaction is over already; a late failure of a RCPT changes nothing.
+    if (this.state === 'open') this.state = 'broken';
   }
 }
 
