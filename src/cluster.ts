@@ -65,11 +65,11 @@ export async function startCluster(c: FrozenConfig, logger: Logger): Promise<Run
   const alive = (w: Worker): boolean => w.process.exitCode === null && w.process.signalCode === null;
 
   /** Starts worker `index`; settles when it listens (or fails to start). A worker that dies later is started again. */
-  // Workers accept on the shared listening socket themselves. Node's default on Linux (round robin) has the
-  // supervisor accept every connection and pass its handle to a worker over IPC, which cost about 0.4 ms of
-  // CPU per connection in the benchmark profile: with a new connection per message that was a fifth of the
-  // relay's CPU. The kernel's spreading is less even over a handful of connections, never over many.
-  cluster.schedulingPolicy = cluster.SCHED_NONE;
+  // `kernel`: workers accept on the shared listening socket themselves. Node's default on Linux (round robin)
+  // has the supervisor accept every connection and pass its handle to a worker over IPC, which cost about
+  // 0.4 ms of CPU per connection in the benchmark profile, a fifth of the relay's CPU with a new connection per
+  // message. The kernel spreads many connections well, a handful not always.
+  cluster.schedulingPolicy = c.smtp.workerBalancing === 'kernel' ? cluster.SCHED_NONE : cluster.SCHED_RR;
   const fork = (index: number): Promise<ReadyMessage> => {
     const w = cluster.fork({ [WORKER_INDEX_ENV]: String(index), ...loopKeyEnv });
     slots.set(index, w);

@@ -89,6 +89,7 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
   },
   { name: 'DLP_RELAY_MAX_MESSAGE_BYTES', apply: (raw, v) => num(raw, ['smtp', 'maxMessageBytes'], v) },
   { name: 'DLP_RELAY_WORKERS', apply: (raw, v) => num(raw, ['smtp', 'workers'], v) },
+  { name: 'DLP_RELAY_WORKER_BALANCING', apply: (raw, v) => setPath(raw, ['smtp', 'workerBalancing'], v) },
   { name: 'DLP_RELAY_ADMIN_LISTEN', apply: hostPortAt('admin') },
   { name: 'DLP_RELAY_CAS_URL', apply: (raw, v) => setPath(raw, ['cas', 'url'], v) },
   { name: 'DLP_RELAY_CAS_OUTBOX_DIR', apply: (raw, v) => setPath(raw, ['cas', 'outbox', 'dir'], v) },

@@ -46,7 +46,7 @@ describe('cluster mode: two SMTP workers under one supervisor', () => {
     sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
     sink = await startRawSink();
     relay = await spawnRelay(
-      relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_ADMIN_TOKEN: TOKEN, DLP_RELAY_LOG_LEVEL: 'info' }),
+      relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_WORKER_BALANCING: 'round-robin', DLP_RELAY_ADMIN_TOKEN: TOKEN, DLP_RELAY_LOG_LEVEL: 'info' }),
       ['--grace', '2000'],
     );
     const m = /admin: +(http:\/\/127\.0\.0\.1:\d+) \(metrics summed over the workers\)/.exec(relay.stderr());
@@ -124,7 +124,7 @@ describe('cluster mode: the supervisor killed', () => {
     const root = mkdtempSync(join(tmpdir(), 'dlp-cluster-orphan-'));
     const sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
     const sink = await startRawSink();
-    const relay = await spawnRelay(relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_LOG_LEVEL: 'info' }), ['--grace', '2000']);
+    const relay = await spawnRelay(relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_WORKER_BALANCING: 'round-robin', DLP_RELAY_LOG_LEVEL: 'info' }), ['--grace', '2000']);
     const alive = (pid: number): boolean => {
       try {
         process.kill(pid, 0);
@@ -154,7 +154,7 @@ describe('cluster mode with the embedded DLP engine', () => {
   it('each worker talks to its own engine (a shared port would mix up their made-up keys and answer 401)', async () => {
     const root = mkdtempSync(join(tmpdir(), 'dlp-cluster-embedded-'));
     const sink = await startRawSink();
-    const env = relayEnv(root, sink.port, 'unused', { DLP_RELAY_WORKERS: '2', DLP_RELAY_LOG_LEVEL: 'info' });
+    const env = relayEnv(root, sink.port, 'unused', { DLP_RELAY_WORKERS: '2', DLP_RELAY_WORKER_BALANCING: 'round-robin', DLP_RELAY_LOG_LEVEL: 'info' });
     // No UCWI URL and no keys: every process starts its embedded engine on a port of its own.
     delete env['DLP_RELAY_UCWI_URL'];
     delete env['DLP_RELAY_UCWI_ACCESS_KEY'];

@@ -255,13 +255,14 @@ describe('a password inside a URL never appears in CLI output or logs (issue 10 
     };
     const ok = await runCli(['check-config'], env);
     expect(ok.code).toBe(0);
-    const cfg = JSON.parse(ok.out) as { ucwi: { url: string }; quarantine: { url: string }; cas: { url: string } };
+    // The JSON goes to stdout; the line naming the config file goes to stderr (both are captured in `out`).
+    const cfg = JSON.parse(ok.out.slice(ok.out.indexOf('{'))) as { ucwi: { url: string }; quarantine: { url: string }; cas: { url: string } };
     expect(cfg.ucwi.url).toBe('https://ucwi-user:********@ucwi.example:5443');
     expect(cfg.quarantine.url).toBe('postgres://dbuser:********@db.example/dlp');
     expect(cfg.cas.url).toBe('https://********@cas.example');
     expect(ok.out).not.toContain(URL_PASS);
     const bad = await runCli(['check-config'], { ...env, DLP_RELAY_LISTEN: `http://u:${URL_PASS}@nowhere` });
-    expect(bad.code).toBe(2);
+    expect(bad.code).toBe(1); // a config error exits 1 (usage errors 2), issue 11
     expect(bad.out).toMatch(/DLP_RELAY_LISTEN: expected host:port/);
     expect(bad.out).not.toContain(URL_PASS);
   });
