@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { SmtpClient, SmtpClientError, type Reply, type SmtpClientOptions } from '../smtp/client.js';
 import type { Envelope } from '../smtp/envelope.js';
+import { OutageLog } from '../observability/outage.js';
 import { DeliveryError, fromClientError, mailParamsFor, rcptParamsFor } from './next-hop-errors.js';
 
 export interface NextHopOptions {
@@ -48,6 +49,8 @@ interface Waiter {
 
 export class NextHopPool {
   private readonly log: Logger;
+  /** Connection failures logged at warn, rate-limited, and the first success after them as a recovery. */
+  private readonly outage: OutageLog;
   /** Connections open or being opened; at most pool.maxConnections. */
   private count = 0;
   /** Idle connections, most recently used last (reused first, so the others can time out). */
@@ -62,6 +65,7 @@ export class NextHopPool {
     logger: Logger,
   ) {
     this.log = logger.child({ nextHop: `${opts.host}:${opts.port}` });
+    this.outage = new OutageLog(this.log, `next hop ${opts.host}:${opts.port}`);
   }
 
   get describe(): string {
@@ -227,12 +231,14 @@ export class NextHopPool {
       });
       this.leased.add(conn);
       this.log.debug({ conn: conn.id, secure: client.secure }, 'next-hop connection established');
+      this.outage.success();
       return { conn, reused: false };
     } catch (err) {
       this.count--;
       this.wakeOne();
       const de = fromClientError(err, 'connect');
-      this.log.warn({ phase: de.phase, err: de.message }, 'next-hop connection failed');
+      // An abort is the client or the deadline, not the next hop; everything else is an outage (warn, rate-limited).
+      if (de.phase !== 'aborted') this.outage.failure(de.phase, de.message);
       throw de;
     }
   }
