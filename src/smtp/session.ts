@@ -254,7 +254,14 @@ export class Session implements SmtpSession {
     return { dsn: this.cfg.opts.dsn, maxMessageBytes: this.cfg.opts.maxMessageBytes, authOffered: !!this.cfg.opts.auth && this.secure };
   }
 
-  private async mail(arg: string): Promise<false> {
+  /** A 421 from a handler means "closing" (RFC 5321 3.8): say it, end the transaction and the session. */
+  private async closeWith(r: SmtpReply): Promise<true> {
+    this.io.end(r, 'close');
+    await this.resetTx('close');
+    return true;
+  }
+
+  private async mail(arg: string): Promise<boolean> {
     if (this.heloName === null || this.tx) return this.say('BAD_SEQUENCE');
     const o = this.cfg.opts;
     if (o.tls?.require && !this.secure) return this.say('TLS_REQUIRED');
@@ -267,12 +274,13 @@ export class Session implements SmtpSession {
     const reply = await this.call('mail', () => this.handlers.mail?.(this, parsed.value));
     if (reply === undefined) return this.say('INTERNAL');
     const r = reply ?? R('MAIL_OK');
+    if (r.code === 421) return this.closeWith(r);
     if (isPositive(r)) this.tx = { mail: parsed.value, rcpts: [] };
     this.io.reply(r);
     return false;
   }
 
-  private async rcpt(arg: string): Promise<false> {
+  private async rcpt(arg: string): Promise<boolean> {
     const tx = this.tx;
     if (!tx) return this.say('BAD_SEQUENCE');
     const parsed = parseRcptTo(arg, this.paramContext(), tx.mail.smtpUtf8);
@@ -285,6 +293,7 @@ export class Session implements SmtpSession {
     const reply = await this.call('rcpt', () => this.handlers.rcpt?.(this, parsed.value, snapshot));
     if (reply === undefined) return this.say('INTERNAL');
     const r = reply ?? R('RCPT_OK');
+    if (r.code === 421) return this.closeWith(r);
     // The transaction may have gone meanwhile (session ended while the handler ran).
     if (isPositive(r) && this.tx === tx) tx.rcpts.push(parsed.value);
     this.io.reply(r);

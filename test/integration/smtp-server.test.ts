@@ -362,6 +362,23 @@ describe('resets, handler failures and shutdown', () => {
     await s.quit();
   });
 
+  it('a 421 from a handler closes the session (RFC 5321 3.8) and resets the open transaction', async () => {
+    const resets: string[] = [];
+    const e = await start(
+      {},
+      {
+        rcpt: (_s, r) => (r.address === 'late@y.test' ? { code: 421, enhanced: '4.3.2', text: 'Service shutting down' } : undefined),
+        reset: (_s, _tx, reason) => void resets.push(reason),
+      },
+    );
+    const s = await SmtpSession.connect(e.port);
+    await s.cmd('EHLO c');
+    await s.cmd('MAIL FROM:<a@x.test>');
+    expect(await s.cmd('RCPT TO:<late@y.test>')).toBe('421 4.3.2 Service shutting down');
+    await expect(s.cmd('NOOP')).rejects.toThrow();
+    expect(resets).toEqual(['close']);
+  });
+
   it('close(grace) sends 421 to idle sessions at once and to a session in DATA after its final reply', async () => {
     let release: () => void = () => undefined;
     const gate = new Promise<void>((r) => (release = r));
