@@ -383,7 +383,6 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
         saturated: () => ucwi.saturated,
         auth: c.smtp.auth.enabled ? { users: UserDb.fromFile(c.smtp.auth.usersFile!), required: c.smtp.auth.required, maxFailures: c.smtp.auth.maxFailures } : undefined,
         delivery: deliverer.pool ? { pool: deliverer.pool } : { outbox: deliverer.outbox! },
-        commandTimeoutMs: c.nextHop.timeouts.socketMs,
       },
       deps,
       logger.child({ component: 'smtp' }),

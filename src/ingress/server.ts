@@ -41,8 +41,6 @@ export interface IngressOptions {
   spoolDir: string;
   /** Where relayed mail goes: a next hop in lockstep, or else the local outbox. */
   delivery: { pool: NextHopPool; outbox?: undefined } | { pool?: undefined; outbox: LocalOutbox };
-  /** Longest wait for the next hop's answer to MAIL or RCPT (its own command timeout also applies). */
-  commandTimeoutMs: number;
 }
 
 /** Observers for metrics; every member optional. */
@@ -219,9 +217,9 @@ export class Ingress {
     else void tx.nextHop.reset();
   }
 
-  /** An abort signal for one next-hop command: the client leaving or the command taking too long. */
+  /** Next-hop commands stop when the client goes away; each has its own timeout in the client (nextHop.timeouts.socketMs). */
   private commandSignal(tx: ClientTransaction): AbortSignal {
-    return AbortSignal.any([tx.abort.signal, AbortSignal.timeout(this.opts.commandTimeoutMs)]);
+    return tx.abort.signal;
   }
 
   private nextHopTrouble(s: SmtpSession, err: unknown, command: string): SmtpReply {
