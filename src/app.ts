@@ -26,6 +26,7 @@ import { registerOpsRoutes } from './admin/ops-routes.js';
 import { registerQuarantineRoutes } from './admin/quarantine-routes.js';
 import { startCas, type CasParts } from './cas/relay-hook.js';
 import { registerDaemonRoutes, type DaemonRouteDeps, type StatusReport } from './admin/daemon-routes.js';
+import { startConsole } from './console/index.js';
 import { setLogLevel } from './observability/logger.js';
 import { Reloader, type ReloadReport } from './reload.js';
 import { VERSION } from './version.js';
@@ -248,6 +249,7 @@ async function startAdmin(
   registerOpsRoutes(admin, { metrics: parts.metrics, readiness, draining: parts.draining });
   registerQuarantineRoutes(admin, parts.ops);
   registerDaemonRoutes(admin, parts.daemon(readiness));
+  startConsole(admin, c, parts.ops, logger.child({ component: 'console' }));
   const a = await listenNamed('admin', c.admin.host, c.admin.port, () => admin.listen());
   stops.push(() => admin.close());
   return { ...a, apiEnabled: token !== null };
