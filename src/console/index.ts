@@ -5,12 +5,14 @@ import type { OperationsContext } from '../quarantine/operations.js';
 import type { AdminServer } from '../admin/server.js';
 import { registerConsoleRoutes, type ConsoleContext } from './routes.js';
 import { FileUserStore } from './users.js';
+import { ConfirmLinks, registerConfirmRoutes } from './confirm.js';
 
-export function startConsole(admin: AdminServer, c: FrozenConfig, ops: OperationsContext, logger: Logger): ConsoleContext | null {
+/** `links` signs the sender notices' links (the relay shares its instance); a supervisor builds its own from the same key file. */
+export function startConsole(admin: AdminServer, c: FrozenConfig, ops: OperationsContext, logger: Logger, links: ConfirmLinks | null = ConfirmLinks.fromConfig(c)): ConsoleContext | null {
   const k = c.console;
   if (!k.enabled) return null;
   logger.info({ basePath: k.basePath, usersFile: k.usersFile, host: c.admin.host }, 'quarantine console enabled');
-  return registerConsoleRoutes(admin, {
+  const ctx = registerConsoleRoutes(admin, {
     ops,
     users: new FileUserStore(k.usersFile),
     logger,
@@ -24,4 +26,6 @@ export function startConsole(admin: AdminServer, c: FrozenConfig, ops: Operation
       lockoutMs: k.lockoutMs,
     },
   });
+  if (links) registerConfirmRoutes(admin, ctx, ops, links);
+  return ctx;
 }
