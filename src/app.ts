@@ -26,6 +26,8 @@ import { registerOpsRoutes } from './admin/ops-routes.js';
 import { registerQuarantineRoutes } from './admin/quarantine-routes.js';
 import { startCas, type CasParts } from './cas/relay-hook.js';
 import { registerDaemonRoutes, type DaemonRouteDeps, type StatusReport } from './admin/daemon-routes.js';
+import { startConsole } from './console/index.js';
+import { ConfirmLinks } from './console/confirm.js';
 import { setLogLevel } from './observability/logger.js';
 import { Reloader, type ReloadReport } from './reload.js';
 import { VERSION } from './version.js';
@@ -230,7 +232,7 @@ async function startAdmin(
   c: FrozenConfig,
   logger: Logger,
   stops: Array<() => Promise<unknown>>,
-  parts: { metrics: MetricsRenderer; ucwi: UcwiClient; deliverer: AppDeliverer; quarantine: QuarantineStore; ops: OperationsContext; draining: () => boolean; spoolDir: string; daemon: (readiness: () => Promise<ReadyReport>) => DaemonRouteDeps },
+  parts: { metrics: MetricsRenderer; ucwi: UcwiClient; deliverer: AppDeliverer; quarantine: QuarantineStore; ops: OperationsContext; draining: () => boolean; spoolDir: string; daemon: (readiness: () => Promise<ReadyReport>) => DaemonRouteDeps; confirm?: ConfirmLinks | null },
 ): Promise<RunningRelay['admin']> {
   if (!c.admin.enabled) return null;
   const token = c.secrets.adminToken;
@@ -248,7 +250,9 @@ async function startAdmin(
   registerOpsRoutes(admin, { metrics: parts.metrics, readiness, draining: parts.draining });
   registerQuarantineRoutes(admin, parts.ops);
   registerDaemonRoutes(admin, parts.daemon(readiness));
+  startConsole(admin, c, parts.ops, logger.child({ component: 'console' }), parts.confirm);
   const a = await listenNamed('admin', c.admin.host, c.admin.port, () => admin.listen());
+  parts.confirm?.useOrigin(a.url);
   stops.push(() => admin.close());
   return { ...a, apiEnabled: token !== null };
 }
@@ -327,6 +331,8 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     // Replaced by a reload (new templates or settings); a message in flight keeps the one it started with.
     let notifier: Notifier = await makeNotifier(c);
     let live = c;
+    // Sender self-service links (console.confirm); the key is a file, so every process of this state dir agrees.
+    const confirm = ConfirmLinks.fromConfig(c);
 
     // In a cluster the supervisor purges; one purger per store is enough.
     if (!worker) stops.push(retentionFor(c, quarantine, logger));
@@ -358,6 +364,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
               autoSubmitted: h('auto-submitted'),
               precedence: h('precedence'),
               listId: h('list-id'),
+              confirm: kind === 'quarantine' ? (confirm?.linkFor(o.actionCode, msg.queryId) ?? null) : null,
             });
           },
     };
@@ -436,7 +443,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     };
 
     // Workers have no admin listener: the supervisor serves it for the whole cluster.
-    const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => ingress.draining, spoolDir, daemon });
+    const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => ingress.draining, spoolDir, daemon, confirm });
 
     const smtp = await listenNamed('SMTP', c.listen.host, c.listen.port, () => ingress.listen());
     return {

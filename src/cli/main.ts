@@ -13,6 +13,7 @@ import { startCluster, startWorker, workerIndex } from '../cluster.js';
 import { registerQuarantineCommands, type ConfigAccess } from './quarantine-commands.js';
 import { registerCasCommands } from './cas-commands.js';
 import { registerDaemonCommands } from './daemon-commands.js';
+import { registerUserCommands } from './user-commands.js';
 import { CliError } from './admin-client.js';
 import { hashPassword } from '../ingress/auth.js';
 import { maskSecrets, maskUrl } from '../util/mask.js';
@@ -208,6 +209,7 @@ export function buildProgram(): Command {
   registerDaemonCommands(program, access);
   registerQuarantineCommands(program, access);
   registerCasCommands(program, access.config, access.configFrom);
+  registerUserCommands(program, access);
 
   program
     .command('hash-password')

@@ -280,6 +280,10 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
       problems.push({ path: 'smtp.auth.required', message: 'required needs enabled: true' });
     if (c.admin.enabled && c.secrets.adminToken !== null && c.secrets.adminToken.length < 16)
       problems.push({ path: 'DLP_RELAY_ADMIN_TOKEN', message: 'the admin token must be at least 16 characters' });
+    // Cisco CVE-2025-20393 was a quarantine console reachable from outside: a non-loopback console is an explicit choice.
+    if (c.console.enabled && !c.console.allowRemote && !/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(c.admin.host))
+      problems.push({ path: 'console.allowRemote', message: `the console would listen on ${c.admin.host}: keep admin.host on loopback behind an authenticating TLS proxy, or set console.allowRemote: true` });
+    if (c.console.enabled && !c.admin.enabled) problems.push({ path: 'console.enabled', message: 'the console is served by the admin listener: set admin.enabled: true' });
     if (c.cas.enabled && !c.secrets.casToken)
       problems.push({ path: 'cas.enabled', message: 'CAS needs a token: DLP_RELAY_CAS_TOKEN (or its _FILE, or cas.tokenFile)' });
     if (c.cas.enabled && !c.cas.url && !c.cas.region)

@@ -309,6 +309,46 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** Browser console for reviewers and the sender's confirm page, served by the admin listener (off by default; see README). */
+    console: z
+      .object({
+        enabled: z.boolean().default(false),
+        /** Path prefix, so a reverse proxy can map it (e.g. https://mail-admin.example/quarantine/ → /console/). */
+        basePath: z
+          .string()
+          .regex(/^\/[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$/, 'must look like /console')
+          .default('/console'),
+        /** Console accounts (`dlp-relay user add`); relative paths are under the state directory. */
+        usersFile: z.string().min(1).default('var/console-users.json'),
+        /** The admin listener is loopback by default; serving the console elsewhere must be asked for explicitly. */
+        allowRemote: z.boolean().default(false),
+        /** Honour X-Forwarded-For/-Proto from the proxy in front (Secure cookie when it says https; audit source). */
+        trustProxy: z.boolean().default(false),
+        /** Always mark the cookie Secure (TLS terminated in front without X-Forwarded-Proto). */
+        secureCookie: z.boolean().default(false),
+        sessionIdleMs: ms(1_800_000, 86_400_000),
+        sessionMaxMs: ms(43_200_000, 7 * 86_400_000),
+        /** Failed sign-ins (per account) before it is locked for lockoutMs. */
+        maxFailures: z.number().int().min(1).max(100).default(5),
+        lockoutMs: ms(900_000, 86_400_000),
+        /** Sender self-service for held messages whose actionCode is listed ("confirm"). */
+        confirm: z
+          .object({
+            enabled: z.boolean().default(false),
+            actionCodes: z.array(z.number().int().min(1).max(9)).default([3]),
+            /** release: the sender's confirmation releases at once; review: it asks a reviewer. */
+            onConfirm: z.enum(['release', 'review']).default('release'),
+            linkTtlMs: ms(259_200_000, 30 * 86_400_000),
+            /** Origin the links in sender notices point to (the proxy in front), e.g. https://mail-admin.example. */
+            publicUrl: z.string().url().nullable().default(null),
+            /** HMAC key for the links, created (0600) on first use so links survive restarts. */
+            linkKeyFile: z.string().min(1).default('var/console-link.key'),
+          })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -45,6 +45,8 @@ export const PATH_KEYS: ReadonlyArray<{ path: readonly string[]; base: 'state' |
   { path: ['spool', 'dir'], base: 'state', hasDefault: true },
   { path: ['outbox', 'dir'], base: 'state', hasDefault: true },
   { path: ['quarantine', 'dir'], base: 'state', hasDefault: true },
+  { path: ['console', 'usersFile'], base: 'state', hasDefault: true },
+  { path: ['console', 'confirm', 'linkKeyFile'], base: 'state', hasDefault: true },
   { path: ['cas', 'outbox', 'dir'], base: 'state', hasDefault: true },
   { path: ['embeddedDlp', 'policiesFile'], base: 'package', hasDefault: true },
   { path: ['quarantine', 'notifications', 'templateDir'], base: 'package', hasDefault: true },

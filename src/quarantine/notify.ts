@@ -23,6 +23,8 @@ export interface NoticeInput {
   autoSubmitted?: string | null;
   precedence?: string | null;
   listId?: string | null;
+  /** Sender self-service ("confirm" holds): a signed single-use link, added below the template's text. */
+  confirm?: { url: string; expiresAt: Date } | null;
 }
 
 export interface NoticeOptions {
@@ -142,7 +144,10 @@ export function buildNotice(input: NoticeInput, opts: NoticeOptions): Notice | n
   const tpl = parseTemplate(opts.template);
   const defaultSubject = input.kind === 'quarantine' ? 'Your message is held for review (ref {queryId})' : 'Your message was not delivered (ref {queryId})';
   const subject = oneLine(fill(tpl.subject ?? defaultSubject, values), 300);
-  const body = fill(tpl.body, values).replace(/\n/g, '\r\n');
+  const confirm = input.confirm
+    ? `\nYou can send it yourself if it must go out: open the link below, give a reason, and confirm (or withdraw it).\nThe link works once, until ${input.confirm.expiresAt.toISOString().replace(/\.\d+Z$/, 'Z')}:\n${input.confirm.url.replace(/[^\x21-\x7e]/g, '')}\n`
+    : '';
+  const body = (fill(tpl.body, values) + confirm).replace(/\n/g, '\r\n');
   const ascii = /^[\x00-\x7f]*$/.test(body) && body.split('\r\n').every((l) => l.length <= 998);
   const now = opts.now ?? new Date();
   const host = oneLine(opts.hostname, 200).replace(/[^A-Za-z0-9.-]/g, '') || 'localhost';
