@@ -45,13 +45,19 @@ const reloadable = (path: string): boolean => RELOADABLE.some((p) => (p.endsWith
 export class Reloader {
   private running: Promise<ReloadReport> = Promise.resolve({ ok: true, at: '', trigger: '', applied: [], restartNeeded: [], problems: [] });
   private last: ReloadReport | null = null;
+  /** What the process started with: a setting that needs a restart stays pending until it is back to this value or the process restarts. */
+  private readonly started: FrozenConfig;
+  /** Restart-only changes the target reported (TLS switched on or off, CAS on or off), since start. */
+  private readonly pendingExtra = new Set<string>();
 
   constructor(
     private current: FrozenConfig,
     private readonly load: () => FrozenConfig,
     private readonly target: ReloadTarget,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.started = current;
+  }
 
   get config(): FrozenConfig {
     return this.current;
@@ -80,7 +86,6 @@ export class Reloader {
       return report({ ok: false, applied: [], restartNeeded: [], problems });
     }
     const changed = changedPaths(this.current, next).filter((p) => !p.startsWith('secrets.'));
-    const restartNeeded = changed.filter((p) => !reloadable(p));
     let extra: string[];
     try {
       extra = await this.target.apply(next, this.current, changed);
@@ -91,7 +96,11 @@ export class Reloader {
     }
     this.current = next;
     const applied = changed.filter(reloadable).filter((p) => !extra.some((e) => e.startsWith(p)));
-    const needs = [...restartNeeded, ...extra];
+    for (const e of extra) this.pendingExtra.add(e);
+    // Everything still waiting for a restart, not only what this reload changed: a second reload must not hide it.
+    const pendingSinceStart = changedPaths(this.started, next).filter((p) => !p.startsWith('secrets.') && !reloadable(p));
+    // Restart-only settings still run with their start values, so they are compared with those, not the last reload.
+    const needs = [...new Set([...pendingSinceStart, ...this.pendingExtra])].sort();
     this.logger.info({ event: 'reloaded', trigger, applied, restartNeeded: needs }, `configuration reloaded: ${applied.length} setting(s) applied`);
     if (needs.length) this.logger.warn({ event: 'reload-restart-needed', settings: needs }, `changed settings that need a restart to take effect: ${needs.join(', ')}`);
     return report({ ok: true, applied, restartNeeded: needs, problems: [] });
