@@ -320,7 +320,11 @@ export function changedValues(loaded: LoadedConfig): Array<{ path: string; value
   resolveDefaults(defaults, defaults.stateDir!);
   const base = flatten(defaults);
   const out: Array<{ path: string; value: unknown; origin: string }> = [];
+  // The data directories are compared under the configured stateDir (so they are not all listed when it moves);
+  // stateDir itself against the built-in one.
+  if (loaded.config.stateDir !== defaultStateDir(PACKAGE_ROOT)) out.push({ path: 'stateDir', value: loaded.config.stateDir, origin: loaded.origins.of('stateDir') ?? 'derived' });
   for (const [path, value] of flatten(loaded.config)) {
+    if (path === 'stateDir') continue;
     if (path.startsWith('secrets.')) continue;
     if (JSON.stringify(base.get(path)) === JSON.stringify(value)) continue;
     out.push({ path, value, origin: loaded.origins.of(path) ?? 'derived' });

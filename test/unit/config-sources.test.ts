@@ -96,4 +96,9 @@ describe('config provenance', () => {
     expect(changed.map((c) => c.path)).not.toContain('smtp.maxClients');
     expect(changed.map((c) => c.path)).not.toContain('spool.dir');
   });
+
+  it('check-config --changed names a moved stateDir and who moved it, and not every directory under it', () => {
+    const changed = changedValues(loadConfigDetailed({ file: '/dev/null', env: { DLP_RELAY_STATE_DIR: join(root, 'elsewhere') } }));
+    expect(changed).toEqual([{ path: 'stateDir', value: join(root, 'elsewhere'), origin: 'DLP_RELAY_STATE_DIR' }]);
+  });
 });
