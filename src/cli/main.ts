@@ -3,7 +3,7 @@
 import { Command, Option, CommanderError } from 'commander';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { loadConfigDetailed, PACKAGE_ROOT, maskedConfig, changedValues, ConfigError, type FrozenConfig, type LoadedConfig } from '../config/load.js';
+import { loadConfigDetailed, loadForAdmin, PACKAGE_ROOT, maskedConfig, changedValues, ConfigError, type FrozenConfig, type LoadedConfig } from '../config/load.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { startRelay } from '../app.js';
 import { runSend } from './send.js';
@@ -33,6 +33,19 @@ function loadDetailedOrExit(file: string | undefined): LoadedConfig {
   }
 }
 
+
+/** Admin commands: a file whose problems lie outside admin.* still gives them the relay's address and token (with a warning). */
+function loadForAdminOrExit(file: string | undefined): LoadedConfig {
+  try {
+    return loadConfigDetailed({ file });
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    const lenient = loadForAdmin({ file }, err.problems);
+    if (!lenient) return loadDetailedOrExit(file);
+    process.stderr.write(`dlp-relay: warning: the configuration has ${err.problems.length} problem(s) (${err.problems.map((p) => p.path).join(', ')}); using its admin settings; \`dlp-relay check-config\` lists them\n`);
+    return lenient;
+  }
+}
 
 /** A start-up failure (port in use, unreadable certificate, store down): one line naming what, exit 1. */
 function cannotStart(err: unknown): never {
@@ -204,7 +217,7 @@ export function buildProgram(): Command {
     });
 
   let loadedOnce: LoadedConfig | null = null;
-  const loaded = (): LoadedConfig => (loadedOnce ??= loadDetailedOrExit(program.opts<{ config?: string }>().config));
+  const loaded = (): LoadedConfig => (loadedOnce ??= loadForAdminOrExit(program.opts<{ config?: string }>().config));
   const access: ConfigAccess = { config: () => loaded().config, configFrom: () => (loaded().file ? `config ${loaded().file}` : 'built-in defaults') };
   registerDaemonCommands(program, access);
   registerQuarantineCommands(program, access);

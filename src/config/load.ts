@@ -313,6 +313,28 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
  * `check-config --changed` (Postfix's `postconf -n`): every value that differs from the built-in
  * default, with the file line or environment variable that set it. Secrets are never listed.
  */
+/**
+ * For admin commands (status, quarantine, reload): a file with problems OUTSIDE admin.* still yields its admin
+ * address and token, with each bad value put back to its default, because a broken file is exactly when an admin
+ * needs `status`. Returns null when a problem touches the admin settings or a value has no default to fall back to.
+ */
+export function loadForAdmin(opts: LoadOptions, problems: readonly ConfigProblem[]): LoadedConfig | null {
+  if (problems.some((p) => p.path.startsWith('admin') || p.path.startsWith('secrets'))) return null;
+  const defaults = configSchema.parse({}) as unknown as Raw;
+  const overrides: Raw = JSON.parse(JSON.stringify(opts.overrides ?? {})) as Raw;
+  for (const p of problems) {
+    const path = p.path.split('.');
+    const value = getPath(defaults, path);
+    if (value === undefined) return null;
+    setPath(overrides, path, value);
+  }
+  try {
+    return loadConfigDetailed({ ...opts, overrides });
+  } catch {
+    return null;
+  }
+}
+
 export function changedValues(loaded: LoadedConfig): Array<{ path: string; value: unknown; origin: string }> {
   const defaults = configSchema.parse({}) as Config;
   defaults.policy.actions = effectiveActions(defaults.policy.actions);

@@ -3,7 +3,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, loadConfigDetailed, changedValues, ConfigError, PACKAGE_ROOT } from '../../src/config/load.js';
+import { loadConfig, loadConfigDetailed, loadForAdmin, changedValues, ConfigError, PACKAGE_ROOT } from '../../src/config/load.js';
 
 const root = mkdtempSync(join(tmpdir(), 'dlp-cfgsrc-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -100,5 +100,27 @@ describe('config provenance', () => {
   it('check-config --changed names a moved stateDir and who moved it, and not every directory under it', () => {
     const changed = changedValues(loadConfigDetailed({ file: '/dev/null', env: { DLP_RELAY_STATE_DIR: join(root, 'elsewhere') } }));
     expect(changed).toEqual([{ path: 'stateDir', value: join(root, 'elsewhere'), origin: 'DLP_RELAY_STATE_DIR' }]);
+  });
+
+  it('admin commands still get the admin address from a file whose other values are broken, never when admin.* is', () => {
+    const f = join(root, 'broken.yaml');
+    writeFileSync(f, 'policy:\n  onDlpError: maybe\nadmin:\n  port: 9911\n');
+    let problems: ConfigError['problems'] = [];
+    try {
+      loadConfigDetailed({ file: f });
+    } catch (e) {
+      problems = (e as ConfigError).problems;
+    }
+    expect(problems.map((p) => p.path)).toEqual(['policy.onDlpError']);
+    const lenient = loadForAdmin({ file: f }, problems);
+    expect(lenient?.config.admin.port).toBe(9911);
+    expect(lenient?.config.policy.onDlpError).toBe('tempfail');
+    writeFileSync(f, 'admin:\n  port: nine\n');
+    try {
+      loadConfigDetailed({ file: f });
+    } catch (e) {
+      problems = (e as ConfigError).problems;
+    }
+    expect(loadForAdmin({ file: f }, problems)).toBeNull();
   });
 });
