@@ -454,7 +454,9 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     };
 
     // Workers have no admin listener: the supervisor serves it for the whole cluster.
-    const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => ingress.draining, spoolDir, daemon });
+    // Set by stop() before the drain: /readyz fails while sessions are still served (limits.drainDelayMs).
+    let unready = false;
+    const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => unready || ingress.draining, spoolDir, daemon });
 
     const smtp = await listenNamed('SMTP', c.listen.host, c.listen.port, () => ingress.listen());
     return {
@@ -472,6 +474,13 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       reload,
       status,
       async stop(graceMs = c.limits.shutdownGraceMs) {
+        // Readiness first: a balancer stops sending new sessions while we still serve them, so none is
+        // refused with 421 during a rolling restart. A cluster's supervisor waits for its workers instead.
+        unready = true;
+        if (!worker && c.limits.drainDelayMs > 0) {
+          logger.info({ event: 'unready', drainDelayMs: c.limits.drainDelayMs }, `readiness off, still serving for ${c.limits.drainDelayMs} ms before the drain`);
+          await new Promise((r) => setTimeout(r, c.limits.drainDelayMs));
+        }
         // Ingress first (finish messages in flight), then everything it used, in reverse order of start.
         await ingress.close(graceMs);
         await runStops(stops, logger);

@@ -73,6 +73,7 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
   // Several UCWI servers from the environment: comma-separated, equal priority (shared).
   { name: 'DLP_RELAY_UCWI_URL', apply: (raw, v) => setPath(raw, ['ucwi', 'url'], v.includes(',') ? v.split(',').map((u) => u.trim()).filter(Boolean) : v) },
   { name: 'DLP_RELAY_UCWI_TIMEOUT_MS', apply: (raw, v) => num(raw, ['ucwi', 'timeouts', 'deadlineMs'], v) },
+  { name: 'DLP_RELAY_DRAIN_DELAY_MS', apply: (raw, v) => num(raw, ['limits', 'drainDelayMs'], v) },
   { name: 'DLP_RELAY_DATA_DEADLINE_MS', apply: (raw, v) => num(raw, ['limits', 'dataDeadlineMs'], v) },
   { name: 'DLP_RELAY_ON_DLP_ERROR', apply: (raw, v) => setPath(raw, ['policy', 'onDlpError'], v) },
   { name: 'DLP_RELAY_QUARANTINE_DIR', apply: (raw, v) => setPath(raw, ['quarantine', 'dir'], v) },
