@@ -11,7 +11,9 @@ import { UcwiClient, type UcwiObserver } from './dlp/client.js';
 import { Ingress } from './ingress/server.js';
 import { UserDb } from './ingress/auth.js';
 import { recoverStores } from './recovery/startup.js';
-import { NextHopPool, type DeliveryReport, type NextHopOptions } from './egress/pool.js';
+import type { DeliveryReport, NextHopOptions } from './egress/pool.js';
+import { NextHopGroup, type NextHopEndpoint } from './egress/next-hops.js';
+import type { UcwiEndpoint } from './dlp/client.js';
 import type { Envelope } from './smtp/envelope.js';
 import { LocalOutbox } from './egress/outbox.js';
 import { createQuarantineStore, startRetention, createNotifier, type QuarantineStore, type OperationsContext, type DeliverFn, type RescanFn, type Notifier } from './quarantine/index.js';
@@ -65,11 +67,23 @@ export interface StartOptions {
   worker?: { index: number };
 }
 
-export function nextHopOptions(c: FrozenConfig): NextHopOptions {
+/** The next hops: nextHop.endpoints, or the single host/port (priority 10); empty when mail goes to the outbox. */
+export function nextHopEndpoints(c: FrozenConfig): NextHopEndpoint[] {
+  const n = c.nextHop;
+  if (n.endpoints.length) return n.endpoints.map((e) => ({ host: e.host, port: e.port ?? n.port, priority: e.priority }));
+  return n.host ? [{ host: n.host, port: n.port, priority: 10 }] : [];
+}
+
+/** ucwi.url as a list of servers (priority 10 where none is given), or null for the embedded engine. */
+export function ucwiEndpoints(c: FrozenConfig): UcwiEndpoint[] | null {
+  const u = c.ucwi.url;
+  if (u === null) return null;
+  return (typeof u === 'string' ? [u] : u).map((e) => (typeof e === 'string' ? { url: e, priority: 10 } : { url: e.url, priority: e.priority }));
+}
+
+export function nextHopOptions(c: FrozenConfig): Omit<NextHopOptions, 'host' | 'port'> {
   const n = c.nextHop;
   return {
-    host: n.host!,
-    port: n.port,
     secure: n.secure,
     starttls: n.starttls,
     tls: {
@@ -97,16 +111,17 @@ export interface AppDeliverer {
   kind: 'next-hop' | 'outbox';
   describe: string;
   deliver(env: Envelope, open: () => Readable, signal: AbortSignal): Promise<DeliveryReport>;
-  verify(signal: AbortSignal): Promise<void>;
+  verify(signal: AbortSignal): Promise<void | string>;
   close(): Promise<void>;
-  pool: NextHopPool | null;
+  pool: NextHopGroup | null;
   outbox: LocalOutbox | null;
 }
 
 /** The deliverer for accepted mail: the next hop when configured, else the local outbox directory. */
 export function createDeliverer(c: FrozenConfig, logger: Logger): AppDeliverer {
-  if (c.nextHop.host) {
-    const pool = new NextHopPool(nextHopOptions(c), logger.child({ component: 'egress' }));
+  const hops = nextHopEndpoints(c);
+  if (hops.length) {
+    const pool = new NextHopGroup(hops, nextHopOptions(c), logger.child({ component: 'egress' }), { ...c.nextHop.backoff });
     return {
       kind: 'next-hop',
       describe: pool.describe,
@@ -139,7 +154,8 @@ export function createDeliverer(c: FrozenConfig, logger: Logger): AppDeliverer {
 /** Starts the embedded engine when no UCWI URL is configured, and returns the client either way. */
 export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer?: ConstructorParameters<typeof UcwiClient>[2]): Promise<{ client: UcwiClient; sim: UcwiSim | null; baseUrl: string }> {
   let sim: UcwiSim | null = null;
-  let baseUrl = c.ucwi.url;
+  const servers = ucwiEndpoints(c);
+  let baseUrl = servers?.map((e) => e.url).join(', ') ?? null;
   let accessKey = c.secrets.ucwiAccessKey ?? '';
   let secretKey = c.secrets.ucwiSecretKey ?? '';
   if (!baseUrl) {
@@ -150,7 +166,7 @@ export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer
     baseUrl = sim.url;
   }
   const client = new UcwiClient(
-    { baseUrl, protocol: c.ucwi.protocol, accessKey, secretKey, tls: { ...c.ucwi.tls }, timeouts: { ...c.ucwi.timeouts }, maxConcurrent: c.ucwi.maxConcurrent, queueTimeoutMs: c.ucwi.queueTimeoutMs, keepAliveMs: c.ucwi.keepAliveMs },
+    { baseUrl: servers ?? baseUrl, backoff: { ...c.ucwi.backoff }, protocol: c.ucwi.protocol, accessKey, secretKey, tls: { ...c.ucwi.tls }, timeouts: { ...c.ucwi.timeouts }, maxConcurrent: c.ucwi.maxConcurrent, queueTimeoutMs: c.ucwi.queueTimeoutMs, keepAliveMs: c.ucwi.keepAliveMs },
     logger.child({ component: 'ucwi' }),
     observer,
   );
@@ -314,6 +330,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     if (worker) metrics.shareWithSupervisor();
 
     const { ucwi, sim, baseUrl, deliverer, ops } = await openClients(c, logger, stops, quarantine, metrics.ucwiObserver());
+    metrics.watchUpstreams(() => [...(deliverer.pool?.statuses() ?? []), ...ucwi.statuses()]);
     const makeNotifier = (n: FrozenConfig): Promise<Notifier> =>
       createNotifier(
         {
@@ -443,7 +460,9 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     };
 
     // Workers have no admin listener: the supervisor serves it for the whole cluster.
-    const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => ingress.draining, spoolDir, daemon, confirm });
+    // Set by stop() before the drain: /readyz fails while sessions are still served (limits.drainDelayMs).
+    let unready = false;
+    const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => unready || ingress.draining, spoolDir, daemon, confirm });
 
     const smtp = await listenNamed('SMTP', c.listen.host, c.listen.port, () => ingress.listen());
     return {
@@ -461,6 +480,13 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       reload,
       status,
       async stop(graceMs = c.limits.shutdownGraceMs) {
+        // Readiness first: a balancer stops sending new sessions while we still serve them, so none is
+        // refused with 421 during a rolling restart. A cluster's supervisor waits for its workers instead.
+        unready = true;
+        if (!worker && c.limits.drainDelayMs > 0) {
+          logger.info({ event: 'unready', drainDelayMs: c.limits.drainDelayMs }, `readiness off, still serving for ${c.limits.drainDelayMs} ms before the drain`);
+          await new Promise((r) => setTimeout(r, c.limits.drainDelayMs));
+        }
         // Ingress first (finish messages in flight), then everything it used, in reverse order of start.
         await ingress.close(graceMs);
         await runStops(stops, logger);

@@ -100,6 +100,11 @@ export async function startCluster(c: FrozenConfig, logger: Logger): Promise<Run
   const stopWorkers = async (graceMs: number): Promise<void> => {
     stopping = true;
     supervisor.drain();
+    // /readyz now fails while the workers still serve: the balancer stops sending before they drain.
+    if (graceMs > 0 && c.limits.drainDelayMs > 0) {
+      logger.info({ event: 'unready', drainDelayMs: c.limits.drainDelayMs }, `readiness off, still serving for ${c.limits.drainDelayMs} ms before the drain`);
+      await new Promise((r) => setTimeout(r, c.limits.drainDelayMs));
+    }
     const running = [...slots.values()].filter(alive);
     for (const w of running) w.process.kill('SIGTERM');
     // Each worker bounds its own shutdown (grace + a hard exit); this bound only guards against a hung one.

@@ -115,7 +115,7 @@ export function buildProgram(): Command {
         // A cluster worker: same config, SMTP only; the supervisor printed the banner and forwards SIGHUP.
         const relay = await startWorker(cfg, logger, index, { reloadConfig, configFile: loaded.file }).catch(cannotStart);
         onReload(relay, logger);
-        onShutdown(logger, () => relay.stop(grace), grace + 15_000);
+        onShutdown(logger, () => relay.stop(grace), grace + cfg.limits.drainDelayMs + 15_000);
         return;
       }
       if (cfg.smtp.workers > 1) {
@@ -143,7 +143,7 @@ export function buildProgram(): Command {
           ].join('\n') + '\n',
         );
         logger.info({ event: 'started', smtp: running.smtp, workers: Object.fromEntries(running.workers()), ucwi: maskUrl(sup.ucwiUrl), delivery: sup.delivery }, 'dlp-relay started');
-        onShutdown(logger, () => running.stop(grace), grace + 30_000);
+        onShutdown(logger, () => running.stop(grace), grace + cfg.limits.drainDelayMs + 30_000);
         return;
       }
       const relay = await startRelay(cfg, logger, { reloadConfig, configFile: loaded.file }).catch(cannotStart);
@@ -163,7 +163,7 @@ export function buildProgram(): Command {
       process.stderr.write(lines.join('\n') + '\n');
       logger.info({ event: 'started', version: VERSION, config: loaded.file ?? null, smtp: relay.smtp, ucwi: maskUrl(relay.ucwiUrl), embeddedDlp: relay.embeddedDlp, delivery: relay.delivery }, 'dlp-relay started');
       onReload(relay, logger);
-      onShutdown(logger, () => relay.stop(grace), grace + 15_000);
+      onShutdown(logger, () => relay.stop(grace), grace + cfg.limits.drainDelayMs + 15_000);
     });
 
   program

@@ -70,8 +70,10 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
   { name: 'DLP_RELAY_LISTEN', apply: hostPortAt('listen') },
   { name: 'DLP_RELAY_NEXT_HOP', apply: hostPortAt('nextHop') },
   { name: 'DLP_RELAY_NEXT_HOP_USER', apply: (raw, v) => setPath(raw, ['nextHop', 'authUser'], v) },
-  { name: 'DLP_RELAY_UCWI_URL', apply: (raw, v) => setPath(raw, ['ucwi', 'url'], v) },
+  // Several UCWI servers from the environment: comma-separated, equal priority (shared).
+  { name: 'DLP_RELAY_UCWI_URL', apply: (raw, v) => setPath(raw, ['ucwi', 'url'], v.includes(',') ? v.split(',').map((u) => u.trim()).filter(Boolean) : v) },
   { name: 'DLP_RELAY_UCWI_TIMEOUT_MS', apply: (raw, v) => num(raw, ['ucwi', 'timeouts', 'deadlineMs'], v) },
+  { name: 'DLP_RELAY_DRAIN_DELAY_MS', apply: (raw, v) => num(raw, ['limits', 'drainDelayMs'], v) },
   { name: 'DLP_RELAY_DATA_DEADLINE_MS', apply: (raw, v) => num(raw, ['limits', 'dataDeadlineMs'], v) },
   { name: 'DLP_RELAY_ON_DLP_ERROR', apply: (raw, v) => setPath(raw, ['policy', 'onDlpError'], v) },
   { name: 'DLP_RELAY_QUARANTINE_DIR', apply: (raw, v) => setPath(raw, ['quarantine', 'dir'], v) },
@@ -297,6 +299,10 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
       if (c.secrets[key] !== null && Buffer.byteLength(c.secrets[key]) < 16) problems.push({ path, message: 'a loop header key must be at least 16 bytes (32 random bytes, e.g. `openssl rand -base64 32`)' });
     if ((c.secrets.loopPreviousKey !== null) !== (loop.previousKeyUntil !== null))
       problems.push({ path: 'policy.loop.previousKeyUntil', message: 'the previous loop key (policy.loop.previousKeyFile or DLP_RELAY_LOOP_PREVIOUS_KEY) and previousKeyUntil go together' });
+    if (c.nextHop.host !== null && c.nextHop.endpoints.length > 0)
+      problems.push({ path: 'nextHop.endpoints', message: 'list the next hops either as nextHop.host/port or as nextHop.endpoints, not both' });
+    if (c.nextHop.backoff.maxMs < c.nextHop.backoff.initialMs) problems.push({ path: 'nextHop.backoff.maxMs', message: 'must be at least initialMs' });
+    if (c.ucwi.backoff.maxMs < c.ucwi.backoff.initialMs) problems.push({ path: 'ucwi.backoff.maxMs', message: 'must be at least initialMs' });
     if (c.nextHop.secure && c.nextHop.starttls === 'required')
       problems.push({ path: 'nextHop.starttls', message: 'implicit TLS (secure: true) and STARTTLS exclude each other' });
   }

@@ -6,6 +6,10 @@ import { casSettingsSchema } from '../cas/trigger.js';
 const ms = (def: number, max = 3_600_000) => z.number().int().min(1).max(max).default(def);
 const port = z.number().int().min(0).max(65535);
 const hostPort = z.object({ host: z.string().min(1), port }).strict();
+const ucwiUrl = z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL with the scheme written out, e.g. https://ucwi.example:5443' });
+/** MX-style preference of an upstream endpoint. */
+const priority = z.number().int().min(0).max(65535).default(10);
+const backoff = () => z.object({ initialMs: ms(5_000, 600_000), maxMs: ms(60_000, 3_600_000) }).strict().prefault({});
 const nullableString = z.string().min(1).nullable().default(null);
 
 /** What the relay does with a message; see src/policy for the semantics. */
@@ -136,6 +140,11 @@ export const configSchema = z
         dataDeadlineMs: ms(60_000, 600_000),
         /** On SIGTERM: time for messages already past the final dot to finish before the rest get 421. */
         shutdownGraceMs: ms(20_000, 600_000),
+        /**
+         * On SIGTERM, before the drain: /readyz answers 503 for this long while new sessions are still
+         * served, so a load balancer (or Kubernetes endpoints) stops sending first. 0: drain at once.
+         */
+        drainDelayMs: z.number().int().min(0).max(300_000).default(0),
       })
       .strict()
       .prefault({}),
@@ -143,7 +152,13 @@ export const configSchema = z
     ucwi: z
       .object({
         /** Base URL of the UCWI server, e.g. https://ucwi.example:5443. null: start the embedded engine on loopback. */
-        url: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL with the scheme written out, e.g. https://ucwi.example:5443' }).nullable().default(null),
+        /**
+         * Or a list of them, each a URL or { url, priority }: lowest priority first, equal ones share the load
+         * (default priority 10 for all, i.e. shared). A scan moves to the next server only when no answer came.
+         */
+        url: z.union([ucwiUrl, z.array(z.union([ucwiUrl, z.object({ url: ucwiUrl, priority: priority }).strict()])).min(1).max(32)]).nullable().default(null),
+        /** Down period of a failing UCWI server before it is probed again (doubled per failed probe, up to maxMs). */
+        backoff: backoff(),
         /** Path segment after /channel/email/: the vendor docs name only SMTP. */
         protocol: z.string().regex(/^[A-Za-z0-9_-]+$/).default('smtp'),
         /** Secrets are never read from this file: environment or files only. */
@@ -231,9 +246,19 @@ export const configSchema = z
       .prefault({}),
     nextHop: z
       .object({
-        /** null: no next hop, accepted mail goes to the local outbox directory. */
+        /** null: no next hop, accepted mail goes to the local outbox directory (unless endpoints are listed). */
         host: z.string().min(1).nullable().default(null),
         port: port.default(25),
+        /**
+         * Several next hops instead of host/port, MX-style: lowest priority first, equal ones share the load.
+         * A transaction moves to the next one only before MAIL was accepted (never after the final dot).
+         */
+        endpoints: z
+          .array(z.object({ host: z.string().min(1), port: port.optional(), priority: priority }).strict())
+          .max(32)
+          .default([]),
+        /** Down period of a failing next hop before it is probed again (doubled per failed probe, up to maxMs). */
+        backoff: backoff(),
         secure: z.boolean().default(false),
         starttls: z.enum(['opportunistic', 'required', 'off']).default('opportunistic'),
         tls: z

@@ -8,14 +8,24 @@ import { ucwiAuthHeaders } from './auth.js';
 import { parseUcwiResponse, type DlpParsed, type DlpErrorClass } from './parse.js';
 import { Semaphore } from '../util/semaphore.js';
 import { OutageLog, type OutageState } from '../observability/outage.js';
+import { EndpointSet, type BackoffOptions, type Endpoint, type EndpointStatus } from '../egress/endpoints.js';
 
 /** Failures that mean UCWI (or our credentials or clock) is broken, as opposed to one odd message. */
 const OUTAGE_CLASSES: ReadonlySet<DlpErrorClass> = new Set(['auth', 'server_error', 'timeout', 'unreachable', 'bad_response']);
 /** UCWI refuses signatures whose timestamp is more than 5 minutes off its clock. */
 const MAX_CLOCK_SKEW_S = 300;
 
+/** One UCWI server of several: lowest priority first, equal ones share the load. */
+export interface UcwiEndpoint {
+  url: string;
+  priority: number;
+}
+
 export interface UcwiClientOptions {
-  baseUrl: string;
+  /** One server's base URL, or several with priorities (failover: see UcwiClient.call). */
+  baseUrl: string | readonly UcwiEndpoint[];
+  /** Down period of a failing server before it is probed again. */
+  backoff?: BackoffOptions;
   protocol: string;
   accessKey: string;
   secretKey: string;
@@ -48,12 +58,19 @@ export interface UcwiObserver {
   onEnd?(r: InspectResult): void;
 }
 
+/** One UCWI server: its own connection pool, so a dead server's sockets never block a live one's. */
+interface Server {
+  pool: Pool;
+  basePath: string;
+  path: string;
+}
+
+/** Failures where no answer came back: the scan may be repeated on another server (see call()). */
+const NO_ANSWER_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+
 export class UcwiClient {
-  private readonly pool: Pool;
+  private readonly servers: EndpointSet<Server>;
   private readonly slots: Semaphore;
-  private readonly path: string;
-  private readonly origin: string;
-  private readonly basePath: string;
   private readonly outage: OutageLog;
 
   constructor(
@@ -61,13 +78,19 @@ export class UcwiClient {
     private readonly logger: Logger,
     private readonly observer: UcwiObserver = {},
   ) {
-    const u = new URL(opts.baseUrl);
-    this.origin = u.origin;
-    this.basePath = u.pathname.replace(/\/+$/, '');
-    this.path = `${this.basePath}/skg/v1/dlp/channel/email/${encodeURIComponent(opts.protocol)}/sync`;
     this.slots = new Semaphore(opts.maxConcurrent);
     this.outage = new OutageLog(logger, 'UCWI');
-    this.pool = new Pool(this.origin, {
+    const list = typeof opts.baseUrl === 'string' ? [{ url: opts.baseUrl, priority: 10 }] : opts.baseUrl;
+    const endpoints: Array<Endpoint<Server>> = list.map((e) => ({ name: new URL(e.url).origin, priority: e.priority, target: this.server(e.url) }));
+    this.servers = new EndpointSet('UCWI', endpoints, (server, signal) => this.probeOne(server, signal), logger, opts.backoff);
+  }
+
+  private server(baseUrl: string): Server {
+    const opts = this.opts;
+    const u = new URL(baseUrl);
+    const basePath = u.pathname.replace(/\/+$/, '');
+    const path = `${basePath}/skg/v1/dlp/channel/email/${encodeURIComponent(opts.protocol)}/sync`;
+    const pool = new Pool(u.origin, {
       connections: opts.maxConcurrent,
       connectTimeout: opts.timeouts.connectMs,
       headersTimeout: opts.timeouts.headersMs,
@@ -78,6 +101,12 @@ export class UcwiClient {
         ...(opts.tls.caFile ? { ca: readFileSync(opts.tls.caFile) } : {}),
       },
     });
+    return { pool, basePath, path };
+  }
+
+  /** Each server's state, for /metrics and /readyz. */
+  statuses(): EndpointStatus[] {
+    return this.servers.statuses();
   }
 
   get inFlight(): number {
@@ -122,6 +151,41 @@ export class UcwiClient {
       return { ok: false, errorClass: 'saturated', detail: `no free UCWI slot within the deadline (${this.opts.maxConcurrent} in flight)` };
     }
     try {
+      return await this.callServers(req, signal);
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * The failover rule for scans: the next server is asked only when this one gave NO answer: connection
+   * refused/reset/unreachable, connect timeout, or no response headers within timeouts.headersMs after the
+   * request was sent. A scan changes nothing by itself (the relay acts on the verdict), so the only possible
+   * duplicate is a second incident record at the DLP side, under the same queryID. Once a response
+   * started (any HTTP status, a body timeout, a malformed answer) it is final: retrying would only hide a
+   * broken server. All attempts share the message's one deadline (timeouts.deadlineMs), so keep
+   * headersMs well below it when listing several servers.
+   */
+  private async callServers(req: InspectRequest, signal: AbortSignal): Promise<DlpParsed> {
+    const order = this.servers.order();
+    for (const [i, e] of order.entries()) {
+      try {
+        const parsed = await this.callOne(e.target, req, signal);
+        if (parsed.ok || parsed.errorClass !== 'server_error') this.servers.succeeded(e);
+        return parsed;
+      } catch (err) {
+        if (signal.aborted || !noAnswer(err)) throw err;
+        this.servers.failed(e, describeError(err));
+        if (i === order.length - 1) throw err;
+        this.servers.failedOver(e);
+        this.logger.info({ queryId: req.queryId, endpoint: e.name, next: order[i + 1]!.name, err: describeError(err) }, 'UCWI server gave no answer, asking the next one');
+      }
+    }
+    throw new Error('no UCWI server to ask');
+  }
+
+  private async callOne(server: Server, req: InspectRequest, signal: AbortSignal): Promise<DlpParsed> {
+    {
       const boundary = `----dlp-relay-${randomBytes(12).toString('hex')}`;
       // An md5 that does not describe the uploaded bytes would be worse than none, so an unknown one is left out, never sent as "".
       const metadata = JSON.stringify({ sender: req.sender, recipients: req.recipients, queryID: req.queryId, ...(req.md5 ? { md5: req.md5 } : {}) });
@@ -131,8 +195,8 @@ export class UcwiClient {
           `Content-Type: message/rfc822\r\n\r\n`,
       );
       const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
-      const res = await this.pool.request({
-        path: this.path,
+      const res = await server.pool.request({
+        path: server.path,
         method: 'POST',
         headers: {
           ...ucwiAuthHeaders(this.opts.accessKey, this.opts.secretKey),
@@ -155,8 +219,6 @@ export class UcwiClient {
         chunks.push(chunk as Buffer);
       }
       return parseUcwiResponse(res.statusCode, Buffer.concat(chunks).toString('utf8'));
-    } finally {
-      release();
     }
   }
 
@@ -190,8 +252,12 @@ export class UcwiClient {
    * (401/403) or our clock, or answering 5xx, fails every message with 451, so it fails readiness
    * with that reason. The answer's Date header shows a skewed clock before UCWI starts refusing.
    */
-  async probe(signal?: AbortSignal): Promise<void> {
-    const res = await this.pool.request({ path: `${this.basePath}/skg/v1/dlp/channel`, method: 'GET', headers: ucwiAuthHeaders(this.opts.accessKey, this.opts.secretKey), signal: signal ?? AbortSignal.timeout(this.opts.timeouts.connectMs) });
+  probe(signal?: AbortSignal): Promise<string> {
+    return this.servers.probeAll(signal ?? AbortSignal.timeout(this.opts.timeouts.connectMs));
+  }
+
+  private async probeOne(server: Server, signal: AbortSignal): Promise<void> {
+    const res = await server.pool.request({ path: `${server.basePath}/skg/v1/dlp/channel`, method: 'GET', headers: ucwiAuthHeaders(this.opts.accessKey, this.opts.secretKey), signal });
     await res.body.dump();
     const date = Date.parse(String(res.headers['date'] ?? ''));
     const skewS = Number.isNaN(date) ? 0 : Math.round((Date.now() - date) / 1000);
@@ -203,8 +269,21 @@ export class UcwiClient {
   }
 
   async close(): Promise<void> {
-    await this.pool.close();
+    this.servers.close();
+    await Promise.all(this.servers.endpoints.map((e) => e.target.pool.close()));
   }
+}
+
+/** True when the request got no answer at all (see callServers for why only then another server is asked). */
+function noAnswer(err: unknown): boolean {
+  if (err instanceof undiciErrors.ConnectTimeoutError || err instanceof undiciErrors.HeadersTimeoutError) return true;
+  const code = (err as NodeJS.ErrnoException | null)?.code ?? '';
+  return NO_ANSWER_CODES.has(code);
+}
+
+function describeError(err: unknown): string {
+  const e = err as NodeJS.ErrnoException | null;
+  return `${e?.code ?? e?.name ?? 'error'}: ${e?.message ?? String(err)}`;
 }
 
 /** Socket writes of at least this much (except the last): a small message goes out as one write. */

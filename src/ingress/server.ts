@@ -7,7 +7,8 @@ import { SpoolFilePool } from '../spool/spool.js';
 import type { PipelineDeps, Outcome } from '../pipeline/process.js';
 import { catalogueReply, nextHopFailureReply, type SmtpReply } from '../errors.js';
 import { NetworkList } from '../util/cidr.js';
-import type { NextHopPool, NextHopTransaction } from '../egress/pool.js';
+import type { NextHopTransaction } from '../egress/pool.js';
+import type { NextHopGroup } from '../egress/next-hops.js';
 import { DeliveryError, passThrough } from '../egress/next-hop-errors.js';
 import type { LocalOutbox } from '../egress/outbox.js';
 import type { UserDb } from './auth.js';
@@ -40,7 +41,7 @@ export interface IngressOptions {
   auth?: { users: UserDb; required: boolean; maxFailures: number } | undefined;
   spoolDir: string;
   /** Where relayed mail goes: a next hop in lockstep, or else the local outbox. */
-  delivery: { pool: NextHopPool; outbox?: undefined } | { pool?: undefined; outbox: LocalOutbox };
+  delivery: { pool: NextHopGroup; outbox?: undefined } | { pool?: undefined; outbox: LocalOutbox };
 }
 
 /** Observers for metrics; every member optional. */

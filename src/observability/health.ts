@@ -5,7 +5,8 @@ export interface CheckResult {
   ms: number;
 }
 export type ReadyReport = { ready: boolean; checks: Record<string, CheckResult> };
-export type Check = (signal: AbortSignal) => Promise<void>;
+/** A check passes by resolving; a string it resolves with is its detail (several endpoints, one line each). */
+export type Check = (signal: AbortSignal) => Promise<void | string>;
 
 /**
  * Runs every check at once, each within `timeoutMs`. Results are cached for `cacheMs` so a load
@@ -21,14 +22,14 @@ export function createReadiness(checks: Record<string, Check>, opts: { timeoutMs
         const t0 = performance.now();
         const signal = AbortSignal.timeout(timeoutMs);
         try {
-          await Promise.race([
+          const detail = await Promise.race([
             check(signal),
             new Promise((_, reject) => signal.addEventListener('abort', () => reject(new Error(`no answer within ${timeoutMs} ms`)), { once: true })),
           ]);
-          return [name, { ok: true, detail: 'ok', ms: Math.round(performance.now() - t0) }];
+          return [name, { ok: true, detail: typeof detail === 'string' ? detail.slice(0, 1000) : 'ok', ms: Math.round(performance.now() - t0) }];
         } catch (err) {
           // Detail is an error message, never a secret: the checks only connect and write probe files.
-          return [name, { ok: false, detail: (err as Error).message.slice(0, 200), ms: Math.round(performance.now() - t0) }];
+          return [name, { ok: false, detail: (err as Error).message.slice(0, 1000), ms: Math.round(performance.now() - t0) }];
         }
       }),
     );

@@ -4,6 +4,7 @@ import type { IngressObserver } from '../ingress/server.js';
 import type { UcwiObserver } from '../dlp/client.js';
 import { replyClass } from '../errors.js';
 import { maskSecrets } from '../util/mask.js';
+import type { EndpointStatus } from '../egress/endpoints.js';
 
 /** Seconds buckets from 1 ms to 60 s: UCWI and next hops live between a few ms and the deadline. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -46,6 +47,47 @@ export class Metrics implements MetricsRenderer {
     this.refused = new Counter({ name: 'dlp_relay_connections_refused_total', help: 'Sessions refused at connect, by reason', labelNames: ['reason'], registers: [r] });
     this.messageBytes = new Counter({ name: 'dlp_relay_message_bytes_total', help: 'Bytes of messages received', registers: [r] });
     if (opts.storeGauges !== false) registerStoreGauges(r, sources);
+  }
+
+  /**
+   * Each upstream endpoint (next hops, UCWI servers): up or down, failures and failovers. Read at scrape
+   * time; across cluster workers "up" is the minimum (down in any worker shows), the counts are summed.
+   */
+  watchUpstreams(statuses: () => EndpointStatus[]): void {
+    const r = this.registry;
+    const labelNames = ['kind', 'endpoint', 'priority'] as const;
+    const labels = (s: EndpointStatus) => ({ kind: s.kind, endpoint: s.endpoint, priority: String(s.priority) });
+    new Gauge({
+      name: 'dlp_relay_upstream_up',
+      help: 'Upstream endpoint state: 1 in service, 0 marked down (skipped until its back-off ends and a probe answers)',
+      labelNames,
+      aggregator: 'min',
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const s of statuses()) this.set(labels(s), s.up ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'dlp_relay_upstream_failures',
+      help: 'Failures of an upstream endpoint since start (transactions and probes)',
+      labelNames,
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const s of statuses()) this.set(labels(s), s.failures);
+      },
+    });
+    new Gauge({
+      name: 'dlp_relay_upstream_failovers',
+      help: 'Transactions that moved from this endpoint to the next one since start',
+      labelNames,
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const s of statuses()) this.set(labels(s), s.failovers);
+      },
+    });
   }
 
   /** In a cluster worker: answer the supervisor's metric requests (prom-client's IPC) with this registry. */
