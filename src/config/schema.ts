@@ -9,7 +9,7 @@ const hostPort = z.object({ host: z.string().min(1), port }).strict();
 const nullableString = z.string().min(1).nullable().default(null);
 
 /** What the relay does with a message; see src/policy for the semantics. */
-export const actionName = z.enum(['relay', 'relay_with_headers', 'reject', 'tempfail', 'quarantine']);
+export const actionName = z.enum(['relay', 'relay_with_headers', 'reject', 'tempfail', 'quarantine', 'remove_attachments']);
 
 const actionSpec = z
   .object({
@@ -193,11 +193,24 @@ export const configSchema = z
             queryId: headerName.default('X-DLP-Query-ID'),
             actionCode: headerName.default('X-DLP-Action-Code'),
             action: headerName.default('X-DLP-Action'),
+            /** remove_attachments: how many attachments were replaced by a note. */
+            removedCount: headerName.default('X-DLP-Attachments-Removed'),
           })
           .strict()
           .prefault({}),
         encryptionHeader: z
           .object({ name: headerName.default('X-DLP-Encrypt'), value: z.string().min(1).default('required') })
+          .strict()
+          .prefault({}),
+        /** remove_attachments (actionCode 4 by default). */
+        attachments: z
+          .object({
+            /** Images an HTML body shows inline (multipart/related, Content-ID) are removed too. */
+            removeInlineImages: z.boolean().default(false),
+            /** A message deeper or with more parts than this cannot be rewritten and is quarantined instead. */
+            maxParts: z.number().int().min(1).max(100_000).default(1000),
+            maxDepth: z.number().int().min(1).max(1000).default(32),
+          })
           .strict()
           .prefault({}),
         /** Our own mail domains; cas.exemptDomains defaults to them, so CAS never blocks our own users. */

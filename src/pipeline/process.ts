@@ -9,6 +9,8 @@ import { catalogueReply, nextHopFailureReply, RelayError, type SmtpReply } from 
 import type { MatchedPolicy, NewQuarantineRecord, QuarantineStore } from '../quarantine/types.js';
 import type { Envelope } from '../smtp/envelope.js';
 import { DeliveryError } from '../egress/next-hop-errors.js';
+import { MimeStructureError } from '../mime/scanner.js';
+import { planRemoval, removeAttachments, type RemovalOptions, type RemovedAttachment } from '../mime/strip.js';
 
 /**
  * Where this one message goes when the policy says relay: the next-hop transaction the session holds
@@ -161,10 +163,12 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
       return quarantine(deps, msg, decision, base, skip, signal);
     case 'relay':
       return relay(deps, msg, decision, base, skip, signal);
+    case 'remove-attachments':
+      return removeAndRelay(deps, msg, decision, base, skip, signal);
   }
 }
 
-async function quarantine(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'quarantine' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+async function quarantine(deps: PipelineDeps, msg: MessageInput, decision: { label: string; reply: SmtpReply; reason: string }, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
   const t0 = performance.now();
   try {
     await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, decision.reason, base.policies), () => msg.spool.open({ prepend: msg.trace, skip }));
@@ -202,13 +206,17 @@ function quarantineRecord(deps: PipelineDeps, msg: MessageInput, actionCode: num
   };
 }
 
-async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'relay' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+async function relay(deps: PipelineDeps, msg: MessageInput, decision: { label: string; headers: Array<[string, string]> }, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal, rewrite?: (source: Readable) => Readable): Promise<Partial_> {
   const sealed = deps.loopGuard.seal(decision.headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId);
   const prepend = Buffer.concat([msg.trace, renderHeaders(sealed)]);
   const t0 = performance.now();
   const isLocal = msg.sink.kind === 'outbox';
+  const open = (): Readable => {
+    const source = msg.spool.open({ prepend, skip });
+    return rewrite ? rewrite(source) : source;
+  };
   try {
-    const reply = await msg.sink.deliver(() => msg.spool.open({ prepend, skip }), signal);
+    const reply = await msg.sink.deliver(open, signal);
     const ok = reply.code < 300;
     return {
       ...base,
@@ -230,4 +238,48 @@ async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<De
       detail: err instanceof DeliveryError ? (err.response ?? err.message) : (err as Error).message,
     };
   }
+}
+
+/**
+ * actionCode 4 (by default): a dry run of the rewrite first, so a message whose MIME cannot be rewritten
+ * safely is quarantined before any byte goes out; then the original is stored as evidence (an admin can
+ * release it whole); then the rewritten copy is relayed through the same sink, streamed from the spool.
+ * If the relay does not end in 2xx the client keeps the message and will retry, so the evidence copy is
+ * taken back, as a quarantine written after the deadline is.
+ */
+async function removeAndRelay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'remove-attachments' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+  const opts: RemovalOptions = { queryId: msg.queryId, ...deps.policy.attachments };
+  let removed: RemovedAttachment[];
+  try {
+    ({ removed } = await planRemoval(msg.spool.open({ skip }), opts, signal));
+  } catch (err) {
+    if (signal.aborted) throw signal.reason;
+    if (!(err instanceof MimeStructureError)) {
+      deps.logger.error({ err, queryId: msg.queryId }, 'attachment removal failed');
+      return { ...base, reply: catalogueReply('INTERNAL', msg.queryId), action: 'tempfail-internal', relayMs: null, errorClass: 'internal', detail: (err as Error).message };
+    }
+    // Never let an attachment through: what we cannot rewrite is held whole.
+    const held = await quarantine(deps, msg, { label: 'quarantine-unremovable', reply: decision.quarantineReply, reason: `attachments-unremovable:${err.reason}` }, base, skip, signal);
+    return { ...held, detail: held.detail ?? err.message };
+  }
+  try {
+    await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, `evidence:${decision.reason}`, base.policies), () => msg.spool.open({ prepend: msg.trace, skip }));
+  } catch (err) {
+    deps.logger.error({ err, queryId: msg.queryId }, 'quarantine store failed (evidence copy)');
+    return { ...base, reply: catalogueReply('QUARANTINE_FAILED', msg.queryId), action: 'tempfail-quarantine-failed', relayMs: null, errorClass: 'quarantine', detail: (err as Error).message };
+  }
+  const headers: Array<[string, string]> = [...decision.headers, [deps.policy.verdictHeaders.removedCount, String(removed.length)]];
+  let out: Partial_;
+  try {
+    out = await relay(deps, msg, { label: decision.label, headers }, base, skip, signal, (source) => removeAttachments(source, opts));
+  } catch (err) {
+    await dropEvidence(deps, msg.queryId);
+    throw err;
+  }
+  if (out.reply.code >= 300) await dropEvidence(deps, msg.queryId);
+  return { ...out, detail: out.detail ?? `${removed.length} attachment(s) removed: ${removed.map((r) => r.filename ?? r.contentType).join(', ').slice(0, 300)}` };
+}
+
+async function dropEvidence(deps: PipelineDeps, queryId: string): Promise<void> {
+  await deps.quarantine.delete(queryId).catch((err: unknown) => deps.logger.error({ err, queryId }, 'could not remove the evidence copy of a message that was not relayed'));
 }

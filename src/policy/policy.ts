@@ -16,7 +16,9 @@ export type Decision =
   | { action: 'relay'; label: string; headers: Array<[string, string]> }
   | { action: 'reject'; label: string; reply: SmtpReply }
   | { action: 'tempfail'; label: string; reply: SmtpReply }
-  | { action: 'quarantine'; label: string; reply: SmtpReply; reason: string };
+  | { action: 'quarantine'; label: string; reply: SmtpReply; reason: string }
+  /** Relay a copy without its attachments (headers as for relay); the original goes to the quarantine as evidence. */
+  | { action: 'remove-attachments'; label: string; headers: Array<[string, string]>; reason: string; quarantineReply: SmtpReply };
 
 export interface PolicySettings {
   actions: Readonly<Record<string, ActionSpec>>;
@@ -24,7 +26,8 @@ export interface PolicySettings {
   onDlpError: 'tempfail' | 'relay' | 'quarantine';
   rejectText: string;
   quarantineText: string;
-  verdictHeaders: { queryId: string; actionCode: string; action: string };
+  verdictHeaders: { queryId: string; actionCode: string; action: string; removedCount: string };
+  attachments: { removeInlineImages: boolean; maxParts: number; maxDepth: number };
   encryptionHeader: { name: string; value: string };
   loop: { header: string };
 }
@@ -32,14 +35,14 @@ export interface PolicySettings {
 /**
  * The defaults of the action table (UCWI codes: 1 allow, 2 block, 3 confirm, 4 delete attachment,
  * 5 mail encryption, 6 quarantine, 7 endpoint system encryption, 8 mail content encryption,
- * 9 endpoint personal-key encryption). 3 needs a human, so it waits in quarantine; 4 too, until we
- * can strip attachments; 5 and 8 are handed to a downstream encryption gateway by header.
+ * 9 endpoint personal-key encryption). 3 needs a human, so it waits in quarantine; 4 relays a copy
+ * without its attachments; 5 and 8 are handed to a downstream encryption gateway by header.
  */
 export const DEFAULT_ACTIONS: Readonly<Record<string, ActionSpec>> = Object.freeze({
   '1': { action: 'relay' },
   '2': { action: 'reject', code: 550, enhanced: '5.7.1' },
   '3': { action: 'quarantine' },
-  '4': { action: 'quarantine' },
+  '4': { action: 'remove_attachments' },
   '5': { action: 'relay_with_headers' },
   '6': { action: 'quarantine' },
   '7': { action: 'relay' },
@@ -57,20 +60,38 @@ function fill(template: string, queryId: string): string {
   return template.replaceAll('{queryId}', queryId).replace(/[^\x20-\x7e]/g, ' ');
 }
 
+function verdictHeaders(s: PolicySettings, queryId: string, actionCode: string, label: string): Array<[string, string]> {
+  return [
+    // The loop header first: if this copy comes back from a trusted MTA it skips a second scan.
+    [s.loop.header, queryId],
+    [s.verdictHeaders.queryId, queryId],
+    [s.verdictHeaders.actionCode, actionCode],
+    [s.verdictHeaders.action, label],
+  ];
+}
+
+/** The label (X-DLP-Action, log `action`) of a configured action. */
+function labelOf(spec: ActionSpec): string {
+  return spec.action === 'relay_with_headers' ? 'relay-encrypt' : spec.action === 'remove_attachments' ? 'attachments-removed' : spec.action;
+}
+
 function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionCode: string, label: string, reason: string): Decision {
   switch (spec.action) {
     case 'relay':
     case 'relay_with_headers': {
-      const headers: Array<[string, string]> = [
-        // The loop header first: if this copy comes back from a trusted MTA it skips a second scan.
-        [s.loop.header, queryId],
-        [s.verdictHeaders.queryId, queryId],
-        [s.verdictHeaders.actionCode, actionCode],
-        [s.verdictHeaders.action, label],
-      ];
+      const headers = verdictHeaders(s, queryId, actionCode, label);
       if (spec.action === 'relay_with_headers') headers.push([s.encryptionHeader.name, s.encryptionHeader.value]);
       return { action: 'relay', label, headers };
     }
+    case 'remove_attachments':
+      return {
+        action: 'remove-attachments',
+        label,
+        headers: verdictHeaders(s, queryId, actionCode, label),
+        reason,
+        // Used when the MIME tree cannot be rewritten safely and the message is held instead.
+        quarantineReply: { code: 250, enhanced: '2.0.0', text: fill(spec.text ?? s.quarantineText, queryId) },
+      };
     case 'reject':
       return {
         action: 'reject',
@@ -99,7 +120,7 @@ export function decide(outcome: DlpOutcome, queryId: string, s: PolicySettings):
       return { action: 'relay', label: 'relay-loop-skip', headers: [] };
     case 'verdict': {
       const spec = table[String(outcome.actionCode)];
-      if (spec) return applySpec(spec, s, queryId, String(outcome.actionCode), spec.action === 'relay_with_headers' ? 'relay-encrypt' : spec.action, `dlp:${outcome.actionCode}`);
+      if (spec) return applySpec(spec, s, queryId, String(outcome.actionCode), labelOf(spec), `dlp:${outcome.actionCode}`);
       return applySpec(s.unknownAction, s, queryId, String(outcome.actionCode), `unknown-${s.unknownAction.action}`, `unknown-action:${outcome.actionCode}`);
     }
     case 'error': {

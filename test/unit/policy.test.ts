@@ -27,7 +27,7 @@ describe('default verdict table', () => {
       expect: { action: 'reject', reply: { code: 550, enhanced: '5.7.1', text: `Message rejected by data-loss-prevention policy (ref ${QID})` } },
     },
     { code: 3, expect: { action: 'quarantine', reason: 'dlp:3', reply: { code: 250, enhanced: '2.0.0', text: `Ok: message held for review (ref ${QID})` } } },
-    { code: 4, expect: { action: 'quarantine', reason: 'dlp:4' } },
+    { code: 4, expect: { action: 'remove-attachments', label: 'attachments-removed', reason: 'dlp:4', headers: verdictHeaders('4', 'attachments-removed') } },
     { code: 5, expect: { action: 'relay', label: 'relay-encrypt', headers: [...verdictHeaders('5', 'relay-encrypt'), ['X-DLP-Encrypt', 'required']] } },
     { code: 6, expect: { action: 'quarantine', reason: 'dlp:6' } },
     { code: 7, expect: { action: 'relay', label: 'relay', headers: verdictHeaders('7', 'relay') } },
