@@ -158,10 +158,11 @@ export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer
 /** Release and re-scan for quarantine operations, shared by the admin API and the CLI. */
 export function quarantineOps(c: FrozenConfig, store: QuarantineStore, deliverer: AppDeliverer, ucwi: UcwiClient, logger: Logger): OperationsContext {
   const deliver: DeliverFn = (env, open, signal) => deliverer.deliver(env, open, signal);
+  // A release re-scan judges as if enforcing: monitor mode must not wave a held message through.
   const rescan: RescanFn = async (record, open, signal) => {
     const queryId = randomUUID();
     const r = await ucwi.inspect({ queryId, sender: record.envelope.from, recipients: record.envelope.to.map((t) => t.address), md5: record.md5, size: record.size, openMessage: open }, signal);
-    const d = decide(r.ok ? { kind: 'verdict', actionCode: r.actionCode } : { kind: 'error', errorClass: r.errorClass, ...(r.actionCode !== undefined ? { actionCode: r.actionCode } : {}) }, queryId, policySettings(c));
+    const d = decide(r.ok ? { kind: 'verdict', actionCode: r.actionCode } : { kind: 'error', errorClass: r.errorClass, ...(r.actionCode !== undefined ? { actionCode: r.actionCode } : {}) }, queryId, { ...policySettings(c), mode: 'enforce' });
     return { actionCode: r.ok ? r.actionCode : null, allow: d.action === 'relay', detail: r.ok ? `re-scan ${queryId}: actionCode ${r.actionCode} → ${d.label}` : `re-scan ${queryId} failed: ${r.errorClass}` };
   };
   return { store, logger: logger.child({ component: 'quarantine-ops' }), deliver, rescan };

@@ -179,6 +179,10 @@ export const configSchema = z
       .prefault({}),
     policy: z
       .object({
+        /** enforce: act on the verdict; monitor: relay everything, log and count the would-be action, no CAS push. */
+        mode: z.enum(['enforce', 'monitor']).default('enforce'),
+        /** Verdict headers on relayed copies: auto = on when enforcing, off in monitor mode. The loop header is always added. */
+        headers: z.enum(['auto', 'on', 'off']).default('auto'),
         /** actionCode → action. Codes 1..9 as documented by UCWI. */
         actions: z
           .record(z.string().regex(/^[1-9]$/, 'action codes are 1..9'), actionSpec)

@@ -149,7 +149,8 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
     ...(dlp && !dlp.ok ? { errorClass: dlp.errorClass, detail: dlp.detail } : {}),
   };
 
-  if (deps.onVerdict) {
+  // Monitor mode acts on nothing, CAS lists included.
+  if (deps.onVerdict && !(decision.action === 'relay' && decision.wouldBe !== undefined)) {
     // Side work gets its own promise; the reply never waits for it, only the spool cleanup does.
     side.push(deps.onVerdict({ queryId, actionCode, action: decision.label, sender: msg.envelope.from, recipients: msg.envelope.to.map((r) => r.address), spool }).catch((err: unknown) => deps.logger.warn({ err, queryId }, 'verdict hook failed')));
   }
@@ -268,7 +269,7 @@ async function removeAndRelay(deps: PipelineDeps, msg: MessageInput, decision: E
     deps.logger.error({ err, queryId: msg.queryId }, 'quarantine store failed (evidence copy)');
     return { ...base, reply: catalogueReply('QUARANTINE_FAILED', msg.queryId), action: 'tempfail-quarantine-failed', relayMs: null, errorClass: 'quarantine', detail: (err as Error).message };
   }
-  const headers: Array<[string, string]> = [...decision.headers, [deps.policy.verdictHeaders.removedCount, String(removed.length)]];
+  const headers: Array<[string, string]> = decision.countHeader ? [...decision.headers, [decision.countHeader, String(removed.length)]] : decision.headers;
   let out: Partial_;
   try {
     out = await relay(deps, msg, { label: decision.label, headers }, base, skip, signal, (source) => removeAttachments(source, opts));

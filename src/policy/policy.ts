@@ -13,14 +13,22 @@ export type DlpOutcome =
   | { kind: 'skipped' };
 
 export type Decision =
-  | { action: 'relay'; label: string; headers: Array<[string, string]> }
+  /** wouldBe: monitor mode, the label the enforcing decision would have had. */
+  | { action: 'relay'; label: string; headers: Array<[string, string]>; wouldBe?: string }
   | { action: 'reject'; label: string; reply: SmtpReply }
   | { action: 'tempfail'; label: string; reply: SmtpReply }
   | { action: 'quarantine'; label: string; reply: SmtpReply; reason: string }
   /** Relay a copy without its attachments (headers as for relay); the original goes to the quarantine as evidence. */
-  | { action: 'remove-attachments'; label: string; headers: Array<[string, string]>; reason: string; quarantineReply: SmtpReply };
+  | { action: 'remove-attachments'; label: string; headers: Array<[string, string]>; reason: string; quarantineReply: SmtpReply; countHeader: string | null };
+
+/** enforce: act on the verdict; monitor: relay everything and only record what would have been done. */
+export type PolicyMode = 'enforce' | 'monitor';
+/** Verdict headers on relayed copies: auto = on when enforcing, off in monitor mode. */
+export type HeaderSetting = 'auto' | 'on' | 'off';
 
 export interface PolicySettings {
+  mode: PolicyMode;
+  headers: HeaderSetting;
   actions: Readonly<Record<string, ActionSpec>>;
   unknownAction: ActionSpec;
   onDlpError: 'tempfail' | 'relay' | 'quarantine';
@@ -60,14 +68,15 @@ function fill(template: string, queryId: string): string {
   return template.replaceAll('{queryId}', queryId).replace(/[^\x20-\x7e]/g, ' ');
 }
 
+function stamps(s: PolicySettings): boolean {
+  return s.headers === 'on' || (s.headers === 'auto' && s.mode === 'enforce');
+}
+
 function verdictHeaders(s: PolicySettings, queryId: string, actionCode: string, label: string): Array<[string, string]> {
-  return [
-    // The loop header first: if this copy comes back from a trusted MTA it skips a second scan.
-    [s.loop.header, queryId],
-    [s.verdictHeaders.queryId, queryId],
-    [s.verdictHeaders.actionCode, actionCode],
-    [s.verdictHeaders.action, label],
-  ];
+  // The loop header first and always: if this copy comes back from a trusted MTA it skips a second scan.
+  const loop: [string, string] = [s.loop.header, queryId];
+  if (!stamps(s)) return [loop];
+  return [loop, [s.verdictHeaders.queryId, queryId], [s.verdictHeaders.actionCode, actionCode], [s.verdictHeaders.action, label]];
 }
 
 /** The label (X-DLP-Action, log `action`) of a configured action. */
@@ -91,6 +100,7 @@ function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionC
         reason,
         // Used when the MIME tree cannot be rewritten safely and the message is held instead.
         quarantineReply: { code: 250, enhanced: '2.0.0', text: fill(spec.text ?? s.quarantineText, queryId) },
+        countHeader: stamps(s) ? s.verdictHeaders.removedCount : null,
       };
     case 'reject':
       return {
@@ -111,8 +121,19 @@ function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionC
   }
 }
 
-/** The one decision for one message. */
+/**
+ * The one decision for one message. In monitor mode every message is relayed; the label says what
+ * enforcing would have done (`monitor-reject`, …) and `wouldBe` keeps that label for the log.
+ */
 export function decide(outcome: DlpOutcome, queryId: string, s: PolicySettings): Decision {
+  const d = enforce(outcome, queryId, s);
+  if (s.mode !== 'monitor' || outcome.kind === 'skipped') return d;
+  const label = `monitor-${d.label}`;
+  const code = outcome.kind === 'verdict' ? String(outcome.actionCode) : outcome.kind === 'error' && outcome.actionCode !== undefined ? String(outcome.actionCode) : 'none';
+  return { action: 'relay', label, headers: verdictHeaders(s, queryId, code, label), wouldBe: d.label };
+}
+
+function enforce(outcome: DlpOutcome, queryId: string, s: PolicySettings): Decision {
   const table = effectiveActions(s.actions);
   switch (outcome.kind) {
     case 'skipped':

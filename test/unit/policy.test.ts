@@ -96,3 +96,25 @@ describe('renderHeaders', () => {
     expect(renderHeaders([['X-A', 'one'], ['X-B', 'two\r\nInjected: yes']]).toString()).toBe('X-A: one\r\nX-B: two  Injected: yes\r\n');
   });
 });
+
+describe('monitor mode and verdict headers', () => {
+  const loopOnly = [['X-DLP-Relay-Scanned', QID]];
+  const rows: Array<{ name: string; policy: Record<string, unknown>; outcome: DlpOutcome; expect: Record<string, unknown> }> = [
+    { name: 'monitor: a block relays, headers off by default', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 2 }, expect: { action: 'relay', label: 'monitor-reject', wouldBe: 'reject', headers: loopOnly } },
+    { name: 'monitor: quarantine relays', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 6 }, expect: { action: 'relay', label: 'monitor-quarantine', wouldBe: 'quarantine' } },
+    { name: 'monitor: attachment removal relays whole', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 4 }, expect: { action: 'relay', label: 'monitor-attachments-removed' } },
+    { name: 'monitor: encryption adds no route header', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 5 }, expect: { action: 'relay', label: 'monitor-relay-encrypt', headers: loopOnly } },
+    { name: 'monitor: a DLP error relays instead of 451', policy: { mode: 'monitor' }, outcome: { kind: 'error', errorClass: 'timeout' }, expect: { action: 'relay', label: 'monitor-tempfail', wouldBe: 'tempfail' } },
+    { name: 'monitor with headers on', policy: { mode: 'monitor', headers: 'on' }, outcome: { kind: 'verdict', actionCode: 2 }, expect: { headers: [...verdictHeaders('2', 'monitor-reject')] } },
+    { name: 'monitor: a loop skip stays a loop skip', policy: { mode: 'monitor' }, outcome: { kind: 'skipped' }, expect: { action: 'relay', label: 'relay-loop-skip', headers: [] } },
+    { name: 'enforce with headers off keeps the loop and encryption headers', policy: { headers: 'off' }, outcome: { kind: 'verdict', actionCode: 8 }, expect: { action: 'relay', label: 'relay-encrypt', headers: [...loopOnly, ['X-DLP-Encrypt', 'required']] } },
+    { name: 'enforce with headers off: no removal count header', policy: { headers: 'off' }, outcome: { kind: 'verdict', actionCode: 4 }, expect: { action: 'remove-attachments', headers: loopOnly, countHeader: null } },
+    { name: 'enforce: removal count header by default', policy: {}, outcome: { kind: 'verdict', actionCode: 4 }, expect: { countHeader: 'X-DLP-Attachments-Removed' } },
+    { name: 'enforce: a block still rejects', policy: { headers: 'on' }, outcome: { kind: 'verdict', actionCode: 2 }, expect: { action: 'reject' } },
+  ];
+  it.each(rows)('$name', ({ policy, outcome, expect: e }) => {
+    const d = decide(outcome, QID, settings(policy));
+    expect(d).toMatchObject(e);
+    if (e['headers']) expect((d as { headers: unknown }).headers).toEqual(e['headers']);
+  });
+});
