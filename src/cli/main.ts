@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The dlp-relay command line: serve, status/reload/health, quarantine and cas admin, send (EML harness), sim-ucwi, check-config. Errors read "dlp-relay: <what>: <why>" and exit 1; usage errors exit 2.
+// The dlp-relay command line: serve, status/reload/health, quarantine and cas admin, send (EML harness), sim-ucwi, check-config, policy test. Errors read "dlp-relay: <what>: <why>" and exit 1; usage errors exit 2.
 import { Command, Option, CommanderError } from 'commander';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -13,6 +13,7 @@ import { startCluster, startWorker, workerIndex } from '../cluster.js';
 import { registerQuarantineCommands, type ConfigAccess } from './quarantine-commands.js';
 import { registerCasCommands } from './cas-commands.js';
 import { registerDaemonCommands } from './daemon-commands.js';
+import { registerPolicyCommands, describeRules } from './policy-commands.js';
 import { CliError } from './admin-client.js';
 import { hashPassword } from '../ingress/auth.js';
 import { maskSecrets, maskUrl } from '../util/mask.js';
@@ -225,6 +226,8 @@ export function buildProgram(): Command {
       process.stdout.write(`${user}:${hashPassword(pw)}\n`);
     });
 
+  registerPolicyCommands(program, () => loadDetailedOrExit(program.opts<{ config?: string }>().config).config);
+
   program
     .command('check-config')
     .description('validate the configuration and print the effective values with secrets masked')
@@ -232,6 +235,7 @@ export function buildProgram(): Command {
     .action((o: { changed?: boolean }) => {
       const loaded = loadDetailedOrExit(program.opts<{ config?: string }>().config);
       process.stderr.write(`config: ${loaded.file ?? 'built-in defaults'} (${loaded.source})\n`);
+      process.stderr.write(describeRules(loaded.config.policy.rules));
       if (!o.changed) {
         process.stdout.write(JSON.stringify(maskedConfig(loaded.config), null, 2) + '\n');
         return;

@@ -35,6 +35,9 @@ const actionSpec = z
   });
 export type ActionSpec = z.infer<typeof actionSpec>;
 
+/** "user@example.com", or a domain as "example.com", "@example.com" or ".example.com" (it and its subdomains). */
+const addressOrDomain = z.string().regex(/^(?:[^@\s]+@[A-Za-z0-9.-]+|[@.]?[A-Za-z0-9.-]+)$/, 'must be an address or a domain');
+
 /** An address or CIDR; checked here so it is reported together with every other problem. */
 const cidr = z.string().superRefine((v, ctx) => {
   const p = parseCidr(v);
@@ -217,6 +220,37 @@ export const configSchema = z
           })
           .strict()
           .prefault({}),
+        /** Ordered rules, first match wins; each replaces mode, headers and actions for the messages it matches. */
+        rules: z
+          .array(
+            z
+              .object({
+                name: z.string().min(1).max(100),
+                match: z
+                  .object({
+                    senders: z.array(addressOrDomain).min(1).optional(),
+                    recipients: z.array(addressOrDomain).min(1).optional(),
+                    allRecipients: z.boolean().optional(),
+                    clientNetworks: z.array(cidr).min(1).optional(),
+                    authUsers: z.array(z.string().min(1)).min(1).optional(),
+                  })
+                  .strict(),
+                mode: z.enum(['enforce', 'monitor']).optional(),
+                headers: z.enum(['auto', 'on', 'off']).optional(),
+                actions: z.record(z.string().regex(/^[1-9]$/, 'action codes are 1..9'), actionSpec).optional(),
+                unknownAction: actionSpec.optional(),
+                onDlpError: z.enum(['tempfail', 'relay', 'quarantine']).optional(),
+              })
+              .strict(),
+          )
+          .default([])
+          .superRefine((rules, ctx) => {
+            const seen = new Set<string>();
+            rules.forEach((r, i) => {
+              if (seen.has(r.name)) ctx.addIssue({ code: 'custom', message: `rule name "${r.name}" is used twice`, path: [i, 'name'] });
+              seen.add(r.name);
+            });
+          }),
         /** Our own mail domains; cas.exemptDomains defaults to them, so CAS never blocks our own users. */
         localDomains: z.array(z.string().min(1).regex(/^[@.]?[A-Za-z0-9.-]+$/, 'must be a domain name')).default([]),
         loop: z

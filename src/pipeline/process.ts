@@ -5,6 +5,7 @@ import type { SpooledMessage } from '../spool/spool.js';
 import type { InspectResult } from '../dlp/client.js';
 import { decide, renderHeaders, type Decision, type PolicySettings } from '../policy/policy.js';
 import type { LoopGuard } from '../policy/loop-token.js';
+import { settingsFor } from '../policy/rules.js';
 import { catalogueReply, nextHopFailureReply, RelayError, type SmtpReply } from '../errors.js';
 import type { MatchedPolicy, NewQuarantineRecord, QuarantineStore } from '../quarantine/types.js';
 import type { Envelope } from '../smtp/envelope.js';
@@ -57,6 +58,8 @@ export interface MessageInput {
   /** The envelope with the recipients the next hop (or we, without one) accepted. */
   envelope: Envelope;
   spool: SpooledMessage;
+  /** The SMTP AUTH user, for policy rules. */
+  authUser?: string | null;
   /** Our Received: line, prepended to every copy that leaves the spool (relayed or held). */
   trace: Buffer;
   sink: MessageSink;
@@ -71,6 +74,8 @@ export interface Outcome {
   relayMs: number | null;
   errorClass?: string;
   detail?: string;
+  /** The policy rule the message matched (none: the default table). */
+  rule?: string;
   /** Settles when every use of the spool file is over (including work that outlived a deadline). */
   settled: Promise<void>;
 }
@@ -121,11 +126,13 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
   // A loop header that does not let the message skip the scan is cut out of the bytes we scan and deliver.
   const { rule, strip: skip } = deps.loopGuard.judge(spool.headers, msg.clientTrusted, { queryId, clientAddress: msg.clientAddress });
   const strippedBytes = skip.reduce((n, r) => n + (r.end - r.start), 0);
+  // The first matching rule's table, mode and header setting apply to this message.
+  const { settings: policy, rule: ruleName } = settingsFor(deps.policy, { sender: msg.envelope.from, recipients: msg.envelope.to.map((r) => r.address), clientAddress: msg.clientAddress, authUser: msg.authUser ?? null });
 
   let dlp: InspectResult | null = null;
   let decision: Decision;
   if (rule === 'skip') {
-    decision = decide({ kind: 'skipped' }, queryId, deps.policy);
+    decision = decide({ kind: 'skipped' }, queryId, policy);
   } else {
     dlp = await deps.dlp.inspect(
       {
@@ -139,13 +146,14 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
       },
       signal,
     );
-    decision = decide(dlp.ok ? { kind: 'verdict', actionCode: dlp.actionCode } : { kind: 'error', errorClass: dlp.errorClass, ...(dlp.actionCode !== undefined ? { actionCode: dlp.actionCode } : {}) }, queryId, deps.policy);
+    decision = decide(dlp.ok ? { kind: 'verdict', actionCode: dlp.actionCode } : { kind: 'error', errorClass: dlp.errorClass, ...(dlp.actionCode !== undefined ? { actionCode: dlp.actionCode } : {}) }, queryId, policy);
   }
   const actionCode = dlp ? (dlp.ok ? dlp.actionCode : (dlp.actionCode ?? null)) : null;
   const base = {
     actionCode,
     policies: dlp?.ok ? dlp.policies : [],
     dlpMs: dlp?.elapsedMs ?? null,
+    ...(ruleName !== null ? { rule: ruleName } : {}),
     ...(dlp && !dlp.ok ? { errorClass: dlp.errorClass, detail: dlp.detail } : {}),
   };
 

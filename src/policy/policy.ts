@@ -2,6 +2,7 @@
 import type { ActionSpec } from '../config/schema.js';
 import type { DlpErrorClass } from '../dlp/parse.js';
 import { CATALOGUE, type SmtpReply } from '../errors.js';
+import type { PolicyRuleConfig } from './rules.js';
 
 export type ActionName = ActionSpec['action'];
 
@@ -38,6 +39,8 @@ export interface PolicySettings {
   attachments: { removeInlineImages: boolean; maxParts: number; maxDepth: number };
   encryptionHeader: { name: string; value: string };
   loop: { header: string };
+  /** Ordered; the first rule matching a message replaces these settings for it (rules.ts settingsFor). */
+  rules?: readonly PolicyRuleConfig[];
 }
 
 /**

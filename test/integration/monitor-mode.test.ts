@@ -54,4 +54,17 @@ describe('policy.mode: monitor', () => {
     await sendMessage(chain.port, message('card 4111 1111 1111 1111'), { from: 'watched@outside.test', to: ['bob@partner.test'] });
     expect(headOf(chain.sink.messages.at(-1)!.data!)).toContain('\r\nX-DLP-Action-Code: 2\r\nX-DLP-Action: monitor-reject\r\n');
   }, 30_000);
+
+  it('a policy rule applies its own mode to the messages it matches (first match wins), and the summary names it', async () => {
+    await chain.reloadWith({ policy: { mode: 'enforce', rules: [{ name: 'pilot-partner', match: { recipients: ['pilot.test'] }, mode: 'monitor' }] } });
+    const before = chain.sink.messages.length;
+    const a = await sendMessage(chain.port, message('card 4111 1111 1111 1111'), { from: 'x@outside.test', to: ['carol@pilot.test'] });
+    expect(a.data).toMatch(/^250 /);
+    expect(chain.summaries().at(-1)).toMatchObject({ action: 'monitor-reject', rule: 'pilot-partner' });
+    const b = await sendMessage(chain.port, message('card 4111 1111 1111 1111'), { from: 'x@outside.test', to: ['dave@other.test'] });
+    expect(b.data).toMatch(/^550 5\.7\.1 /);
+    expect(chain.summaries().at(-1)).toMatchObject({ action: 'reject' });
+    expect(chain.summaries().at(-1)?.['rule']).toBeUndefined();
+    expect(chain.sink.messages.length).toBe(before + 1);
+  }, 30_000);
 });
