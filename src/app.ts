@@ -83,6 +83,37 @@ export function nextHopOptions(c: FrozenConfig): NextHopOptions {
   };
 }
 
+/** One NextHopPool per encryption gateway: TLS always required and verified (never a relay in clear). */
+export function gatewayOptions(c: FrozenConfig, name: string): NextHopOptions {
+  const g = c.gateways[name];
+  if (!g) throw new Error(`no gateway "${name}"`);
+  return {
+    host: g.host,
+    port: g.port,
+    secure: g.secure,
+    starttls: g.secure ? 'off' : 'required',
+    tls: {
+      rejectUnauthorized: true,
+      ...(g.tls.caFile ? { ca: readFileSync(g.tls.caFile) } : {}),
+      ...(g.tls.servername ? { servername: g.tls.servername } : {}),
+    },
+    ...(g.authUser && g.passFile ? { auth: { user: g.authUser, pass: readFileSync(g.passFile, 'utf8').trim() } } : {}),
+    heloName: c.smtp.hostname,
+    pool: { ...g.pool },
+    timeouts: { ...g.timeouts, dataDoneMs: c.limits.dataDeadlineMs },
+  };
+}
+
+function startGateways(c: FrozenConfig, logger: Logger, stops: Array<() => Promise<unknown>>): Map<string, NextHopPool> {
+  const pools = new Map<string, NextHopPool>();
+  for (const name of Object.keys(c.gateways)) {
+    const pool = new NextHopPool(gatewayOptions(c, name), logger.child({ component: 'gateway', gateway: name }));
+    pools.set(name, pool);
+    stops.push(() => pool.close());
+  }
+  return pools;
+}
+
 export function policySettings(c: FrozenConfig): PolicySettings {
   return c.policy as unknown as PolicySettings;
 }
@@ -343,6 +374,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       loopGuard: loopGuardFromConfig({ ...c.policy.loop, key: c.secrets.loopKey, previousKey: c.secrets.loopPreviousKey }, logger),
       dlp: ucwi,
       quarantine,
+      gateways: startGateways(c, logger, stops),
       onVerdict: hooks.length ? async (v) => void (await Promise.all(hooks.map((h) => h(v)))) : undefined,
       onOutcome: (o, msg) => {
             if (!live.quarantine.notifications.enabled) return;

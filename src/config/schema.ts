@@ -9,7 +9,7 @@ const hostPort = z.object({ host: z.string().min(1), port }).strict();
 const nullableString = z.string().min(1).nullable().default(null);
 
 /** What the relay does with a message; see src/policy for the semantics. */
-export const actionName = z.enum(['relay', 'relay_with_headers', 'reject', 'tempfail', 'quarantine', 'remove_attachments']);
+export const actionName = z.enum(['relay', 'relay_with_headers', 'reject', 'tempfail', 'quarantine', 'remove_attachments', 'route_to_gateway']);
 
 const actionSpec = z
   .object({
@@ -21,9 +21,16 @@ const actionSpec = z
       .regex(/^[45]\.\d{1,3}\.\d{1,3}$/, 'must look like 5.7.1')
       .optional(),
     text: z.string().min(1).max(400).optional(),
+    /** route_to_gateway only: the name of an entry in `gateways` (an encryption gateway next hop). */
+    gateway: z.string().min(1).optional(),
+    /** route_to_gateway only: also stamp the encryption header (default true). */
+    header: z.boolean().optional(),
   })
   .strict()
   .superRefine((a, ctx) => {
+    if (a.action === 'route_to_gateway' && a.gateway === undefined) ctx.addIssue({ code: 'custom', message: 'route_to_gateway needs a gateway name', path: ['gateway'] });
+    if (a.action !== 'route_to_gateway' && (a.gateway !== undefined || a.header !== undefined))
+      ctx.addIssue({ code: 'custom', message: `gateway and header apply only to route_to_gateway, not ${a.action}`, path: ['gateway'] });
     if (a.code !== undefined && a.action !== 'reject' && a.action !== 'tempfail')
       ctx.addIssue({ code: 'custom', message: `code applies only to reject or tempfail, not ${a.action}`, path: ['code'] });
     if (a.action === 'reject' && a.code !== undefined && a.code < 500)
@@ -312,6 +319,39 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Encryption gateways (next hops for route_to_gateway), by name. TLS is always required and verified:
+     * implicit TLS with secure: true, else STARTTLS; without it the answer is 4xx, never a relay in clear.
+     */
+    gateways: z
+      .record(
+        z.string().regex(/^[a-z0-9][a-z0-9_-]{0,40}$/, 'gateway names are lower-case letters, digits, - and _'),
+        z
+          .object({
+            host: z.string().min(1),
+            port: port.default(25),
+            secure: z.boolean().default(false),
+            tls: z.object({ caFile: nullableString, servername: nullableString }).strict().prefault({}),
+            /** AUTH user; the password is read from passFile. */
+            authUser: nullableString,
+            passFile: nullableString,
+            pool: z
+              .object({
+                maxConnections: z.number().int().min(1).max(1000).default(10),
+                maxMessagesPerConnection: z.number().int().min(1).max(100_000).default(100),
+                idleTimeoutMs: ms(10_000),
+                acquireTimeoutMs: ms(5_000),
+              })
+              .strict()
+              .prefault({}),
+            timeouts: z.object({ connectMs: ms(10_000), greetingMs: ms(10_000), socketMs: ms(30_000) }).strict().prefault({}),
+          })
+          .strict()
+          .superRefine((g, ctx) => {
+            if (g.authUser !== null && g.passFile === null) ctx.addIssue({ code: 'custom', message: 'AUTH needs passFile', path: ['passFile'] });
+          }),
+      )
+      .default({}),
     outbox: z.object({ dir: z.string().min(1).default('var/outbox') }).strict().prefault({}),
     quarantine: z
       .object({
@@ -376,7 +416,20 @@ export const configSchema = z
       .strict()
       .prefault({}),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    // A route to a gateway that is not configured would only be found at the first such verdict.
+    const check = (spec: { action: string; gateway?: string | undefined } | undefined, path: Array<string | number>) => {
+      if (spec?.action === 'route_to_gateway' && spec.gateway !== undefined && !(spec.gateway in c.gateways))
+        ctx.addIssue({ code: 'custom', message: `no gateway "${spec.gateway}" in gateways`, path: [...path, 'gateway'] });
+    };
+    for (const [code, spec] of Object.entries(c.policy.actions)) check(spec, ['policy', 'actions', code]);
+    check(c.policy.unknownAction, ['policy', 'unknownAction']);
+    c.policy.rules.forEach((r, i) => {
+      for (const [code, spec] of Object.entries(r.actions ?? {})) check(spec, ['policy', 'rules', i, 'actions', code]);
+      check(r.unknownAction, ['policy', 'rules', i, 'unknownAction']);
+    });
+  });
 
 export type Config = z.infer<typeof configSchema>;
 export type DeepReadonly<T> = T extends (infer U)[]

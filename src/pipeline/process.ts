@@ -10,6 +10,7 @@ import { catalogueReply, nextHopFailureReply, RelayError, type SmtpReply } from 
 import type { MatchedPolicy, NewQuarantineRecord, QuarantineStore } from '../quarantine/types.js';
 import type { Envelope } from '../smtp/envelope.js';
 import { DeliveryError } from '../egress/next-hop-errors.js';
+import type { DeliveryReport } from '../egress/pool.js';
 import { MimeStructureError } from '../mime/scanner.js';
 import { planRemoval, removeAttachments, type RemovalOptions, type RemovedAttachment } from '../mime/strip.js';
 
@@ -21,6 +22,11 @@ import { planRemoval, removeAttachments, type RemovalOptions, type RemovedAttach
 export interface MessageSink {
   readonly kind: 'next-hop' | 'outbox';
   deliver(open: () => Readable, signal: AbortSignal): Promise<SmtpReply>;
+}
+
+/** NextHopPool's whole-transaction delivery: each recipient's fate comes back. */
+export interface GatewayDeliverer {
+  deliver(env: Envelope, open: () => Readable, signal: AbortSignal): Promise<DeliveryReport>;
 }
 
 export interface Inspector {
@@ -45,6 +51,8 @@ export interface PipelineDeps {
   dlp: Inspector;
   quarantine: QuarantineStore;
   onVerdict?: VerdictHook | undefined;
+  /** Encryption gateways by name (route_to_gateway): separate next-hop pools, whole transactions. */
+  gateways?: ReadonlyMap<string, GatewayDeliverer> | undefined;
   /** Called once with the final outcome (after deadline handling); for sender notices. Must not throw. */
   onOutcome?: ((o: Omit<Outcome, 'settled'>, msg: MessageInput) => void) | undefined;
 }
@@ -174,6 +182,8 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
       return relay(deps, msg, decision, base, skip, signal);
     case 'remove-attachments':
       return removeAndRelay(deps, msg, decision, base, skip, signal);
+    case 'gateway':
+      return gatewayRelay(deps, msg, decision, base, skip, signal);
   }
 }
 
@@ -291,4 +301,55 @@ async function removeAndRelay(deps: PipelineDeps, msg: MessageInput, decision: E
 
 async function dropEvidence(deps: PipelineDeps, queryId: string): Promise<void> {
   await deps.quarantine.delete(queryId).catch((err: unknown) => deps.logger.error({ err, queryId }, 'could not remove the evidence copy of a message that was not relayed'));
+}
+
+/** "250 2.0.0 Ok: queued" → SmtpReply; the first line only. */
+function parseReplyLine(line: string, fallback: SmtpReply): SmtpReply {
+  const m = /^([2-5]\d\d)[ -]?(?:([2-5]\.\d{1,3}\.\d{1,3})\s+)?([^\r\n]*)/.exec(line);
+  if (!m) return fallback;
+  const code = Number(m[1]);
+  return { code, enhanced: m[2] ?? `${String(code)[0]}.0.0`, text: (m[3] ?? '').slice(0, 400) || fallback.text };
+}
+
+/**
+ * route_to_gateway. The client's recipients were already answered by the default next hop at RCPT
+ * time (lockstep); a route chosen after the verdict cannot go through that transaction, so DATA is
+ * never sent there (the ingress resets a transaction that got no DATA) and the whole message goes to
+ * the gateway in a transaction of its own. The client can get only one answer for all recipients:
+ * 250 only if the gateway accepted every one; the gateway's 5xx if it refused every one with 5xx;
+ * anything else (mixed, 4xx, no TLS, unreachable) 451, so the client retries the whole message. A
+ * recipient the gateway accepted in a mixed outcome may then get the message twice: a duplicate rather
+ * than a loss, and never a copy relayed in clear.
+ */
+async function gatewayRelay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'gateway' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+  const t0 = performance.now();
+  const retry = (why: string): SmtpReply => ({ code: 451, enhanced: '4.4.0', text: `Encryption gateway ${why}, try again later (ref ${msg.queryId})` });
+  const pool = deps.gateways?.get(decision.gateway);
+  if (!pool) {
+    deps.logger.error({ queryId: msg.queryId, gateway: decision.gateway }, 'route_to_gateway names a gateway that is not running');
+    return { ...base, reply: retry('not available'), action: `${decision.label}-failed`, relayMs: null, errorClass: 'gateway:missing', detail: decision.gateway };
+  }
+  const sealed = deps.loopGuard.seal(decision.headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId);
+  const prepend = Buffer.concat([msg.trace, renderHeaders(sealed)]);
+  let report: DeliveryReport;
+  try {
+    report = await pool.deliver(msg.envelope, () => msg.spool.open({ prepend, skip }), signal);
+  } catch (err) {
+    if (signal.aborted) throw signal.reason;
+    const phase = err instanceof DeliveryError ? err.phase : 'error';
+    deps.logger.warn({ err, queryId: msg.queryId, gateway: decision.gateway }, 'encryption gateway delivery failed');
+    return { ...base, reply: retry('unavailable'), action: `${decision.label}-failed`, relayMs: Math.round(performance.now() - t0), errorClass: `gateway:${phase}`, detail: (err as Error).message };
+  }
+  const relayMs = Math.round(performance.now() - t0);
+  const rs = report.recipients;
+  const detail = rs.map((r) => `${r.address}: ${r.response}`).join('; ').slice(0, 1000);
+  if (rs.length > 0 && rs.every((r) => r.status === 'accepted')) {
+    return { ...base, reply: parseReplyLine(report.response, { code: 250, enhanced: '2.0.0', text: `Ok: handed to the encryption gateway (ref ${msg.queryId})` }), action: decision.label, relayMs };
+  }
+  const first = rs[0];
+  if (first && rs.every((r) => r.status === 'refused' && r.code >= 500)) {
+    const reply = parseReplyLine(first.response, { code: first.code, enhanced: '5.0.0', text: 'Rejected by the encryption gateway' });
+    return { ...base, reply: reply.code >= 500 ? reply : { code: first.code, enhanced: '5.0.0', text: 'Rejected by the encryption gateway' }, action: `${decision.label}-refused`, relayMs, errorClass: 'gateway:refused', detail };
+  }
+  return { ...base, reply: retry(rs.some((r) => r.status === 'accepted') ? 'did not accept every recipient' : 'deferred the message'), action: `${decision.label}-deferred`, relayMs, errorClass: 'gateway:deferred', detail };
 }

@@ -20,6 +20,8 @@ export type Decision =
   | { action: 'tempfail'; label: string; reply: SmtpReply }
   | { action: 'quarantine'; label: string; reply: SmtpReply; reason: string }
   /** Relay a copy without its attachments (headers as for relay); the original goes to the quarantine as evidence. */
+  /** Deliver the whole message to an encryption gateway (a separate next hop) instead of the open transaction. */
+  | { action: 'gateway'; label: string; gateway: string; headers: Array<[string, string]> }
   | { action: 'remove-attachments'; label: string; headers: Array<[string, string]>; reason: string; quarantineReply: SmtpReply; countHeader: string | null };
 
 /** enforce: act on the verdict; monitor: relay everything and only record what would have been done. */
@@ -47,7 +49,8 @@ export interface PolicySettings {
  * The defaults of the action table (UCWI codes: 1 allow, 2 block, 3 confirm, 4 delete attachment,
  * 5 mail encryption, 6 quarantine, 7 endpoint system encryption, 8 mail content encryption,
  * 9 endpoint personal-key encryption). 3 needs a human, so it waits in quarantine; 4 relays a copy
- * without its attachments; 5 and 8 are handed to a downstream encryption gateway by header.
+ * without its attachments; 5, 7, 8 and 9 (all encryption actions) are handed to a downstream
+ * encryption gateway by header, or routed to one (route_to_gateway).
  */
 export const DEFAULT_ACTIONS: Readonly<Record<string, ActionSpec>> = Object.freeze({
   '1': { action: 'relay' },
@@ -56,9 +59,9 @@ export const DEFAULT_ACTIONS: Readonly<Record<string, ActionSpec>> = Object.free
   '4': { action: 'remove_attachments' },
   '5': { action: 'relay_with_headers' },
   '6': { action: 'quarantine' },
-  '7': { action: 'relay' },
+  '7': { action: 'relay_with_headers' },
   '8': { action: 'relay_with_headers' },
-  '9': { action: 'relay' },
+  '9': { action: 'relay_with_headers' },
 });
 
 /** The configured table over the defaults: a code the admin did not mention keeps its default. */
@@ -84,7 +87,10 @@ function verdictHeaders(s: PolicySettings, queryId: string, actionCode: string, 
 
 /** The label (X-DLP-Action, log `action`) of a configured action. */
 function labelOf(spec: ActionSpec): string {
-  return spec.action === 'relay_with_headers' ? 'relay-encrypt' : spec.action === 'remove_attachments' ? 'attachments-removed' : spec.action;
+  if (spec.action === 'relay_with_headers') return 'relay-encrypt';
+  if (spec.action === 'remove_attachments') return 'attachments-removed';
+  if (spec.action === 'route_to_gateway') return 'relay-gateway';
+  return spec.action;
 }
 
 function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionCode: string, label: string, reason: string): Decision {
@@ -94,6 +100,11 @@ function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionC
       const headers = verdictHeaders(s, queryId, actionCode, label);
       if (spec.action === 'relay_with_headers') headers.push([s.encryptionHeader.name, s.encryptionHeader.value]);
       return { action: 'relay', label, headers };
+    }
+    case 'route_to_gateway': {
+      const headers = verdictHeaders(s, queryId, actionCode, label);
+      if (spec.header !== false) headers.push([s.encryptionHeader.name, s.encryptionHeader.value]);
+      return { action: 'gateway', label, gateway: spec.gateway ?? '', headers };
     }
     case 'remove_attachments':
       return {

@@ -77,10 +77,10 @@ describe('relay chain: verdict table', () => {
     expect(headersOf(got.data!)).toMatch(new RegExp(`^X-DLP-Relay-Scanned: ${loopValue(UUID)}\r\nX-DLP-Query-ID: ${UUID}\r\nX-DLP-Action-Code: ${code}\r\nX-DLP-Action: relay-encrypt\r\nX-DLP-Encrypt: required\r\nFrom:`));
   });
 
-  it.each([7, 9])('actionCode %i relays with the verdict headers', async (code) => {
+  it.each([7, 9])('actionCode %i (endpoint encryption) relays with the encryption-route header', async (code) => {
     const r = await send(chain.port, message(`trigger DLPTEST-ACTION-${code}`));
     expect(replyCode(r.data)).toBe(250);
-    expect(headersOf(chain.sink.messages.at(-1)!.data!)).toContain(`X-DLP-Action-Code: ${code}\r\nX-DLP-Action: relay\r\n`);
+    expect(headersOf(chain.sink.messages.at(-1)!.data!)).toContain(`X-DLP-Action-Code: ${code}\r\nX-DLP-Action: relay-encrypt\r\nX-DLP-Encrypt: required\r\n`);
   });
 
   it('an unknown actionCode quarantines', async () => {

@@ -30,9 +30,9 @@ describe('default verdict table', () => {
     { code: 4, expect: { action: 'remove-attachments', label: 'attachments-removed', reason: 'dlp:4', headers: verdictHeaders('4', 'attachments-removed') } },
     { code: 5, expect: { action: 'relay', label: 'relay-encrypt', headers: [...verdictHeaders('5', 'relay-encrypt'), ['X-DLP-Encrypt', 'required']] } },
     { code: 6, expect: { action: 'quarantine', reason: 'dlp:6' } },
-    { code: 7, expect: { action: 'relay', label: 'relay', headers: verdictHeaders('7', 'relay') } },
+    { code: 7, expect: { action: 'relay', label: 'relay-encrypt', headers: [...verdictHeaders('7', 'relay-encrypt'), ['X-DLP-Encrypt', 'required']] } },
     { code: 8, expect: { action: 'relay', label: 'relay-encrypt', headers: [...verdictHeaders('8', 'relay-encrypt'), ['X-DLP-Encrypt', 'required']] } },
-    { code: 9, expect: { action: 'relay', label: 'relay', headers: verdictHeaders('9', 'relay') } },
+    { code: 9, expect: { action: 'relay', label: 'relay-encrypt', headers: [...verdictHeaders('9', 'relay-encrypt'), ['X-DLP-Encrypt', 'required']] } },
   ];
   it.each(rows)('actionCode $code', ({ code, expect: e }) => {
     expect(decide({ kind: 'verdict', actionCode: code }, QID, s)).toMatchObject(e);
@@ -116,5 +116,15 @@ describe('monitor mode and verdict headers', () => {
     const d = decide(outcome, QID, settings(policy));
     expect(d).toMatchObject(e);
     if (e['headers']) expect((d as { headers: unknown }).headers).toEqual(e['headers']);
+  });
+});
+
+describe('route_to_gateway', () => {
+  it('routes to the named gateway with the encryption header unless told not to', () => {
+    const cfg = loadConfig({ file: undefined, env: {}, overrides: { gateways: { gw: { host: 'gw.example.test' } }, policy: { actions: { '5': { action: 'route_to_gateway', gateway: 'gw' }, '7': { action: 'route_to_gateway', gateway: 'gw', header: false } } } } });
+    const s = cfg.policy as unknown as PolicySettings;
+    expect(decide({ kind: 'verdict', actionCode: 5 }, QID, s)).toEqual({ action: 'gateway', label: 'relay-gateway', gateway: 'gw', headers: [...verdictHeaders('5', 'relay-gateway'), ['X-DLP-Encrypt', 'required']] });
+    expect(decide({ kind: 'verdict', actionCode: 7 }, QID, s)).toMatchObject({ action: 'gateway', headers: verdictHeaders('7', 'relay-gateway') });
+    expect(decide({ kind: 'verdict', actionCode: 5 }, QID, { ...s, mode: 'monitor' })).toMatchObject({ action: 'relay', label: 'monitor-relay-gateway' });
   });
 });
