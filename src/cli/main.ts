@@ -155,17 +155,27 @@ export function buildProgram(): Command {
 
   program
     .command('send')
-    .description('send EML files through an SMTP server and print one line per file with the final reply')
+    .description('send EML files through an SMTP server and print one line per file with the final reply (a policy replay with --manifest or X-DLP-Expect headers)')
     .argument('<paths...>', 'EML files or directories of .eml files')
     .requiredOption('--server <host:port>', 'SMTP server to send through (required: never a guessed default)')
     .option('--from <addr>', 'envelope sender (default: From: header)')
     .option('--to <addr>', 'envelope recipient, repeatable (default: To/Cc/Bcc headers)', collect, [])
-    .addOption(new Option('--expect <outcome>', 'exit 1 unless every file gets this outcome').choices(['accept', 'reject', 'tempfail']))
+    .addOption(new Option('--expect <outcome>', 'exit 1 unless every file gets this outcome (a manifest or X-DLP-Expect header wins per file)').choices(['accept', 'reject', 'tempfail', 'quarantine']))
+    .option('--manifest <file>', 'per-file expectations (YAML/JSON: file: outcome, relative to the manifest); prints an expected-vs-actual table')
+    .option('--quarantine-pattern <regex>', 'a 2xx final reply matching this is the quarantine outcome', 'held for review')
     .option('--helo <name>', 'EHLO name', 'dlp-relay-send')
     .option('--timeout <ms>', 'per-message timeout', '60000')
     .option('--starttls', 'require STARTTLS', false)
     .option('--insecure', 'do not verify the server certificate', false)
-    .action(async (paths: string[], o: { server: string; from?: string; to: string[]; expect?: 'accept' | 'reject' | 'tempfail'; helo: string; timeout: string; starttls: boolean; insecure: boolean }) => {
+    .action(async (paths: string[], o: { server: string; from?: string; to: string[]; expect?: 'accept' | 'reject' | 'tempfail' | 'quarantine'; manifest?: string; quarantinePattern: string; helo: string; timeout: string; starttls: boolean; insecure: boolean }) => {
+      let quarantinePattern: RegExp;
+      try {
+        quarantinePattern = new RegExp(o.quarantinePattern, 'i');
+      } catch (e) {
+        process.stderr.write(`dlp-relay send: bad --quarantine-pattern: ${(e as Error).message}\n`);
+        process.exitCode = 2;
+        return;
+      }
       process.stderr.write(`server: ${o.server}\n`);
       const code = await runSend(
         {
@@ -173,6 +183,8 @@ export function buildProgram(): Command {
           ...(o.from ? { from: o.from } : {}),
           to: o.to,
           ...(o.expect ? { expect: o.expect } : {}),
+          ...(o.manifest ? { manifest: o.manifest } : {}),
+          quarantinePattern,
           helo: o.helo,
           timeoutMs: Number(o.timeout),
           starttls: o.starttls,
