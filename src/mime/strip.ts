@@ -156,6 +156,8 @@ export class AttachmentRemover extends Transform {
 export function removeAttachments(source: Readable, opts: RemovalOptions): AttachmentRemover {
   const remover = new AttachmentRemover(opts);
   source.on('error', (err) => remover.destroy(err));
+  // A rewrite that fails or is abandoned (the next hop went away) must not leave the spool file open.
+  remover.once('close', () => source.destroy());
   return source.pipe(remover);
 }
 

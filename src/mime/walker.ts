@@ -87,7 +87,8 @@ async function drain(att: AttachmentStream): Promise<void> {
  * end even on failure, so a source that feeds other consumers (an upload, an outer message) can finish.
  */
 export async function walkMessage(input: Readable, handlers: WalkHandlers, opts: WalkOptions = {}): Promise<WalkResult> {
-  const limits: MimeLimits = { ...DEFAULT_MIME_LIMITS, ...opts.limits };
+  // Depth is bounded by the part count already; a lower depth cap would end walks mailparser can finish.
+  const limits: MimeLimits = { ...DEFAULT_MIME_LIMITS, maxDepth: opts.limits?.maxParts ?? DEFAULT_MIME_LIMITS.maxParts, ...opts.limits };
   const options: MailParserOptions & { maxChildNodes: number; maxHeadSize: number } = {
     ...opts.parser,
     // Above ours (see StructureGuard): the guard must be the one that trips.

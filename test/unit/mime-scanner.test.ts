@@ -172,6 +172,17 @@ describe('walkMessage', () => {
     expect(huge.error?.message).toMatch(/header block/);
   }, 20_000);
 
+  it('walks a 200-deep nesting to its end (only the rewrite refuses that depth)', async () => {
+    let eml = '';
+    for (let i = 0; i < 200; i++) eml += `Content-Type: multipart/mixed; boundary="d${i}x"\n\n--d${i}x\n`;
+    eml += 'Content-Type: text/plain\n\ndeep secret\n';
+    for (let i = 199; i >= 0; i--) eml += `--d${i}x--\n`;
+    const texts: string[] = [];
+    const r = await walkMessage(Readable.from([Buffer.from(eml)]), { text: (t) => texts.push(String(t.text)) });
+    expect(r.error).toBeNull();
+    expect(texts.join(' ')).toContain('deep secret');
+  }, 20_000);
+
   it('stops on abort and at its deadline, even when the input never ends', async () => {
     const open = () => {
       const input = new Readable({ read() {} });

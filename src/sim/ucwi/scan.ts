@@ -189,8 +189,9 @@ async function scanInto(st: ScanState, input: Readable, depth: number): Promise<
     },
     {
       signal: st.signal,
-      // The walker's structure guard counts every MIME node; mailsplit's own node cap sits above it.
-      limits: { maxParts: st.limits.maxParts },
+      // The walker's structure guard counts every MIME node; mailsplit's own node cap sits above it. Depth is
+      // bounded by the node count already: a separate, lower depth cap would only end scans earlier than before.
+      limits: { maxParts: st.limits.maxParts, maxDepth: st.limits.maxParts },
       // We strip tags ourselves; html-to-text on a large HTML body is slow and mailparser runs it synchronously.
       parser: { skipHtmlToText: true, skipImageLinks: true, skipTextLinks: true },
     },
