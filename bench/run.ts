@@ -10,13 +10,14 @@ import { cpuSeconds, freePort, loadAvg1, machineTicks, monotonicUs, pollRss, run
 import { buildRelay, ensureHaraka, ensurePostfixTools, ensureScript, writeHarakaConfig, SMTP_SINK, SMTP_SOURCE } from './lib/setup.js';
 import { SmtpSession, makeMessage, messageIdOf } from './lib/smtp-client.js';
 import { writeBigMessage } from './lib/bigmessage.js';
+import { stripRun } from './lib/strip.js';
 import { summarizeProfiles } from './lib/cpuprofile.js';
 import { analyse, cellOf, computeTargets, RELAY } from './lib/analysis.js';
 import { CONN_MODES, median, percentiles, printTables, writeBenchmarksMd, type ConnMode, type LatencyResult, type Results, type RssResult, type ThroughputCell, type ThroughputRun } from './lib/report.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RESULTS_DIR = join(ROOT, 'bench', 'results');
-const SCENARIOS = ['throughput', 'latency200', 'latency', 'rss'] as const;
+const SCENARIOS = ['throughput', 'latency200', 'latency', 'rss', 'strip'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const { values: argv } = parseArgs({
@@ -74,6 +75,8 @@ const SECONDS = argv.quick ? 3 : Number(argv.seconds);
 const REPS = argv.quick ? 1 : Math.max(1, Number(argv.reps));
 const LAT_N = argv.quick ? 300 : Number(argv['latency-messages']);
 const BIG_BYTES = Math.round(Number(argv['big-mb']) * 1_000_000);
+/** Messages in the attachment-removal row: cheap (a few seconds), so it runs by default. */
+const STRIP_N = argv.quick ? 10 : 40;
 const ONLY = new Set<Scenario>((argv.only ? argv.only.split(',') : [...SCENARIOS]).map((s) => s.trim() as Scenario));
 for (const s of ONLY) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s}; known: ${SCENARIOS.join(', ')}`);
 
@@ -134,16 +137,16 @@ async function startSim(latencyMs: number): Promise<{ proc: Managed; port: numbe
   return { proc, port, url: `http://127.0.0.1:${port}` };
 }
 
-async function startStub(latencyMs: number): Promise<{ proc: Managed; port: number; url: string }> {
+async function startStub(latencyMs: number, actionCode = 1): Promise<{ proc: Managed; port: number; url: string }> {
   const port = await freePort();
-  const args = ['--import', 'tsx', 'bench/ucwi-stub.ts', '--port', String(port), '--latency', String(latencyMs)];
-  const proc = startManaged(`ucwi-stub-${latencyMs}ms`, process.execPath, args, {
+  const args = ['--import', 'tsx', 'bench/ucwi-stub.ts', '--port', String(port), '--latency', String(latencyMs), ...(actionCode !== 1 ? ['--action-code', String(actionCode)] : [])];
+  const proc = startManaged(`ucwi-stub-${latencyMs}ms${actionCode !== 1 ? `-code${actionCode}` : ''}`, process.execPath, args, {
     maxSeconds: 1800,
     cwd: ROOT,
     env: childEnv({ DLP_RELAY_UCWI_ACCESS_KEY: ACCESS_KEY, DLP_RELAY_UCWI_SECRET_KEY: SECRET_KEY }),
   });
   await waitForPort(port, 30_000, proc);
-  commands[`UCWI stub ${latencyMs} ms (diagnostic)`] = `DLP_RELAY_UCWI_ACCESS_KEY=… DLP_RELAY_UCWI_SECRET_KEY=… node ${args.join(' ')}`;
+  commands[`UCWI stub ${latencyMs} ms${actionCode !== 1 ? `, actionCode ${actionCode}` : ''} (diagnostic)`] = `DLP_RELAY_UCWI_ACCESS_KEY=… DLP_RELAY_UCWI_SECRET_KEY=… node ${args.join(' ')}`;
   return { proc, port, url: `http://127.0.0.1:${port}` };
 }
 
@@ -547,6 +550,7 @@ async function main(): Promise<void> {
     latency200: [],
     latency: null,
     rss: null,
+    strip: null,
     peakRssDuringThroughputMiB: {},
     profile: null,
     targets: [],
@@ -643,6 +647,19 @@ async function main(): Promise<void> {
     if (ONLY.has('rss') && sim200) {
       await step('peak RSS: one big message, then 200 sessions', async () => {
         results.rss = await rssScenario(sink, sim0.url, sim200.url);
+      });
+    }
+    if (ONLY.has('strip')) {
+      await step(`attachment removal: ${STRIP_N} messages of ~1 MB (a PDF and a ZIP) answered actionCode 4`, async () => {
+        // The stub answers 4 without scanning, so the row measures the relay's dry run, evidence copy and rewrite.
+        const stub4 = await startStub(0, 4);
+        const relay = await startRelay('relay-strip', { ucwiUrl: stub4.url, sinkPort: sink.port, logLevel: 'warn' });
+        try {
+          results.strip = await stripRun(relay.port, relay.pid, FROM, RCPT, STRIP_N);
+          log(`  ${results.strip.relayed}/${STRIP_N} relayed in ${results.strip.seconds} s (${results.strip.msgPerSec} msg/s, ${results.strip.mbPerSec} MB/s), VmHWM ${results.strip.peakMiB.toFixed(1)} MiB`);
+        } finally {
+          await Promise.all([relay.proc.stop(), stub4.proc.stop()]);
+        }
       });
     }
     if (argv.profile) {

@@ -99,6 +99,37 @@ export function nextHopOptions(c: FrozenConfig): Omit<NextHopOptions, 'host' | '
   };
 }
 
+/** One NextHopPool per encryption gateway: TLS always required and verified (never a relay in clear). */
+export function gatewayOptions(c: FrozenConfig, name: string): NextHopOptions {
+  const g = c.gateways[name];
+  if (!g) throw new Error(`no gateway "${name}"`);
+  return {
+    host: g.host,
+    port: g.port,
+    secure: g.secure,
+    starttls: g.secure ? 'off' : 'required',
+    tls: {
+      rejectUnauthorized: true,
+      ...(g.tls.caFile ? { ca: readFileSync(g.tls.caFile) } : {}),
+      ...(g.tls.servername ? { servername: g.tls.servername } : {}),
+    },
+    ...(g.authUser && g.passFile ? { auth: { user: g.authUser, pass: readFileSync(g.passFile, 'utf8').trim() } } : {}),
+    heloName: c.smtp.hostname,
+    pool: { ...g.pool },
+    timeouts: { ...g.timeouts, dataDoneMs: c.limits.dataDeadlineMs },
+  };
+}
+
+function startGateways(c: FrozenConfig, logger: Logger, stops: Array<() => Promise<unknown>>): Map<string, NextHopPool> {
+  const pools = new Map<string, NextHopPool>();
+  for (const name of Object.keys(c.gateways)) {
+    const pool = new NextHopPool(gatewayOptions(c, name), logger.child({ component: 'gateway', gateway: name }));
+    pools.set(name, pool);
+    stops.push(() => pool.close());
+  }
+  return pools;
+}
+
 export function policySettings(c: FrozenConfig): PolicySettings {
   return c.policy as unknown as PolicySettings;
 }
@@ -176,10 +207,11 @@ export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer
 /** Release and re-scan for quarantine operations, shared by the admin API and the CLI. */
 export function quarantineOps(c: FrozenConfig, store: QuarantineStore, deliverer: AppDeliverer, ucwi: UcwiClient, logger: Logger): OperationsContext {
   const deliver: DeliverFn = (env, open, signal) => deliverer.deliver(env, open, signal);
+  // A release re-scan judges as if enforcing: monitor mode must not wave a held message through.
   const rescan: RescanFn = async (record, open, signal) => {
     const queryId = randomUUID();
     const r = await ucwi.inspect({ queryId, sender: record.envelope.from, recipients: record.envelope.to.map((t) => t.address), md5: record.md5, size: record.size, openMessage: open }, signal);
-    const d = decide(r.ok ? { kind: 'verdict', actionCode: r.actionCode } : { kind: 'error', errorClass: r.errorClass, ...(r.actionCode !== undefined ? { actionCode: r.actionCode } : {}) }, queryId, policySettings(c));
+    const d = decide(r.ok ? { kind: 'verdict', actionCode: r.actionCode } : { kind: 'error', errorClass: r.errorClass, ...(r.actionCode !== undefined ? { actionCode: r.actionCode } : {}) }, queryId, { ...policySettings(c), mode: 'enforce' });
     return { actionCode: r.ok ? r.actionCode : null, allow: d.action === 'relay', detail: r.ok ? `re-scan ${queryId}: actionCode ${r.actionCode} → ${d.label}` : `re-scan ${queryId} failed: ${r.errorClass}` };
   };
   return { store, logger: logger.child({ component: 'quarantine-ops' }), deliver, rescan };
@@ -365,6 +397,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       loopGuard: loopGuardFromConfig({ ...c.policy.loop, key: c.secrets.loopKey, previousKey: c.secrets.loopPreviousKey }, logger),
       dlp: ucwi,
       quarantine,
+      gateways: startGateways(c, logger, stops),
       onVerdict: hooks.length ? async (v) => void (await Promise.all(hooks.map((h) => h(v)))) : undefined,
       onOutcome: (o, msg) => {
             if (!live.quarantine.notifications.enabled) return;

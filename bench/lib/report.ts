@@ -1,4 +1,5 @@
 // Benchmark results: their shape, percentiles, the stdout table, and BENCHMARKS.md (regenerated, keeping the hand-written analysis block).
+import type { StripResult } from './strip.js';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { ProfileSummary } from './cpuprofile.js';
 
@@ -116,6 +117,8 @@ export interface Results {
   latency200: ThroughputCell[];
   latency: LatencyResult | null;
   rss: RssResult | null;
+  /** Attachment removal (actionCode 4) on ~1 MB messages; absent in results written before it existed. */
+  strip?: StripResult | null;
   peakRssDuringThroughputMiB: Record<string, number>;
   profile: (ProfileSummary & { files: string[]; sessions: number; mode: ConnMode; workers: number; msgPerSec: number }) | null;
   targets: Target[];
@@ -260,6 +263,10 @@ export function printTables(r: Results): string {
       '',
     );
   }
+  if (r.strip) {
+    const x = r.strip;
+    out.push(`Attachment removal (actionCode 4): ${x.relayed}/${x.messages} messages of ${(x.messageBytes / 1e6).toFixed(1)} MB in ${f1(x.seconds)} s = ${x.msgPerSec} msg/s, ${x.mbPerSec} MB/s; peak RSS ${f1(x.peakMiB)} MiB (first reply ${x.firstReply})`, '');
+  }
   if (r.profile) {
     out.push('Where the time goes (relay CPU profile)', profileIntro(r.profile));
     for (const t of profileTables(r.profile)) out.push(plainTable(t.head, t.rows), '');
@@ -366,6 +373,18 @@ export function writeBenchmarksMd(file: string, r: Results): void {
           ...r.rss.sessions200.map((s) => [`200 sessions, UCWI ${s.ucwiLatencyMs} ms`, `${f1(s.peakMiB)} MiB`, `fresh relay; ${s.sent}/${s.messages} messages of ${r.settings.bodyBytes} bytes in ${f1(s.seconds)} s`]),
           ...Object.entries(r.peakRssDuringThroughputMiB).map(([k, v]) => [k, `${f1(v)} MiB`, 'peak over the throughput runs (information only)']),
         ],
+      ),
+      '',
+    );
+  }
+  if (r.strip) {
+    const x = r.strip;
+    parts.push(
+      '## Attachment removal (actionCode 4)',
+      '',
+      mdTable(
+        ['case', 'messages', 'throughput', 'peak RSS (VmHWM)', 'notes'],
+        [[`~${(x.messageBytes / 1e6).toFixed(1)} MB, text + PDF + ZIP, one session`, `${x.relayed}/${x.messages}`, `${x.msgPerSec} msg/s, ${x.mbPerSec} MB/s`, `${f1(x.peakMiB)} MiB`, `UCWI stub answering 4 (no scan); dry run, evidence copy in the quarantine, rewrite streamed to the sink; ${f1(x.seconds)} s; first reply ${x.firstReply}`]],
       ),
       '',
     );

@@ -2,7 +2,7 @@
 import { createReadStream } from 'node:fs';
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { MailParser, type AttachmentStream, type MessageText } from 'mailparser';
+import { walkMessage } from '../mime/walker.js';
 import { isEmailAddress, isHttpUrl, normalizeItem } from './items.js';
 import type { CasOutboxItem } from './outbox.js';
 import { isExemptSender } from './trigger.js';
@@ -21,6 +21,9 @@ export interface ExtractOptions {
   reason?: string;
   /** HTML bodies larger than this are scanned for URLs only up to this many characters. */
   maxHtmlChars?: number;
+  /** The extraction stops (and rejects) when this fires or after deadlineMs (default 60 s). */
+  signal?: AbortSignal | undefined;
+  deadlineMs?: number | undefined;
 }
 
 export interface ExtractResult {
@@ -49,7 +52,7 @@ export function findUrls(text: string, into: Set<string>, cap: number): boolean 
 }
 
 /**
- * Streams the EML through mailparser's MailParser (never simpleParser, which buffers every attachment)
+ * Streams the EML through the shared MIME walker (never simpleParser, which buffers every attachment)
  * and hashes each attachment's decoded bytes chunk by chunk, so memory stays flat however large the
  * attachment. Text bodies arrive as strings (mailparser keeps those in memory anyway); URLs are taken
  * from the plain text and the raw HTML (hrefs included). The parse is skipped entirely when neither
@@ -72,67 +75,43 @@ export async function extractPushItems(emlPath: string, opts: ExtractOptions): P
   let urlsTruncated = false;
   let attachments = 0;
 
-  await new Promise<void>((resolve, reject) => {
-    const source = createReadStream(emlPath);
-    const parser = new MailParser({
-      // We read links ourselves; the conversions only cost CPU and can throw on huge HTML.
-      skipHtmlToText: true,
-      skipTextToHtml: true,
-      skipTextLinks: true,
-      skipImageLinks: true,
-    });
-    let settled = false;
-    const fail = (err: unknown) => {
-      if (settled) return;
-      settled = true;
-      source.destroy();
-      parser.destroy();
-      reject(err instanceof Error ? err : new Error(String(err)));
-    };
-    source.on('error', fail);
-    parser.on('error', fail);
-    parser.on('data', (data: AttachmentStream | MessageText) => {
-      if (data.type === 'attachment') {
-        attachments++;
-        const content = data.content as Readable;
-        if (!opts.pushAttachmentHashes) {
-          // Still drained: the parser waits for each attachment stream to end before going on.
-          content.on('end', () => data.release());
-          content.resume();
-          return;
-        }
-        const h1 = createHash('sha1');
-        const h256 = createHash('sha256');
-        let bytes = 0;
-        content.on('data', (chunk: Buffer) => {
-          bytes += chunk.length;
-          h1.update(chunk);
-          h256.update(chunk);
-        });
-        content.on('error', fail);
-        content.on('end', () => {
-          // An empty file, or an image embedded in the HTML (a signature logo), would block far more
-          // than this message if listed tenant-wide; only real attachments are pushed.
-          if (bytes > 0 && data.related !== true) {
-            sha1s.add(h1.digest('hex'));
-            sha256s.add(h256.digest('hex'));
-          }
-          data.release();
-        });
-        return;
-      }
-      if (data.type === 'text' && opts.pushUrls) {
+  const result = await walkMessage(
+    createReadStream(emlPath),
+    {
+      text: (data) => {
+        if (!opts.pushUrls) return;
         if (typeof data.text === 'string') urlsTruncated = findUrls(data.text, urls, maxUrls) || urlsTruncated;
         if (typeof data.html === 'string') urlsTruncated = findUrls(data.html.slice(0, maxHtml), urls, maxUrls) || urlsTruncated;
-      }
-    });
-    parser.on('end', () => {
-      if (settled) return;
-      settled = true;
-      resolve();
-    });
-    source.pipe(parser);
-  });
+      },
+      attachment: async (data) => {
+        attachments++;
+        const content = data.content as Readable;
+        const h1 = opts.pushAttachmentHashes ? createHash('sha1') : null;
+        const h256 = opts.pushAttachmentHashes ? createHash('sha256') : null;
+        let bytes = 0;
+        // Read to the end either way: the parser waits for each attachment stream to end before going on.
+        for await (const chunk of content) {
+          bytes += (chunk as Buffer).length;
+          h1?.update(chunk as Buffer);
+          h256?.update(chunk as Buffer);
+        }
+        // An empty file, or an image embedded in the HTML (a signature logo), would block far more
+        // than this message if listed tenant-wide; only real attachments are pushed.
+        if (h1 && h256 && bytes > 0 && data.related !== true) {
+          sha1s.add(h1.digest('hex'));
+          sha256s.add(h256.digest('hex'));
+        }
+      },
+    },
+    {
+      signal: opts.signal,
+      deadlineMs: opts.deadlineMs ?? 60_000,
+      // We read links ourselves; the conversions only cost CPU and can throw on huge HTML.
+      parser: { skipHtmlToText: true, skipTextToHtml: true, skipTextLinks: true, skipImageLinks: true },
+    },
+  );
+  // Half a list is worse than none: a message we could not read to its end pushes no hashes or URLs.
+  if (result.error) throw result.error;
 
   for (const v of sha1s) items.push({ list: 'filehashes', value: v, action: 'create', reason });
   for (const v of sha256s) items.push({ list: 'file256hashes', value: v, action: 'create', reason });

@@ -8,6 +8,9 @@ import { extractPushItems } from './extract.js';
 import { shouldPush, type CasSettings } from './trigger.js';
 import type { VerdictHook } from '../pipeline/process.js';
 
+/** Bound on one CAS extraction (side work after the reply; it only holds the spool file). */
+const EXTRACT_DEADLINE_MS = 60_000;
+
 export interface CasParts {
   client: CasClient;
   outbox: CasOutbox;
@@ -80,6 +83,8 @@ export async function startCas(c: FrozenConfig, logger: Logger, opts: { pusher?:
       exemptSenders: [...s.exemptSenders],
       maxUrls: s.push.maxUrls,
       reason: `dlp:${v.actionCode} ref ${v.queryId}`,
+      // The spool file stays until this settles: a message that makes the walk crawl must not pin it forever.
+      deadlineMs: EXTRACT_DEADLINE_MS,
     });
     if (items.length === 0) return;
     await outbox.enqueue(items);

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The dlp-relay command line: serve, status/reload/health, quarantine and cas admin, send (EML harness), sim-ucwi, check-config. Errors read "dlp-relay: <what>: <why>" and exit 1; usage errors exit 2.
+// The dlp-relay command line: serve, status/reload/health, quarantine and cas admin, send (EML harness), sim-ucwi, check-config, policy test. Errors read "dlp-relay: <what>: <why>" and exit 1; usage errors exit 2.
 import { Command, Option, CommanderError } from 'commander';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import { registerQuarantineCommands, type ConfigAccess } from './quarantine-comm
 import { registerCasCommands } from './cas-commands.js';
 import { registerDaemonCommands } from './daemon-commands.js';
 import { registerUserCommands } from './user-commands.js';
+import { registerPolicyCommands, describeRules } from './policy-commands.js';
 import { CliError } from './admin-client.js';
 import { hashPassword } from '../ingress/auth.js';
 import { maskSecrets, maskUrl } from '../util/mask.js';
@@ -168,17 +169,27 @@ export function buildProgram(): Command {
 
   program
     .command('send')
-    .description('send EML files through an SMTP server and print one line per file with the final reply')
+    .description('send EML files through an SMTP server and print one line per file with the final reply (a policy replay with --manifest or X-DLP-Expect headers)')
     .argument('<paths...>', 'EML files or directories of .eml files')
     .requiredOption('--server <host:port>', 'SMTP server to send through (required: never a guessed default)')
     .option('--from <addr>', 'envelope sender (default: From: header)')
     .option('--to <addr>', 'envelope recipient, repeatable (default: To/Cc/Bcc headers)', collect, [])
-    .addOption(new Option('--expect <outcome>', 'exit 1 unless every file gets this outcome').choices(['accept', 'reject', 'tempfail']))
+    .addOption(new Option('--expect <outcome>', 'exit 1 unless every file gets this outcome (a manifest or X-DLP-Expect header wins per file)').choices(['accept', 'reject', 'tempfail', 'quarantine']))
+    .option('--manifest <file>', 'per-file expectations (YAML/JSON: file: outcome, relative to the manifest); prints an expected-vs-actual table')
+    .option('--quarantine-pattern <regex>', 'a 2xx final reply matching this is the quarantine outcome', 'held for review')
     .option('--helo <name>', 'EHLO name', 'dlp-relay-send')
     .option('--timeout <ms>', 'per-message timeout', '60000')
     .option('--starttls', 'require STARTTLS', false)
     .option('--insecure', 'do not verify the server certificate', false)
-    .action(async (paths: string[], o: { server: string; from?: string; to: string[]; expect?: 'accept' | 'reject' | 'tempfail'; helo: string; timeout: string; starttls: boolean; insecure: boolean }) => {
+    .action(async (paths: string[], o: { server: string; from?: string; to: string[]; expect?: 'accept' | 'reject' | 'tempfail' | 'quarantine'; manifest?: string; quarantinePattern: string; helo: string; timeout: string; starttls: boolean; insecure: boolean }) => {
+      let quarantinePattern: RegExp;
+      try {
+        quarantinePattern = new RegExp(o.quarantinePattern, 'i');
+      } catch (e) {
+        process.stderr.write(`dlp-relay send: bad --quarantine-pattern: ${(e as Error).message}\n`);
+        process.exitCode = 2;
+        return;
+      }
       process.stderr.write(`server: ${o.server}\n`);
       const code = await runSend(
         {
@@ -186,6 +197,8 @@ export function buildProgram(): Command {
           ...(o.from ? { from: o.from } : {}),
           to: o.to,
           ...(o.expect ? { expect: o.expect } : {}),
+          ...(o.manifest ? { manifest: o.manifest } : {}),
+          quarantinePattern,
           helo: o.helo,
           timeoutMs: Number(o.timeout),
           starttls: o.starttls,
@@ -240,6 +253,8 @@ export function buildProgram(): Command {
       process.stdout.write(`${user}:${hashPassword(pw)}\n`);
     });
 
+  registerPolicyCommands(program, () => loadDetailedOrExit(program.opts<{ config?: string }>().config).config);
+
   program
     .command('check-config')
     .description('validate the configuration and print the effective values with secrets masked')
@@ -247,6 +262,7 @@ export function buildProgram(): Command {
     .action((o: { changed?: boolean }) => {
       const loaded = loadDetailedOrExit(program.opts<{ config?: string }>().config);
       process.stderr.write(`config: ${loaded.file ?? 'built-in defaults'} (${loaded.source})\n`);
+      process.stderr.write(describeRules(loaded.config.policy.rules));
       if (!o.changed) {
         process.stdout.write(JSON.stringify(maskedConfig(loaded.config), null, 2) + '\n');
         return;

@@ -3,15 +3,15 @@ import { createReadStream, constants as fsConstants } from 'node:fs';
 import { access, readdir, stat } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { SmtpClient, SmtpClientError, type Reply, type SendResult as TransactionResult } from '../smtp/client.js';
 import type { EsmtpParam } from '../smtp/envelope.js';
 import { parseAddressList } from './address-list.js';
 
-export type Expectation = 'accept' | 'reject' | 'tempfail';
-/** `error` means no SMTP reply decided the file: connection failure, timeout, unreadable file, no recipients. */
-export type Outcome = Expectation | 'error';
+import { DEFAULT_QUARANTINE_PATTERN, EXPECT_HEADER, EXPECTATIONS, ManifestError, formatTable, isExpectation, loadManifest, refOf, type Expectation, type Outcome, type TableRow } from './send-expect.js';
+
+export type { Expectation, Outcome } from './send-expect.js';
 
 export interface SendOptions {
   /** `host:port` or `[v6addr]:port`; default 127.0.0.1:2525. */
@@ -21,6 +21,10 @@ export interface SendOptions {
   /** Envelope recipients; when empty, all addresses in the file's To:/Cc:/Bcc: headers. */
   to: string[];
   expect?: Expectation;
+  /** Per-file expectations (file → outcome, YAML/JSON, paths relative to it); they win over headers and --expect. */
+  manifest?: string;
+  /** A 2xx reply matching this is the `quarantine` outcome (default: "held for review", the relay's quarantineText). */
+  quarantinePattern?: RegExp;
   /** EHLO name; the local host name (os.hostname()) when unset. */
   helo?: string;
   /** Per-file budget from connect to final reply, also used as the socket inactivity limit. Default 60000. */
@@ -37,7 +41,6 @@ export const SEND_DEFAULTS = { server: '127.0.0.1:2525', timeoutMs: 60_000 } as 
 export const DEFAULT_SENDER = 'harness@localhost';
 /** The header block is read with a bound so a file without a blank line is never slurped whole. */
 export const HEADER_READ_LIMIT = 256 * 1024;
-const EXPECTATIONS: readonly string[] = ['accept', 'reject', 'tempfail'];
 
 /** A problem with the command line itself: exit code 2, message on stderr, nothing sent. */
 export class UsageError extends Error {
@@ -79,6 +82,8 @@ export interface HeaderEnvelope {
   from?: string;
   /** Addresses of every To:, Cc: and Bcc: header, in order, duplicates removed (case-insensitively). */
   to: string[];
+  /** The fixture's own expectation (X-DLP-Expect: reject), if it carries one. */
+  expect?: Expectation;
 }
 
 /**
@@ -115,7 +120,8 @@ export async function readHeaderEnvelope(file: string, limit = HEADER_READ_LIMIT
       to.push(a);
     }
   }
-  return fromAddr === undefined ? { to } : { from: fromAddr, to };
+  const declared = headers.find((h) => h.name === EXPECT_HEADER)?.value.trim().toLowerCase();
+  return { ...(fromAddr === undefined ? {} : { from: fromAddr }), to, ...(isExpectation(declared) ? { expect: declared } : {}) };
 }
 
 /** Offset of the empty line ending the headers (CRLFCRLF or bare LFLF), or -1. */
@@ -163,6 +169,8 @@ export interface SendResult {
   reply: string;
   /** Recipients refused while the message itself was accepted. */
   rejected: RejectedRecipient[];
+  /** What this file was expected to do (manifest, its X-DLP-Expect header, or --expect). */
+  expected?: Expectation;
 }
 
 interface FileJob {
@@ -203,19 +211,38 @@ export async function runSend(
     err.write(`dlp-relay send: ${e.message}\n`);
     return 2;
   }
+  let manifest = new Map<string, Expectation>();
+  try {
+    if (argv.manifest !== undefined) manifest = loadManifest(argv.manifest);
+  } catch (e) {
+    if (!(e instanceof ManifestError)) throw e;
+    err.write(`dlp-relay send: ${e.message}\n`);
+    return 2;
+  }
   let failed = false;
+  let perFile = manifest.size > 0;
+  const rows: TableRow[] = [];
   for (const job of jobs) {
     const result = await sendFile(job, resolved);
-    if (!matchesExpectation(result.outcome, argv.expect)) failed = true;
-    out.write(formatResult(result, argv.expect) + '\n');
+    const fromManifest = manifest.get(resolve(job.file));
+    // The header block again (bounded, cheap): the fixture's own X-DLP-Expect.
+    const fromHeader = fromManifest === undefined ? (await readHeaderEnvelope(job.file).catch(() => ({ to: [] }) as HeaderEnvelope)).expect : undefined;
+    if (fromHeader !== undefined || fromManifest !== undefined) perFile = true;
+    const expected = fromManifest ?? fromHeader ?? argv.expect;
+    if (expected !== undefined) result.expected = expected;
+    if (!matchesExpectation(result.outcome, expected)) failed = true;
+    out.write(formatResult(result, expected) + '\n');
+    rows.push({ file: job.file, expected: expected ?? null, actual: result.outcome, ref: refOf(result.reply) });
   }
+  // A replay with per-file expectations ends with the expected-vs-actual table.
+  if (perFile) out.write(`\n${formatTable(rows)}\n`);
   return failed ? 1 : 0;
 }
 
 function validate(argv: SendOptions): ServerAddress {
   if (argv.paths.length === 0) throw new UsageError('no FILE or DIR given');
   if (argv.expect !== undefined && !EXPECTATIONS.includes(argv.expect)) {
-    throw new UsageError(`bad --expect "${String(argv.expect)}": use accept, reject or tempfail`);
+    throw new UsageError(`bad --expect "${String(argv.expect)}": use ${EXPECTATIONS.join(', ')}`);
   }
   if (!Number.isInteger(argv.timeoutMs) || argv.timeoutMs <= 0) {
     throw new UsageError(`bad --timeout "${String(argv.timeoutMs)}": a positive number of milliseconds`);
@@ -272,6 +299,12 @@ function classify(code: number): Outcome {
   return 'error';
 }
 
+/** The final reply's outcome: a 2xx that says the message was held is its own outcome. */
+function classifyFinal(reply: Reply, quarantine: RegExp): Outcome {
+  const o = classify(reply.code);
+  return o === 'accept' && quarantine.test(reply.lines.join(' ')) ? 'quarantine' : o;
+}
+
 const is2xx = (r: Reply): boolean => r.code >= 200 && r.code < 300;
 
 /** A reply that ended the transaction early: a 4xx/5xx decides the file, anything else is a client-side `error`. */
@@ -282,7 +315,7 @@ function fromReply(file: string, reply: Reply, command: string): SendResult {
 }
 
 /** What the transaction's replies mean for the file, in the order the server decided it. */
-function fromTransaction(file: string, to: string[], r: TransactionResult): SendResult {
+function fromTransaction(file: string, to: string[], r: TransactionResult, quarantine: RegExp): SendResult {
   if (!is2xx(r.mail)) return fromReply(file, r.mail, 'MAIL FROM');
   // No accepted recipient, or the session ended (421) during RCPT: the last RCPT reply decides.
   const lastRcpt = r.rcpts[r.rcpts.length - 1];
@@ -290,8 +323,8 @@ function fromTransaction(file: string, to: string[], r: TransactionResult): Send
   if (r.data === null) return { file, outcome: 'error', reply: 'connection closed before a final reply', rejected: [] };
   if (r.data.code !== 354) return fromReply(file, r.data, 'DATA');
   if (r.final === null) return { file, outcome: 'error', reply: 'connection closed before a final reply', rejected: [] };
-  const outcome = classify(r.final.code);
-  if (outcome !== 'accept') return fromReply(file, r.final, 'end of data');
+  const outcome = classifyFinal(r.final, quarantine);
+  if (outcome !== 'accept' && outcome !== 'quarantine') return fromReply(file, r.final, 'end of data');
   const rejected = r.rcpts.flatMap((reply, i) => (is2xx(reply) ? [] : [{ address: to[i] ?? '', reply: finalLine(reply) }]));
   return { file, outcome, reply: finalLine(r.final), rejected };
 }
@@ -358,7 +391,7 @@ async function sendFile(job: FileJob, { address, opts }: Resolved): Promise<Send
       return stream;
     };
     const r = await client.send({ from, mailParams: params, rcpts: to.map((a) => ({ address: a, params: [] })) }, open, budget.signal);
-    return fromTransaction(file, to, r);
+    return fromTransaction(file, to, r, opts.quarantinePattern ?? DEFAULT_QUARANTINE_PATTERN);
   } catch (e) {
     if (readError) return { file, outcome: 'error', reply: `cannot read file: ${oneLine(readError.message)}`, rejected: [] };
     return fromClientError(file, e, t);

@@ -13,7 +13,7 @@ const backoff = () => z.object({ initialMs: ms(5_000, 600_000), maxMs: ms(60_000
 const nullableString = z.string().min(1).nullable().default(null);
 
 /** What the relay does with a message; see src/policy for the semantics. */
-export const actionName = z.enum(['relay', 'relay_with_headers', 'reject', 'tempfail', 'quarantine']);
+export const actionName = z.enum(['relay', 'relay_with_headers', 'reject', 'tempfail', 'quarantine', 'remove_attachments', 'route_to_gateway']);
 
 const actionSpec = z
   .object({
@@ -25,9 +25,16 @@ const actionSpec = z
       .regex(/^[45]\.\d{1,3}\.\d{1,3}$/, 'must look like 5.7.1')
       .optional(),
     text: z.string().min(1).max(400).optional(),
+    /** route_to_gateway only: the name of an entry in `gateways` (an encryption gateway next hop). */
+    gateway: z.string().min(1).optional(),
+    /** route_to_gateway only: also stamp the encryption header (default true). */
+    header: z.boolean().optional(),
   })
   .strict()
   .superRefine((a, ctx) => {
+    if (a.action === 'route_to_gateway' && a.gateway === undefined) ctx.addIssue({ code: 'custom', message: 'route_to_gateway needs a gateway name', path: ['gateway'] });
+    if (a.action !== 'route_to_gateway' && (a.gateway !== undefined || a.header !== undefined))
+      ctx.addIssue({ code: 'custom', message: `gateway and header apply only to route_to_gateway, not ${a.action}`, path: ['gateway'] });
     if (a.code !== undefined && a.action !== 'reject' && a.action !== 'tempfail')
       ctx.addIssue({ code: 'custom', message: `code applies only to reject or tempfail, not ${a.action}`, path: ['code'] });
     if (a.action === 'reject' && a.code !== undefined && a.code < 500)
@@ -38,6 +45,9 @@ const actionSpec = z
       ctx.addIssue({ code: 'custom', message: 'enhanced code class must match the basic code', path: ['enhanced'] });
   });
 export type ActionSpec = z.infer<typeof actionSpec>;
+
+/** "user@example.com", or a domain as "example.com", "@example.com" or ".example.com" (it and its subdomains). */
+const addressOrDomain = z.string().regex(/^(?:[^@\s]+@[A-Za-z0-9.-]+|[@.]?[A-Za-z0-9.-]+)$/, 'must be an address or a domain');
 
 /** An address or CIDR; checked here so it is reported together with every other problem. */
 const cidr = z.string().superRefine((v, ctx) => {
@@ -200,6 +210,10 @@ export const configSchema = z
       .prefault({}),
     policy: z
       .object({
+        /** enforce: act on the verdict; monitor: relay everything, log and count the would-be action, no CAS push. */
+        mode: z.enum(['enforce', 'monitor']).default('enforce'),
+        /** Verdict headers on relayed copies: auto = on when enforcing, off in monitor mode. The loop header is always added. */
+        headers: z.enum(['auto', 'on', 'off']).default('auto'),
         /** actionCode → action. Codes 1..9 as documented by UCWI. */
         actions: z
           .record(z.string().regex(/^[1-9]$/, 'action codes are 1..9'), actionSpec)
@@ -214,6 +228,8 @@ export const configSchema = z
             queryId: headerName.default('X-DLP-Query-ID'),
             actionCode: headerName.default('X-DLP-Action-Code'),
             action: headerName.default('X-DLP-Action'),
+            /** remove_attachments: how many attachments were replaced by a note. */
+            removedCount: headerName.default('X-DLP-Attachments-Removed'),
           })
           .strict()
           .prefault({}),
@@ -221,6 +237,48 @@ export const configSchema = z
           .object({ name: headerName.default('X-DLP-Encrypt'), value: z.string().min(1).default('required') })
           .strict()
           .prefault({}),
+        /** remove_attachments (actionCode 4 by default). */
+        attachments: z
+          .object({
+            /** Images an HTML body shows inline (multipart/related, Content-ID) are removed too. */
+            removeInlineImages: z.boolean().default(false),
+            /** A message deeper or with more parts than this cannot be rewritten and is quarantined instead. */
+            maxParts: z.number().int().min(1).max(100_000).default(1000),
+            maxDepth: z.number().int().min(1).max(1000).default(32),
+          })
+          .strict()
+          .prefault({}),
+        /** Ordered rules, first match wins; each replaces mode, headers and actions for the messages it matches. */
+        rules: z
+          .array(
+            z
+              .object({
+                name: z.string().min(1).max(100),
+                match: z
+                  .object({
+                    senders: z.array(addressOrDomain).min(1).optional(),
+                    recipients: z.array(addressOrDomain).min(1).optional(),
+                    allRecipients: z.boolean().optional(),
+                    clientNetworks: z.array(cidr).min(1).optional(),
+                    authUsers: z.array(z.string().min(1)).min(1).optional(),
+                  })
+                  .strict(),
+                mode: z.enum(['enforce', 'monitor']).optional(),
+                headers: z.enum(['auto', 'on', 'off']).optional(),
+                actions: z.record(z.string().regex(/^[1-9]$/, 'action codes are 1..9'), actionSpec).optional(),
+                unknownAction: actionSpec.optional(),
+                onDlpError: z.enum(['tempfail', 'relay', 'quarantine']).optional(),
+              })
+              .strict(),
+          )
+          .default([])
+          .superRefine((rules, ctx) => {
+            const seen = new Set<string>();
+            rules.forEach((r, i) => {
+              if (seen.has(r.name)) ctx.addIssue({ code: 'custom', message: `rule name "${r.name}" is used twice`, path: [i, 'name'] });
+              seen.add(r.name);
+            });
+          }),
         /** Our own mail domains; cas.exemptDomains defaults to them, so CAS never blocks our own users. */
         localDomains: z.array(z.string().min(1).regex(/^[@.]?[A-Za-z0-9.-]+$/, 'must be a domain name')).default([]),
         loop: z
@@ -292,6 +350,39 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Encryption gateways (next hops for route_to_gateway), by name. TLS is always required and verified:
+     * implicit TLS with secure: true, else STARTTLS; without it the answer is 4xx, never a relay in clear.
+     */
+    gateways: z
+      .record(
+        z.string().regex(/^[a-z0-9][a-z0-9_-]{0,40}$/, 'gateway names are lower-case letters, digits, - and _'),
+        z
+          .object({
+            host: z.string().min(1),
+            port: port.default(25),
+            secure: z.boolean().default(false),
+            tls: z.object({ caFile: nullableString, servername: nullableString }).strict().prefault({}),
+            /** AUTH user; the password is read from passFile. */
+            authUser: nullableString,
+            passFile: nullableString,
+            pool: z
+              .object({
+                maxConnections: z.number().int().min(1).max(1000).default(10),
+                maxMessagesPerConnection: z.number().int().min(1).max(100_000).default(100),
+                idleTimeoutMs: ms(10_000),
+                acquireTimeoutMs: ms(5_000),
+              })
+              .strict()
+              .prefault({}),
+            timeouts: z.object({ connectMs: ms(10_000), greetingMs: ms(10_000), socketMs: ms(30_000) }).strict().prefault({}),
+          })
+          .strict()
+          .superRefine((g, ctx) => {
+            if (g.authUser !== null && g.passFile === null) ctx.addIssue({ code: 'custom', message: 'AUTH needs passFile', path: ['passFile'] });
+          }),
+      )
+      .default({}),
     outbox: z.object({ dir: z.string().min(1).default('var/outbox') }).strict().prefault({}),
     quarantine: z
       .object({
@@ -396,7 +487,20 @@ export const configSchema = z
       .strict()
       .prefault({}),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    // A route to a gateway that is not configured would only be found at the first such verdict.
+    const check = (spec: { action: string; gateway?: string | undefined } | undefined, path: Array<string | number>) => {
+      if (spec?.action === 'route_to_gateway' && spec.gateway !== undefined && !(spec.gateway in c.gateways))
+        ctx.addIssue({ code: 'custom', message: `no gateway "${spec.gateway}" in gateways`, path: [...path, 'gateway'] });
+    };
+    for (const [code, spec] of Object.entries(c.policy.actions)) check(spec, ['policy', 'actions', code]);
+    check(c.policy.unknownAction, ['policy', 'unknownAction']);
+    c.policy.rules.forEach((r, i) => {
+      for (const [code, spec] of Object.entries(r.actions ?? {})) check(spec, ['policy', 'rules', i, 'actions', code]);
+      check(r.unknownAction, ['policy', 'rules', i, 'unknownAction']);
+    });
+  });
 
 export type Config = z.infer<typeof configSchema>;
 export type DeepReadonly<T> = T extends (infer U)[]

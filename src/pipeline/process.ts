@@ -5,10 +5,14 @@ import type { SpooledMessage } from '../spool/spool.js';
 import type { InspectResult } from '../dlp/client.js';
 import { decide, renderHeaders, type Decision, type PolicySettings } from '../policy/policy.js';
 import type { LoopGuard } from '../policy/loop-token.js';
+import { settingsFor } from '../policy/rules.js';
 import { catalogueReply, nextHopFailureReply, RelayError, type SmtpReply } from '../errors.js';
 import type { MatchedPolicy, NewQuarantineRecord, QuarantineStore } from '../quarantine/types.js';
 import type { Envelope } from '../smtp/envelope.js';
 import { DeliveryError } from '../egress/next-hop-errors.js';
+import type { DeliveryReport } from '../egress/pool.js';
+import { MimeStructureError } from '../mime/scanner.js';
+import { planRemoval, removeAttachments, type RemovalOptions, type RemovedAttachment } from '../mime/strip.js';
 
 /**
  * Where this one message goes when the policy says relay: the next-hop transaction the session holds
@@ -18,6 +22,11 @@ import { DeliveryError } from '../egress/next-hop-errors.js';
 export interface MessageSink {
   readonly kind: 'next-hop' | 'outbox';
   deliver(open: () => Readable, signal: AbortSignal): Promise<SmtpReply>;
+}
+
+/** NextHopPool's whole-transaction delivery: each recipient's fate comes back. */
+export interface GatewayDeliverer {
+  deliver(env: Envelope, open: () => Readable, signal: AbortSignal): Promise<DeliveryReport>;
 }
 
 export interface Inspector {
@@ -42,6 +51,8 @@ export interface PipelineDeps {
   dlp: Inspector;
   quarantine: QuarantineStore;
   onVerdict?: VerdictHook | undefined;
+  /** Encryption gateways by name (route_to_gateway): separate next-hop pools, whole transactions. */
+  gateways?: ReadonlyMap<string, GatewayDeliverer> | undefined;
   /** Called once with the final outcome (after deadline handling); for sender notices. Must not throw. */
   onOutcome?: ((o: Omit<Outcome, 'settled'>, msg: MessageInput) => void) | undefined;
 }
@@ -55,6 +66,8 @@ export interface MessageInput {
   /** The envelope with the recipients the next hop (or we, without one) accepted. */
   envelope: Envelope;
   spool: SpooledMessage;
+  /** The SMTP AUTH user, for policy rules. */
+  authUser?: string | null;
   /** Our Received: line, prepended to every copy that leaves the spool (relayed or held). */
   trace: Buffer;
   sink: MessageSink;
@@ -69,6 +82,8 @@ export interface Outcome {
   relayMs: number | null;
   errorClass?: string;
   detail?: string;
+  /** The policy rule the message matched (none: the default table). */
+  rule?: string;
   /** Settles when every use of the spool file is over (including work that outlived a deadline). */
   settled: Promise<void>;
 }
@@ -119,11 +134,13 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
   // A loop header that does not let the message skip the scan is cut out of the bytes we scan and deliver.
   const { rule, strip: skip } = deps.loopGuard.judge(spool.headers, msg.clientTrusted, { queryId, clientAddress: msg.clientAddress });
   const strippedBytes = skip.reduce((n, r) => n + (r.end - r.start), 0);
+  // The first matching rule's table, mode and header setting apply to this message.
+  const { settings: policy, rule: ruleName } = settingsFor(deps.policy, { sender: msg.envelope.from, recipients: msg.envelope.to.map((r) => r.address), clientAddress: msg.clientAddress, authUser: msg.authUser ?? null });
 
   let dlp: InspectResult | null = null;
   let decision: Decision;
   if (rule === 'skip') {
-    decision = decide({ kind: 'skipped' }, queryId, deps.policy);
+    decision = decide({ kind: 'skipped' }, queryId, policy);
   } else {
     dlp = await deps.dlp.inspect(
       {
@@ -137,17 +154,19 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
       },
       signal,
     );
-    decision = decide(dlp.ok ? { kind: 'verdict', actionCode: dlp.actionCode } : { kind: 'error', errorClass: dlp.errorClass, ...(dlp.actionCode !== undefined ? { actionCode: dlp.actionCode } : {}) }, queryId, deps.policy);
+    decision = decide(dlp.ok ? { kind: 'verdict', actionCode: dlp.actionCode } : { kind: 'error', errorClass: dlp.errorClass, ...(dlp.actionCode !== undefined ? { actionCode: dlp.actionCode } : {}) }, queryId, policy);
   }
   const actionCode = dlp ? (dlp.ok ? dlp.actionCode : (dlp.actionCode ?? null)) : null;
   const base = {
     actionCode,
     policies: dlp?.ok ? dlp.policies : [],
     dlpMs: dlp?.elapsedMs ?? null,
+    ...(ruleName !== null ? { rule: ruleName } : {}),
     ...(dlp && !dlp.ok ? { errorClass: dlp.errorClass, detail: dlp.detail } : {}),
   };
 
-  if (deps.onVerdict) {
+  // Monitor mode acts on nothing, CAS lists included.
+  if (deps.onVerdict && !(decision.action === 'relay' && decision.wouldBe !== undefined)) {
     // Side work gets its own promise; the reply never waits for it, only the spool cleanup does.
     side.push(deps.onVerdict({ queryId, actionCode, action: decision.label, sender: msg.envelope.from, recipients: msg.envelope.to.map((r) => r.address), spool }).catch((err: unknown) => deps.logger.warn({ err, queryId }, 'verdict hook failed')));
   }
@@ -161,10 +180,14 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
       return quarantine(deps, msg, decision, base, skip, signal);
     case 'relay':
       return relay(deps, msg, decision, base, skip, signal);
+    case 'remove-attachments':
+      return removeAndRelay(deps, msg, decision, base, skip, signal);
+    case 'gateway':
+      return gatewayRelay(deps, msg, decision, base, skip, signal);
   }
 }
 
-async function quarantine(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'quarantine' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+async function quarantine(deps: PipelineDeps, msg: MessageInput, decision: { label: string; reply: SmtpReply; reason: string }, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
   const t0 = performance.now();
   try {
     await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, decision.reason, base.policies), () => msg.spool.open({ prepend: msg.trace, skip }));
@@ -202,13 +225,17 @@ function quarantineRecord(deps: PipelineDeps, msg: MessageInput, actionCode: num
   };
 }
 
-async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'relay' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+async function relay(deps: PipelineDeps, msg: MessageInput, decision: { label: string; headers: Array<[string, string]> }, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal, rewrite?: (source: Readable) => Readable): Promise<Partial_> {
   const sealed = deps.loopGuard.seal(decision.headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId);
   const prepend = Buffer.concat([msg.trace, renderHeaders(sealed)]);
   const t0 = performance.now();
   const isLocal = msg.sink.kind === 'outbox';
+  const open = (): Readable => {
+    const source = msg.spool.open({ prepend, skip });
+    return rewrite ? rewrite(source) : source;
+  };
   try {
-    const reply = await msg.sink.deliver(() => msg.spool.open({ prepend, skip }), signal);
+    const reply = await msg.sink.deliver(open, signal);
     const ok = reply.code < 300;
     return {
       ...base,
@@ -230,4 +257,99 @@ async function relay(deps: PipelineDeps, msg: MessageInput, decision: Extract<De
       detail: err instanceof DeliveryError ? (err.response ?? err.message) : (err as Error).message,
     };
   }
+}
+
+/**
+ * actionCode 4 (by default): a dry run of the rewrite first, so a message whose MIME cannot be rewritten
+ * safely is quarantined before any byte goes out; then the original is stored as evidence (an admin can
+ * release it whole); then the rewritten copy is relayed through the same sink, streamed from the spool.
+ * If the relay does not end in 2xx the client keeps the message and will retry, so the evidence copy is
+ * taken back, as a quarantine written after the deadline is.
+ */
+async function removeAndRelay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'remove-attachments' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+  const opts: RemovalOptions = { queryId: msg.queryId, ...deps.policy.attachments };
+  let removed: RemovedAttachment[];
+  try {
+    ({ removed } = await planRemoval(msg.spool.open({ skip }), opts, signal));
+  } catch (err) {
+    if (signal.aborted) throw signal.reason;
+    if (!(err instanceof MimeStructureError)) {
+      deps.logger.error({ err, queryId: msg.queryId }, 'attachment removal failed');
+      return { ...base, reply: catalogueReply('INTERNAL', msg.queryId), action: 'tempfail-internal', relayMs: null, errorClass: 'internal', detail: (err as Error).message };
+    }
+    // Never let an attachment through: what we cannot rewrite is held whole.
+    const held = await quarantine(deps, msg, { label: 'quarantine-unremovable', reply: decision.quarantineReply, reason: `attachments-unremovable:${err.reason}` }, base, skip, signal);
+    return { ...held, detail: held.detail ?? err.message };
+  }
+  try {
+    await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, `evidence:${decision.reason}`, base.policies), () => msg.spool.open({ prepend: msg.trace, skip }));
+  } catch (err) {
+    deps.logger.error({ err, queryId: msg.queryId }, 'quarantine store failed (evidence copy)');
+    return { ...base, reply: catalogueReply('QUARANTINE_FAILED', msg.queryId), action: 'tempfail-quarantine-failed', relayMs: null, errorClass: 'quarantine', detail: (err as Error).message };
+  }
+  const headers: Array<[string, string]> = decision.countHeader ? [...decision.headers, [decision.countHeader, String(removed.length)]] : decision.headers;
+  let out: Partial_;
+  try {
+    out = await relay(deps, msg, { label: decision.label, headers }, base, skip, signal, (source) => removeAttachments(source, opts));
+  } catch (err) {
+    await dropEvidence(deps, msg.queryId);
+    throw err;
+  }
+  if (out.reply.code >= 300) await dropEvidence(deps, msg.queryId);
+  return { ...out, detail: out.detail ?? `${removed.length} attachment(s) removed: ${removed.map((r) => r.filename ?? r.contentType).join(', ').slice(0, 300)}` };
+}
+
+async function dropEvidence(deps: PipelineDeps, queryId: string): Promise<void> {
+  await deps.quarantine.delete(queryId).catch((err: unknown) => deps.logger.error({ err, queryId }, 'could not remove the evidence copy of a message that was not relayed'));
+}
+
+/** "250 2.0.0 Ok: queued" → SmtpReply; the first line only. */
+function parseReplyLine(line: string, fallback: SmtpReply): SmtpReply {
+  const m = /^([2-5]\d\d)[ -]?(?:([2-5]\.\d{1,3}\.\d{1,3})\s+)?([^\r\n]*)/.exec(line);
+  if (!m) return fallback;
+  const code = Number(m[1]);
+  return { code, enhanced: m[2] ?? `${String(code)[0]}.0.0`, text: (m[3] ?? '').slice(0, 400) || fallback.text };
+}
+
+/**
+ * route_to_gateway. The client's recipients were already answered by the default next hop at RCPT
+ * time (lockstep); a route chosen after the verdict cannot go through that transaction, so DATA is
+ * never sent there (the ingress resets a transaction that got no DATA) and the whole message goes to
+ * the gateway in a transaction of its own. The client can get only one answer for all recipients:
+ * 250 only if the gateway accepted every one; the gateway's 5xx if it refused every one with 5xx;
+ * anything else (mixed, 4xx, no TLS, unreachable) 451, so the client retries the whole message. A
+ * recipient the gateway accepted in a mixed outcome may then get the message twice: a duplicate rather
+ * than a loss, and never a copy relayed in clear.
+ */
+async function gatewayRelay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'gateway' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+  const t0 = performance.now();
+  const retry = (why: string): SmtpReply => ({ code: 451, enhanced: '4.4.0', text: `Encryption gateway ${why}, try again later (ref ${msg.queryId})` });
+  const pool = deps.gateways?.get(decision.gateway);
+  if (!pool) {
+    deps.logger.error({ queryId: msg.queryId, gateway: decision.gateway }, 'route_to_gateway names a gateway that is not running');
+    return { ...base, reply: retry('not available'), action: `${decision.label}-failed`, relayMs: null, errorClass: 'gateway:missing', detail: decision.gateway };
+  }
+  const sealed = deps.loopGuard.seal(decision.headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId);
+  const prepend = Buffer.concat([msg.trace, renderHeaders(sealed)]);
+  let report: DeliveryReport;
+  try {
+    report = await pool.deliver(msg.envelope, () => msg.spool.open({ prepend, skip }), signal);
+  } catch (err) {
+    if (signal.aborted) throw signal.reason;
+    const phase = err instanceof DeliveryError ? err.phase : 'error';
+    deps.logger.warn({ err, queryId: msg.queryId, gateway: decision.gateway }, 'encryption gateway delivery failed');
+    return { ...base, reply: retry('unavailable'), action: `${decision.label}-failed`, relayMs: Math.round(performance.now() - t0), errorClass: `gateway:${phase}`, detail: (err as Error).message };
+  }
+  const relayMs = Math.round(performance.now() - t0);
+  const rs = report.recipients;
+  const detail = rs.map((r) => `${r.address}: ${r.response}`).join('; ').slice(0, 1000);
+  if (rs.length > 0 && rs.every((r) => r.status === 'accepted')) {
+    return { ...base, reply: parseReplyLine(report.response, { code: 250, enhanced: '2.0.0', text: `Ok: handed to the encryption gateway (ref ${msg.queryId})` }), action: decision.label, relayMs };
+  }
+  const first = rs[0];
+  if (first && rs.every((r) => r.status === 'refused' && r.code >= 500)) {
+    const reply = parseReplyLine(first.response, { code: first.code, enhanced: '5.0.0', text: 'Rejected by the encryption gateway' });
+    return { ...base, reply: reply.code >= 500 ? reply : { code: first.code, enhanced: '5.0.0', text: 'Rejected by the encryption gateway' }, action: `${decision.label}-refused`, relayMs, errorClass: 'gateway:refused', detail };
+  }
+  return { ...base, reply: retry(rs.some((r) => r.status === 'accepted') ? 'did not accept every recipient' : 'deferred the message'), action: `${decision.label}-deferred`, relayMs, errorClass: 'gateway:deferred', detail };
 }

@@ -2,6 +2,7 @@
 import type { ActionSpec } from '../config/schema.js';
 import type { DlpErrorClass } from '../dlp/parse.js';
 import { CATALOGUE, type SmtpReply } from '../errors.js';
+import type { PolicyRuleConfig } from './rules.js';
 
 export type ActionName = ActionSpec['action'];
 
@@ -13,38 +14,54 @@ export type DlpOutcome =
   | { kind: 'skipped' };
 
 export type Decision =
-  | { action: 'relay'; label: string; headers: Array<[string, string]> }
+  /** wouldBe: monitor mode, the label the enforcing decision would have had. */
+  | { action: 'relay'; label: string; headers: Array<[string, string]>; wouldBe?: string }
   | { action: 'reject'; label: string; reply: SmtpReply }
   | { action: 'tempfail'; label: string; reply: SmtpReply }
-  | { action: 'quarantine'; label: string; reply: SmtpReply; reason: string };
+  | { action: 'quarantine'; label: string; reply: SmtpReply; reason: string }
+  /** Relay a copy without its attachments (headers as for relay); the original goes to the quarantine as evidence. */
+  /** Deliver the whole message to an encryption gateway (a separate next hop) instead of the open transaction. */
+  | { action: 'gateway'; label: string; gateway: string; headers: Array<[string, string]> }
+  | { action: 'remove-attachments'; label: string; headers: Array<[string, string]>; reason: string; quarantineReply: SmtpReply; countHeader: string | null };
+
+/** enforce: act on the verdict; monitor: relay everything and only record what would have been done. */
+export type PolicyMode = 'enforce' | 'monitor';
+/** Verdict headers on relayed copies: auto = on when enforcing, off in monitor mode. */
+export type HeaderSetting = 'auto' | 'on' | 'off';
 
 export interface PolicySettings {
+  mode: PolicyMode;
+  headers: HeaderSetting;
   actions: Readonly<Record<string, ActionSpec>>;
   unknownAction: ActionSpec;
   onDlpError: 'tempfail' | 'relay' | 'quarantine';
   rejectText: string;
   quarantineText: string;
-  verdictHeaders: { queryId: string; actionCode: string; action: string };
+  verdictHeaders: { queryId: string; actionCode: string; action: string; removedCount: string };
+  attachments: { removeInlineImages: boolean; maxParts: number; maxDepth: number };
   encryptionHeader: { name: string; value: string };
   loop: { header: string };
+  /** Ordered; the first rule matching a message replaces these settings for it (rules.ts settingsFor). */
+  rules?: readonly PolicyRuleConfig[];
 }
 
 /**
  * The defaults of the action table (UCWI codes: 1 allow, 2 block, 3 confirm, 4 delete attachment,
  * 5 mail encryption, 6 quarantine, 7 endpoint system encryption, 8 mail content encryption,
- * 9 endpoint personal-key encryption). 3 needs a human, so it waits in quarantine; 4 too, until we
- * can strip attachments; 5 and 8 are handed to a downstream encryption gateway by header.
+ * 9 endpoint personal-key encryption). 3 needs a human, so it waits in quarantine; 4 relays a copy
+ * without its attachments; 5, 7, 8 and 9 (all encryption actions) are handed to a downstream
+ * encryption gateway by header, or routed to one (route_to_gateway).
  */
 export const DEFAULT_ACTIONS: Readonly<Record<string, ActionSpec>> = Object.freeze({
   '1': { action: 'relay' },
   '2': { action: 'reject', code: 550, enhanced: '5.7.1' },
   '3': { action: 'quarantine' },
-  '4': { action: 'quarantine' },
+  '4': { action: 'remove_attachments' },
   '5': { action: 'relay_with_headers' },
   '6': { action: 'quarantine' },
-  '7': { action: 'relay' },
+  '7': { action: 'relay_with_headers' },
   '8': { action: 'relay_with_headers' },
-  '9': { action: 'relay' },
+  '9': { action: 'relay_with_headers' },
 });
 
 /** The configured table over the defaults: a code the admin did not mention keeps its default. */
@@ -57,20 +74,48 @@ function fill(template: string, queryId: string): string {
   return template.replaceAll('{queryId}', queryId).replace(/[^\x20-\x7e]/g, ' ');
 }
 
+function stamps(s: PolicySettings): boolean {
+  return s.headers === 'on' || (s.headers === 'auto' && s.mode === 'enforce');
+}
+
+function verdictHeaders(s: PolicySettings, queryId: string, actionCode: string, label: string): Array<[string, string]> {
+  // The loop header first and always: if this copy comes back from a trusted MTA it skips a second scan.
+  const loop: [string, string] = [s.loop.header, queryId];
+  if (!stamps(s)) return [loop];
+  return [loop, [s.verdictHeaders.queryId, queryId], [s.verdictHeaders.actionCode, actionCode], [s.verdictHeaders.action, label]];
+}
+
+/** The label (X-DLP-Action, log `action`) of a configured action. */
+function labelOf(spec: ActionSpec): string {
+  if (spec.action === 'relay_with_headers') return 'relay-encrypt';
+  if (spec.action === 'remove_attachments') return 'attachments-removed';
+  if (spec.action === 'route_to_gateway') return 'relay-gateway';
+  return spec.action;
+}
+
 function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionCode: string, label: string, reason: string): Decision {
   switch (spec.action) {
     case 'relay':
     case 'relay_with_headers': {
-      const headers: Array<[string, string]> = [
-        // The loop header first: if this copy comes back from a trusted MTA it skips a second scan.
-        [s.loop.header, queryId],
-        [s.verdictHeaders.queryId, queryId],
-        [s.verdictHeaders.actionCode, actionCode],
-        [s.verdictHeaders.action, label],
-      ];
+      const headers = verdictHeaders(s, queryId, actionCode, label);
       if (spec.action === 'relay_with_headers') headers.push([s.encryptionHeader.name, s.encryptionHeader.value]);
       return { action: 'relay', label, headers };
     }
+    case 'route_to_gateway': {
+      const headers = verdictHeaders(s, queryId, actionCode, label);
+      if (spec.header !== false) headers.push([s.encryptionHeader.name, s.encryptionHeader.value]);
+      return { action: 'gateway', label, gateway: spec.gateway ?? '', headers };
+    }
+    case 'remove_attachments':
+      return {
+        action: 'remove-attachments',
+        label,
+        headers: verdictHeaders(s, queryId, actionCode, label),
+        reason,
+        // Used when the MIME tree cannot be rewritten safely and the message is held instead.
+        quarantineReply: { code: 250, enhanced: '2.0.0', text: fill(spec.text ?? s.quarantineText, queryId) },
+        countHeader: stamps(s) ? s.verdictHeaders.removedCount : null,
+      };
     case 'reject':
       return {
         action: 'reject',
@@ -90,8 +135,19 @@ function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionC
   }
 }
 
-/** The one decision for one message. */
+/**
+ * The one decision for one message. In monitor mode every message is relayed; the label says what
+ * enforcing would have done (`monitor-reject`, …) and `wouldBe` keeps that label for the log.
+ */
 export function decide(outcome: DlpOutcome, queryId: string, s: PolicySettings): Decision {
+  const d = enforce(outcome, queryId, s);
+  if (s.mode !== 'monitor' || outcome.kind === 'skipped') return d;
+  const label = `monitor-${d.label}`;
+  const code = outcome.kind === 'verdict' ? String(outcome.actionCode) : outcome.kind === 'error' && outcome.actionCode !== undefined ? String(outcome.actionCode) : 'none';
+  return { action: 'relay', label, headers: verdictHeaders(s, queryId, code, label), wouldBe: d.label };
+}
+
+function enforce(outcome: DlpOutcome, queryId: string, s: PolicySettings): Decision {
   const table = effectiveActions(s.actions);
   switch (outcome.kind) {
     case 'skipped':
@@ -99,7 +155,7 @@ export function decide(outcome: DlpOutcome, queryId: string, s: PolicySettings):
       return { action: 'relay', label: 'relay-loop-skip', headers: [] };
     case 'verdict': {
       const spec = table[String(outcome.actionCode)];
-      if (spec) return applySpec(spec, s, queryId, String(outcome.actionCode), spec.action === 'relay_with_headers' ? 'relay-encrypt' : spec.action, `dlp:${outcome.actionCode}`);
+      if (spec) return applySpec(spec, s, queryId, String(outcome.actionCode), labelOf(spec), `dlp:${outcome.actionCode}`);
       return applySpec(s.unknownAction, s, queryId, String(outcome.actionCode), `unknown-${s.unknownAction.action}`, `unknown-action:${outcome.actionCode}`);
     }
     case 'error': {

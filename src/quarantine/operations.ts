@@ -1,7 +1,6 @@
 // Admin operations on the quarantine (list, show, download, release, delete, purge, audit), shared by the CLI and the HTTP API; each one is audited in the store and the log.
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { MailParser, type AttachmentStream, type MessageText } from 'mailparser';
+import { walkMessage } from '../mime/walker.js';
 import { QuarantineInputError } from './common.js';
 import { isUnavailable } from './errors.js';
 import { audited, auditTarget, guard, normalizeId, type Actor, type OperationsContext } from './ops-context.js';
@@ -53,6 +52,9 @@ export interface PreviewLimits {
   maxHeaders?: number;
   maxHeaderChars?: number;
   maxAttachments?: number;
+  /** The preview stops (with `error` set) when this fires or after deadlineMs (default 30 s). */
+  signal?: AbortSignal;
+  deadlineMs?: number;
 }
 
 /**
@@ -128,8 +130,8 @@ export function stripHtml(html: string): string {
 }
 
 /**
- * Safe preview through mailparser's streaming MailParser (never simpleParser: it buffers attachments).
- * Attachment streams are drained and only counted, otherwise the parser stalls.
+ * Safe preview through the shared MIME walker (streaming mailparser under limits, an abort signal and a
+ * deadline; never simpleParser, which buffers attachments). Attachments are only counted.
  */
 export async function buildPreview(source: Readable, limits: PreviewLimits = {}): Promise<MessagePreview> {
   const maxText = limits.maxTextChars ?? 8_000;
@@ -145,49 +147,51 @@ export async function buildPreview(source: Readable, limits: PreviewLimits = {})
     attachments: [],
     attachmentsTruncated: false,
   };
-  const parser = new MailParser({ skipHtmlToText: true, skipTextToHtml: true, skipImageLinks: true, skipTextLinks: true });
-  parser.on('headerLines', (lines: Array<{ key: string; line: string }>) => {
-    for (const { line } of lines) {
-      if (preview.headers.length >= maxHeaders) {
-        preview.headersTruncated = true;
-        break;
-      }
-      const colon = line.indexOf(':');
-      const name = sanitizeText(colon > 0 ? line.slice(0, colon) : line).trim();
-      const value = colon > 0 ? line.slice(colon + 1).replace(/\r?\n[ \t]+/g, ' ').trim() : '';
-      const t = truncate(sanitizeText(value), maxHeaderChars);
-      preview.headers.push({ name, value: t.truncated ? `${t.text}…` : t.text });
-    }
-  });
   let text: string | undefined;
   let html: string | undefined;
-  parser.on('data', (data: AttachmentStream | MessageText) => {
-    if (data.type === 'text') {
-      if (typeof data.text === 'string' && data.text.trim() !== '') text = data.text;
-      if (typeof data.html === 'string') html = data.html;
-      return;
-    }
-    let size = 0;
-    const content = data.content as Readable;
-    content.on('data', (c: Buffer) => (size += c.length));
-    content.on('end', () => {
-      if (preview.attachments.length < maxAttachments) {
-        preview.attachments.push({
-          filename: data.filename ? sanitizeText(data.filename).slice(0, 255) : null,
-          contentType: sanitizeText(data.contentType ?? 'application/octet-stream').slice(0, 255),
-          disposition: data.contentDisposition ? sanitizeText(data.contentDisposition).slice(0, 64) : null,
-          size,
-        });
-      } else preview.attachmentsTruncated = true;
-      data.release();
-    });
-    content.on('error', () => data.release());
-  });
-  try {
-    await pipeline(source, parser);
-  } catch (err) {
-    if (isUnavailable(err)) throw err;
-    preview.error = sanitizeText(err instanceof Error ? err.message : String(err)).slice(0, 500);
+  const result = await walkMessage(
+    source,
+    {
+      headerLines: (lines) => {
+        for (const { line } of lines) {
+          if (preview.headers.length >= maxHeaders) {
+            preview.headersTruncated = true;
+            break;
+          }
+          const colon = line.indexOf(':');
+          const name = sanitizeText(colon > 0 ? line.slice(0, colon) : line).trim();
+          const value = colon > 0 ? line.slice(colon + 1).replace(/\r?\n[ \t]+/g, ' ').trim() : '';
+          const t = truncate(sanitizeText(value), maxHeaderChars);
+          preview.headers.push({ name, value: t.truncated ? `${t.text}…` : t.text });
+        }
+      },
+      text: (data) => {
+        if (typeof data.text === 'string' && data.text.trim() !== '') text = data.text;
+        if (typeof data.html === 'string') html = data.html;
+      },
+      attachment: async (data) => {
+        // Only counted: the bytes are read and dropped.
+        let size = 0;
+        for await (const c of data.content as Readable) size += (c as Buffer).length;
+        if (preview.attachments.length < maxAttachments) {
+          preview.attachments.push({
+            filename: data.filename ? sanitizeText(data.filename).slice(0, 255) : null,
+            contentType: sanitizeText(data.contentType ?? 'application/octet-stream').slice(0, 255),
+            disposition: data.contentDisposition ? sanitizeText(data.contentDisposition).slice(0, 64) : null,
+            size,
+          });
+        } else preview.attachmentsTruncated = true;
+      },
+    },
+    {
+      signal: limits.signal,
+      deadlineMs: limits.deadlineMs ?? 30_000,
+      parser: { skipHtmlToText: true, skipTextToHtml: true, skipImageLinks: true, skipTextLinks: true },
+    },
+  );
+  if (result.error) {
+    if (result.inputFailed && isUnavailable(result.error)) throw result.error;
+    preview.error = sanitizeText(result.error.message).slice(0, 500);
   }
   let body = '';
   if (text !== undefined) {

@@ -126,6 +126,8 @@ export interface Chain {
   rawLogs: () => string;
   /** Summary lines (event=message) logged so far. */
   summaries: () => Array<Record<string, unknown>>;
+  /** Reloads the relay with these config overrides on top of the chain's own (as a SIGHUP after a file edit would). */
+  reloadWith(config: Record<string, unknown>): ReturnType<RunningRelay['reload']>;
   close(): Promise<void>;
 }
 
@@ -157,6 +159,8 @@ export async function startChain(o: ChainOptions = {}): Promise<Chain> {
     secrets: { ucwiAccessKey: SIM_KEYS.accessKey, ucwiSecretKey: SIM_KEYS.secretKey },
   };
   const cfg = loadConfig({ file: '/dev/null', env: {}, overrides: deepMerge(base, o.config ?? {}) });
+  // What the next reload reads (reloadWith): the same base and overrides plus the test's changes.
+  let nextCfg = cfg;
   const logStream = new PassThrough();
   const logs: Array<Record<string, unknown>> = [];
   let raw = '';
@@ -172,7 +176,7 @@ export async function startChain(o: ChainOptions = {}): Promise<Chain> {
     }
   });
   const logger = createLogger({ level: cfg.log.level, destination: logStream });
-  const relay = await startRelay(cfg, logger, o.start);
+  const relay = await startRelay(cfg, logger, { reloadConfig: () => nextCfg, ...o.start });
   return {
     relay,
     sim,
@@ -182,6 +186,10 @@ export async function startChain(o: ChainOptions = {}): Promise<Chain> {
     logs,
     rawLogs: () => raw,
     summaries: () => logs.filter((l) => l['event'] === 'message'),
+    reloadWith(config) {
+      nextCfg = loadConfig({ file: '/dev/null', env: {}, overrides: deepMerge(deepMerge(base, o.config ?? {}), config) });
+      return relay.reload('test');
+    },
     async close() {
       await relay.stop(1000);
       await sink.close();

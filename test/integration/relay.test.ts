@@ -63,7 +63,7 @@ describe('relay chain: verdict table', () => {
     expect(chain.sink.messages.length).toBe(before);
   });
 
-  it.each([3, 4, 6])('actionCode %i quarantines: 250, not delivered, stored with metadata (mode 0600)', async (code) => {
+  it.each([3, 6])('actionCode %i quarantines: 250, not delivered, stored with metadata (mode 0600)', async (code) => {
     const before = chain.sink.messages.length;
     const input = message(`trigger DLPTEST-ACTION-${code}`);
     const r = await send(chain.port, input);
@@ -88,10 +88,10 @@ describe('relay chain: verdict table', () => {
     expect(headersOf(got.data!)).toMatch(new RegExp(`${traceLinePattern(qid)}X-DLP-Relay-Scanned: ${loopValue(qid)}\r\nX-DLP-Query-ID: ${qid}\r\nX-DLP-Action-Code: ${code}\r\nX-DLP-Action: relay-encrypt\r\nX-DLP-Encrypt: required\r\nFrom:`));
   });
 
-  it.each([7, 9])('actionCode %i relays with the verdict headers', async (code) => {
+  it.each([7, 9])('actionCode %i (endpoint encryption) relays with the encryption-route header', async (code) => {
     const r = await send(chain.port, message(`trigger DLPTEST-ACTION-${code}`));
     expect(replyCode(r.data)).toBe(250);
-    expect(headersOf(chain.sink.messages.at(-1)!.data!)).toContain(`X-DLP-Action-Code: ${code}\r\nX-DLP-Action: relay\r\n`);
+    expect(headersOf(chain.sink.messages.at(-1)!.data!)).toContain(`X-DLP-Action-Code: ${code}\r\nX-DLP-Action: relay-encrypt\r\nX-DLP-Encrypt: required\r\n`);
   });
 
   it('an unknown actionCode quarantines', async () => {

@@ -27,12 +27,12 @@ describe('default verdict table', () => {
       expect: { action: 'reject', reply: { code: 550, enhanced: '5.7.1', text: `Message rejected by data-loss-prevention policy (ref ${QID})` } },
     },
     { code: 3, expect: { action: 'quarantine', reason: 'dlp:3', reply: { code: 250, enhanced: '2.0.0', text: `Ok: message held for review (ref ${QID})` } } },
-    { code: 4, expect: { action: 'quarantine', reason: 'dlp:4' } },
+    { code: 4, expect: { action: 'remove-attachments', label: 'attachments-removed', reason: 'dlp:4', headers: verdictHeaders('4', 'attachments-removed') } },
     { code: 5, expect: { action: 'relay', label: 'relay-encrypt', headers: [...verdictHeaders('5', 'relay-encrypt'), ['X-DLP-Encrypt', 'required']] } },
     { code: 6, expect: { action: 'quarantine', reason: 'dlp:6' } },
-    { code: 7, expect: { action: 'relay', label: 'relay', headers: verdictHeaders('7', 'relay') } },
+    { code: 7, expect: { action: 'relay', label: 'relay-encrypt', headers: [...verdictHeaders('7', 'relay-encrypt'), ['X-DLP-Encrypt', 'required']] } },
     { code: 8, expect: { action: 'relay', label: 'relay-encrypt', headers: [...verdictHeaders('8', 'relay-encrypt'), ['X-DLP-Encrypt', 'required']] } },
-    { code: 9, expect: { action: 'relay', label: 'relay', headers: verdictHeaders('9', 'relay') } },
+    { code: 9, expect: { action: 'relay', label: 'relay-encrypt', headers: [...verdictHeaders('9', 'relay-encrypt'), ['X-DLP-Encrypt', 'required']] } },
   ];
   it.each(rows)('actionCode $code', ({ code, expect: e }) => {
     expect(decide({ kind: 'verdict', actionCode: code }, QID, s)).toMatchObject(e);
@@ -94,5 +94,37 @@ describe('loop rule', () => {
 describe('renderHeaders', () => {
   it('writes CRLF lines and never lets a value break a line', () => {
     expect(renderHeaders([['X-A', 'one'], ['X-B', 'two\r\nInjected: yes']]).toString()).toBe('X-A: one\r\nX-B: two  Injected: yes\r\n');
+  });
+});
+
+describe('monitor mode and verdict headers', () => {
+  const loopOnly = [['X-DLP-Relay-Scanned', QID]];
+  const rows: Array<{ name: string; policy: Record<string, unknown>; outcome: DlpOutcome; expect: Record<string, unknown> }> = [
+    { name: 'monitor: a block relays, headers off by default', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 2 }, expect: { action: 'relay', label: 'monitor-reject', wouldBe: 'reject', headers: loopOnly } },
+    { name: 'monitor: quarantine relays', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 6 }, expect: { action: 'relay', label: 'monitor-quarantine', wouldBe: 'quarantine' } },
+    { name: 'monitor: attachment removal relays whole', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 4 }, expect: { action: 'relay', label: 'monitor-attachments-removed' } },
+    { name: 'monitor: encryption adds no route header', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 5 }, expect: { action: 'relay', label: 'monitor-relay-encrypt', headers: loopOnly } },
+    { name: 'monitor: a DLP error relays instead of 451', policy: { mode: 'monitor' }, outcome: { kind: 'error', errorClass: 'timeout' }, expect: { action: 'relay', label: 'monitor-tempfail', wouldBe: 'tempfail' } },
+    { name: 'monitor with headers on', policy: { mode: 'monitor', headers: 'on' }, outcome: { kind: 'verdict', actionCode: 2 }, expect: { headers: [...verdictHeaders('2', 'monitor-reject')] } },
+    { name: 'monitor: a loop skip stays a loop skip', policy: { mode: 'monitor' }, outcome: { kind: 'skipped' }, expect: { action: 'relay', label: 'relay-loop-skip', headers: [] } },
+    { name: 'enforce with headers off keeps the loop and encryption headers', policy: { headers: 'off' }, outcome: { kind: 'verdict', actionCode: 8 }, expect: { action: 'relay', label: 'relay-encrypt', headers: [...loopOnly, ['X-DLP-Encrypt', 'required']] } },
+    { name: 'enforce with headers off: no removal count header', policy: { headers: 'off' }, outcome: { kind: 'verdict', actionCode: 4 }, expect: { action: 'remove-attachments', headers: loopOnly, countHeader: null } },
+    { name: 'enforce: removal count header by default', policy: {}, outcome: { kind: 'verdict', actionCode: 4 }, expect: { countHeader: 'X-DLP-Attachments-Removed' } },
+    { name: 'enforce: a block still rejects', policy: { headers: 'on' }, outcome: { kind: 'verdict', actionCode: 2 }, expect: { action: 'reject' } },
+  ];
+  it.each(rows)('$name', ({ policy, outcome, expect: e }) => {
+    const d = decide(outcome, QID, settings(policy));
+    expect(d).toMatchObject(e);
+    if (e['headers']) expect((d as { headers: unknown }).headers).toEqual(e['headers']);
+  });
+});
+
+describe('route_to_gateway', () => {
+  it('routes to the named gateway with the encryption header unless told not to', () => {
+    const cfg = loadConfig({ file: undefined, env: {}, overrides: { gateways: { gw: { host: 'gw.example.test' } }, policy: { actions: { '5': { action: 'route_to_gateway', gateway: 'gw' }, '7': { action: 'route_to_gateway', gateway: 'gw', header: false } } } } });
+    const s = cfg.policy as unknown as PolicySettings;
+    expect(decide({ kind: 'verdict', actionCode: 5 }, QID, s)).toEqual({ action: 'gateway', label: 'relay-gateway', gateway: 'gw', headers: [...verdictHeaders('5', 'relay-gateway'), ['X-DLP-Encrypt', 'required']] });
+    expect(decide({ kind: 'verdict', actionCode: 7 }, QID, s)).toMatchObject({ action: 'gateway', headers: verdictHeaders('7', 'relay-gateway') });
+    expect(decide({ kind: 'verdict', actionCode: 5 }, QID, { ...s, mode: 'monitor' })).toMatchObject({ action: 'relay', label: 'monitor-relay-gateway' });
   });
 });

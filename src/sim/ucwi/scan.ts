@@ -1,8 +1,9 @@
-// Streaming scan of one raw message (EML) with mailparser's MailParser: Subject, bodies and text-like attachments go through every policy's detector.
+// Streaming scan of one raw message (EML) through the shared MIME walker (src/mime): Subject, bodies and text-like attachments go through every policy's detector.
 import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { TextDecoder } from 'node:util';
-import { MailParser, type AttachmentStream, type MailParserOptions, type MessageText } from 'mailparser';
+import type { AttachmentStream, MessageText } from 'mailparser';
+import { walkMessage } from '../../mime/walker.js';
 import { ChunkCounter, countMatches, createDetector, type Detector } from './detectors.js';
 import type { Policy } from './policies.js';
 
@@ -137,8 +138,6 @@ async function scanAttachmentText(st: ScanState, att: AttachmentStream): Promise
 async function handleAttachment(st: ScanState, att: AttachmentStream, depth: number): Promise<void> {
   st.report.attachments++;
   const content = att.content as Readable;
-  // Errors surface through iteration; without a listener a late write after destroy() would crash the process.
-  content.on('error', () => {});
   const type = att.contentType.toLowerCase();
   const name = (att.filename ?? '').toLowerCase();
   if (st.partsLeft <= 0) {
@@ -177,59 +176,29 @@ function handleText(st: ScanState, item: MessageText): void {
 
 /** Parses one message from `input` into st.report; never rejects, and always reads `input` to its end. */
 async function scanInto(st: ScanState, input: Readable, depth: number): Promise<void> {
-  const options: MailParserOptions & { maxChildNodes: number } = {
-    // We strip tags ourselves; html-to-text on a large HTML body is slow and mailparser runs it synchronously.
-    skipHtmlToText: true,
-    skipImageLinks: true,
-    skipTextLinks: true,
-    // Passed on to mailsplit: a message with more MIME nodes fails to parse instead of exhausting us.
-    maxChildNodes: st.limits.maxParts,
-  };
-  const parser = new MailParser(options);
-  let current: Readable | null = null;
   let subject: string | null = null;
-  const onAbort = (): void => {
-    parser.destroy(new Error('scan aborted'));
-  };
-  // mailparser reports some failures with a bare emit('error') that leaves the stream open; destroying it
-  // makes the iterator below see the error and (through 'close') frees an attachment we may be waiting on.
-  parser.on('error', (err: Error) => parser.destroy(err));
-  // mailsplit's own limits (maxChildNodes, maxHeadSize) fail inside MailParser's private splitter, and when the
-  // input has already ended MailParser swallows that error and waits forever for the open part. Listening on
-  // the splitter (mailparser 3.8 internals, hence the optional access) turns it into a parser error.
-  (parser as unknown as { splitter?: NodeJS.EventEmitter }).splitter?.on('error', (err: Error) => parser.destroy(err));
-  parser.on('headers', (headers: Map<string, unknown>) => {
-    const s = headers.get('subject');
-    if (typeof s === 'string') subject = s;
-  });
-  // A parser that dies mid-attachment leaves that attachment's stream open forever; close it so we do not wait on it.
-  parser.once('close', () => current?.destroy());
-  input.on('error', (err) => parser.destroy(err));
-  input.on('close', () => {
-    if (!input.readableEnded) parser.destroy(new Error('message stream closed early'));
-  });
-  if (st.signal?.aborted) onAbort();
-  st.signal?.addEventListener('abort', onAbort, { once: true });
-  input.pipe(parser);
-  try {
-    for await (const item of parser as AsyncIterable<AttachmentStream | MessageText>) {
-      if (item.type === 'text') {
-        handleText(st, item);
-      } else {
-        current = item.content as Readable;
-        await handleAttachment(st, item, depth);
-        current = null;
-        item.release();
-      }
-    }
-  } catch (err) {
+  const result = await walkMessage(
+    input,
+    {
+      headers: (headers) => {
+        const s = headers.get('subject');
+        if (typeof s === 'string') subject = s;
+      },
+      text: (item) => handleText(st, item),
+      attachment: (att) => handleAttachment(st, att, depth),
+    },
+    {
+      signal: st.signal,
+      // The walker's structure guard counts every MIME node; mailsplit's own node cap sits above it. Depth is
+      // bounded by the node count already: a separate, lower depth cap would only end scans earlier than before.
+      limits: { maxParts: st.limits.maxParts, maxDepth: st.limits.maxParts },
+      // We strip tags ourselves; html-to-text on a large HTML body is slow and mailparser runs it synchronously.
+      parser: { skipHtmlToText: true, skipImageLinks: true, skipTextLinks: true },
+    },
+  );
+  if (result.error) {
     st.report.truncated = true;
-    st.report.errors.push(`depth ${depth}: ${(err as Error).message}`);
-    // Keep reading the source so the upload it comes from (a multipart request, an outer message) can finish.
-    input.unpipe(parser);
-    if (!input.destroyed) input.resume();
-  } finally {
-    st.signal?.removeEventListener('abort', onAbort);
+    st.report.errors.push(`depth ${depth}: ${result.error.message}`);
   }
   if (subject !== null) add(st, countAll(st, cap(st, subject)));
 }
