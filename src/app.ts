@@ -11,7 +11,7 @@ import { UcwiClient, type UcwiObserver } from './dlp/client.js';
 import { Ingress } from './ingress/server.js';
 import { UserDb } from './ingress/auth.js';
 import { recoverStores } from './recovery/startup.js';
-import type { DeliveryReport, NextHopOptions } from './egress/pool.js';
+import { NextHopPool, type DeliveryReport, type NextHopOptions } from './egress/pool.js';
 import { NextHopGroup, type NextHopEndpoint } from './egress/next-hops.js';
 import type { UcwiEndpoint } from './dlp/client.js';
 import type { Envelope } from './smtp/envelope.js';
