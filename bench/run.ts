@@ -13,12 +13,15 @@ import { writeBigMessage } from './lib/bigmessage.js';
 import { stripRun } from './lib/strip.js';
 import { summarizeProfiles } from './lib/cpuprofile.js';
 import { analyse, cellOf, computeTargets, RELAY } from './lib/analysis.js';
+import { scaleOutScenario } from './lib/scale-out.js';
 import { CONN_MODES, median, percentiles, printTables, writeBenchmarksMd, type ConnMode, type LatencyResult, type Results, type RssResult, type ThroughputCell, type ThroughputRun } from './lib/report.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RESULTS_DIR = join(ROOT, 'bench', 'results');
 const SCENARIOS = ['throughput', 'latency200', 'latency', 'rss', 'strip'] as const;
 type Scenario = (typeof SCENARIOS)[number];
+/** Optional scenario: never part of the default run, selected by --scale-out or named in --only. */
+const SCALE_OUT = 'scale-out';
 
 const { values: argv } = parseArgs({
   options: {
@@ -30,6 +33,7 @@ const { values: argv } = parseArgs({
     'big-mb': { type: 'string', default: '50' },
     only: { type: 'string' },
     profile: { type: 'boolean', default: false },
+    'scale-out': { type: 'boolean', default: false },
     quick: { type: 'boolean', default: false },
     'no-md': { type: 'boolean', default: false },
     'no-stub': { type: 'boolean', default: false },
@@ -50,6 +54,7 @@ if (argv.help) {
       '  --latency-messages N   sequential messages for the latency measurement (default 1000)',
       '  --big-mb N             size of the big message for the RSS measurement (default 50)',
       `  --only a,b             run only some scenarios: ${SCENARIOS.join(', ')}`,
+      '  --scale-out            also run one relay against three behind HAProxy (haproxy must be installed); --only scale-out runs only that',
       '  --profile              also run the 2-worker relay under --cpu-prof, new connection per message, and summarise it',
       '  --quick                smoke test: 3 s runs, 1 repetition, 300 latency messages',
       '  --no-md                do not rewrite BENCHMARKS.md',
@@ -77,8 +82,10 @@ const LAT_N = argv.quick ? 300 : Number(argv['latency-messages']);
 const BIG_BYTES = Math.round(Number(argv['big-mb']) * 1_000_000);
 /** Messages in the attachment-removal row: cheap (a few seconds), so it runs by default. */
 const STRIP_N = argv.quick ? 10 : 40;
-const ONLY = new Set<Scenario>((argv.only ? argv.only.split(',') : [...SCENARIOS]).map((s) => s.trim() as Scenario));
-for (const s of ONLY) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s}; known: ${SCENARIOS.join(', ')}`);
+const ONLY_NAMES = (argv.only ? argv.only.split(',') : [...SCENARIOS]).map((s) => s.trim());
+const RUN_SCALE_OUT = argv['scale-out'] || ONLY_NAMES.includes(SCALE_OUT);
+const ONLY = new Set<Scenario>(ONLY_NAMES.filter((s) => s !== SCALE_OUT) as Scenario[]);
+for (const s of ONLY) if (!SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s}; known: ${[...SCENARIOS, SCALE_OUT].join(', ')}`);
 
 const BODY = 10 * 1024;
 const SESSIONS = argv.sessions.split(',').map((x) => Number(x.trim()));
@@ -167,15 +174,19 @@ interface Relay {
   proc: Managed;
   port: number;
   pid: number;
+  adminPort: number;
 }
 
-async function startRelay(name: string, opts: { ucwiUrl: string; sinkPort: number; logLevel: string; cpuProfDir?: string; onStdout?: (b: Buffer) => void; workers?: number }): Promise<Relay> {
+// Behind HAProxy: PROXY v2 headers are taken from the balancer on 127.0.0.1 only.
+const RELAY_PROXY_YAML = RELAY_YAML.replace('smtp:\n', 'smtp:\n  proxyProtocolFrom: ["127.0.0.1/32"]\n');
+
+async function startRelay(name: string, opts: { ucwiUrl: string; sinkPort: number; logLevel: string; cpuProfDir?: string; onStdout?: (b: Buffer) => void; workers?: number; proxyFrom?: boolean }): Promise<Relay> {
   const port = await freePort();
   const adminPort = await freePort();
   const dir = join(work, name);
   mkdirSync(dir, { recursive: true });
-  const cfg = join(work, 'relay.yaml');
-  writeFileSync(cfg, RELAY_YAML);
+  const cfg = join(work, opts.proxyFrom ? 'relay-proxy.yaml' : 'relay.yaml');
+  writeFileSync(cfg, opts.proxyFrom ? RELAY_PROXY_YAML : RELAY_YAML);
   const envVars = {
     DLP_RELAY_CONFIG: cfg,
     DLP_RELAY_LISTEN: `127.0.0.1:${port}`,
@@ -201,7 +212,7 @@ async function startRelay(name: string, opts: { ucwiUrl: string; sinkPort: numbe
   commands[`relay (log level ${opts.logLevel}${opts.logLevel === 'info' ? ': the latency run reads the JSON "message" lines on stdout' : ''})`] ??= `${Object.entries(envVars)
     .map(([k, v]) => `${k}=${k.includes('KEY') ? '…' : v.replace(work, '$WORK')}`)
     .join(' ')} node ${args.join(' ')}`;
-  return { proc, port, pid };
+  return { proc, port, pid, adminPort };
 }
 
 async function startHaraka(bin: string, sinkPort: number, nodes: number): Promise<{ proc: Managed; port: number }> {
@@ -292,10 +303,14 @@ const countFor = (rate: number, mode: ConnMode = 'reused') => Math.min(mode === 
  * interleaved across systems so that a burst of outside load hits every system alike.
  */
 async function throughputMatrix(systems: System[], sink: Sink, modes: readonly ConnMode[], ideal?: (s: System, sessions: number) => number): Promise<ThroughputCell[]> {
+  return throughputMatrixFor(systems, sink, modes, SESSIONS, ideal);
+}
+
+async function throughputMatrixFor(systems: System[], sink: Sink, modes: readonly ConnMode[], sessionCounts: readonly number[], ideal?: (s: System, sessions: number) => number): Promise<ThroughputCell[]> {
   const counts = new Map<string, number>();
   const key = (s: System, mode: ConnMode, n: number) => `${s.system}/${s.ucwiLatencyMs}/${mode}/${n}`;
   for (const mode of modes) {
-    for (const sessions of SESSIONS) {
+    for (const sessions of sessionCounts) {
       for (const s of systems) {
         const warm = ideal ? Math.max(sessions * 3, 200) : Math.max(500, sessions * 5);
         const w = await throughputRun(s, mode, sessions, warm, sink);
@@ -306,7 +321,7 @@ async function throughputMatrix(systems: System[], sink: Sink, modes: readonly C
   const runs = new Map<string, ThroughputRun[]>();
   for (let rep = 0; rep < REPS; rep++) {
     for (const mode of modes) {
-      for (const sessions of SESSIONS) {
+      for (const sessions of sessionCounts) {
         for (const s of systems) {
           const k = key(s, mode, sessions);
           const label = `smtp-source → ${s.system}${s.ucwiLatencyMs !== null ? ` (UCWI ${s.ucwiLatencyMs} ms)` : ''}, ${mode}, ${sessions} sessions`;
@@ -660,6 +675,23 @@ async function main(): Promise<void> {
         } finally {
           await Promise.all([relay.proc.stop(), stub4.proc.stop()]);
         }
+      });
+    }
+    if (RUN_SCALE_OUT) {
+      const sessions = Math.max(...SESSIONS);
+      await step(`scale-out: one relay against three behind HAProxy, ${sessions} sessions, both connection modes × ${REPS} runs of ~${SECONDS} s`, async () => {
+        results.scaleOut = await scaleOutScenario({
+          work,
+          sessions,
+          nproc: availableParallelism(),
+          simUrl: sim0.url,
+          simPid: sim0.proc.mainPid()!,
+          sinkPort: sink.port,
+          commands,
+          log,
+          startRelay,
+          throughputMatrix: (systems, modes) => throughputMatrixFor(systems, sink, modes, [sessions]),
+        });
       });
     }
     if (argv.profile) {

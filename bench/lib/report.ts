@@ -2,6 +2,7 @@
 import type { StripResult } from './strip.js';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { ProfileSummary } from './cpuprofile.js';
+import { scaleOutMarkdown, scaleOutPlain, type ScaleOutResult } from './scale-out.js';
 
 export interface Machine {
   nproc: number;
@@ -18,7 +19,7 @@ export type ConnMode = 'new-connection' | 'reused';
 export const CONN_MODES: readonly ConnMode[] = ['new-connection', 'reused'];
 
 export interface ThroughputRun {
-  system: 'direct' | 'haraka' | 'haraka-2w' | 'dlp-relay' | 'dlp-relay-2w' | 'dlp-relay-stub-2w';
+  system: 'direct' | 'haraka' | 'haraka-2w' | 'dlp-relay' | 'dlp-relay-2w' | 'dlp-relay-stub-2w' | 'dlp-relay-haproxy-1' | 'dlp-relay-haproxy-3';
   ucwiLatencyMs: number | null;
   mode: ConnMode;
   sessions: number;
@@ -121,6 +122,8 @@ export interface Results {
   strip?: StripResult | null;
   peakRssDuringThroughputMiB: Record<string, number>;
   profile: (ProfileSummary & { files: string[]; sessions: number; mode: ConnMode; workers: number; msgPerSec: number }) | null;
+  /** `--scale-out` only; absent in results of runs without it. */
+  scaleOut?: ScaleOutResult | null;
   targets: Target[];
   /** Sentences derived from the numbers (bench/lib/analysis.ts). */
   analysis: string[];
@@ -271,6 +274,7 @@ export function printTables(r: Results): string {
     out.push('Where the time goes (relay CPU profile)', profileIntro(r.profile));
     for (const t of profileTables(r.profile)) out.push(plainTable(t.head, t.rows), '');
   }
+  if (r.scaleOut) out.push(...scaleOutPlain(r.scaleOut, plainTable));
   for (const issue of [9, 5] as const) {
     const ts = r.targets.filter((t) => t.issue === issue);
     if (ts.length) out.push(`Targets (issue ${issue})`, plainTable(['target', 'goal', 'measured', 'result'], targetRows(ts, false)), '');
@@ -389,10 +393,11 @@ export function writeBenchmarksMd(file: string, r: Results): void {
       '',
     );
   }
+  if (r.scaleOut) parts.push(...scaleOutMarkdown(r.scaleOut, mdTable));
   parts.push(
     '## How it was run',
     '',
-    '`npm run bench` runs everything below and installs what is missing (Debian `postfix` for smtp-source/smtp-sink, with the daemon left stopped; Haraka with npm into a temp dir). `npm run bench -- --help` lists the options: `--profile` adds a `node --cpu-prof` run of the 2-worker relay with a new connection per message and summarises it, `--sessions 20` limits the session counts, `--single` adds single-process rows, `--only latency,rss` runs some scenarios, `--quick` is a short smoke run, `--md-only` rewrites this file from `bench/results/latest.json`.',
+    '`npm run bench` runs everything below and installs what is missing (Debian `postfix` for smtp-source/smtp-sink, with the daemon left stopped; Haraka with npm into a temp dir). `npm run bench -- --help` lists the options: `--profile` adds a `node --cpu-prof` run of the 2-worker relay with a new connection per message and summarises it, `--sessions 20` limits the session counts, `--single` adds single-process rows, `--only latency,rss` runs some scenarios, `--scale-out` adds one relay against three behind HAProxy (`--only scale-out` runs only that), `--quick` is a short smoke run, `--md-only` rewrites this file from `bench/results/latest.json`.',
     '',
     'Exact commands (ports differ per run):',
     '',

@@ -9,6 +9,7 @@ import type { CasRuleAction, CasRules, CasList } from './items.js';
 import { CAS_LISTS } from './items.js';
 import type { MitigationItem } from './validate.js';
 import { maskUrl } from '../util/mask.js';
+import type { CasLimiter } from './shared-rate.js';
 
 /** Body `code` of the documented throttle answer (cas.md §2); seen on 429, honoured on any status. */
 export const CAS_THROTTLE_CODE = -4290001;
@@ -80,7 +81,7 @@ export class CasPollTimeoutError extends Error {
  * the first request (cas.md §2) wherever that window starts, which a client-side clock-aligned window
  * cannot promise. One instance must be shared by every call made with one token.
  */
-export class CasRateLimiter {
+export class CasRateLimiter implements CasLimiter {
   readonly limit: number;
   readonly windowMs: number;
   private readonly slots: number[];
@@ -200,8 +201,11 @@ export interface CasClientOptions {
   region?: CasRegion | null;
   /** Explicit base URL, e.g. a proxy or the simulator. */
   url?: string | null;
-  /** Share one limiter between every client using the same token; created from `rate` otherwise. */
-  limiter?: CasRateLimiter;
+  /**
+   * Share one limiter between every client using the same token (a PgCasRateLimiter shares it between
+   * relays); created from `rate` otherwise.
+   */
+  limiter?: CasLimiter;
   rate?: CasRateSettings;
   retry?: Partial<CasRetrySettings>;
   timeouts?: Partial<CasTimeoutSettings>;
@@ -262,7 +266,7 @@ export interface CasApi {
 
 export class CasClient implements CasApi {
   readonly baseUrl: string;
-  readonly limiter: CasRateLimiter;
+  readonly limiter: CasLimiter;
   private readonly origin: string;
   private readonly basePath: string;
   private readonly pool: Pool;

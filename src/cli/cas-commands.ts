@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import type { FrozenConfig } from '../config/load.js';
 import { createLogger } from '../observability/logger.js';
 import { casBlock, casUnblock, casList, casOutbox, casMitigate, casResults, type CasMitigateOptions } from '../cas/cli.js';
-import { casClientFromConfig, casOutboxFromConfig } from '../cas/relay-hook.js';
+import { casClientFromConfig, casOutboxFromConfig, casPoolFromConfig, casSharedLimiterFromConfig } from '../cas/relay-hook.js';
 import type { CasClient } from '../cas/client.js';
 import type { CasOutbox } from '../cas/outbox.js';
 import { AdminClient, adminTarget, apiError, CliError } from './admin-client.js';
@@ -17,11 +17,20 @@ function fail(msg: string): number {
 async function withClient(cfg: FrozenConfig, fn: (client: CasClient) => Promise<number>): Promise<number> {
   if (!cfg.secrets.casToken) return fail('no CAS token: set DLP_RELAY_CAS_TOKEN (or DLP_RELAY_CAS_TOKEN_FILE, or cas.tokenFile)');
   if (!cfg.cas.url && !cfg.cas.region) return fail('no CAS service: set cas.region (us, eu, jp, au, uk, ca, sg, in) or DLP_RELAY_CAS_URL');
-  const client = casClientFromConfig(cfg, createLogger({ level: 'warn', destination: 2 }));
+  const logger = createLogger({ level: 'warn', destination: 2 });
+  // With the pg backend the CLI's calls come out of the budget the relays share, not on top of it.
+  const pool = cfg.cas.outbox.backend === 'pg' ? await casPoolFromConfig(cfg, logger) : null;
   try {
-    return await fn(client);
+    const limiter = pool ? await casSharedLimiterFromConfig(cfg, pool, logger) : null;
+    const client = casClientFromConfig(cfg, logger, limiter ?? undefined);
+    try {
+      return await fn(client);
+    } finally {
+      await client.close();
+      await limiter?.settle();
+    }
   } finally {
-    await client.close();
+    await pool?.end().catch(() => {});
   }
 }
 
