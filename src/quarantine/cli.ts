@@ -39,7 +39,8 @@ export interface QuarantineBackend {
   download(id: string): Promise<{ stream: Readable } | null>;
   release(id: string, opts: ReleaseOptions): Promise<ReleaseOutcome>;
   delete(id: string): Promise<DeleteResult>;
-  purge(olderThanDays: number): Promise<{ purged: number; olderThan: string }>;
+  /** `ids`: what was deleted (a relay older than this field leaves it out). */
+  purge(olderThanDays: number): Promise<{ purged: number; olderThan: string; ids?: string[] }>;
   audit(filter: AuditFilter): Promise<AuditPage>;
 }
 
@@ -403,7 +404,10 @@ export async function quarantinePurge(opts: PurgeCliOptions, ctx: CliContext): P
     const days = typeof opts.olderThanDays === 'number' ? opts.olderThanDays : opts.olderThanDays.trim() === '' ? NaN : Number(opts.olderThanDays);
     if (!Number.isFinite(days) || days < 0) throw new BadInput('--older-than-days must be a number of days (0 or more)');
     const out = await backendOf(ctx).purge(days);
-    ctx.out.write(opts.json ? JSON.stringify(out) + '\n' : `purged ${out.purged} message(s) quarantined before ${out.olderThan}\n`);
+    const ids = out.ids ?? [];
+    ctx.out.write(
+      opts.json ? JSON.stringify(out) + '\n' : `purged ${out.purged} message(s) quarantined before ${out.olderThan}${ids.length ? `:\n${ids.join('\n')}` : ''}\n`,
+    );
     return EXIT_OK;
   });
 }

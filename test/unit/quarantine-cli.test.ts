@@ -164,16 +164,17 @@ describe('quarantine CLI', () => {
     expect(await quarantineDownload({ id: rec.id, output: file }, ctx)).toBe(1); // never overwrites
     expect(await quarantineDelete({ id: rec.id }, ctx)).toBe(0);
     expect(await quarantineDelete({ id: rec.id }, ctx)).toBe(1);
-    await put();
+    const doomed = await put();
     // "Older than 0 days" means quarantined before the purge's own clock reading: let the clock move past
     // the put's millisecond (on a fast runtime both can fall in the same one, and then nothing is older).
     await new Promise((r) => setTimeout(r, 5));
     expect(await quarantinePurge({ olderThanDays: '0', json: true }, ctx)).toBe(0);
-    expect(out.text.trim().split('\n').pop()).toMatch(/"purged":1/);
+    expect(JSON.parse(out.text.trim().split('\n').pop()!)).toMatchObject({ purged: 1, ids: [doomed.id] });
     out = sink();
     ctx.out = out;
     expect(await quarantineAudit({ action: 'purge' }, ctx)).toBe(0);
     expect(out.text).toMatch(/cli:tester\s+testhost\s+purge\s+-\s+ok/);
+    expect(out.text).toMatch(new RegExp(`purge\\s+${doomed.id}\\s+ok`)); // the per-id entry names the message
   });
 
   it('exits 1 with a clear message when the store is unreachable', async () => {
