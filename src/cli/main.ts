@@ -96,6 +96,8 @@ export function buildProgram(): Command {
     .version(VERSION, '-V, --version', 'print the version')
     .option('-c, --config <file>', 'YAML config file (default: $DLP_RELAY_CONFIG, else /etc/dlp-relay/dlp-relay.yaml if it exists, else built-in defaults)')
     .showHelpAfterError()
+    // Commander's own usage errors ("error: unknown option …") in the common style; subcommands inherit this.
+    .configureOutput({ outputError: (text, write) => write(text.replace(/^error: /, 'dlp-relay: ')) })
     .exitOverride();
 
   program

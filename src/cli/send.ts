@@ -200,7 +200,7 @@ export async function runSend(
     jobs = await expandPaths(argv.paths);
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
-    err.write(`dlp-relay send: ${e.message}\n`);
+    err.write(`dlp-relay: send: ${e.message}\n`);
     return 2;
   }
   let failed = false;
