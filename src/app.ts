@@ -515,7 +515,14 @@ export interface RunningSupervisor {
  * workers' metrics summed, quarantine retention, the CAS pusher, and the stores and clients that the
  * admin API's release and re-scan need.
  */
-export async function startSupervisor(c: FrozenConfig, logger: Logger): Promise<RunningSupervisor> {
+/** What the cluster (cluster.ts) lends its supervisor's admin API: reloading the workers and the last report. */
+export interface SupervisorReload {
+  reload(trigger: string): Promise<ReloadReport>;
+  lastReport(): ReloadReport | null;
+  configFile: string | undefined;
+}
+
+export async function startSupervisor(c: FrozenConfig, logger: Logger, cluster: SupervisorReload | null = null): Promise<RunningSupervisor> {
   // Before any store is touched: a second cluster on a live relay's configuration stops here (see ensurePortsFree).
   await ensurePortsFree(plannedListeners(c));
   // Files left by an earlier single-process run; the workers sweep their own subdirectories.
@@ -527,13 +534,16 @@ export async function startSupervisor(c: FrozenConfig, logger: Logger): Promise<
     const { ucwi, sim, baseUrl, deliverer, ops } = await openClients(c, logger, stops, quarantine);
     stops.push(retentionFor(c, quarantine, logger));
     let draining = false;
-    // The workers hold the sessions and reload on their own SIGHUP (cluster.ts forwards it); the supervisor reports.
+    const metrics = new ClusterMetrics(sources);
+    // The workers hold the sessions (counted through the summed metrics) and reload on SIGHUP, which the
+    // cluster sends them once the supervisor has validated the file (cluster.ts); the supervisor reports.
     const daemon = (readiness: () => Promise<ReadyReport>): DaemonRouteDeps => ({
-      status: () => statusOf(startedAt, { configFile: undefined, draining, sessions: null, ucwi, ucwiUrl: baseUrl, readiness, sources, lastReload: null }),
-      reload: null,
+      status: async () =>
+        statusOf(startedAt, { configFile: cluster?.configFile, draining, sessions: await metrics.sessions(), ucwi, ucwiUrl: baseUrl, readiness, sources, lastReload: cluster?.lastReport() ?? null }),
+      reload: cluster ? (trigger) => cluster.reload(trigger) : null,
       casOutbox: () => casRef.current?.outbox ?? null,
     });
-    const admin = await startAdmin(c, logger, stops, { metrics: new ClusterMetrics(sources), ucwi, deliverer, quarantine, ops, draining: () => draining, spoolDir: c.spool.dir, daemon });
+    const admin = await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => draining, spoolDir: c.spool.dir, daemon });
     return {
       admin,
       ucwiUrl: baseUrl,
