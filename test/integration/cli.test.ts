@@ -142,7 +142,7 @@ describe('dlp-relay serve on embedded defaults', () => {
     const traversal = await run(['quarantine', 'show', '../../etc/passwd'], env);
     expect(traversal.code).toBe(1);
     expect(traversal.stderr).toContain('dlp-relay: quarantine: no quarantined message with id "../../etc/passwd"');
-  });
+  }, 90_000); // seven CLI processes, each a cold tsx start: slow on a loaded machine
 
   it('stops on SIGTERM with exit code 0', async () => {
     proc.kill('SIGTERM');
