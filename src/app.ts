@@ -11,6 +11,7 @@ import { UcwiClient, type UcwiObserver } from './dlp/client.js';
 import { Ingress } from './ingress/server.js';
 import { UserDb } from './ingress/auth.js';
 import { recoverStores } from './recovery/startup.js';
+import { ensurePortsFree, listenNamed, type PlannedListener } from './util/listeners.js';
 import { NextHopPool, type DeliveryReport, type NextHopOptions } from './egress/pool.js';
 import { NextHopGroup, type NextHopEndpoint } from './egress/next-hops.js';
 import type { UcwiEndpoint } from './dlp/client.js';
@@ -305,15 +306,12 @@ async function startAdmin(
   return { ...a, apiEnabled: token !== null };
 }
 
-/** EADDRINUSE and friends name the listener and address, so an admin knows which port to look at. */
-async function listenNamed<T>(name: string, host: string, port: number, listen: () => Promise<T>): Promise<T> {
-  try {
-    return await listen();
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'EADDRINUSE' ? 'address already in use (another process listens there)' : code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)' : (err as Error).message;
-    throw new Error(`cannot listen for ${name} on ${host}:${port}: ${why}${code ? ` [${code}]` : ''}`, { cause: err });
-  }
+/** The fixed ports this process will bind, named as in the bind errors. */
+function plannedListeners(c: FrozenConfig): PlannedListener[] {
+  return [
+    { name: 'SMTP', host: c.listen.host, port: c.listen.port },
+    ...(c.admin.enabled ? [{ name: 'admin', host: c.admin.host, port: c.admin.port }] : []),
+  ];
 }
 
 /** The status report's parts common to a relay and a cluster supervisor. */
@@ -353,6 +351,8 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
   // Each cluster worker sweeps and uses its own subdirectory, so a restarting worker never removes
   // the spool files of a sibling's messages in flight.
   const spoolDir = worker ? join(c.spool.dir, `w${worker.index}`) : c.spool.dir;
+  // A cluster's supervisor checked before forking (and workers share the SMTP port through it).
+  if (!worker) await ensurePortsFree(plannedListeners(c));
   await recoverStores(c, logger, { spoolDir, worker: worker !== undefined });
   const stops: Array<() => Promise<unknown>> = [];
   try {
@@ -548,7 +548,16 @@ export interface RunningSupervisor {
  * workers' metrics summed, quarantine retention, the CAS pusher, and the stores and clients that the
  * admin API's release and re-scan need.
  */
-export async function startSupervisor(c: FrozenConfig, logger: Logger): Promise<RunningSupervisor> {
+/** What the cluster (cluster.ts) lends its supervisor's admin API: reloading the workers and the last report. */
+export interface SupervisorReload {
+  reload(trigger: string): Promise<ReloadReport>;
+  lastReport(): ReloadReport | null;
+  configFile: string | undefined;
+}
+
+export async function startSupervisor(c: FrozenConfig, logger: Logger, cluster: SupervisorReload | null = null): Promise<RunningSupervisor> {
+  // Before any store is touched: a second cluster on a live relay's configuration stops here (see ensurePortsFree).
+  await ensurePortsFree(plannedListeners(c));
   // Files left by an earlier single-process run; the workers sweep their own subdirectories.
   await recoverStores(c, logger, { spoolDir: c.spool.dir, worker: false });
   const stops: Array<() => Promise<unknown>> = [];
@@ -558,13 +567,16 @@ export async function startSupervisor(c: FrozenConfig, logger: Logger): Promise<
     const { ucwi, sim, baseUrl, deliverer, ops } = await openClients(c, logger, stops, quarantine);
     stops.push(retentionFor(c, quarantine, logger));
     let draining = false;
-    // The workers hold the sessions and reload on their own SIGHUP (cluster.ts forwards it); the supervisor reports.
+    const metrics = new ClusterMetrics(sources);
+    // The workers hold the sessions (counted through the summed metrics) and reload on SIGHUP, which the
+    // cluster sends them once the supervisor has validated the file (cluster.ts); the supervisor reports.
     const daemon = (readiness: () => Promise<ReadyReport>): DaemonRouteDeps => ({
-      status: () => statusOf(startedAt, { configFile: undefined, draining, sessions: null, ucwi, ucwiUrl: baseUrl, readiness, sources, lastReload: null }),
-      reload: null,
+      status: async () =>
+        statusOf(startedAt, { configFile: cluster?.configFile, draining, sessions: await metrics.sessions(), ucwi, ucwiUrl: baseUrl, readiness, sources, lastReload: cluster?.lastReport() ?? null }),
+      reload: cluster ? (trigger) => cluster.reload(trigger) : null,
       casOutbox: () => casRef.current?.outbox ?? null,
     });
-    const admin = await startAdmin(c, logger, stops, { metrics: new ClusterMetrics(sources), ucwi, deliverer, quarantine, ops, draining: () => draining, spoolDir: c.spool.dir, daemon });
+    const admin = await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => draining, spoolDir: c.spool.dir, daemon });
     return {
       admin,
       ucwiUrl: baseUrl,

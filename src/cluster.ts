@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { FrozenConfig } from './config/load.js';
 import { startRelay, startSupervisor, type RunningRelay, type RunningSupervisor, type StartOptions } from './app.js';
+import { Reloader, type ReloadReport } from './reload.js';
 
 /** Environment variable that tells a forked process which worker slot it fills. */
 export const WORKER_INDEX_ENV = 'DLP_RELAY_WORKER_INDEX';
@@ -44,15 +45,42 @@ export interface RunningCluster {
   smtp: { host: string; port: number };
   /** Pids of the workers now running, by slot. */
   workers(): Map<number, number>;
+  /**
+   * SIGHUP and `POST /api/v1/reload`: the supervisor re-reads and validates the file (a bad one is refused here,
+   * once, and reported), then sends SIGHUP to every worker, which re-reads and applies it for its new sessions.
+   */
+  reload(trigger: string): Promise<ReloadReport>;
   /** SIGTERM to every worker (each finishes its messages within `graceMs`), then the supervisor's parts. */
   stop(graceMs: number): Promise<void>;
 }
 
 /** Supervisor side: its own parts first (admin, retention, CAS pusher), then `smtp.workers` workers. */
-export async function startCluster(c: FrozenConfig, logger: Logger): Promise<RunningCluster> {
-  const supervisor = await startSupervisor(c, logger);
+export async function startCluster(c: FrozenConfig, logger: Logger, opts: Pick<StartOptions, 'reloadConfig' | 'configFile'> = {}): Promise<RunningCluster> {
   const slots = new Map<number, Worker>();
   let stopping = false;
+  const alive = (w: Worker): boolean => w.process.exitCode === null && w.process.signalCode === null;
+  // The supervisor's Reloader validates and reports (applied, restart needed, problems) exactly as a single
+  // relay's; "applying" is signalling the workers, each of which re-reads the same file.
+  const reloader = opts.reloadConfig
+    ? new Reloader(
+        c,
+        opts.reloadConfig,
+        {
+          async apply() {
+            const running = [...slots.values()].filter(alive);
+            for (const w of running) w.process.kill('SIGHUP');
+            logger.info({ event: 'reload-forwarded', workers: running.length }, 'SIGHUP forwarded to the SMTP workers');
+            return [];
+          },
+        },
+        logger,
+      )
+    : null;
+  const reload = (trigger: string): Promise<ReloadReport> =>
+    reloader
+      ? reloader.reload(trigger)
+      : Promise.resolve({ ok: false, at: new Date().toISOString(), trigger, applied: [], restartNeeded: [], problems: [{ path: '(reload)', message: 'this process was started without a configuration loader' }] });
+  const supervisor = await startSupervisor(c, logger, { reload, lastReport: () => reloader?.lastReport ?? null, configFile: opts.configFile });
 
   // The workers must share one loop header key, or a copy relayed by one worker and reflected to another
   // is scanned twice: without a configured key the supervisor makes one for all of them (same warning).
@@ -61,8 +89,6 @@ export async function startCluster(c: FrozenConfig, logger: Logger): Promise<Run
     loopKeyEnv['DLP_RELAY_LOOP_KEY'] = randomBytes(32).toString('base64');
     logger.warn({ setting: 'policy.loop.keyFile' }, 'no loop header key configured (policy.loop.keyFile or DLP_RELAY_LOOP_KEY): using a random key shared by this cluster\'s workers; other relays, and this one after a restart, will scan reflected mail again');
   }
-
-  const alive = (w: Worker): boolean => w.process.exitCode === null && w.process.signalCode === null;
 
   /** Starts worker `index`; settles when it listens (or fails to start). A worker that dies later is started again. */
   // `kernel`: workers accept on the shared listening socket themselves. Node's default on Linux (round robin)
@@ -122,6 +148,7 @@ export async function startCluster(c: FrozenConfig, logger: Logger): Promise<Run
       supervisor,
       smtp: first[0]!.smtp,
       workers: () => new Map([...slots].map(([i, w]) => [i, w.process.pid ?? -1])),
+      reload,
       async stop(graceMs: number) {
         await stopWorkers(graceMs);
         await supervisor.stop();

@@ -97,6 +97,8 @@ export function buildProgram(): Command {
     .version(VERSION, '-V, --version', 'print the version')
     .option('-c, --config <file>', 'YAML config file (default: $DLP_RELAY_CONFIG, else /etc/dlp-relay/dlp-relay.yaml if it exists, else built-in defaults)')
     .showHelpAfterError()
+    // Commander's own usage errors ("error: unknown option …") in the common style; subcommands inherit this.
+    .configureOutput({ outputError: (text, write) => write(text.replace(/^error: /, 'dlp-relay: ')) })
     .exitOverride();
 
   program
@@ -120,18 +122,9 @@ export function buildProgram(): Command {
         return;
       }
       if (cfg.smtp.workers > 1) {
-        const running = await startCluster(cfg, logger).catch(cannotStart);
-        process.on('SIGHUP', () => {
-          // Validate once here so a bad file is reported once; each worker then re-reads and applies it.
-          try {
-            reloadConfig();
-          } catch (err) {
-            logger.error({ event: 'reload-refused', err: (err as Error).message }, 'reload refused: the running configuration stays in force');
-            return;
-          }
-          for (const pid of running.workers().values()) if (pid > 0) process.kill(pid, 'SIGHUP');
-          logger.info({ event: 'reload-forwarded', workers: running.workers().size }, 'SIGHUP forwarded to the SMTP workers');
-        });
+        const running = await startCluster(cfg, logger, { reloadConfig, configFile: loaded.file }).catch(cannotStart);
+        // Validated once by the supervisor (a bad file is reported once), then each worker re-reads and applies it.
+        onReload(running, logger);
         const sup = running.supervisor;
         process.stderr.write(
           [

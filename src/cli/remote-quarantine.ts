@@ -59,7 +59,7 @@ export function remoteBackend(client: AdminClient): QuarantineBackend {
     },
     async purge(days) {
       const r = await client.json('POST', `${BASE}/purge`, { olderThanDays: days });
-      return r.status === 200 ? (r.body as { purged: number; olderThan: string }) : fail(r);
+      return r.status === 200 ? (r.body as { purged: number; olderThan: string; ids?: string[] }) : fail(r);
     },
     async audit(f: AuditFilter) {
       const r = await client.json('GET', `${BASE}/audit${query({ ...f })}`);

@@ -208,7 +208,7 @@ export async function runSend(
     jobs = await expandPaths(argv.paths);
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
-    err.write(`dlp-relay send: ${e.message}\n`);
+    err.write(`dlp-relay: send: ${e.message}\n`);
     return 2;
   }
   let manifest = new Map<string, Expectation>();

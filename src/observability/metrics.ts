@@ -176,4 +176,17 @@ export class ClusterMetrics implements MetricsRenderer {
     const [workers, own] = await Promise.all([this.aggregator.clusterMetrics(), this.own.metrics()]);
     return { contentType: this.own.contentType, body: `${workers.trimEnd()}\n${own}` };
   }
+
+  /**
+   * Open SMTP sessions summed over the workers, the number /metrics shows (one IPC round trip per worker, fine
+   * for a status call); null when a worker does not answer.
+   */
+  async sessions(): Promise<number | null> {
+    try {
+      const m = /^dlp_relay_smtp_sessions(?:\{[^}]*\})? (\S+)$/m.exec(await this.aggregator.clusterMetrics());
+      return m ? Number(m[1]) : 0;
+    } catch {
+      return null;
+    }
+  }
 }

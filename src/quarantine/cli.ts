@@ -39,7 +39,8 @@ export interface QuarantineBackend {
   download(id: string): Promise<{ stream: Readable } | null>;
   release(id: string, opts: ReleaseOptions): Promise<ReleaseOutcome>;
   delete(id: string): Promise<DeleteResult>;
-  purge(olderThanDays: number): Promise<{ purged: number; olderThan: string }>;
+  /** `ids`: what was deleted (a relay older than this field leaves it out). */
+  purge(olderThanDays: number): Promise<{ purged: number; olderThan: string; ids?: string[] }>;
   audit(filter: AuditFilter): Promise<AuditPage>;
 }
 
@@ -162,10 +163,19 @@ function quote(s: string): string {
   return JSON.stringify(s.length > 100 ? `${s.slice(0, 100)}…` : s);
 }
 
+/** One CLI error line in the common style, "dlp-relay: quarantine: <what>: <why>"; returns the exit code. */
+function fail(ctx: CliContext, text: string, code: number = EXIT_FAILURE): number {
+  ctx.err.write(`dlp-relay: quarantine: ${text}\n`);
+  return code;
+}
+
+/**
+ * An unknown id exits 1 whether or not it looks like an id (README: `../../etc/passwd` is simply unknown); only
+ * the hint differs. Exit 2 stays for malformed options, not for ids that match nothing.
+ */
 function notFound(ctx: CliContext, id: string): number {
   const wellFormed = isSafeId(normalizeId(id));
-  ctx.err.write(`no quarantined message with id ${quote(id)}${wellFormed ? '' : ' (ids are UUIDs)'}\n`);
-  return wellFormed ? EXIT_FAILURE : EXIT_BAD_INPUT;
+  return fail(ctx, `no quarantined message with id ${quote(id)}${wellFormed ? '' : ' (ids are UUIDs)'}`);
 }
 
 /** Shared error handling: bad input → 2, store down or anything else → 1, always with one clear line. */
@@ -365,22 +375,16 @@ export async function quarantineRelease(opts: ReleaseCliOptions, ctx: CliContext
       case 'not-found':
         return notFound(ctx, opts.id);
       case 'already-released':
-        ctx.err.write(
-          `already released${out.release ? ` at ${out.release.at} by ${cell(out.release.by, 100)}` : ''}; not delivered again\n`,
-        );
-        return EXIT_FAILURE;
+        // The id leads each line: with several ids (or ALL) the operator must see which one it was about.
+        return fail(ctx, `${out.id}: already released${out.release ? ` at ${out.release.at} by ${cell(out.release.by, 100)}` : ''}; not delivered again`);
       case 'in-progress':
-        ctx.err.write(`a release of this message is in progress${out.claim ? ` (by ${cell(out.claim.by, 100)} since ${out.claim.at})` : ''}\n`);
-        return EXIT_FAILURE;
+        return fail(ctx, `${out.id}: a release of this message is in progress${out.claim ? ` (by ${cell(out.claim.by, 100)} since ${out.claim.at})` : ''}`);
       case 'blocked':
-        ctx.err.write(`release blocked by re-scan (actionCode ${out.rescan.actionCode ?? 'none'}): ${cell(out.rescan.detail, 300)}\n`);
-        return EXIT_FAILURE;
+        return fail(ctx, `${out.id}: release blocked by re-scan (actionCode ${out.rescan.actionCode ?? 'none'}): ${cell(out.rescan.detail, 300)}`);
       case 'invalid':
-        ctx.err.write(`error: ${out.message}\n`);
-        return EXIT_BAD_INPUT;
+        return fail(ctx, `${quote(out.id)}: ${cell(out.message, 300)}`, EXIT_BAD_INPUT);
       case 'failed':
-        ctx.err.write(`release failed, message still held: ${cell(out.message, 500)}\n`);
-        return EXIT_FAILURE;
+        return fail(ctx, `${out.id}: release failed, message still held: ${cell(out.message, 500)}`);
     }
   });
 }
@@ -389,10 +393,7 @@ export async function quarantineDelete(opts: IdCliOptions, ctx: CliContext): Pro
   return run(ctx, async () => {
     const result = await backendOf(ctx).delete(opts.id);
     if (result === 'not-found') return notFound(ctx, opts.id);
-    if (result === 'in-progress') {
-      ctx.err.write('a release of this message is in progress; not deleted\n');
-      return EXIT_FAILURE;
-    }
+    if (result === 'in-progress') return fail(ctx, `${opts.id}: a release of this message is in progress; not deleted`);
     ctx.out.write(opts.json ? JSON.stringify({ status: 'deleted', id: opts.id }) + '\n' : `deleted ${opts.id}\n`);
     return EXIT_OK;
   });
@@ -403,7 +404,10 @@ export async function quarantinePurge(opts: PurgeCliOptions, ctx: CliContext): P
     const days = typeof opts.olderThanDays === 'number' ? opts.olderThanDays : opts.olderThanDays.trim() === '' ? NaN : Number(opts.olderThanDays);
     if (!Number.isFinite(days) || days < 0) throw new BadInput('--older-than-days must be a number of days (0 or more)');
     const out = await backendOf(ctx).purge(days);
-    ctx.out.write(opts.json ? JSON.stringify(out) + '\n' : `purged ${out.purged} message(s) quarantined before ${out.olderThan}\n`);
+    const ids = out.ids ?? [];
+    ctx.out.write(
+      opts.json ? JSON.stringify(out) + '\n' : `purged ${out.purged} message(s) quarantined before ${out.olderThan}${ids.length ? `:\n${ids.join('\n')}` : ''}\n`,
+    );
     return EXIT_OK;
   });
 }

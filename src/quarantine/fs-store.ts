@@ -394,15 +394,15 @@ export class FsQuarantineStore implements QuarantineStore {
     return existed ? 'deleted' : 'not-found';
   }
 
-  async purge(olderThan: Date): Promise<number> {
+  async purge(olderThan: Date): Promise<string[]> {
     const cutoff = olderThan.getTime();
-    let count = 0;
+    const deleted: string[] = [];
     const names = await readdir(this.dir);
     const ids = names.filter((n) => META_NAME.test(n)).map((n) => n.slice(0, -'.json'.length));
     for (const id of ids) {
       const rec = await this.readMeta(id);
       if (!rec || Date.parse(rec.quarantinedAt) >= cutoff) continue;
-      if ((await this.delete(id)) === 'deleted') count++;
+      if ((await this.delete(id)) === 'deleted') deleted.push(id);
     }
     // Bytes without metadata come from a crash inside put(); they were never acknowledged, so age them out too.
     const metas = new Set(ids);
@@ -414,7 +414,7 @@ export class FsQuarantineStore implements QuarantineStore {
         await unlink(p).catch(() => {});
       }
     }
-    return count;
+    return deleted;
   }
 
   // ---- audit ----

@@ -265,7 +265,7 @@ export async function purgeMessages(
   ctx: OperationsContext,
   actor: Actor,
   opts: { olderThanDays: number },
-): Promise<{ purged: number; olderThan: string }> {
+): Promise<{ purged: number; olderThan: string; ids: string[] }> {
   const days = opts.olderThanDays;
   if (typeof days !== 'number' || !Number.isFinite(days) || days < 0 || days > MAX_RETENTION_DAYS) {
     await audited(ctx, actor, 'purge', null, 'invalid', 'olderThanDays out of range');
@@ -273,9 +273,13 @@ export async function purgeMessages(
   }
   const now = (ctx.now ?? (() => new Date()))();
   const olderThan = new Date(now.getTime() - days * 86_400_000);
-  const purged = await guard(ctx, actor, 'purge', null, () => ctx.store.purge(olderThan));
-  await audited(ctx, actor, 'purge', null, 'ok', `older than ${olderThan.toISOString()} (${days} days): ${purged} deleted`);
-  return { purged, olderThan: olderThan.toISOString() };
+  const ids = await guard(ctx, actor, 'purge', null, () => ctx.store.purge(olderThan));
+  const cutoff = `older than ${olderThan.toISOString()} (${days} days)`;
+  // One entry per deleted id, like `delete`, so `audit --target ID` answers "where did this message go?"; the
+  // summary entry after them carries the count (the ids stay out of it: a retention run can delete thousands).
+  for (const id of ids) await audited(ctx, actor, 'purge', id, 'ok', cutoff);
+  await audited(ctx, actor, 'purge', null, 'ok', `${cutoff}: ${ids.length} deleted`);
+  return { purged: ids.length, olderThan: olderThan.toISOString(), ids };
 }
 
 export async function listAuditEntries(ctx: OperationsContext, actor: Actor, filter: AuditFilter): Promise<AuditPage> {

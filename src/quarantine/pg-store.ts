@@ -349,23 +349,24 @@ export class PgQuarantineStore implements QuarantineStore {
     return rows.length ? 'in-progress' : 'not-found';
   }
 
-  async purge(olderThan: Date): Promise<number> {
-    let total = 0;
+  async purge(olderThan: Date): Promise<string[]> {
+    const deleted: string[] = [];
     // Batches keep each statement short; the loop ends when a batch comes back short (the table is finite and
     // we only ever delete), and the guard bounds it even if rows keep appearing with old timestamps.
     for (let round = 0; round < 1_000_000; round++) {
-      const r = await this.q(
+      const r = await this.q<{ id: string }>(
         'purge',
         `DELETE FROM quarantine_messages WHERE id IN (
            SELECT id FROM quarantine_messages
             WHERE quarantined_at < $1 AND (claim_token IS NULL OR claim_done OR claimed_at < now() - make_interval(secs => $2))
-            LIMIT ${PURGE_BATCH})`,
+            LIMIT ${PURGE_BATCH})
+         RETURNING id`,
         [olderThan, this.claimTtlMs / 1000],
       );
-      total += r.rowCount ?? 0;
-      if ((r.rowCount ?? 0) < PURGE_BATCH) break;
+      for (const row of r.rows) deleted.push(row.id);
+      if (r.rows.length < PURGE_BATCH) break;
     }
-    return total;
+    return deleted;
   }
 
   async audit(entry: AuditEntry): Promise<AuditRecord> {

@@ -223,8 +223,11 @@ export interface QuarantineStore {
   abandonRelease(id: string, token: string): Promise<void>;
   /** Removes bytes and metadata. A message with a live release claim is not deleted ('in-progress'). */
   delete(id: string): Promise<DeleteResult>;
-  /** Deletes every message quarantined before `olderThan` (any status, except while being released); returns how many. */
-  purge(olderThan: Date): Promise<number>;
+  /**
+   * Deletes every message quarantined before `olderThan` (any status, except while being released); returns the
+   * ids it deleted, so the audit can name each one.
+   */
+  purge(olderThan: Date): Promise<string[]>;
   audit(entry: AuditEntry): Promise<AuditRecord>;
   listAudit(filter?: AuditFilter): Promise<AuditPage>;
 }

@@ -28,6 +28,13 @@ export interface SessionConfig {
 /** RFC 4954 4: AUTH lines may be far longer than ordinary commands. */
 const AUTH_LINE_BYTES = 12288;
 
+const LF = 0x0a;
+/**
+ * After the final reply of a DATA that shutdown waited for: how long the client has to send its QUIT (one round
+ * trip, generously) before the session ends with the shutdown reply. The server's grace bounds it as well.
+ */
+export const QUIT_AFTER_SHUTDOWN_MS = 2_000;
+
 const R = (code: ErrorCode): SmtpReply => catalogueReply(code);
 
 interface Credentials {
@@ -64,7 +71,8 @@ export class Session implements SmtpSession {
   private authFailures = 0;
   /** Between 354 and the final reply: shutdown waits for that reply. */
   private inData = false;
-  private pendingShutdown: SmtpReply | null = null;
+  /** Set by shutdown(): every command but QUIT is answered with it (and ends the session); QUIT still gets 221. */
+  private closing: SmtpReply | null = null;
 
   constructor(
     socket: Socket,
@@ -110,10 +118,15 @@ export class Session implements SmtpSession {
     }
   }
 
-  /** Server shutdown: at once, unless a DATA phase is running (then right after its final reply). */
+  /**
+   * Server shutdown: an idle session ends at once with `reply`. A DATA phase gets its final reply first (see
+   * dataCommand), and a complete command line already received is answered by the loop: QUIT with 221 (RFC
+   * 5321 4.1.1.10: QUIT is always answered 221), anything else with `reply`.
+   */
   shutdown(reply: SmtpReply): void {
-    if (this.inData) this.pendingShutdown = reply;
-    else this.io.end(reply, 'shutdown');
+    this.closing = reply;
+    if (this.inData) return;
+    if (!this.io.peek().includes(LF)) this.io.end(reply, 'shutdown');
   }
 
   /** Grace period over. */
@@ -195,6 +208,11 @@ export class Session implements SmtpSession {
       this.io.end(R('QUIT'), 'quit');
       await this.resetTx('quit');
       return true;
+    }
+    if (this.closing) {
+      // The next readLine() throws SessionEnded('shutdown'), so run() resets the transaction as a shutdown.
+      this.io.end(this.closing, 'shutdown');
+      return false;
     }
     if (this.refused) return this.say('BAD_SEQUENCE');
     switch (verb) {
@@ -332,7 +350,13 @@ export class Session implements SmtpSession {
     if (broken) throw broken;
     this.log.debug({ bytes: decoder.bytes, violation: decoder.violation }, 'DATA received');
     this.io.reply(SessionIO.violationReply(decoder.violation) ?? reply ?? R('INTERNAL'));
-    if (this.pendingShutdown) this.io.end(this.pendingShutdown, 'shutdown');
+    if (this.closing) {
+      // Shutdown waited for this reply. The client's usual next word is QUIT, sent once it has read the reply:
+      // give it a moment to arrive so it gets 221 (command() answers anything else with the shutdown reply).
+      this.io.flush();
+      if (!this.io.peek().includes(LF)) await this.io.waitInput(QUIT_AFTER_SHUTDOWN_MS);
+      if (!this.io.peek().includes(LF)) this.io.end(this.closing, 'shutdown');
+    }
     return false;
   }
 

@@ -13,6 +13,7 @@ import { LIST_FULL_RECHECK_MS } from '../../src/cas/capacity.js';
 import { startCasSim, type CasSim, type CasSimOptions } from '../../src/sim/cas/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { startChain, eventually, message, sendMessage, type Chain } from '../helpers/chain.js';
+import { testTempDir } from '../helpers/tmp.js';
 
 const TOKEN = 'cas-safety-token-0123456789abcdef';
 const PG = { host: '127.0.0.1', port: 5432, user: 'postgres', database: 'test' };
@@ -63,7 +64,7 @@ describe('relay with policy.localDomains', () => {
       config: {
         policy: { localDomains: ['ourcorp.test'] },
         secrets: { casToken: TOKEN },
-        cas: { enabled: true, url: cas.url, outbox: { dir: join(mkdtempSync(join(tmpdir(), 'cas-safety-')), 'outbox'), intervalMs: 200, baseMs: 200, maxMs: 1000 }, retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 } },
+        cas: { enabled: true, url: cas.url, outbox: { dir: join(testTempDir('cas-safety-'), 'outbox'), intervalMs: 200, baseMs: 200, maxMs: 1000 }, retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 } },
       },
     });
     const card = message('card 4111 1111 1111 1111');

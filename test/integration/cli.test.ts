@@ -130,14 +130,19 @@ describe('dlp-relay serve on embedded defaults', () => {
     expect(readdirSync(join(root, 'outbox')).filter((f) => f.endsWith('.eml')).length).toBe(before + 1);
     const again = await run(['quarantine', 'release', id], env);
     expect(again.code).toBe(1);
-    expect(again.stderr).toContain('already released');
+    expect(again.stderr).toMatch(new RegExp(`(^|\\n)dlp-relay: quarantine: ${id}: already released at \\S+ by [^;]+; not delivered again\\n$`));
     expect(readdirSync(join(root, 'outbox')).filter((f) => f.endsWith('.eml')).length).toBe(before + 1);
     const unknown = await run(['quarantine', 'show', '00000000-0000-4000-8000-000000000000'], env);
     expect(unknown.code).toBe(1);
-    expect(unknown.stderr).toContain('no quarantined message with id');
+    expect(unknown.stderr).toContain('dlp-relay: quarantine: no quarantined message with id "00000000-0000-4000-8000-000000000000"\n');
+    // README: an unknown id exits 1, even one that is not shaped like an id.
+    const nonexistent = await run(['quarantine', 'show', 'nonexistent'], env);
+    expect(nonexistent.code).toBe(1);
+    expect(nonexistent.stderr).toContain('dlp-relay: quarantine: no quarantined message with id "nonexistent" (ids are UUIDs)\n');
     const traversal = await run(['quarantine', 'show', '../../etc/passwd'], env);
-    expect(traversal.code).not.toBe(0);
-  });
+    expect(traversal.code).toBe(1);
+    expect(traversal.stderr).toContain('dlp-relay: quarantine: no quarantined message with id "../../etc/passwd"');
+  }, 90_000); // seven CLI processes, each a cold tsx start: slow on a loaded machine
 
   it('stops on SIGTERM with exit code 0', async () => {
     proc.kill('SIGTERM');
@@ -193,10 +198,15 @@ describe('dlp-relay check-config and usage errors', () => {
   it('send exits 2 for a missing file', async () => {
     const r = await run(['send', '--server', '127.0.0.1:9', 'no/such/file.eml']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('no/such/file.eml');
+    expect(r.stderr).toMatch(/(^|\n)dlp-relay: send: .*no\/such\/file\.eml/);
   });
 
-  it('an unknown command exits 2', async () => {
-    expect((await run(['frobnicate'])).code).toBe(2);
+  it('an unknown command or option exits 2, in the common error style', async () => {
+    const cmd = await run(['frobnicate']);
+    expect(cmd.code).toBe(2);
+    expect(cmd.stderr).toMatch(/^dlp-relay: unknown command 'frobnicate'/);
+    const opt = await run(['quarantine', 'list', '--no-such-option']);
+    expect(opt.code).toBe(2);
+    expect(opt.stderr).toMatch(/^dlp-relay: unknown option '--no-such-option'/);
   });
 });

@@ -1,12 +1,14 @@
 // Cluster mode (smtp.workers: 2) as a real process tree: both workers take sessions, /metrics sums them, a killed worker comes back, SIGTERM ends cleanly with an empty spool.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
 import { startRawSink, type RawSink } from '../helpers/raw-sink.js';
 import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { eventually, message, sendMessage, SIM_KEYS } from '../helpers/chain.js';
+import { SmtpSession } from '../helpers/raw-smtp.js';
+import { testTempDir } from '../helpers/tmp.js';
 
 const TOKEN = 'cluster-test-admin-token-0123';
 
@@ -175,4 +177,62 @@ describe('cluster mode with the embedded DLP engine', () => {
       rmSync(root, { recursive: true, force: true });
     }
   }, 30_000);
+});
+
+describe('cluster mode: reload and status through the supervisor\'s admin API', () => {
+  it('POST /api/v1/reload validates once and reloads every worker; a bad file is refused with 422; status sums sessions', async () => {
+    const root = testTempDir('dlp-cluster-reload-');
+    const sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
+    const sink = await startRawSink();
+    const confFile = join(root, 'dlp-relay.yaml');
+    const reject6 = 'policy:\n  actions:\n    "6": { action: reject, code: 550, enhanced: "5.7.1" }\n';
+    writeFileSync(confFile, '# cluster reload test\n');
+    const relay = await spawnRelay(
+      relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_WORKER_BALANCING: 'round-robin', DLP_RELAY_ADMIN_TOKEN: TOKEN, DLP_RELAY_LOG_LEVEL: 'info' }),
+      ['--config', confFile, '--grace', '2000'],
+    );
+    const session = await SmtpSession.connect(relay.port).catch(() => null);
+    try {
+      const adminUrl = /admin: +(http:\/\/127\.0\.0\.1:\d+) \(metrics summed over the workers\)/.exec(relay.stderr())![1]!;
+      const api = (method: string, path: string) => fetch(`${adminUrl}${path}`, { method, headers: { authorization: `Bearer ${TOKEN}` } });
+      const iban = readFileSync('fixtures/quoted-printable.eml', 'utf8');
+      const reloadedWorkers = () => new Set(relay.logs().filter((l) => l['event'] === 'reloaded' && l['worker'] !== undefined).map((l) => l['worker']));
+
+      // Status: the open session above is counted, summed over the workers.
+      expect(session).not.toBeNull();
+      let status: Record<string, unknown> = {};
+      for (const until = Date.now() + 10_000; status['sessions'] !== 1 && Date.now() < until; await new Promise((r) => setTimeout(r, 100))) {
+        status = (await (await api('GET', '/api/v1/status')).json()) as Record<string, unknown>;
+      }
+      expect(status).toMatchObject({ sessions: 1, configFile: confFile });
+
+      expect((await sendMessage(relay.port, iban)).data).toMatch(/^250 .*held for review/);
+      writeFileSync(confFile, reject6);
+      const ok = await api('POST', '/api/v1/reload');
+      expect(ok.status).toBe(200);
+      expect(await ok.json()).toMatchObject({ ok: true, trigger: 'admin-api', applied: ['policy.actions.6'], problems: [] });
+      // Each worker re-reads the file on the SIGHUP the supervisor sent it.
+      await eventually(() => reloadedWorkers().size === 2, 15_000);
+      const after = await Promise.all(Array.from({ length: 4 }, () => sendMessage(relay.port, iban)));
+      for (const r of after) expect(r.data).toMatch(/^550 5\.7\.1 /);
+
+      const forwarded = () => relay.logs().filter((l) => l['event'] === 'reload-forwarded').length;
+      const before = forwarded();
+      writeFileSync(confFile, 'policy:\n  onDlpError: explode\n');
+      const bad = await api('POST', '/api/v1/reload');
+      expect(bad.status).toBe(422);
+      const report = (await bad.json()) as { ok: boolean; problems: Array<{ path: string }> };
+      expect(report.ok).toBe(false);
+      expect(report.problems.map((p) => p.path)).toContain('policy.onDlpError');
+      expect(forwarded()).toBe(before); // the workers were not bothered with a bad file
+      expect((await sendMessage(relay.port, iban)).data).toMatch(/^550 5\.7\.1 /);
+      expect(((await (await api('GET', '/api/v1/status')).json()) as { lastReload: { ok: boolean } }).lastReload.ok).toBe(false);
+    } finally {
+      session?.close();
+      relay.kill('SIGTERM');
+      await relay.exited;
+      await sink.close();
+      await sim.close();
+    }
+  }, 90_000);
 });

@@ -300,15 +300,15 @@ describe.each(backends)('quarantine store: $name', (backend) => {
     expect((await store.list({})).items).toHaveLength(0);
   });
 
-  it('purges by age and reports the count', async () => {
+  it('purges by age and reports the ids it deleted', async () => {
     const old = await putAndGet(store, eml('old'));
     const mid = await putAndGet(store, eml('mid'));
     const fresh = await putAndGet(store, eml('fresh'));
-    expect(await store.purge(new Date(old.quarantinedAt))).toBe(0); // strictly older only
-    expect(await store.purge(new Date(mid.quarantinedAt))).toBe(1);
+    expect(await store.purge(new Date(old.quarantinedAt))).toEqual([]); // strictly older only
+    expect(await store.purge(new Date(mid.quarantinedAt))).toEqual([old.id]);
     expect(await store.get(old.id)).toBeNull();
     expect((await store.list({})).items.map((r) => r.id)).toEqual([fresh.id, mid.id]);
-    expect(await store.purge(new Date(Date.now() + 60_000))).toBe(2);
+    expect((await store.purge(new Date(Date.now() + 60_000))).sort()).toEqual([fresh.id, mid.id].sort());
     expect((await store.list({})).items).toHaveLength(0);
   });
 
@@ -438,9 +438,9 @@ describe.each(backends)('quarantine store: $name', (backend) => {
     expect((await store.get(got.id))!.releaseClaim ?? null).toBeNull();
   });
 
-  it('purges through retention, audited as "retention"', async () => {
-    await putAndGet(store, eml('r1'));
-    await putAndGet(store, eml('r2'));
+  it('purges through retention, audited as "retention" with one entry per deleted id', async () => {
+    const r1 = await putAndGet(store, eml('r1'));
+    const r2 = await putAndGet(store, eml('r2'));
     const future = () => new Date(Date.now() + 40 * 86_400_000);
     expect(await runRetentionOnce(store, 30, logger)).toBe(0);
     const stop = startRetention(store, { days: 30, intervalMs: 20, now: future }, logger);
@@ -451,7 +451,12 @@ describe.each(backends)('quarantine store: $name', (backend) => {
     }
     expect((await store.list({})).items).toHaveLength(0);
     const purges = (await store.listAudit({ actor: 'retention' })).items;
-    expect(purges.some((a) => a.action === 'purge' && /2 deleted/.test(a.detail ?? ''))).toBe(true);
+    expect(purges.some((a) => a.action === 'purge' && a.target === null && /2 deleted/.test(a.detail ?? ''))).toBe(true);
+    expect(purges.filter((a) => a.target !== null).map((a) => a.target).sort()).toEqual([r1.id, r2.id].sort());
+    // Each id can be looked up on its own: "where did this message go?"
+    const one = (await store.listAudit({ target: r1.id, action: 'purge' })).items;
+    expect(one).toHaveLength(1);
+    expect(one[0]).toMatchObject({ actor: 'retention', result: 'ok' });
   });
 });
 

@@ -1,9 +1,8 @@
 // CAS through the running relay: a block verdict lands the sender on the CAS simulator's list; a CAS outage never touches mail flow.
 import { afterEach, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { replyCode } from '../helpers/raw-smtp.js';
+import { testTempDir } from '../helpers/tmp.js';
 import { startChain, eventually, message, sendMessage, type Chain } from '../helpers/chain.js';
 import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
 import { casBucketFor } from '../../src/cas/shared-rate.js';
@@ -31,7 +30,7 @@ describe('relay → CAS blocked lists', () => {
       config: {
         ...more,
         secrets: { casToken: TOKEN },
-        cas: { enabled: true, url: cas.url, exemptDomains: ['ourcorp.test'], outbox: { dir: join(mkdtempSync(join(tmpdir(), 'cas-outbox-')), 'outbox'), intervalMs: 200, baseMs: 200, maxMs: 1000 }, retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 }, ...extra },
+        cas: { enabled: true, url: cas.url, exemptDomains: ['ourcorp.test'], outbox: { dir: join(testTempDir('cas-outbox-'), 'outbox'), intervalMs: 200, baseMs: 200, maxMs: 1000 }, retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 }, ...extra },
       },
     });
     return { chain, cas };

@@ -410,6 +410,65 @@ describe('resets, handler failures and shutdown', () => {
     engine = undefined;
   });
 
+  it('during shutdown QUIT is answered 221: after a DATA shutdown waited for, pipelined with the dot, or received while a command runs', async () => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    let inData = 0;
+    let rcptWaiting = false;
+    const e = await start(
+      {},
+      {
+        data: async (_s, _tx, message) => {
+          await drain(message);
+          inData++;
+          await gate;
+          return QUEUED;
+        },
+        rcpt: async (_s, r) => {
+          if (r.address !== 'slow@y.test') return undefined;
+          rcptWaiting = true;
+          await gate;
+          return undefined;
+        },
+      },
+    );
+    const SHUTDOWN = '421 4.3.2 Service shutting down, try again later';
+    // 1: QUIT sent after reading the final reply; 2: QUIT pipelined with the dot; 3: another command after the final reply.
+    const after = await SmtpSession.connect(e.port);
+    const piped = await SmtpSession.connect(e.port);
+    const other = await SmtpSession.connect(e.port);
+    for (const s of [after, piped, other]) {
+      await openTx(s);
+      expect(await s.cmd('DATA')).toMatch(/^354/);
+    }
+    after.send('hello\r\n.\r\n');
+    piped.send('hello\r\n.\r\nQUIT\r\n');
+    other.send('hello\r\n.\r\n');
+    // 4: a QUIT pipelined behind a command whose handler is still running when the shutdown starts.
+    const rcpt = await SmtpSession.connect(e.port);
+    expect(await rcpt.cmd('EHLO client.test')).toMatch(/^250/);
+    expect(await rcpt.cmd('MAIL FROM:<a@x.test>')).toBe('250 2.1.0 Ok');
+    rcpt.send('RCPT TO:<slow@y.test>\r\nQUIT\r\n');
+    expect(await eventually(() => inData === 3 && rcptWaiting)).toBe(true);
+    // Let the QUIT behind the RCPT reach the server's buffer before the shutdown begins.
+    await new Promise((r) => setTimeout(r, 100));
+    const closing = e.server.close(10_000);
+    setTimeout(release, 50);
+    expect(await after.read()).toBe('250 2.0.0 Queued');
+    after.send('QUIT\r\n');
+    expect(await after.read()).toBe('221 2.0.0 Bye');
+    expect(await piped.read()).toBe('250 2.0.0 Queued');
+    expect(await piped.read()).toBe('221 2.0.0 Bye');
+    expect(await other.read()).toBe('250 2.0.0 Queued');
+    other.send('MAIL FROM:<a@x.test>\r\n');
+    expect(await other.read()).toBe(SHUTDOWN);
+    expect(await rcpt.read()).toBe('250 2.1.5 Ok');
+    expect(await rcpt.read()).toBe('221 2.0.0 Bye');
+    await closing;
+    expect(e.server.connections).toBe(0);
+    engine = undefined;
+  });
+
   it('connect() refusals: 554 greeting then 503 to all but QUIT; 421 closes at once; a throw is 421 4.3.0', async () => {
     const e = await start(
       {},

@@ -1,8 +1,9 @@
 // Issue 10 §5: at start the spool, local outbox, fs quarantine and fs CAS outbox lose what a crash left unfinished (temp files, half-written pairs), keep what is mail, and log one line per store.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { startChain, message, sendMessage, type Chain } from '../helpers/chain.js';
 import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
@@ -10,6 +11,7 @@ import { spawnRelay, relayEnv } from '../helpers/cli-relay.js';
 import { startSink, type Sink } from '../helpers/chain.js';
 import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
 import { SIM_KEYS } from '../helpers/chain.js';
+import { testTempDir } from '../helpers/tmp.js';
 
 const old = (path: string) => utimesSync(path, new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000));
 
@@ -147,6 +149,53 @@ describe('kill -9 during outbox writes', () => {
     } finally {
       second.kill();
       await second.exited;
+    }
+  });
+});
+
+describe('a second relay on the same configuration', () => {
+  it('fails on the busy port, naming the listener, before recovery touches the live relay\'s stores', async () => {
+    const root = testTempDir('dlp-second-');
+    const sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
+    const sink = await startSink();
+    const first = await spawnRelay({ ...relayEnv(root, sink.port, sim.url), DLP_RELAY_NEXT_HOP: '' });
+    try {
+      const adminPort = Number(/admin: +http:\/\/127\.0\.0\.1:(\d+)/.exec(first.stderr())?.[1]);
+      expect(adminPort).toBeGreaterThan(0);
+      // What a live relay has on disk mid-session, all of which recovery would remove as a crash's leftovers.
+      const live = {
+        spool: join(root, 'spool', `${randomUUID()}.eml.spool`),
+        outboxTemp: join(root, 'outbox', '.tmp-20990101T000000.000Z-live.eml-1'),
+        outboxSidecar: join(root, 'outbox', '20990101T000000.000Z-live.json'),
+        quarantineOrphan: join(root, 'quarantine', `${randomUUID()}.eml`),
+      };
+      for (const p of Object.values(live)) {
+        mkdirSync(dirname(p), { recursive: true });
+        writeFileSync(p, 'being written by the live relay');
+      }
+      old(live.quarantineOrphan);
+      const second = (listen: string, admin: string) =>
+        spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], {
+          env: { ...process.env, ...relayEnv(root, sink.port, sim.url), DLP_RELAY_NEXT_HOP: '', DLP_RELAY_LISTEN: listen, DLP_RELAY_ADMIN_LISTEN: admin },
+          encoding: 'utf8',
+          timeout: 60_000,
+        });
+      const same = second(`127.0.0.1:${first.port}`, `127.0.0.1:${adminPort}`);
+      expect(same.status).toBe(1);
+      expect(same.stderr).toContain(`dlp-relay: cannot start: cannot listen for SMTP on 127.0.0.1:${first.port}: address already in use`);
+      expect(same.stdout).not.toContain('"event":"recovery"');
+      // The admin listener is checked as well, and named.
+      const adminOnly = second('127.0.0.1:0', `127.0.0.1:${adminPort}`);
+      expect(adminOnly.status).toBe(1);
+      expect(adminOnly.stderr).toContain(`dlp-relay: cannot start: cannot listen for admin on 127.0.0.1:${adminPort}: address already in use`);
+      expect(adminOnly.stdout).not.toContain('"event":"recovery"');
+      for (const p of Object.values(live)) expect(existsSync(p), p).toBe(true);
+      expect(first.proc.exitCode).toBeNull();
+    } finally {
+      first.kill();
+      await first.exited;
+      await sink.close();
+      await sim.close();
     }
   });
 });

@@ -1,8 +1,8 @@
 // Config loading: defaults, env overrides, secrets only from env/files, every problem listed with its path, frozen result.
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { testTempDir } from '../helpers/tmp.js';
 import { loadConfig, maskedConfig, ConfigError, DEFAULT_CONFIG_FILE } from '../../src/config/load.js';
 
 function problemsOf(fn: () => unknown): Array<{ path: string; message: string }> {
@@ -68,14 +68,14 @@ describe('loadConfig', () => {
   });
 
   it('reads secrets from *_FILE variables', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cfg-'));
+    const dir = testTempDir('cfg-');
     writeFileSync(join(dir, 'sk'), 'from-file\n');
     const c = loadConfig({ file: '/dev/null', env: { DLP_RELAY_UCWI_URL: 'http://127.0.0.1:1', DLP_RELAY_UCWI_ACCESS_KEY: 'ak', DLP_RELAY_UCWI_SECRET_KEY_FILE: join(dir, 'sk') } });
     expect(c.secrets.ucwiSecretKey).toBe('from-file');
   });
 
   it('lists every problem with its path', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'cfg-'));
+    const dir = testTempDir('cfg-');
     const file = join(dir, 'bad.yaml');
     writeFileSync(
       file,
@@ -121,7 +121,7 @@ describe('loadConfig', () => {
     expect(loadConfig({ file: '/dev/null', env: { DLP_RELAY_WORKERS: '4' } }).smtp.workers).toBe(4);
     expect(loadConfig({ file: '/dev/null', env: {} }).smtp.workers).toBe(1);
     const cas = { DLP_RELAY_WORKERS: '2', DLP_RELAY_CAS_TOKEN: 't', DLP_RELAY_CAS_URL: 'http://127.0.0.1:1' };
-    const file = join(mkdtempSync(join(tmpdir(), 'cfg-')), 'c.yaml');
+    const file = join(testTempDir('cfg-'), 'c.yaml');
     writeFileSync(file, 'cas:\n  enabled: true\n  exemptDomains: [ourcorp.test]\n');
     expect(problemsOf(() => loadConfig({ file, env: cas }))).toEqual([{ path: 'smtp.workers', origin: 'DLP_RELAY_WORKERS', message: expect.stringContaining('cas.outbox.backend: pg') }]);
     expect(problemsOf(() => loadConfig({ file: '/dev/null', env: { DLP_RELAY_WORKERS: '0' } })).map((p) => p.path)).toEqual(['smtp.workers']);

@@ -1,15 +1,15 @@
 // Console accounts and sessions: scrypt hashes, roles, disable/passwd, the CLI on the users file, lockout and session expiry.
 import { describe, it, expect } from 'vitest';
-import { mkdtempSync, readFileSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
+import { testTempDir } from '../helpers/tmp.js';
 import { FileUserStore, UserInputError, verifyConsolePassword } from '../../src/console/users.js';
 import { LoginThrottle, SessionStore, sameToken, setCookie } from '../../src/console/sessions.js';
 
 describe('console users file', () => {
   it('stores scrypt hashes (never the password) with mode 0600, verifies, disables and changes passwords', async () => {
-    const file = join(mkdtempSync(join(tmpdir(), 'dlp-users-')), 'users.json');
+    const file = join(testTempDir('dlp-users-'), 'users.json');
     const s = new FileUserStore(file);
     await s.add('rita', 'reviewer', 'correct horse battery');
     const text = readFileSync(file, 'utf8');
@@ -36,7 +36,7 @@ describe('console users file', () => {
   });
 
   it('dlp-relay user add|list|disable edits console.usersFile, reading the password from stdin', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'dlp-users-cli-'));
+    const dir = testTempDir('dlp-users-cli-');
     const env = { ...process.env, DLP_RELAY_STATE_DIR: dir };
     const cli = (args: string[], input = '') => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--config', '/dev/null', 'user', ...args], { input, env, encoding: 'utf8', timeout: 60_000 });
     const add = cli(['add', 'ada', '--role', 'admin'], 'a very long password\n');

@@ -113,18 +113,18 @@ describe('quarantine CLI', () => {
     expect(err.text).toMatch(/--from must be an ISO 8601 time/);
   });
 
-  it('says "no quarantined message with id …" and exits 1 for an unknown id (2 when it is not even an id)', async () => {
+  it('says "dlp-relay: quarantine: no quarantined message with id …" and exits 1 for an unknown id, even one that is not an id', async () => {
     const id = randomUUID();
     for (const fn of [quarantineShow, quarantineDelete, quarantineRelease]) {
       err = sink();
       ctx.err = err;
       expect(await fn({ id }, ctx)).toBe(1);
-      expect(err.text).toBe(`no quarantined message with id "${id}"\n`);
+      expect(err.text).toBe(`dlp-relay: quarantine: no quarantined message with id "${id}"\n`);
     }
     err = sink();
     ctx.err = err;
-    expect(await quarantineShow({ id: '../etc/passwd\u001b' }, ctx)).toBe(2);
-    expect(err.text).toBe('no quarantined message with id "../etc/passwd\\u001b" (ids are UUIDs)\n');
+    expect(await quarantineShow({ id: '../etc/passwd\u001b' }, ctx)).toBe(1);
+    expect(err.text).toBe('dlp-relay: quarantine: no quarantined message with id "../etc/passwd\\u001b" (ids are UUIDs)\n');
   });
 
   it('shows metadata and the preview', async () => {
@@ -146,7 +146,7 @@ describe('quarantine CLI', () => {
     expect(await quarantineRelease({ id: rec.id }, ctx)).toBe(0);
     expect(out.text).toBe(`accepted  bob@example.org  250  250 ok\n${rec.id}: released completely\n`);
     expect(await quarantineRelease({ id: rec.id }, ctx)).toBe(1);
-    expect(err.text).toMatch(/^already released at \S+ by cli:tester \[testhost\]; not delivered again\n$/);
+    expect(err.text).toBe(`dlp-relay: quarantine: ${rec.id}: already released at ${(await store.get(rec.id))!.release!.at} by cli:tester [testhost]; not delivered again\n`);
     expect(deliveries).toBe(2);
     const audit = await store.listAudit({ target: rec.id, action: 'release' });
     expect(audit.items.map((a) => [a.actor, a.source, a.result])).toEqual([
@@ -164,16 +164,17 @@ describe('quarantine CLI', () => {
     expect(await quarantineDownload({ id: rec.id, output: file }, ctx)).toBe(1); // never overwrites
     expect(await quarantineDelete({ id: rec.id }, ctx)).toBe(0);
     expect(await quarantineDelete({ id: rec.id }, ctx)).toBe(1);
-    await put();
+    const doomed = await put();
     // "Older than 0 days" means quarantined before the purge's own clock reading: let the clock move past
     // the put's millisecond (on a fast runtime both can fall in the same one, and then nothing is older).
     await new Promise((r) => setTimeout(r, 5));
     expect(await quarantinePurge({ olderThanDays: '0', json: true }, ctx)).toBe(0);
-    expect(out.text.trim().split('\n').pop()).toMatch(/"purged":1/);
+    expect(JSON.parse(out.text.trim().split('\n').pop()!)).toMatchObject({ purged: 1, ids: [doomed.id] });
     out = sink();
     ctx.out = out;
     expect(await quarantineAudit({ action: 'purge' }, ctx)).toBe(0);
     expect(out.text).toMatch(/cli:tester\s+testhost\s+purge\s+-\s+ok/);
+    expect(out.text).toMatch(new RegExp(`purge\\s+${doomed.id}\\s+ok`)); // the per-id entry names the message
   });
 
   it('exits 1 with a clear message when the store is unreachable', async () => {

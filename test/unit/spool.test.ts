@@ -1,13 +1,13 @@
 // Spool: streams to a private file, hashes, caps without stopping to read, and indexes headers by byte offset across chunk boundaries.
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, statSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, statSync, existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { createHash } from 'node:crypto';
+import { testTempDir } from '../helpers/tmp.js';
 import { spoolMessage, prepareSpoolDir, SYNC_LIMIT, SpoolFilePool } from '../../src/spool/spool.js';
 
-const dir = () => mkdtempSync(join(tmpdir(), 'spool-'));
+const dir = () => testTempDir('spool-');
 /** Feeds the message in chunks of `n` bytes so header lines straddle chunk boundaries. */
 const chunked = (s: string | Buffer, n: number) => {
   const b = Buffer.from(s);
