@@ -63,7 +63,7 @@ describe('relay → CAS blocked lists', () => {
   it('with the pg outbox the pushes are taken from the budget shared in the database', async () => {
     const schema = await freshSchema('relay_cas');
     schemas.push(schema);
-    const dir = join(mkdtempSync(join(tmpdir(), 'cas-outbox-')), 'outbox');
+    const dir = join(testTempDir('cas-outbox-'), 'outbox');
     const { chain, cas } = await start(
       { outbox: { backend: 'pg', dir, intervalMs: 200, baseMs: 200, maxMs: 1000 }, rate: { limit: 7, windowMs: 60_000 } },
       { quarantine: { url: schemaUrl(schema) } },
