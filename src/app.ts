@@ -29,7 +29,8 @@ import { registerOpsRoutes } from './admin/ops-routes.js';
 import { registerQuarantineRoutes } from './admin/quarantine-routes.js';
 import { startCas, type CasParts } from './cas/relay-hook.js';
 import { registerDaemonRoutes, type DaemonRouteDeps, type StatusReport } from './admin/daemon-routes.js';
-import { startConsole } from './console/index.js';
+import { startConsole, startReviewerDigest } from './console/index.js';
+import type { ReviewerDigest } from './console/reviewer-digest.js';
 import { ConfirmLinks } from './console/confirm.js';
 import { setLogLevel } from './observability/logger.js';
 import { Reloader, type ReloadReport } from './reload.js';
@@ -47,6 +48,8 @@ export interface RunningRelay {
   deliverer: AppDeliverer;
   metrics: Metrics;
   cas: CasParts | null;
+  /** The reviewer digest scheduler (console.digest), null when off or in a cluster worker. */
+  digest: ReviewerDigest | null;
   /** Re-reads the configuration (StartOptions.reloadConfig) and applies it; see reload.ts. */
   reload(trigger: string): Promise<ReloadReport>;
   status(): Promise<StatusReport>;
@@ -66,6 +69,8 @@ export interface StartOptions {
    * (the supervisor runs those), metrics answered to the supervisor, spool in `<spool.dir>/w<index>`.
    */
   worker?: { index: number };
+  /** Clock of the reviewer digest's schedule; tests pass a fake one instead of waiting hours. */
+  clock?: () => Date;
 }
 
 /** The next hops: nextHop.endpoints, or the single host/port (priority 10); empty when mail goes to the outbox. */
@@ -496,6 +501,9 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     // Set by stop() before the drain: /readyz fails while sessions are still served (limits.drainDelayMs).
     let unready = false;
     const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => unready || ingress.draining, spoolDir, daemon, confirm });
+    // One sender per store, like retention: a cluster's supervisor sends, its workers never do.
+    const digest = worker ? null : startReviewerDigest(c, { store: quarantine, deliver: ops.deliver!, adminUrl: admin?.url ?? null, logger: logger.child({ component: 'digest' }), now: opts.clock });
+    if (digest) stops.push(digest.stop);
 
     const smtp = await listenNamed('SMTP', c.listen.host, c.listen.port, () => ingress.listen());
     return {
@@ -510,6 +518,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       deliverer,
       metrics,
       cas,
+      digest: digest?.digest ?? null,
       reload,
       status,
       async stop(graceMs = c.limits.shutdownGraceMs) {
@@ -545,7 +554,7 @@ export interface RunningSupervisor {
 
 /**
  * The cluster supervisor's own parts (see cluster.ts): no SMTP listener; the admin listener with the
- * workers' metrics summed, quarantine retention, the CAS pusher, and the stores and clients that the
+ * workers' metrics summed, quarantine retention, the reviewer digest, the CAS pusher, and the stores and clients that the
  * admin API's release and re-scan need.
  */
 /** What the cluster (cluster.ts) lends its supervisor's admin API: reloading the workers and the last report. */
@@ -577,6 +586,8 @@ export async function startSupervisor(c: FrozenConfig, logger: Logger, cluster: 
       casOutbox: () => casRef.current?.outbox ?? null,
     });
     const admin = await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => draining, spoolDir: c.spool.dir, daemon });
+    const digest = startReviewerDigest(c, { store: quarantine, deliver: ops.deliver!, adminUrl: admin?.url ?? null, logger: logger.child({ component: 'digest' }) });
+    if (digest) stops.push(digest.stop);
     return {
       admin,
       ucwiUrl: baseUrl,

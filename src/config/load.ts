@@ -285,6 +285,8 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
     // Cisco CVE-2025-20393 was a quarantine console reachable from outside: a non-loopback console is an explicit choice.
     if (c.console.enabled && !c.console.allowRemote && !/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(c.admin.host))
       problems.push({ path: 'console.allowRemote', message: `the console would listen on ${c.admin.host}: keep admin.host on loopback behind an authenticating TLS proxy, or set console.allowRemote: true` });
+    if (c.console.digest.enabled && !c.console.enabled) problems.push({ path: 'console.digest.enabled', message: 'the digest links to the console: set console.enabled: true' });
+    if (c.console.digest.enabled && c.console.digest.recipients.length === 0) problems.push({ path: 'console.digest.recipients', message: 'name at least one reviewer address' });
     if (c.console.enabled && !c.admin.enabled) problems.push({ path: 'console.enabled', message: 'the console is served by the admin listener: set admin.enabled: true' });
     if (c.cas.enabled && !c.secrets.casToken)
       problems.push({ path: 'cas.enabled', message: 'CAS needs a token: DLP_RELAY_CAS_TOKEN (or its _FILE, or cas.tokenFile)' });

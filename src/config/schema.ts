@@ -462,6 +462,22 @@ export const configSchema = z
           })
           .strict()
           .prefault({}),
+        /** Reviewer digests: a mail listing the messages held since the last digest, with links to their console pages (off by default). */
+        digest: z
+          .object({
+            enabled: z.boolean().default(false),
+            interval: z.enum(['hourly', 'daily']).default('daily'),
+            /** Hour of the day (UTC) a daily digest is sent at; it covers the 24 hours before. */
+            dailyHourUtc: z.number().int().min(0).max(23).default(7),
+            recipients: z.array(z.string().regex(/^[^\s<>@]+@[^\s<>@]+$/, 'must be an address like reviewers@corp.example')).default([]),
+            from: z.string().regex(/^[^\s<>@]+@[^\s<>@]+$/, 'must be an address').default('postmaster@localhost'),
+            /** Origin of the links (the proxy in front of the console); default console.confirm.publicUrl, else the admin listener. */
+            publicUrl: z.string().url().nullable().default(null),
+            /** Messages listed by name; the rest are counted. */
+            maxItems: z.number().int().min(1).max(1000).default(200),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .prefault({}),

@@ -100,6 +100,7 @@ input[type=text],input[type=search],input[type=password],input[type=datetime-loc
 button{padding:.3em .9em;border:1px solid #1f3a5f;background:#1f3a5f;color:#fff;border-radius:3px;cursor:pointer}
 button.danger{background:#a61b1b;border-color:#a61b1b}
 pre.body{white-space:pre-wrap;word-break:break-word;background:#fff;border:1px solid #d8dce3;padding:.8em;max-height:40em;overflow:auto}
+iframe.body{display:block;width:100%;height:40em;background:#fff;border:1px solid #d8dce3}
 .notice{padding:.6em 1em;border-radius:3px;margin:0 0 1em}
 .ok{background:#e3f4e6;border:1px solid #9ad0a5}
 .err{background:#fbe4e4;border:1px solid #e0a1a1}

@@ -85,6 +85,31 @@ export interface MessageView {
   record: QuarantineRecord;
   preview: MessagePreview;
   canDecide: boolean;
+  /** text (default): the text part, or HTML reduced to text; html: the HTML part in a sandboxed frame. */
+  view?: 'text' | 'html';
+}
+
+/**
+ * The frame's own policy, first in its head so it holds before any of the message's markup is parsed. It adds to the
+ * console page's policy, which an about:srcdoc frame inherits: nothing may load except data: images.
+ */
+export const FRAME_CSP = "default-src 'none'; img-src data:; form-action 'none'; base-uri 'none'";
+
+/** The srcdoc document: our CSP and referrer meta, then the message's HTML as sent (the sandbox and CSP make it inert). */
+export function frameDocument(source: string): string {
+  return `<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" content="${FRAME_CSP}"><meta name="referrer" content="no-referrer"></head><body>${source}`;
+}
+
+function bodySection(base: string, id: string, p: MessagePreview, view: 'text' | 'html'): Html {
+  const href = `${base}/messages/${id}`;
+  const views = p.html
+    ? html`<p class="views" id="views">Show: ${view === 'html' ? html`<a href="${href}">Text</a> | <strong>HTML (sandboxed)</strong>` : html`<strong>Text</strong> | <a href="${href}?view=html">HTML (sandboxed)</a>`}</p>`
+    : '';
+  if (view === 'html' && p.html)
+    return html`<h2>Body</h2>${views}<p class="muted">The HTML part in a sandboxed frame: no scripts, forms or plugins, and nothing is loaded from anywhere (remote images and styles stay blank).${p.html.truncated ? ' Truncated.' : ''}</p>
+<iframe class="body" id="html-body" sandbox="" referrerpolicy="no-referrer" title="HTML body (sandboxed)" srcdoc="${frameDocument(p.html.source)}"></iframe>`;
+  return html`<h2>Body text</h2>${views}<p class="muted">${p.textSource === 'html-stripped' ? 'HTML reduced to text: no markup, scripts or remote content is ever rendered.' : p.textSource === 'none' ? 'No text part.' : 'Plain-text part.'}${p.textTruncated ? ' Truncated.' : ''}</p>
+<pre class="body" id="body">${p.text}</pre>`;
 }
 
 export function messagePage(base: string, who: LayoutUser, v: MessageView): Html {
@@ -133,8 +158,7 @@ ${r.envelope.to.map((t) => html`<label><input type="checkbox" name="recipient" v
     base,
     r.subject ?? '(no subject)',
     html`${env}<h2>Matched policies</h2>${policies}${results}${actions}
-<h2>Body text</h2><p class="muted">${p.textSource === 'html-stripped' ? 'HTML reduced to text: no markup, scripts or remote content is ever rendered.' : p.textSource === 'none' ? 'No text part.' : 'Plain-text part.'}${p.textTruncated ? ' Truncated.' : ''}</p>
-<pre class="body" id="body">${p.text}</pre>
+${bodySection(base, id, p, v.view ?? 'text')}
 <h2>Attachments</h2>${attachments}${download}
 <h2>Headers</h2><table id="headers"><tbody>${p.headers.map((h) => html`<tr><th>${h.name}</th><td>${h.value}</td></tr>`)}</tbody></table>
 ${p.error ? html`<p class="notice err">The message could not be parsed completely: ${p.error}</p>` : ''}`,

@@ -300,9 +300,11 @@ export function registerConsoleRoutes(server: AdminServer, deps: ConsoleDeps): C
     pages(c, async (req) => {
       const g = await guard(req, CAN.view, 'view messages', false);
       if (isResponse(g)) return g;
-      const shown = await showMessage(ops, c.actor(req, g.s), req.params.id ?? '');
+      // The HTML part is kept (bounded) so the page can offer the sandboxed view; text stays the default.
+      const shown = await showMessage(ops, c.actor(req, g.s), req.params.id ?? '', { maxHtmlChars: 500_000 });
       if (!shown) throw new HttpError(404, 'No such message (it may have been deleted or purged).');
-      return page(200, messagePage(base, c.who(g.s), { ...shown, canDecide: CAN.decide(g.s.role) }));
+      const view = req.query.get('view') === 'html' ? 'html' : 'text';
+      return page(200, messagePage(base, c.who(g.s), { ...shown, canDecide: CAN.decide(g.s.role), view }));
     }),
     open,
   );

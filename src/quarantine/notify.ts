@@ -69,7 +69,7 @@ export function noticeSuppressedBecause(input: NoticeInput, from: string): strin
 }
 
 /** One line, printable, bounded: values land in a header or a short text, and come partly from the sender. */
-function oneLine(s: string, max: number): string {
+export function oneLine(s: string, max: number): string {
   const clean = s
     .replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]+/g, ' ')
     .replace(/\s+/g, ' ')
@@ -102,7 +102,7 @@ function fill(template: string, values: Record<string, string>): string {
 }
 
 /** RFC 2047 encoded words for a non-ASCII header value, split on character boundaries and folded. */
-function encodeHeaderValue(s: string): string {
+export function encodeHeaderValue(s: string): string {
   if (/^[\x20-\x7e]*$/.test(s)) return s;
   const words: string[] = [];
   let cur = '';
@@ -120,7 +120,7 @@ function encodeHeaderValue(s: string): string {
 
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
 const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
-function rfc5322Date(d: Date): string {
+export function rfc5322Date(d: Date): string {
   const p = (n: number) => String(n).padStart(2, '0');
   return `${DAYS[d.getUTCDay()]}, ${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ${p(d.getUTCHours())}:${p(
     d.getUTCMinutes(),

@@ -43,6 +43,11 @@ export interface MessagePreview {
   textTruncated: boolean;
   attachments: AttachmentSummary[];
   attachmentsTruncated: boolean;
+  /**
+   * The HTML part as sent, only when asked for (PreviewLimits.maxHtmlChars): for the console's sandboxed frame, which
+   * renders it with no scripts and no remote loads. Never for a terminal or the JSON API.
+   */
+  html?: { source: string; truncated: boolean };
   /** Set when the message could not be parsed completely; what was found so far is still returned. */
   error?: string;
 }
@@ -55,6 +60,8 @@ export interface PreviewLimits {
   /** The preview stops (with `error` set) when this fires or after deadlineMs (default 30 s). */
   signal?: AbortSignal;
   deadlineMs?: number;
+  /** Keep up to this many characters of the HTML part in `html` (default 0: not kept). */
+  maxHtmlChars?: number;
 }
 
 /**
@@ -205,6 +212,11 @@ export async function buildPreview(source: Readable, limits: PreviewLimits = {})
   const t = truncate(sanitizeText(body), maxText);
   preview.text = t.text;
   preview.textTruncated = t.truncated;
+  const maxHtml = limits.maxHtmlChars ?? 0;
+  if (maxHtml > 0 && html !== undefined) {
+    const h = truncate(html, maxHtml);
+    preview.html = { source: h.text, truncated: h.truncated };
+  }
   return preview;
 }
 

@@ -80,7 +80,12 @@ describe('quarantine console in Chromium', () => {
         'hostile',
         `<html><head><style>@import url(${trackerUrl}/css);</style><script>fetch('${trackerUrl}/script');document.title='pwned'</script></head>` +
           `<body><p>Hello <b>friend</b></p><img src="${trackerUrl}/pixel.png"><img src=x onerror="fetch('${trackerUrl}/onerror')">` +
-          `<iframe src="${trackerUrl}/frame"></iframe><a href="javascript:fetch('${trackerUrl}/link')">click</a></body></html>`,
+          `<iframe src="${trackerUrl}/frame"></iframe><a href="javascript:fetch('${trackerUrl}/link')">click</a>` +
+          // Loads that need no script: a refresh, a stylesheet, a background, a srcset, a form, a plain link out, a base.
+          `<meta http-equiv="refresh" content="0;url=${trackerUrl}/refresh"><link rel="stylesheet" href="${trackerUrl}/link.css">` +
+          `<div style="background:url(${trackerUrl}/bg.png)">styled</div><img srcset="${trackerUrl}/srcset.png 2x" alt="s">` +
+          `<form action="${trackerUrl}/form"><button id="go">go</button></form><a id="out" href="${trackerUrl}/clicked">out</a>` +
+          `<img id="inline" alt="dot" src="data:image/gif;base64,R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw=="></body></html>`,
         'text/html; charset=utf-8',
       ),
     });
@@ -218,6 +223,52 @@ describe('quarantine console in Chromium', () => {
     expect(dialogs).toEqual([]);
     expect(requests.filter((u) => u.startsWith(trackerUrl))).toEqual([]);
     expect(trackerHits).toEqual([]);
+    await ctx.close();
+  });
+
+  it('shows the HTML part in a sandboxed frame on request: its scripts never run and nothing remote is fetched, even on a click', async () => {
+    const { ctx, page } = await signIn('rita');
+    // The context sees the frame's requests too. Chromium's preload scanner may *start* a request that the CSP then
+    // blocks before it leaves the browser (DevTools' "blocked:csp"): what must never happen is one that completes.
+    const started: string[] = [];
+    const completed: string[] = [];
+    const failed: string[] = [];
+    ctx.on('request', (r) => started.push(r.url()));
+    ctx.on('requestfinished', (r) => completed.push(r.url()));
+    ctx.on('requestfailed', (r) => failed.push(r.url()));
+    const dialogs: string[] = [];
+    page.on('dialog', (d) => {
+      dialogs.push(d.message());
+      void d.dismiss();
+    });
+    await page.goto(`${base}/messages/${ids.hostile}`);
+    await page.click('#views a:has-text("HTML (sandboxed)")');
+    expect(page.url()).toBe(`${base}/messages/${ids.hostile}?view=html`);
+    const el = page.locator('iframe#html-body');
+    expect(await el.getAttribute('sandbox')).toBe('');
+    expect(await el.getAttribute('srcdoc')).toContain("default-src 'none'; img-src data:");
+    const frame = await (await el.elementHandle())!.contentFrame();
+    expect(frame).not.toBeNull();
+    await page.waitForLoadState('networkidle');
+    // The markup is rendered (bold text, a data: image with its pixels), only inert.
+    expect(await frame!.textContent('b')).toBe('friend');
+    expect(await frame!.locator('#inline').evaluate((img) => (img as unknown as { naturalWidth: number }).naturalWidth)).toBe(1);
+    expect(await frame!.title()).not.toBe('pwned');
+    expect(await page.title()).not.toBe('pwned');
+    await page.screenshot({ path: join(SCREENSHOT_DIR, 'console-message-html.png'), fullPage: true });
+    // A click on the form's button, then on a link out (which may replace the frame), leaves nothing at the tracker either.
+    await frame!.click('#go', { noWaitAfter: true });
+    await frame!.click('#out', { noWaitAfter: true });
+    await page.waitForLoadState('networkidle');
+    expect(dialogs).toEqual([]);
+    expect(trackerHits).toEqual([]);
+    const toTracker = (list: string[]) => list.filter((u) => u.startsWith(trackerUrl)).sort();
+    expect(toTracker(completed)).toEqual([]);
+    expect(toTracker(failed)).toEqual(toTracker(started));
+    // The text view stays the default and shows no frame.
+    await page.click('#views a:has-text("Text")');
+    expect(await page.locator('iframe').count()).toBe(0);
+    expect(await page.textContent('#body')).toContain('Hello friend');
     await ctx.close();
   });
 

@@ -138,4 +138,12 @@ describe('loadConfig', () => {
     expect(printed).not.toContain(':pw@');
     expect(printed).toContain('postgres://u:********@db/x');
   });
+
+  it('reviewer digests need the console and at least one recipient', () => {
+    const overrides = { console: { digest: { enabled: true } } };
+    expect(problemsOf(() => loadConfig({ file: '/dev/null', env: {}, overrides })).map((p) => p.path)).toEqual(['console.digest.enabled', 'console.digest.recipients']);
+    const ok = loadConfig({ file: '/dev/null', env: {}, overrides: { console: { enabled: true, digest: { enabled: true, interval: 'hourly', recipients: ['rita@corp.example'] } } } });
+    expect(ok.console.digest).toMatchObject({ enabled: true, interval: 'hourly', dailyHourUtc: 7, recipients: ['rita@corp.example'], publicUrl: null, maxItems: 200 });
+    expect(problemsOf(() => loadConfig({ file: '/dev/null', env: {}, overrides: { console: { digest: { recipients: ['not an address'] } } } })).map((p) => p.path)).toEqual(['console.digest.recipients.0']);
+  });
 });

@@ -39,6 +39,17 @@ describe('sanitizeText', () => {
 });
 
 describe('buildPreview', () => {
+  it('keeps the HTML part only when asked, bounded, for the console frame', async () => {
+    const msg = 'Subject: h\r\nMIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>Hello <b>there</b></p><script>x()</script>\r\n';
+    const plain = await buildPreview(Readable.from([Buffer.from(msg)]));
+    expect(plain.html).toBeUndefined();
+    expect(plain.text).toBe('Hello there');
+    const kept = await buildPreview(Readable.from([Buffer.from(msg)]), { maxHtmlChars: 1000 });
+    expect(kept.html).toEqual({ source: expect.stringContaining('<p>Hello <b>there</b></p><script>x()</script>'), truncated: false });
+    const cut = await buildPreview(Readable.from([Buffer.from(msg)]), { maxHtmlChars: 10 });
+    expect(cut.html).toEqual({ source: '<p>Hello <', truncated: true });
+  });
+
   const multipart = Buffer.from(
     [
       'From: Alice <alice@example.com>',
