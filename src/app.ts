@@ -84,7 +84,7 @@ export function nextHopOptions(c: FrozenConfig): NextHopOptions {
 }
 
 export function policySettings(c: FrozenConfig): PolicySettings {
-  return c.policy as unknown as PolicySettings;
+  return c.policy;
 }
 
 /**
@@ -342,7 +342,9 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       loopGuard: loopGuardFromConfig({ ...c.policy.loop, key: c.secrets.loopKey, previousKey: c.secrets.loopPreviousKey }, logger),
       dlp: ucwi,
       quarantine,
-      onVerdict: hooks.length ? async (v) => void (await Promise.all(hooks.map((h) => h(v)))) : undefined,
+      onVerdict: hooks.length ? async (v) => {
+            await Promise.all(hooks.map((h) => h(v)));
+          } : undefined,
       onOutcome: (o, msg) => {
             if (!live.quarantine.notifications.enabled) return;
             const kind = o.reply.code < 300 && o.action.startsWith('quarantine') ? 'quarantine' : o.reply.code >= 500 && o.action === 'reject' ? 'reject' : null;

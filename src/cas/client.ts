@@ -470,7 +470,7 @@ export class CasClient implements CasApi {
 
 /** null for success; otherwise the error to throw or retry. */
 function classify(res: RawResponse & { text: string; retryAfterMs: number | null }, what: string, method: string): CasError | null {
-  const code = typeof res.body?.['code'] === 'number' ? (res.body['code'] as number) : null;
+  const code = typeof res.body?.['code'] === 'number' ? (res.body['code']) : null;
   const traceId = strOrNull(res.body?.['traceId']);
   const msg = res.body ? messageOf(res.body) : snippet(res.text);
   let err: CasError;

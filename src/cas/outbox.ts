@@ -272,7 +272,7 @@ export class FsCasOutbox implements CasOutbox {
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
         const pid = Number((await readFile(this.lockPath, 'utf8').catch(() => '')).trim());
-        if (pid > 0 && pid !== process.pid && pidAlive(pid)) throw new Error(`CAS outbox ${this.dir} is in use by process ${pid}`);
+        if (pid > 0 && pid !== process.pid && pidAlive(pid)) throw new Error(`CAS outbox ${this.dir} is in use by process ${pid}`, { cause: err });
         // Stale lock of a process that is gone (or of an earlier life of this pid): take it over.
         await unlink(this.lockPath).catch(() => {});
       }

@@ -104,7 +104,7 @@ export class AdminClient {
     const res = await this.fetch('GET', path);
     if (res.status === 404) return null;
     if (!res.ok || !res.body) throw new CliError(`relay at ${this.target.url} answered ${path} with HTTP ${res.status}`);
-    return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+    return Readable.fromWeb(res.body);
   }
 }
 

@@ -350,7 +350,6 @@ async function sendFile(job: FileJob, { address, opts }: Resolved): Promise<Send
     const params: EsmtpParam[] = [];
     if (client.has('SIZE')) params.push(['SIZE', String(job.size)]);
     if (client.has('8BITMIME')) params.push(['BODY', '8BITMIME']);
-    // eslint-disable-next-line no-control-regex
     if (client.has('SMTPUTF8') && [from, ...to].some((a) => /[^\x00-\x7f]/.test(a))) params.push(['SMTPUTF8', null]);
     const open = (): Readable => {
       const stream = createReadStream(file);

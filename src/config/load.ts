@@ -302,7 +302,7 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
     if (origin) p.origin = origin;
   }
   if (problems.length > 0) throw new ConfigError(problems);
-  return { config: deepFreeze(result.data!) as FrozenConfig, file, source: found.source, origins };
+  return { config: deepFreeze(result.data!), file, source: found.source, origins };
 }
 
 /**
@@ -310,7 +310,7 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
  * default, with the file line or environment variable that set it. Secrets are never listed.
  */
 export function changedValues(loaded: LoadedConfig): Array<{ path: string; value: unknown; origin: string }> {
-  const defaults = configSchema.parse({}) as Config;
+  const defaults = configSchema.parse({});
   defaults.policy.actions = effectiveActions(defaults.policy.actions);
   defaults.stateDir = loaded.config.stateDir;
   resolveDefaults(defaults, defaults.stateDir!);

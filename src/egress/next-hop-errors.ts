@@ -94,7 +94,6 @@ export function rcptParamsFor(r: Recipient, client: Pick<SmtpClient, 'has'>): Es
 
 /** Printable ASCII, one line, bounded: a next hop's text must not break our reply or carry control bytes. */
 function cleanText(text: string): string {
-  // eslint-disable-next-line no-control-regex
   return text.replace(/[^\x20-\x7e]+/g, ' ').trim().slice(0, 400);
 }
 

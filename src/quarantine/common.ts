@@ -100,7 +100,7 @@ export function clip(s: string | undefined, max = 2000): string | undefined {
 /** Node/pg error code if any (ENOENT, EEXIST, 08006 …). */
 export function errCode(err: unknown): string | undefined {
   if (typeof err === 'object' && err !== null && 'code' in err) {
-    const c = (err as { code: unknown }).code;
+    const c = err.code;
     return typeof c === 'string' ? c : undefined;
   }
   return undefined;

@@ -177,7 +177,7 @@ export class SessionIO {
 
   /** Waits (server's turn: no client clocks) for more input or `ms`; true when input arrived. */
   async waitInput(ms: number): Promise<boolean> {
-    if (this.ended) throw this.ended;
+    this.throwIfEnded();
     let arrived = false;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
@@ -191,8 +191,13 @@ export class SessionIO {
         resolve();
       };
     });
-    if (this.ended) throw this.ended;
+    // A call, not an inline check: the session may have ended while we waited, which TS narrowing cannot see.
+    this.throwIfEnded();
     return arrived || this.eof;
+  }
+
+  private throwIfEnded(): void {
+    if (this.ended) throw this.ended;
   }
 
   /**

@@ -93,7 +93,7 @@ describe('cluster mode: two SMTP workers under one supervisor', () => {
   it('a worker killed with SIGKILL is started again and the relay keeps answering', async () => {
     const pid = startedWorkers()['1']!;
     process.kill(pid, 'SIGKILL');
-    await eventually(() => relay.logs().some((l) => typeof l['msg'] === 'string' && (l['msg'] as string).startsWith('SMTP worker 1 died')), 5000);
+    await eventually(() => relay.logs().some((l) => typeof l['msg'] === 'string' && l['msg'].startsWith('SMTP worker 1 died')), 5000);
     // Meanwhile worker 2 takes every session.
     const before = sink.committed.length;
     const during = await Promise.all(Array.from({ length: 3 }, (_, i) => sendMessage(relay.port, message(`while worker 1 is down ${i}`))));

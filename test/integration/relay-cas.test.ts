@@ -52,7 +52,7 @@ describe('relay → CAS blocked lists', () => {
     expect(cas.list('senders')).toEqual([]);
     cas.setFaults({});
     await eventually(() => cas.list('senders').includes('leaker2@outside.test'), 15_000);
-    const creates = cas.requestLog.filter((q) => q.method === 'POST' && q.status !== undefined && q.status < 300 && ((q.rules as { senders?: string[] } | null)?.senders ?? []).includes('leaker2@outside.test'));
+    const creates = cas.requestLog.filter((q) => q.method === 'POST' && q.status !== undefined && q.status < 300 && (q.rules?.senders ?? []).includes('leaker2@outside.test'));
     expect(creates).toHaveLength(1);
   });
 });

@@ -172,8 +172,8 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
       const b = body as { action_type?: unknown; rules?: unknown };
       if (typeof b.action_type === 'string') entry.actionType = b.action_type;
       if (b.rules && typeof b.rules === 'object') {
-        entry.rules = b.rules as CasRules;
-        entry.counts = ruleCounts(b.rules as CasRules);
+        entry.rules = b.rules;
+        entry.counts = ruleCounts(b.rules);
       }
     }
     if (entry.path === '/v1/mitigation/mails' && Array.isArray(body)) entry.mitigationItems = body.length;
@@ -206,10 +206,10 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
 
     // Fixed window per token, opened by the first request after the previous one expired (cas.md §2).
     const now = Date.now();
-    let w = windows.get(m[1]!);
+    let w = windows.get(m[1]);
     if (!w || now >= w.start + rate.windowMs) {
       w = { start: now, count: 0 };
-      windows.set(m[1]!, w);
+      windows.set(m[1], w);
     }
     w.count++;
     if (w.count > rate.limit) {
@@ -219,11 +219,11 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
       return res.end(JSON.stringify({ code: -4290001, traceId: randomUUID(), msg: 'Maximum allowed requests exceeded' }));
     }
 
-    const route = `${entry.path}`;
+    const route = entry.path;
     const routes: Record<string, Partial<Record<string, () => void>>> = {
       '/v1/remediation/mails': { GET: () => getRules(res, entry), POST: () => postRules(res, entry, body) },
       '/v1/mitigation/mails': { GET: () => getResults(res, entry, url), POST: () => postMitigation(res, entry, body) },
-      '/v1/sweeping/mails': { GET: () => send(res, entry, 200, { current_link: baseUrl + req.url, next_link: null, traceId: randomUUID(), value: [] }) },
+      '/v1/sweeping/mails': { GET: () => send(res, entry, 200, { current_link: baseUrl + (req.url ?? ''), next_link: null, traceId: randomUUID(), value: [] }) },
     };
     const r = routes[route];
     if (!r) return error(res, entry, 404, 'API not found');

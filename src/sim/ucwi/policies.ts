@@ -74,7 +74,7 @@ export function parsePolicies(value: unknown, source = 'policies'): Policy[] {
     const lines = r.error.issues.map((i) => `  - ${formatPath(i.path)}: ${i.message}`);
     throw new Error(`${source}: invalid DLP policies:\n${lines.join('\n')}`);
   }
-  return r.data.policies as Policy[];
+  return r.data.policies;
 }
 
 /** Reads and validates a policy YAML file; YAML syntax errors are listed with line and column. */
