@@ -1,4 +1,5 @@
 // Composition root: builds every part from the frozen config, starts them in order, and stops them in reverse.
+import { CATALOGUE } from './errors.js';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -121,7 +122,7 @@ export function createDeliverer(c: FrozenConfig, logger: Logger): AppDeliverer {
     describe: `local outbox ${c.outbox.dir}`,
     async deliver(env, open, signal): Promise<DeliveryReport> {
       const { path } = await outbox.deliver(env, open, randomUUID(), signal);
-      const response = `250 2.0.0 stored ${path}`;
+      const response = `${CATALOGUE.OUTBOX_STORED.code} ${CATALOGUE.OUTBOX_STORED.enhanced} stored ${path}`;
       return { response, recipients: env.to.map((r) => ({ address: r.address, status: 'accepted', code: 250, response })) };
     },
     async verify() {

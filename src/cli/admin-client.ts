@@ -2,8 +2,10 @@
 import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import type { FrozenConfig } from '../config/load.js';
+import { DlpError } from '../errors.js';
 
-export class CliError extends Error {
+export class CliError extends DlpError {
+  readonly errorCode = 'DLP_ERR_CLI' as const;
   constructor(
     message: string,
     readonly exitCode = 1,

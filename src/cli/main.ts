@@ -14,6 +14,7 @@ import { registerQuarantineCommands, type ConfigAccess } from './quarantine-comm
 import { registerCasCommands } from './cas-commands.js';
 import { registerDaemonCommands } from './daemon-commands.js';
 import { CliError } from './admin-client.js';
+import { exitCodeFor } from '../errors.js';
 import { hashPassword } from '../ingress/auth.js';
 import { maskSecrets, maskUrl } from '../util/mask.js';
 import { VERSION } from '../version.js';
@@ -255,7 +256,7 @@ export async function main(argv: string[]): Promise<void> {
       return;
     }
     process.stderr.write(`dlp-relay: ${maskSecrets((err as Error).message)}\n`);
-    process.exitCode = err instanceof CliError ? err.exitCode : 1;
+    process.exitCode = exitCodeFor(err);
   }
 }
 

@@ -32,8 +32,6 @@ export interface SendOptions {
   /** Files, and directories whose `*.eml` files (sorted, non-recursive) are sent. */
   paths: string[];
 }
-
-export const SEND_DEFAULTS = { server: '127.0.0.1:2525', timeoutMs: 60_000 } as const;
 export const DEFAULT_SENDER = 'harness@localhost';
 /** The header block is read with a bound so a file without a blank line is never slurped whole. */
 export const HEADER_READ_LIMIT = 256 * 1024;

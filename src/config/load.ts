@@ -6,6 +6,7 @@ import { configSchema, type Config, type FrozenConfig } from './schema.js';
 import { effectiveActions } from '../policy/policy.js';
 import { maskDeep, maskSecrets } from '../util/mask.js';
 import { findConfigFile, readConfigFile, resolvePathsIn, dropNullDefaults, defaultStateDir, fileBase, flatten, getPath, setPathIfPresent, Origins, PATH_KEYS, SYSTEM_CONFIG_FILE, type ConfigSource } from './sources.js';
+import { DlpError } from '../errors.js';
 
 export type { Config, FrozenConfig } from './schema.js';
 
@@ -20,7 +21,8 @@ export interface ConfigProblem {
   origin?: string;
 }
 
-export class ConfigError extends Error {
+export class ConfigError extends DlpError {
+  readonly errorCode = 'DLP_ERR_CONFIG' as const;
   readonly problems: ConfigProblem[];
   constructor(problems: ConfigProblem[]) {
     // Messages may quote a value (an env override, a URL): masked, since they go to stderr and logs.
