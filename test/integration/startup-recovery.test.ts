@@ -143,7 +143,11 @@ describe('kill -9 during outbox writes', () => {
       expect(files.filter((f) => f.startsWith('.tmp-'))).toEqual([]);
       expect(files.filter((f) => f.endsWith('.json')).filter((f) => !emls.has(base(f)))).toEqual([]);
       const line = second.logs().find((l) => l['event'] === 'recovery' && l['store'] === 'outbox');
-      expect(line).toBeDefined();
+      // The restart reports the sweep of this outbox, with its counts (the log is how an operator learns of it).
+      expect(line).toMatchObject({ event: 'recovery', store: 'outbox' });
+      expect(String(line!['dir'])).toMatch(/outbox$/);
+      expect(line!['tempRemoved']).toEqual(expect.any(Number));
+      expect(line!['orphansRemoved']).toEqual(expect.any(Number));
     } finally {
       second.kill();
       await second.exited;
