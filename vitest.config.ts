@@ -20,6 +20,8 @@ export default defineConfig({
       reportsDirectory: 'coverage',
       // A failing test must not hide the numbers: CI prints them either way.
       reportOnFailure: true,
+      // Reached on 2026-11-28 (full suite, Node 20): statements 82.1, branches 74.9, functions 79.9, lines 85.9.
+      thresholds: { statements: 81, branches: 74, functions: 79, lines: 85 },
     },
   },
 });
