@@ -2,8 +2,10 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
-import { CAS_LISTS, MAX_ITEMS_PER_LIST, compareKey, isCasList, itemProblem, normalizeItem, ruleCounts, type CasList, type CasRules } from '../../cas/items.js';
-import { validateMitigationItems, formatProblem, isIsoDateTime, type MitigationItem } from '../../cas/validate.js';
+import { CAS_LISTS, compareKey, normalizeItem, ruleCounts, type CasList, type CasRules } from '../../cas/items.js';
+import type { MitigationItem } from '../../cas/validate.js';
+// Request bodies are judged by the simulator's own rules from the vendor reference, not by the client's validators.
+import { MAX_ITEMS_PER_REQUEST_LIST, isRemediationList, isZonedDateTime, mitigationItemProblems, remediationItemProblem } from './wire-rules.js';
 
 /**
  * One injected failure. A number answers with that status and a JSON error body (502 is sent as the
@@ -247,14 +249,14 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
     if (!rules || typeof rules !== 'object' || Array.isArray(rules)) return error(res, entry, 400, 'Missing parameter: rules');
     const lists: Array<[CasList, string[]]> = [];
     for (const [k, v] of Object.entries(rules as Record<string, unknown>)) {
-      if (!isCasList(k)) return error(res, entry, 400, `Unknown rule list: ${k}`);
+      if (!isRemediationList(k)) return error(res, entry, 400, `Unknown rule list: ${k}`);
       if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) return error(res, entry, 400, `${k} must be an array of strings`);
-      if (v.length > MAX_ITEMS_PER_LIST) return error(res, entry, 400, `A maximum of ${MAX_ITEMS_PER_LIST} items in ${k} is supported`);
+      if (v.length > MAX_ITEMS_PER_REQUEST_LIST) return error(res, entry, 400, `A maximum of ${MAX_ITEMS_PER_REQUEST_LIST} items in ${k} is supported`);
       if (v.length > 0) lists.push([k, v as string[]]);
     }
     if (lists.length === 0) return error(res, entry, 400, 'Specify at least one of senders, urls, filehashes and file256hashes');
     const bad: string[] = [];
-    for (const [list, values] of lists) for (const v of values) if (itemProblem(list, v.trim())) bad.push(`${list}: ${v}`);
+    for (const [list, values] of lists) for (const v of values) if (remediationItemProblem(list, v)) bad.push(`${list}: ${v}`);
     if (bad.length) return error(res, entry, 400, `Invalid items: ${bad.slice(0, 5).join('; ')}${bad.length > 5 ? ` (+${bad.length - 5} more)` : ''}`);
     const create = b['action_type'] === 'create';
     if (create && opts.maxStoredPerList != null) {
@@ -276,8 +278,10 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
 
   function postMitigation(res: ServerResponse, entry: CasSimRequest, body: unknown) {
     if (!Array.isArray(body) || body.length === 0) return error(res, entry, 400, 'Request body must be a non-empty JSON array');
-    const { items, problems } = validateMitigationItems(body);
-    if (problems.length) return error(res, entry, 400, `Invalid parameter: ${problems.slice(0, 5).map(formatProblem).join('; ')}`);
+    const problems = body.flatMap((item: unknown, i) => mitigationItemProblems(item).map((p) => `item ${i} ${p}`));
+    if (problems.length) return error(res, entry, 400, `Invalid parameter: ${problems.slice(0, 5).join('; ')}`);
+    // Valid by the checks above: every field a string, the required ones present (trimmed like the client sends them).
+    const items = body.map((item) => trimmedItem(item as Record<string, unknown>));
     const batchId = randomUUID();
     const fail = new Set((faults.failMailboxes ?? []).map((s) => s.toLowerCase()));
     const now = Date.now();
@@ -328,7 +332,7 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
     else {
       const start = q.get('start');
       const end = q.get('end');
-      for (const [k, v] of [['start', start], ['end', end]] as const) if (v !== null && !isIsoDateTime(v)) return error(res, entry, 400, `${k} must be ISO 8601`);
+      for (const [k, v] of [['start', start], ['end', end]] as const) if (v !== null && !isZonedDateTime(v)) return error(res, entry, 400, `${k} must be ISO 8601`);
       const FIVE_MIN = 5 * 60_000;
       const s = start ? Date.parse(start) : end ? Date.parse(end) - FIVE_MIN : now - FIVE_MIN;
       const e = end ? Date.parse(end) : start ? s + FIVE_MIN : now;
@@ -392,4 +396,10 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
       });
     },
   };
+}
+
+function trimmedItem(o: Record<string, unknown>): MitigationItem {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(o)) if (typeof v === 'string' && v.trim()) out[k] = v.trim();
+  return out as unknown as MitigationItem;
 }
