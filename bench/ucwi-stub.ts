@@ -2,7 +2,7 @@
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { checkSkgAuth } from '../src/sim/ucwi/verify-auth.js';
+import { checkSkgAuth } from '../src/engine/verify-auth.js';
 
 const { values } = parseArgs({ options: { host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string' }, latency: { type: 'string', default: '0' } } });
 const accessKey = process.env['DLP_RELAY_UCWI_ACCESS_KEY'] ?? '';

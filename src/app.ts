@@ -19,7 +19,7 @@ import { createQuarantineStore, startRetention, createNotifier, type QuarantineS
 import { decide, type PolicySettings } from './policy/policy.js';
 import { loopGuardFromConfig } from './policy/loop-token.js';
 import type { PipelineDeps, VerdictHook } from './pipeline/process.js';
-import { startUcwiSim, type UcwiSim } from './sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from './engine/server.js';
 import { ClusterMetrics, Metrics, type GaugeSources, type MetricsRenderer } from './observability/metrics.js';
 import { createReadiness, type ReadyReport } from './observability/health.js';
 import { createAdminServer } from './admin/server.js';

@@ -8,7 +8,7 @@ import { createLogger, type Logger } from '../observability/logger.js';
 import { startRelay } from '../app.js';
 import { runSend } from './send.js';
 import { collect } from './options.js';
-import { startUcwiSim } from '../sim/ucwi/server.js';
+import { startUcwiSim } from '../engine/server.js';
 import { startCluster, startWorker, workerIndex } from '../cluster.js';
 import { registerQuarantineCommands, type ConfigAccess } from './quarantine-commands.js';
 import { registerCasCommands } from './cas-commands.js';

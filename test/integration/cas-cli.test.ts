@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CasClient } from '../../src/cas/client.js';
 import { casBlock, casList, casMitigate, casResults, casUnblock, EXIT_API_FAILURE, EXIT_BAD_INPUT, EXIT_OK } from '../../src/cas/cli.js';
-import { startCasSim, type CasSim, type CasSimOptions } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim, type CasSimOptions } from '../sim/cas/server.js';
 
 const TOKEN = 'cli-test-token';
 const sims: CasSim[] = [];

@@ -9,7 +9,7 @@ import { CasClient } from '../../src/cas/client.js';
 import { CasPusher, FsCasOutbox } from '../../src/cas/outbox.js';
 import { extractPushItems } from '../../src/cas/extract.js';
 import { parseCasSettings, shouldPush } from '../../src/cas/trigger.js';
-import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim } from '../sim/cas/server.js';
 
 const TOKEN = 'flow-token';
 let sim: CasSim | null = null;

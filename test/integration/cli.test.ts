@@ -147,7 +147,7 @@ describe('dlp-relay serve on embedded defaults', () => {
 
 describe('dlp-relay cas', () => {
   it('block pushes to the CAS blocked lists and refuses bad values with exit 2', async () => {
-    const { startCasSim } = await import('../../src/sim/cas/server.js');
+    const { startCasSim } = await import('../sim/cas/server.js');
     const token = 'c'.repeat(40);
     const sim = await startCasSim({ token });
     try {

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 import { startRawSink, type RawSink } from '../helpers/raw-sink.js';
 import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { eventually, message, sendMessage, SIM_KEYS } from '../helpers/chain.js';

@@ -5,7 +5,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { replyCode } from '../helpers/raw-smtp.js';
 import { startChain, eventually, message, sendMessage, type Chain } from '../helpers/chain.js';
-import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim } from '../sim/cas/server.js';
 
 const TOKEN = 'f'.repeat(40);
 

@@ -5,10 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { startChain, message, sendMessage, type Chain } from '../helpers/chain.js';
-import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim } from '../sim/cas/server.js';
 import { spawnRelay, relayEnv } from '../helpers/cli-relay.js';
 import { startSink, type Sink } from '../helpers/chain.js';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 import { SIM_KEYS } from '../helpers/chain.js';
 
 const old = (path: string) => utimesSync(path, new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000));

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { parseUcwiResponse } from '../../src/dlp/parse.js';
 import { ucwiAuthHeaders } from '../../src/dlp/auth.js';
 // The client's headers are checked by the simulator's verifier, which is written independently from the client.
-import { checkSkgAuth as verifyUcwiAuth } from '../../src/sim/ucwi/verify-auth.js';
+import { checkSkgAuth as verifyUcwiAuth } from '../../src/engine/verify-auth.js';
 
 describe('parseUcwiResponse', () => {
   const ok: Array<{ name: string; status: number; body: string; actionCode: number; policies?: number }> = [

@@ -2,9 +2,9 @@
 // client against them: client and simulator must each agree with the document, not merely with each other.
 import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { checkSkgAuth } from '../../src/sim/ucwi/verify-auth.js';
+import { checkSkgAuth } from '../../src/engine/verify-auth.js';
 import { ucwiAuthHeaders } from '../../src/dlp/auth.js';
-import { MAX_ITEMS_PER_REQUEST_LIST, REMEDIATION_LISTS, mitigationItemProblems, remediationItemProblem } from '../../src/sim/cas/wire-rules.js';
+import { MAX_ITEMS_PER_REQUEST_LIST, REMEDIATION_LISTS, mitigationItemProblems, remediationItemProblem } from '../sim/cas/wire-rules.js';
 import { CAS_LISTS, MAX_ITEMS_PER_LIST, itemProblem } from '../../src/cas/items.js';
 import { validateMitigationItems } from '../../src/cas/validate.js';
 

@@ -6,7 +6,7 @@ import busboy from 'busboy';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import { checkSkgAuth } from './verify-auth.js';
-import { silentLogger } from '../../observability/logger.js';
+import { silentLogger } from '../observability/logger.js';
 import { decide, DEFAULT_POLICIES_FILE, loadPolicies, parsePolicies, type MatchedPolicy, type PolicyDef } from './policies.js';
 import { compilePolicies, scanMessage, type ScanLimits, type ScanReport } from './scan.js';
 

@@ -88,7 +88,7 @@ export function loadPolicies(file: string): Policy[] {
 }
 
 /** The policy file shipped with the package (config/detectors.yaml), found from src/ and from dist/ alike. */
-export const DEFAULT_POLICIES_FILE = fileURLToPath(new URL('../../../config/detectors.yaml', import.meta.url));
+export const DEFAULT_POLICIES_FILE = fileURLToPath(new URL('../../config/detectors.yaml', import.meta.url));
 
 /**
  * Strictest first: when several policies match, the answer carries the first of these codes among them.

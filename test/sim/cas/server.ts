@@ -2,8 +2,8 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
-import { CAS_LISTS, compareKey, normalizeItem, ruleCounts, type CasList, type CasRules } from '../../cas/items.js';
-import type { MitigationItem } from '../../cas/validate.js';
+import { CAS_LISTS, compareKey, normalizeItem, ruleCounts, type CasList, type CasRules } from '../../../src/cas/items.js';
+import type { MitigationItem } from '../../../src/cas/validate.js';
 // Request bodies are judged by the simulator's own rules from the vendor reference, not by the client's validators.
 import { MAX_ITEMS_PER_REQUEST_LIST, isRemediationList, isZonedDateTime, mitigationItemProblems, remediationItemProblem } from './wire-rules.js';
 
