@@ -25,7 +25,7 @@ import { createReadiness, type ReadyReport } from './observability/health.js';
 import { createAdminServer } from './admin/server.js';
 import { registerOpsRoutes } from './admin/ops-routes.js';
 import { registerQuarantineRoutes } from './admin/quarantine-routes.js';
-import { startCas, type CasParts } from './cas/relay-hook.js';
+import { startCas, type CasParts } from './cas/wiring.js';
 import { registerDaemonRoutes, type DaemonRouteDeps, type StatusReport } from './admin/daemon-routes.js';
 import { setLogLevel } from './observability/logger.js';
 import { Reloader, type ReloadReport } from './reload.js';

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import type { FrozenConfig } from '../config/load.js';
 import { createLogger } from '../observability/logger.js';
 import { casBlock, casUnblock, casList, casOutbox, casMitigate, casResults, type CasMitigateOptions } from '../cas/cli.js';
-import { casClientFromConfig, casOutboxFromConfig } from '../cas/relay-hook.js';
+import { casClientFromConfig, casOutboxFromConfig } from '../cas/wiring.js';
 import type { CasClient } from '../cas/client.js';
 import type { CasOutbox } from '../cas/outbox.js';
 import { AdminClient, adminTarget, apiError, CliError } from './admin-client.js';
