@@ -3,7 +3,7 @@ import { Pool } from 'undici';
 import type { Readable } from 'node:stream';
 import { setTimeout as sleepTimer } from 'node:timers/promises';
 import type { Logger } from '../observability/logger.js';
-import { CAS_REGION_HOSTS, type CasRegion, type CasRateSettings, type CasRetrySettings, type CasTimeoutSettings } from './trigger.js';
+import { CAS_REGION_HOSTS, type CasRegion, type CasRateSettings, type CasRetrySettings, type CasTimeoutSettings } from '../config/cas-schema.js';
 import type { CasRuleAction, CasRules, CasList } from './items.js';
 import { CAS_LISTS } from './items.js';
 import type { MitigationItem } from './validate.js';

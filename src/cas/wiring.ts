@@ -5,7 +5,8 @@ import type { FrozenConfig } from '../config/load.js';
 import { CasClient } from './client.js';
 import { FsCasOutbox, PgCasOutbox, CasPusher, type CasOutbox } from './outbox.js';
 import { extractPushItems } from './extract.js';
-import { shouldPush, type CasSettings } from './trigger.js';
+import { shouldPush } from './trigger.js';
+import type { CasSettings } from '../config/cas-schema.js';
 import type { VerdictHook } from '../pipeline/process.js';
 
 export interface CasParts {

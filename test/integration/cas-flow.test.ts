@@ -8,7 +8,8 @@ import MailComposer from 'nodemailer/lib/mail-composer/index.js';
 import { CasClient } from '../../src/cas/client.js';
 import { CasPusher, FsCasOutbox } from '../../src/cas/outbox.js';
 import { extractPushItems } from '../../src/cas/extract.js';
-import { parseCasSettings, shouldPush } from '../../src/cas/trigger.js';
+import { shouldPush } from '../../src/cas/trigger.js';
+import { parseCasSettings } from '../../src/config/cas-schema.js';
 import { startCasSim, type CasSim } from '../sim/cas/server.js';
 
 const TOKEN = 'flow-token';
