@@ -1,4 +1,4 @@
-// UCWI request signing: the SKG HMAC scheme (the simulator verifies it with its own code, sim/ucwi/verify-auth.ts).
+// UCWI request signing: the SKG HMAC scheme (the embedded engine verifies it with its own code, engine/verify-auth.ts).
 import { createHmac } from 'node:crypto';
 
 /**
