@@ -20,8 +20,9 @@ export default defineConfig({
       reportsDirectory: 'coverage',
       // A failing test must not hide the numbers: CI prints them either way.
       reportOnFailure: true,
-      // Reached on 2026-11-28 (full suite, Node 20): statements 82.1, branches 74.9, functions 79.9, lines 85.9.
-      thresholds: { statements: 81, branches: 74, functions: 79, lines: 85 },
+      // Reached on 2026-11-28 (full suite, Node 20, after the CAS simulator left src/): statements 83.1, branches 76.2,
+      // functions 80.2, lines 86.9.
+      thresholds: { statements: 82, branches: 75, functions: 79, lines: 86 },
     },
   },
 });
