@@ -2,7 +2,7 @@
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { verifyUcwiAuth } from '../src/dlp/auth.js';
+import { checkSkgAuth } from '../src/engine/verify-auth.js';
 
 const { values } = parseArgs({ options: { host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string' }, latency: { type: 'string', default: '0' }, 'action-code': { type: 'string', default: '1' } } });
 const accessKey = process.env['DLP_RELAY_UCWI_ACCESS_KEY'] ?? '';
@@ -16,7 +16,7 @@ if (!values.port || !accessKey || !secretKey) {
 
 let n = 0;
 const server = createServer((req, res) => {
-  const auth = verifyUcwiAuth(req.headers, { accessKey, secretKey });
+  const auth = checkSkgAuth(req.headers, { accessKey, secretKey }, Date.now());
   req.on('data', () => {});
   req.on('end', () => {
     void (async () => {

@@ -1,4 +1,5 @@
 // Composition root: builds every part from the frozen config, starts them in order, and stops them in reverse.
+import { CATALOGUE } from './errors.js';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -21,13 +22,13 @@ import { createQuarantineStore, startRetention, createNotifier, type QuarantineS
 import { decide, type PolicySettings } from './policy/policy.js';
 import { loopGuardFromConfig } from './policy/loop-token.js';
 import type { PipelineDeps, VerdictHook } from './pipeline/process.js';
-import { startUcwiSim, type UcwiSim } from './sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from './engine/server.js';
 import { ClusterMetrics, Metrics, type GaugeSources, type MetricsRenderer } from './observability/metrics.js';
 import { createReadiness, type ReadyReport } from './observability/health.js';
 import { createAdminServer } from './admin/server.js';
 import { registerOpsRoutes } from './admin/ops-routes.js';
 import { registerQuarantineRoutes } from './admin/quarantine-routes.js';
-import { startCas, type CasParts } from './cas/relay-hook.js';
+import { startCas, type CasParts } from './cas/wiring.js';
 import { registerDaemonRoutes, type DaemonRouteDeps, type StatusReport } from './admin/daemon-routes.js';
 import { startConsole, startReviewerDigest } from './console/index.js';
 import type { ReviewerDigest } from './console/reviewer-digest.js';
@@ -137,7 +138,7 @@ function startGateways(c: FrozenConfig, logger: Logger, stops: Array<() => Promi
 }
 
 export function policySettings(c: FrozenConfig): PolicySettings {
-  return c.policy as unknown as PolicySettings;
+  return c.policy;
 }
 
 /**
@@ -175,7 +176,7 @@ export function createDeliverer(c: FrozenConfig, logger: Logger): AppDeliverer {
     describe: `local outbox ${c.outbox.dir}`,
     async deliver(env, open, signal): Promise<DeliveryReport> {
       const { path } = await outbox.deliver(env, open, randomUUID(), signal);
-      const response = `250 2.0.0 stored ${path}`;
+      const response = `${CATALOGUE.OUTBOX_STORED.code} ${CATALOGUE.OUTBOX_STORED.enhanced} stored ${path}`;
       return { response, recipients: env.to.map((r) => ({ address: r.address, status: 'accepted', code: 250, response })) };
     },
     async verify() {
@@ -403,7 +404,9 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       dlp: ucwi,
       quarantine,
       gateways: startGateways(c, logger, stops),
-      onVerdict: hooks.length ? async (v) => void (await Promise.all(hooks.map((h) => h(v)))) : undefined,
+      onVerdict: hooks.length ? async (v) => {
+            await Promise.all(hooks.map((h) => h(v)));
+          } : undefined,
       onOutcome: (o, msg) => {
             if (!live.quarantine.notifications.enabled) return;
             const kind = o.reply.code < 300 && o.action.startsWith('quarantine') ? 'quarantine' : o.reply.code >= 500 && o.action === 'reject' ? 'reject' : null;

@@ -138,7 +138,7 @@ export async function startCluster(c: FrozenConfig, logger: Logger, opts: Pick<S
       for (const w of running) if (alive(w)) w.process.kill('SIGKILL');
     }, graceMs + 20_000);
     hard.unref();
-    await Promise.all(running.map((w) => (alive(w) ? once(w, 'exit') : undefined)));
+    await Promise.all(running.filter(alive).map((w) => once(w, 'exit')));
     clearTimeout(hard);
   };
 

@@ -1,4 +1,4 @@
-// The error catalogue: every failure the relay can meet, with the SMTP reply it produces. Nothing else invents reply codes.
+// The reply catalogue and the error family: every reply the relay makes, and every error code with its SMTP/HTTP/CLI mapping.
 
 /** One SMTP reply: basic code, enhanced status code (RFC 3463) and the text the client sees. */
 export interface SmtpReply {
@@ -99,29 +99,89 @@ export const CATALOGUE = {
   AUTH_CANCELLED: { code: 501, enhanced: '5.0.0', text: 'Authentication cancelled' },
   AUTH_BAD_RESPONSE: { code: 501, enhanced: '5.5.2', text: 'Cannot decode authentication response' },
   AUTH_TOO_MANY_FAILURES: { code: 421, enhanced: '4.7.0', text: 'Too many failed authentication attempts, closing connection' },
+  /** Policy reject default code; the text comes from config policy.rejectText (or the action's own text). */
+  POLICY_REJECT: { code: 550, enhanced: '5.7.1', text: 'Message rejected by data-loss-prevention policy' },
+  /** Policy quarantine: accepted and held; the text comes from config policy.quarantineText. */
+  QUARANTINED: { code: 250, enhanced: '2.0.0', text: 'Ok: message held for review' },
+  /** No next hop configured: the message went to the local outbox directory. */
+  OUTBOX_STORED: { code: 250, enhanced: '2.0.0', text: 'Ok: stored in local outbox' },
   BARE_LINE_ENDING: { code: 550, enhanced: '5.5.2', text: 'Message contains bare <CR> or <LF>' },
   DATA_LINE_TOO_LONG: { code: 552, enhanced: '5.3.4', text: 'Message contains a line longer than the maximum line length' },
 } as const satisfies Record<string, SmtpReply>;
 
 export type ErrorCode = keyof typeof CATALOGUE;
 
-/** An error that knows its catalogue entry; smtp-server sends `responseCode` + `message` as the reply. */
-export class RelayError extends Error {
-  readonly code: ErrorCode;
+/**
+ * Stable error codes (like fastify's FST_ERR_*): every error class of ours carries one, and this one table says
+ * what each becomes on every surface: the SMTP reply (a CATALOGUE key; `(ref …)` is added by the caller), the
+ * admin API's HTTP status and the CLI's exit code (0 ok, 1 failure, 2 bad input). Codes never change meaning;
+ * new failures get a new row. Anything unknown is DLP_ERR_INTERNAL: 451 4.3.0, never a 5xx by accident.
+ */
+export const ERROR_CODES = {
+  DLP_ERR_INTERNAL: { reply: 'INTERNAL', http: 500, exit: 1, what: 'unexpected error (bug or unknown failure)' },
+  DLP_ERR_CONFIG: { reply: 'INTERNAL', http: 500, exit: 1, what: 'configuration invalid (config/load.ts ConfigError)' },
+  DLP_ERR_CLI: { reply: 'INTERNAL', http: 500, exit: 1, what: 'admin CLI call failed; the instance may carry its own exit code (CliError)' },
+  DLP_ERR_USAGE: { reply: 'INTERNAL', http: 400, exit: 2, what: 'bad command line or option value (quarantine/cli.ts BadInput; cli/send.ts UsageError after the merge)' },
+  DLP_ERR_HTTP: { reply: 'INTERNAL', http: 500, exit: 1, what: 'admin API answer other than 200; the instance carries its status (HttpError)' },
+  DLP_ERR_DEADLINE: { reply: 'DEADLINE_EXCEEDED', http: 504, exit: 1, what: 'end-of-DATA budget ran out (RelayError)' },
+  DLP_ERR_NEXT_HOP: { reply: 'NEXT_HOP_UNAVAILABLE', http: 502, exit: 1, what: 'next-hop delivery failed; its own 5xx passes through (DeliveryError)' },
+  DLP_ERR_SMTP_CLIENT: { reply: 'NEXT_HOP_UNAVAILABLE', http: 502, exit: 1, what: 'SMTP client connection/protocol failure (SmtpClientError)' },
+  DLP_ERR_REPLY_SYNTAX: { reply: 'NEXT_HOP_UNAVAILABLE', http: 502, exit: 1, what: 'malformed SMTP reply from a server (ReplySyntaxError)' },
+  DLP_ERR_SESSION_ENDED: { reply: 'SESSION_FAILED', http: 500, exit: 1, what: 'SMTP session over while a handler waited (SessionEnded)' },
+  DLP_ERR_DATA_PHASE: { reply: 'INTERNAL', http: 500, exit: 1, what: 'DATA phase broken; the instance carries the exact reply (DataPhaseError)' },
+  DLP_ERR_CAS: { reply: 'INTERNAL', http: 502, exit: 1, what: 'CAS API call failed (CasError)' },
+  DLP_ERR_CAS_POLL_TIMEOUT: { reply: 'INTERNAL', http: 504, exit: 1, what: 'CAS results not final in time (CasPollTimeoutError)' },
+  DLP_ERR_QUARANTINE_INPUT: { reply: 'INTERNAL', http: 400, exit: 2, what: 'bad quarantine filter or cursor (QuarantineInputError)' },
+  DLP_ERR_QUARANTINE_NOT_FOUND: { reply: 'INTERNAL', http: 404, exit: 1, what: 'unknown quarantine id (QuarantineNotFoundError)' },
+  DLP_ERR_QUARANTINE_UNAVAILABLE: { reply: 'QUARANTINE_FAILED', http: 503, exit: 1, what: 'quarantine store unreachable (QuarantineUnavailableError)' },
+} as const satisfies Record<string, { reply: ErrorCode; http: number; exit: 0 | 1 | 2; what: string }>;
+
+export type DlpErrorCode = keyof typeof ERROR_CODES;
+
+/**
+ * Base of every error class of ours. Subclasses only declare `readonly errorCode = 'DLP_ERR_…' as const`; the
+ * property is not called `code` because Node (ENOENT), pg (08006), CAS and SMTP errors already use that name.
+ */
+export abstract class DlpError extends Error {
+  abstract readonly errorCode: DlpErrorCode;
+}
+
+export function errorCodeOf(err: unknown): DlpErrorCode {
+  return err instanceof DlpError ? err.errorCode : 'DLP_ERR_INTERNAL';
+}
+
+/** The SMTP reply an error stands for (DataPhaseError carries its own; next-hop 5xx goes through nextHopFailureReply). */
+export function smtpReplyFor(err: unknown, ref?: string): SmtpReply {
+  if (err instanceof DlpError && 'reply' in err && isSmtpReply(err.reply)) return { ...err.reply };
+  return catalogueReply(ERROR_CODES[errorCodeOf(err)].reply, ref);
+}
+
+/** HTTP status for the admin API; an instance with its own numeric `status` (HttpError) keeps it. */
+export function httpStatusFor(err: unknown): number {
+  if (err instanceof DlpError && 'status' in err && typeof err.status === 'number' && err.status >= 400) return err.status;
+  return ERROR_CODES[errorCodeOf(err)].http;
+}
+
+/** CLI exit code; an instance with its own numeric `exitCode` (CliError) keeps it. */
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof DlpError && 'exitCode' in err && typeof err.exitCode === 'number') return err.exitCode;
+  return ERROR_CODES[errorCodeOf(err)].exit;
+}
+
+function isSmtpReply(v: unknown): v is SmtpReply {
+  return typeof v === 'object' && v !== null && typeof (v as SmtpReply).code === 'number' && typeof (v as SmtpReply).text === 'string';
+}
+
+/** Abort reason of a pipeline that ran out of its end-of-DATA budget: knows its catalogue entry. */
+export class RelayError extends DlpError {
+  readonly errorCode = 'DLP_ERR_DEADLINE' as const;
   readonly reply: SmtpReply;
-  readonly responseCode: number;
-  constructor(code: ErrorCode, detail?: string, opts?: { cause?: unknown; reply?: SmtpReply }) {
-    const reply = opts?.reply ?? CATALOGUE[code];
-    // The message is what smtp-server writes after the code: "<enhanced> <text>".
+  constructor(code: ErrorCode, opts?: { cause?: unknown }) {
+    const reply = CATALOGUE[code];
     super(`${reply.enhanced} ${reply.text}`, opts?.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'RelayError';
-    this.code = code;
     this.reply = reply;
-    this.responseCode = reply.code;
-    if (detail) this.detail = detail;
   }
-  /** Internal explanation for the log, never sent to the client. */
-  detail?: string;
 }
 
 /** Reply for a catalogue entry, optionally with a reference (queryID) appended for the sender's help desk. */
@@ -130,19 +190,7 @@ export function catalogueReply(code: ErrorCode, ref?: string): SmtpReply {
   return ref ? { ...base, text: `${base.text} (ref ${ref})` } : { ...base };
 }
 
-/** Error object smtp-server turns into exactly this reply line. */
-export function replyError(reply: SmtpReply): Error & { responseCode: number } {
-  const err = new Error(`${reply.enhanced} ${reply.text}`) as Error & { responseCode: number };
-  err.responseCode = reply.code;
-  return err;
-}
-
-/** Enhanced status codes are x.y.z with class digit matching the basic code's first digit. */
-export function isEnhancedCode(s: string): boolean {
-  return /^[245]\.\d{1,3}\.\d{1,3}$/.test(s);
-}
-
-/** What the catalogue needs to know of a failed next-hop delivery (egress/relay.ts DeliveryError has these). */
+/** What the catalogue needs to know of a failed next-hop delivery (egress/next-hop-errors.ts DeliveryError has these). */
 export interface NextHopFailure {
   kind: 'permanent' | 'transient';
   phase: string;

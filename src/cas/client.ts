@@ -1,15 +1,15 @@
 // Trend Micro Cloud App Security REST client: bearer auth, one shared rate limiter, bounded retries, typed errors.
 import { Pool } from 'undici';
 import type { Readable } from 'node:stream';
-import { readFile } from 'node:fs/promises';
 import { setTimeout as sleepTimer } from 'node:timers/promises';
 import type { Logger } from '../observability/logger.js';
-import { CAS_REGION_HOSTS, type CasRegion, type CasRateSettings, type CasRetrySettings, type CasTimeoutSettings } from './trigger.js';
+import { CAS_REGION_HOSTS, type CasRegion, type CasRateSettings, type CasRetrySettings, type CasTimeoutSettings } from '../config/cas-schema.js';
 import type { CasRuleAction, CasRules, CasList } from './items.js';
 import { CAS_LISTS } from './items.js';
 import type { MitigationItem } from './validate.js';
 import { maskUrl } from '../util/mask.js';
 import type { CasLimiter } from './shared-rate.js';
+import { DlpError } from '../errors.js';
 
 /** Body `code` of the documented throttle answer (cas.md §2); seen on 429, honoured on any status. */
 export const CAS_THROTTLE_CODE = -4290001;
@@ -22,7 +22,8 @@ export const TERMINAL_STATUSES = ['Success', 'Skipped', 'Failed'] as const;
  * refused); `code`, `msg` and `traceId` come from the vendor's error body when there was one, so an
  * operator can quote the traceId to Trend Micro support.
  */
-export class CasError extends Error {
+export class CasError extends DlpError {
+  readonly errorCode = 'DLP_ERR_CAS' as const;
   readonly status: number;
   readonly code: number | null;
   readonly msg: string;
@@ -62,7 +63,8 @@ const HINTS: Record<number, string> = {
 };
 
 /** `pollMitigation` ran out of time; `actions` is the last state seen so the caller can still report it. */
-export class CasPollTimeoutError extends Error {
+export class CasPollTimeoutError extends DlpError {
+  readonly errorCode = 'DLP_ERR_CAS_POLL_TIMEOUT' as const;
   readonly actions: MitigationAction[];
   constructor(batchId: string, timeoutMs: number, actions: MitigationAction[]) {
     const open = actions.filter((a) => !isTerminal(a.status)).length;
@@ -234,18 +236,6 @@ export function casBaseUrl(opts: { region?: CasRegion | null; url?: string | nul
     return `https://${host}`;
   }
   throw new Error('CAS needs a region or a URL');
-}
-
-/** Token from DLP_RELAY_CAS_TOKEN or a file (first line, trimmed); never echoed in errors. */
-export async function loadCasToken(opts: { env?: NodeJS.ProcessEnv; tokenFile?: string | null }): Promise<string> {
-  const fromEnv = (opts.env ?? process.env)['DLP_RELAY_CAS_TOKEN']?.trim();
-  if (fromEnv) return fromEnv;
-  if (opts.tokenFile) {
-    const t = (await readFile(opts.tokenFile, 'utf8')).split(/\r?\n/, 1)[0]?.trim() ?? '';
-    if (t) return t;
-    throw new Error(`CAS token file ${opts.tokenFile} is empty`);
-  }
-  throw new Error('no CAS token: set DLP_RELAY_CAS_TOKEN or cas.tokenFile');
 }
 
 interface RawResponse {
@@ -474,7 +464,7 @@ export class CasClient implements CasApi {
 
 /** null for success; otherwise the error to throw or retry. */
 function classify(res: RawResponse & { text: string; retryAfterMs: number | null }, what: string, method: string): CasError | null {
-  const code = typeof res.body?.['code'] === 'number' ? (res.body['code'] as number) : null;
+  const code = typeof res.body?.['code'] === 'number' ? (res.body['code']) : null;
   const traceId = strOrNull(res.body?.['traceId']);
   const msg = res.body ? messageOf(res.body) : snippet(res.text);
   let err: CasError;

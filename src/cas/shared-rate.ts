@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Pool } from 'pg';
 import type { Logger } from '../observability/logger.js';
 import { migrate, type Migration } from '../util/pg-migrate.js';
-import type { CasRateSettings } from './trigger.js';
+import type { CasRateSettings } from '../config/cas-schema.js';
 
 /** What the CAS client needs from a limiter; the in-process CasRateLimiter and the PostgreSQL one both fit. */
 export interface CasLimiter {

@@ -21,7 +21,7 @@ export function parseAddressList(value: string): string[] {
     if (c === '"') {
       // A quoted string: a display name, or a quoted local part when '@' follows right after it.
       let q = '';
-      for (i++; i < value.length && value[i] !== '"'; i++) q += value[i] === '\\' ? (value[++i] ?? '') : value[i];
+      for (i++; i < value.length && value[i] !== '"'; i++) q += value[i] === '\\' ? (value[++i] ?? '') : value[i]!;
       // Blanks inside the quotes are masked so the word split below keeps the local part whole.
       text += value[i + 1] === '@' ? `"${q.replace(/\s/g, '\u0000')}"` : ' ';
     } else if (c === '(') {

@@ -2,8 +2,10 @@
 import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import type { FrozenConfig } from '../config/load.js';
+import { DlpError } from '../errors.js';
 
-export class CliError extends Error {
+export class CliError extends DlpError {
+  readonly errorCode = 'DLP_ERR_CLI' as const;
   constructor(
     message: string,
     readonly exitCode = 1,
@@ -104,7 +106,7 @@ export class AdminClient {
     const res = await this.fetch('GET', path);
     if (res.status === 404) return null;
     if (!res.ok || !res.body) throw new CliError(`relay at ${this.target.url} answered ${path} with HTTP ${res.status}`);
-    return Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
+    return Readable.fromWeb(res.body);
   }
 }
 

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import type { FrozenConfig } from '../config/load.js';
 import { createLogger } from '../observability/logger.js';
 import { casBlock, casUnblock, casList, casOutbox, casMitigate, casResults, type CasMitigateOptions } from '../cas/cli.js';
-import { casClientFromConfig, casOutboxFromConfig, casPoolFromConfig, casSharedLimiterFromConfig } from '../cas/relay-hook.js';
+import { casClientFromConfig, casOutboxFromConfig, casPoolFromConfig, casSharedLimiterFromConfig } from '../cas/wiring.js';
 import type { CasClient } from '../cas/client.js';
 import type { CasOutbox } from '../cas/outbox.js';
 import { AdminClient, adminTarget, apiError, CliError } from './admin-client.js';
@@ -127,7 +127,7 @@ export function registerCasCommands(program: Command, config: () => FrozenConfig
         opts = { file: o['file'], ...(o['format'] === 'json' || o['format'] === 'csv' ? { format: o['format'] } : {}), ...(o['json'] ? { json: true } : {}) };
       } else {
         if (typeof o['action'] !== 'string' || typeof o['mailbox'] !== 'string') return done(fail('mitigate needs --action and --mailbox, or --file'));
-        const pick = (k: string) => (typeof o[k] === 'string' ? { [k]: o[k] as string } : {});
+        const pick = (k: string) => (typeof o[k] === 'string' ? { [k]: o[k] } : {});
         opts = { action: o['action'], mailbox: o['mailbox'], ...pick('messageId'), ...pick('uniqueId'), ...pick('deliveryTime'), ...pick('service'), ...pick('provider'), ...pick('detectionTime'), ...pick('mailLogId'), ...(o['json'] ? { json: true } : {}) };
       }
       done(await withClient(config(), (client) => casMitigate(opts, process.stdout, { client })));

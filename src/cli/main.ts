@@ -8,7 +8,7 @@ import { createLogger, type Logger } from '../observability/logger.js';
 import { startRelay } from '../app.js';
 import { runSend } from './send.js';
 import { collect } from './options.js';
-import { startUcwiSim } from '../sim/ucwi/server.js';
+import { startUcwiSim } from '../engine/server.js';
 import { startCluster, startWorker, workerIndex } from '../cluster.js';
 import { registerQuarantineCommands, type ConfigAccess } from './quarantine-commands.js';
 import { registerCasCommands } from './cas-commands.js';
@@ -16,6 +16,7 @@ import { registerDaemonCommands } from './daemon-commands.js';
 import { registerUserCommands } from './user-commands.js';
 import { registerPolicyCommands, describeRules } from './policy-commands.js';
 import { CliError } from './admin-client.js';
+import { exitCodeFor } from '../errors.js';
 import { hashPassword } from '../ingress/auth.js';
 import { maskSecrets, maskUrl } from '../util/mask.js';
 import { VERSION } from '../version.js';
@@ -279,7 +280,7 @@ export async function main(argv: string[]): Promise<void> {
       return;
     }
     process.stderr.write(`dlp-relay: ${maskSecrets((err as Error).message)}\n`);
-    process.exitCode = err instanceof CliError ? err.exitCode : 1;
+    process.exitCode = exitCodeFor(err);
   }
 }
 

@@ -36,8 +36,6 @@ export interface SendOptions {
   /** Files, and directories whose `*.eml` files (sorted, non-recursive) are sent. */
   paths: string[];
 }
-
-export const SEND_DEFAULTS = { server: '127.0.0.1:2525', timeoutMs: 60_000 } as const;
 export const DEFAULT_SENDER = 'harness@localhost';
 /** The header block is read with a bound so a file without a blank line is never slurped whole. */
 export const HEADER_READ_LIMIT = 256 * 1024;
@@ -383,7 +381,6 @@ async function sendFile(job: FileJob, { address, opts }: Resolved): Promise<Send
     const params: EsmtpParam[] = [];
     if (client.has('SIZE')) params.push(['SIZE', String(job.size)]);
     if (client.has('8BITMIME')) params.push(['BODY', '8BITMIME']);
-    // eslint-disable-next-line no-control-regex
     if (client.has('SMTPUTF8') && [from, ...to].some((a) => /[^\x00-\x7f]/.test(a))) params.push(['SMTPUTF8', null]);
     const open = (): Readable => {
       const stream = createReadStream(file);

@@ -6,6 +6,7 @@ import { configSchema, type Config, type FrozenConfig } from './schema.js';
 import { effectiveActions } from '../policy/policy.js';
 import { maskDeep, maskSecrets } from '../util/mask.js';
 import { findConfigFile, readConfigFile, resolvePathsIn, dropNullDefaults, defaultStateDir, fileBase, flatten, getPath, setPathIfPresent, Origins, PATH_KEYS, SYSTEM_CONFIG_FILE, type ConfigSource } from './sources.js';
+import { DlpError } from '../errors.js';
 
 export type { Config, FrozenConfig } from './schema.js';
 
@@ -20,7 +21,8 @@ export interface ConfigProblem {
   origin?: string;
 }
 
-export class ConfigError extends Error {
+export class ConfigError extends DlpError {
+  readonly errorCode = 'DLP_ERR_CONFIG' as const;
   readonly problems: ConfigProblem[];
   constructor(problems: ConfigProblem[]) {
     // Messages may quote a value (an env override, a URL): masked, since they go to stderr and logs.
@@ -314,7 +316,7 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
     if (origin) p.origin = origin;
   }
   if (problems.length > 0) throw new ConfigError(problems);
-  return { config: deepFreeze(result.data!) as FrozenConfig, file, source: found.source, origins };
+  return { config: deepFreeze(result.data!), file, source: found.source, origins };
 }
 
 /**
@@ -344,7 +346,7 @@ export function loadForAdmin(opts: LoadOptions, problems: readonly ConfigProblem
 }
 
 export function changedValues(loaded: LoadedConfig): Array<{ path: string; value: unknown; origin: string }> {
-  const defaults = configSchema.parse({}) as Config;
+  const defaults = configSchema.parse({});
   defaults.policy.actions = effectiveActions(defaults.policy.actions);
   defaults.stateDir = loaded.config.stateDir;
   resolveDefaults(defaults, defaults.stateDir!);

@@ -1,7 +1,7 @@
 // The configuration schema: every key, its default and its limits, in one place. config/default.yaml documents the same keys.
 import { z } from 'zod';
 import { parseCidr } from '../util/cidr.js';
-import { casSettingsSchema } from '../cas/trigger.js';
+import { casSettingsSchema } from './cas-schema.js';
 
 const ms = (def: number, max = 3_600_000) => z.number().int().min(1).max(max).default(def);
 const port = z.number().int().min(0).max(65535);

@@ -1,7 +1,7 @@
 // What crosses from the client to the next hop and back: parameters the next hop can take, its replies passed on to our client, and failures as DeliveryError.
 import { SmtpClientError, type Reply, type SmtpClient } from '../smtp/client.js';
 import { encodeXText, type Envelope, type EsmtpParam, type Recipient } from '../smtp/envelope.js';
-import { catalogueReply, type SmtpReply } from '../errors.js';
+import { catalogueReply, type SmtpReply, DlpError } from '../errors.js';
 
 export type DeliveryPhase = 'connect' | 'tls' | 'auth' | 'pool' | 'mail' | 'rcpt' | 'data' | 'timeout' | 'aborted';
 
@@ -15,7 +15,8 @@ export interface DeliveryErrorInit {
 }
 
 /** A next-hop failure that no reply of the next hop decided (or one that makes the connection unusable). */
-export class DeliveryError extends Error {
+export class DeliveryError extends DlpError {
+  readonly errorCode = 'DLP_ERR_NEXT_HOP' as const;
   kind: 'permanent' | 'transient';
   phase: DeliveryPhase;
   code?: number;
@@ -94,7 +95,6 @@ export function rcptParamsFor(r: Recipient, client: Pick<SmtpClient, 'has'>): Es
 
 /** Printable ASCII, one line, bounded: a next hop's text must not break our reply or carry control bytes. */
 function cleanText(text: string): string {
-  // eslint-disable-next-line no-control-regex
   return text.replace(/[^\x20-\x7e]+/g, ' ').trim().slice(0, 400);
 }
 

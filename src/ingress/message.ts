@@ -115,7 +115,7 @@ export async function handleMessage(ingress: Ingress, s: SmtpSession, tx: Client
         kind: 'outbox',
         deliver: async (open, signal) => {
           await outbox!.deliver(envelope, open, queryId, signal);
-          return { code: 250, enhanced: '2.0.0', text: `Ok: stored in local outbox (ref ${queryId})` };
+          return catalogueReply('OUTBOX_STORED', queryId);
         },
       };
   // A snapshot: a reload swaps deps.policy for new messages; this one keeps the policy it started under.

@@ -178,7 +178,7 @@ export class Ingress {
     const rcpt = recipientFromRcpt(r);
     let reply: SmtpReply;
     if (!tx.nextHop) {
-      reply = { code: 250, enhanced: '2.1.5', text: 'Ok' };
+      reply = catalogueReply('RCPT_OK');
     } else if (!tx.nextHop.usable) {
       reply = catalogueReply('NEXT_HOP_LOST');
     } else {

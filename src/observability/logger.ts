@@ -85,19 +85,19 @@ export function createLogger(settings: LoggerSettings): Logger {
     },
     timestamp: pino.stdTimeFunctions.isoTime,
     onChild: (child) => {
-      children.add(new WeakRef(child as Logger));
+      children.add(new WeakRef(child));
       // Children made per message would pile up: sweep collected ones now and then.
       if (++added % 1000 === 0) for (const r of children) if (!r.deref()) children.delete(r);
     },
   };
   const dest = settings.destination ?? 1;
-  let stream: pino.DestinationStream = typeof dest === 'number' ? pino.destination({ dest, sync: false }) : (dest as pino.DestinationStream);
+  let stream: pino.DestinationStream = typeof dest === 'number' ? pino.destination({ dest, sync: false }) : dest;
   if (settings.format === 'text') {
     const inner = stream as pino.DestinationStream & { flush?: (cb?: (err?: Error) => void) => void };
     stream = {
       write: (line: string) => inner.write(jsonLineToText(line)),
       ...(inner.flush ? { flush: (cb?: (err?: Error) => void) => inner.flush!(cb) } : {}),
-    } as pino.DestinationStream;
+    };
   }
   const root = pino(options, stream);
   families.set(root, children);

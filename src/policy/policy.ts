@@ -4,7 +4,6 @@ import type { DlpErrorClass } from '../dlp/parse.js';
 import { CATALOGUE, type SmtpReply } from '../errors.js';
 import type { PolicyRuleConfig } from './rules.js';
 
-export type ActionName = ActionSpec['action'];
 
 /** What UCWI told us, or why it could not. */
 export type DlpOutcome =
@@ -54,7 +53,7 @@ export interface PolicySettings {
  */
 export const DEFAULT_ACTIONS: Readonly<Record<string, ActionSpec>> = Object.freeze({
   '1': { action: 'relay' },
-  '2': { action: 'reject', code: 550, enhanced: '5.7.1' },
+  '2': { action: 'reject', code: CATALOGUE.POLICY_REJECT.code, enhanced: CATALOGUE.POLICY_REJECT.enhanced },
   '3': { action: 'quarantine' },
   '4': { action: 'remove_attachments' },
   '5': { action: 'relay_with_headers' },
@@ -120,7 +119,7 @@ function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionC
       return {
         action: 'reject',
         label,
-        reply: { code: spec.code ?? 550, enhanced: spec.enhanced ?? '5.7.1', text: fill(spec.text ?? s.rejectText, queryId) },
+        reply: { code: spec.code ?? CATALOGUE.POLICY_REJECT.code, enhanced: spec.enhanced ?? CATALOGUE.POLICY_REJECT.enhanced, text: fill(spec.text ?? s.rejectText, queryId) },
       };
     case 'tempfail': {
       const base = CATALOGUE.DLP_UNAVAILABLE;
@@ -131,7 +130,7 @@ function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionC
       };
     }
     case 'quarantine':
-      return { action: 'quarantine', label, reason, reply: { code: 250, enhanced: '2.0.0', text: fill(spec.text ?? s.quarantineText, queryId) } };
+      return { action: 'quarantine', label, reason, reply: { ...CATALOGUE.QUARANTINED, text: fill(spec.text ?? s.quarantineText, queryId) } };
   }
 }
 

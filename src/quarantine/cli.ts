@@ -6,6 +6,7 @@ import type { Readable, Writable } from 'node:stream';
 import type { Logger } from '../observability/logger.js';
 import { isSafeId, QuarantineInputError } from './common.js';
 import { isUnavailable } from './errors.js';
+import { DlpError } from '../errors.js';
 import {
   deleteMessage,
   downloadMessage,
@@ -116,7 +117,10 @@ export interface AuditCliOptions {
   json?: boolean;
 }
 
-class BadInput extends Error {}
+/** A bad option value: exit 2 (EXIT_BAD_INPUT), message on stderr. */
+class BadInput extends DlpError {
+  readonly errorCode = 'DLP_ERR_USAGE' as const;
+}
 
 function defaultActor(): Actor {
   let user = process.env.USER ?? 'unknown';

@@ -2,6 +2,7 @@
 import { hostname } from 'node:os';
 import { Readable } from 'node:stream';
 import { DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, type QuarantineFilter, type QuarantineRecord } from './types.js';
+import { DlpError } from '../errors.js';
 
 /** Ids are UUIDs we generate; anything else is refused so an id can never become a path or reach a query. */
 export const SAFE_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -14,7 +15,8 @@ export function isSafeId(id: unknown): id is string {
 export const DEFAULT_CLAIM_TTL_MS = 15 * 60_000;
 
 /** Bad filter or cursor from a caller: the admin API answers 400, the CLI exits 2. */
-export class QuarantineInputError extends Error {
+export class QuarantineInputError extends DlpError {
+  readonly errorCode = 'DLP_ERR_QUARANTINE_INPUT' as const;
   constructor(message: string) {
     super(message);
     this.name = 'QuarantineInputError';
@@ -100,7 +102,7 @@ export function clip(s: string | undefined, max = 2000): string | undefined {
 /** Node/pg error code if any (ENOENT, EEXIST, 08006 …). */
 export function errCode(err: unknown): string | undefined {
   if (typeof err === 'object' && err !== null && 'code' in err) {
-    const c = (err as { code: unknown }).code;
+    const c = err.code;
     return typeof c === 'string' ? c : undefined;
   }
   return undefined;

@@ -2,11 +2,13 @@
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import type { Reply } from './reply.js';
+import { DlpError } from '../errors.js';
 
 export type ClientPhase = 'connect' | 'greeting' | 'ehlo' | 'tls' | 'auth' | 'mail' | 'rcpt' | 'data' | 'message' | 'rset' | 'quit';
 export type ClientErrorKind = 'timeout' | 'closed' | 'protocol' | 'tls' | 'auth' | 'aborted' | 'reply';
 
-export class SmtpClientError extends Error {
+export class SmtpClientError extends DlpError {
+  readonly errorCode = 'DLP_ERR_SMTP_CLIENT' as const;
   override name = 'SmtpClientError';
   readonly phase: ClientPhase;
   /**

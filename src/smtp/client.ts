@@ -1,5 +1,4 @@
 // SmtpClient: the relay's own strict SMTP client (connect, EHLO, STARTTLS, AUTH, pipelined transactions, byte-exact DATA).
-import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { formatParams, type EsmtpParam } from './envelope.js';
 import { DotStuffer } from './dot-stuff.js';
@@ -164,7 +163,7 @@ export class SmtpClient {
       if (required) throw new SmtpClientError('tls', 'tls', `STARTTLS refused: ${reply.toString()}`, { reply });
       return;
     }
-    const raw = this.sock as Socket;
+    const raw = this.sock;
     this.detach(raw);
     // The plaintext socket stays watched for errors only: the TLS socket now owns its reads and close.
     raw.on('error', () => {});

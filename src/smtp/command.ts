@@ -39,14 +39,10 @@ const fail = (code: Parameters<typeof catalogueReply>[0]): { ok: false; reply: S
 /** RFC 5321 path limit, angle brackets included, in octets. */
 const MAX_PATH = 256;
 // Printable, no specials; non-ASCII allowed here and checked against SMTPUTF8 separately.
-// eslint-disable-next-line no-control-regex
 const ATOMS = /^[^\x00-\x20\x7f@"<>()[\]\\,;:]+$/;
-// eslint-disable-next-line no-control-regex
 const QUOTED = /^"(?:[^"\\\x00-\x1f\x7f]|\\[\x20-\x7e])*"$/;
-// eslint-disable-next-line no-control-regex
 const LITERAL = /^\[[^\x00-\x20\x7f[\]\\]+\]$/;
 // esmtp-keyword and esmtp-value (RFC 5321 4.1.2); values may hold UTF-8 under SMTPUTF8.
-// eslint-disable-next-line no-control-regex
 const PARAM = /^([A-Za-z0-9][A-Za-z0-9-]*)(?:=([^\x00-\x20\x7f=]+))?$/;
 const XTEXT = /^(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*$/;
 
@@ -78,7 +74,6 @@ function checkMailbox(path: string, smtpUtf8: boolean, allowPostmaster: boolean)
   if (Buffer.byteLength(path, 'utf8') + 2 > MAX_PATH) return fail('PATH_TOO_LONG');
   // A source route (<@a,@b:user@c>) is obsolete; RFC 5321 C says accept and ignore it.
   const addr = path.replace(/^@[^:]*:/, '');
-  // eslint-disable-next-line no-control-regex
   if (/[^\x00-\x7f]/.test(addr) && !smtpUtf8) return fail('UTF8_ADDRESS');
   if (allowPostmaster && addr.toLowerCase() === 'postmaster') return { ok: true, value: addr };
   const at = addr.lastIndexOf('@');

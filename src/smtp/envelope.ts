@@ -41,7 +41,6 @@ export function decodeXText(value: string): string {
  * decoded value round-trips exactly; anything wider can only be real Unicode and goes out as UTF-8.
  */
 export function encodeXText(value: string): string {
-  // eslint-disable-next-line no-control-regex
   const buf = Buffer.from(value, /^[\u0000-\u00ff]*$/.test(value) ? 'latin1' : 'utf8');
   let out = '';
   for (const c of buf) {

@@ -1,5 +1,7 @@
 // SMTP reply parsing for the client side: multi-line replies, enhanced status codes, and a strict incremental line reader.
 
+import { DlpError } from '../errors.js';
+
 /** One complete server reply (RFC 5321 §4.2), possibly multi-line. */
 export interface Reply {
   code: number;
@@ -20,7 +22,8 @@ export const MAX_REPLY_LINE = 512;
 export const MAX_REPLY_LINES = 1000;
 
 /** Thrown by parseReply and ReplyReader for bytes that are not a well-formed reply; the client turns it into kind 'protocol'. */
-export class ReplySyntaxError extends Error {
+export class ReplySyntaxError extends DlpError {
+  readonly errorCode = 'DLP_ERR_REPLY_SYNTAX' as const;
   override name = 'ReplySyntaxError';
 }
 

@@ -3,13 +3,14 @@ import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { Logger } from 'pino';
-import { catalogueReply, type SmtpReply } from '../errors.js';
+import { catalogueReply, type SmtpReply, DlpError } from '../errors.js';
 import { formatReplyLines } from './command.js';
 import type { DataDecoder, DataViolation } from './data-reader.js';
 import { DataPhaseError, type ResetReason } from './types.js';
 
 /** Thrown out of every wait once the session is over; carries the reset reason for the open transaction. */
-export class SessionEnded extends Error {
+export class SessionEnded extends DlpError {
+  readonly errorCode = 'DLP_ERR_SESSION_ENDED' as const;
   constructor(readonly reason: ResetReason) {
     super(`session ended (${reason})`);
     this.name = 'SessionEnded';
@@ -177,7 +178,7 @@ export class SessionIO {
 
   /** Waits (server's turn: no client clocks) for more input or `ms`; true when input arrived. */
   async waitInput(ms: number): Promise<boolean> {
-    if (this.ended) throw this.ended;
+    this.throwIfEnded();
     let arrived = false;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
@@ -191,8 +192,13 @@ export class SessionIO {
         resolve();
       };
     });
-    if (this.ended) throw this.ended;
+    // A call, not an inline check: the session may have ended while we waited, which TS narrowing cannot see.
+    this.throwIfEnded();
     return arrived || this.eof;
+  }
+
+  private throwIfEnded(): void {
+    if (this.ended) throw this.ended;
   }
 
   /**

@@ -339,15 +339,15 @@ export class Session implements SmtpSession {
     message.on('error', () => undefined);
     const txView: SmtpTransaction = { mail: tx.mail, rcpts: tx.rcpts };
     const handled = this.call('data', () => this.handlers.data(this, txView, message)).finally(() => this.io.discardData());
-    let broken: unknown = null;
+    let broken: { error: unknown } | null = null;
     try {
       await this.io.receiveData(decoder, message);
     } catch (e) {
-      broken = e;
+      broken = { error: e };
     }
     const reply = await handled;
     this.inData = false;
-    if (broken) throw broken;
+    if (broken) throw broken.error;
     this.log.debug({ bytes: decoder.bytes, violation: decoder.violation }, 'DATA received');
     this.io.reply(SessionIO.violationReply(decoder.violation) ?? reply ?? R('INTERNAL'));
     if (this.closing) {

@@ -2,6 +2,7 @@
 import type { Readable } from 'node:stream';
 import type { SmtpReply } from '../errors.js';
 import type { EsmtpParam } from './envelope.js';
+import { DlpError } from '../errors.js';
 
 export interface SmtpServerOptions {
   /** Name in the greeting and the EHLO reply. */
@@ -123,7 +124,8 @@ export interface SmtpHandlers {
 }
 
 /** The Error a broken DATA phase destroys the message stream with. */
-export class DataPhaseError extends Error {
+export class DataPhaseError extends DlpError {
+  readonly errorCode = 'DLP_ERR_DATA_PHASE' as const;
   readonly reply: SmtpReply;
   constructor(reply: SmtpReply, message: string) {
     super(message);

@@ -408,7 +408,7 @@ function readAt(file: SpoolFile, buf: Buffer, pos: number, sync: boolean): Promi
     try {
       return Promise.resolve(readSync(file.fd, buf, 0, buf.length, pos));
     } catch (err) {
-      return Promise.reject(err as Error);
+      return Promise.reject(err);
     }
   }
   return new Promise((resolve, reject) => {

@@ -8,7 +8,7 @@ import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { loadConfig, deepMerge } from '../../src/config/load.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { startRelay, type RunningRelay, type StartOptions } from '../../src/app.js';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 import { SmtpSession } from './raw-smtp.js';
 
 export interface SinkMessage {

@@ -40,8 +40,8 @@ export async function spawnRelay(env: Record<string, string>, args: string[] = [
   const proc = spawn(process.execPath, [...CLI, 'serve', ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
-  proc.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-  proc.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+  proc.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  proc.stderr.on('data', (c: Buffer) => (err += c.toString()));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.on('close', (code, signal) => resolve({ code, signal })));
   const kill = (signal: NodeJS.Signals = 'SIGKILL'): void => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
@@ -58,7 +58,7 @@ export async function spawnRelay(env: Record<string, string>, args: string[] = [
         resolve(Number(m[1]));
       }
     };
-    proc.stderr!.on('data', check);
+    proc.stderr.on('data', check);
     void exited.then((e) => {
       clearTimeout(t);
       reject(new Error(`relay exited during start (${e.code ?? e.signal}); stderr: ${err}`));

@@ -146,7 +146,7 @@ export class SmtpSession {
   async startTls(options: ConnectionOptions = {}): Promise<Reply> {
     const reply = await this.cmd('STARTTLS');
     if (replyCode(reply) !== 220) return reply;
-    const plain = this.socket as Socket;
+    const plain = this.socket;
     plain.removeAllListeners('data');
     plain.removeAllListeners('close');
     plain.removeAllListeners('error');

@@ -72,7 +72,9 @@ export async function startSim(o: SimOptions = {}): Promise<Sim> {
       overlapped: 0,
       partialData: 0,
       sock,
-      write: (t) => void (s.sock.destroyed || s.sock.write(t)),
+      write: (t) => {
+        if (!s.sock.destroyed) s.sock.write(t);
+      },
       closed: new Promise<void>((r) => (resolveClosed = r)),
     };
     sessions.push(s);

@@ -289,7 +289,7 @@ describe('admin API: quarantine', () => {
     const res = await call('GET', `/api/v1/quarantine/audit?target=${rec.id}`);
     expect(res.status).toBe(200);
     const items = res.json().items as Array<Record<string, unknown>>;
-    expect(items.map((a) => `${a.action}:${a.result}`)).toEqual(['release:ok', 'download:ok', 'show:ok']);
+    expect(items.map((a) => `${String(a.action)}:${String(a.result)}`)).toEqual(['release:ok', 'download:ok', 'show:ok']);
     for (const a of items) expect(a).toMatchObject({ actor: 'admin-api', source: '127.0.0.1', target: rec.id });
     const notFound = (await call('GET', '/api/v1/quarantine/audit?action=show')).json().items as Array<Record<string, unknown>>;
     expect(notFound.map((a) => a.result)).toEqual(['not-found', 'ok']);

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CasClient } from '../../src/cas/client.js';
 import { casBlock, casList, casMitigate, casResults, casUnblock, EXIT_API_FAILURE, EXIT_BAD_INPUT, EXIT_OK } from '../../src/cas/cli.js';
-import { startCasSim, type CasSim, type CasSimOptions } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim, type CasSimOptions } from '../sim/cas/server.js';
 
 const TOKEN = 'cli-test-token';
 const sims: CasSim[] = [];
@@ -108,7 +108,7 @@ describe('cas mitigate / results', () => {
         'MAIL_QUARANTINE,exchange,office365,gone@x.example,<q@x.example>,\n',
     );
     expect(await casMitigate({ file: good }, out, { client })).toBe(EXIT_OK);
-    const batchId = /batch_id: (\S+)/.exec(buf.text)?.[1]!;
+    const batchId = /batch_id: (\S+)/.exec(buf.text)![1]!;
     expect(await casResults({ batchId, wait: true, intervalMs: 20, timeoutMs: 5_000 }, out, { client })).toBe(EXIT_OK);
     expect(buf.text).toMatch(/2 action\(s\): Success 1, Failed 1/);
     expect(buf.text).toMatch(/Failed\tMAIL_QUARANTINE\tgone@x\.example\t<q@x\.example>\t-999 The action for these mails failed\./);
@@ -127,7 +127,7 @@ describe('cas mitigate / results', () => {
   it('prints the current state without --wait, and exits 1 when waiting times out', async () => {
     const { client, out, buf } = await setup({ mitigation: { createdMs: 60_000, executingMs: 0 } });
     await casMitigate({ action: 'MAIL_QUARANTINE', mailbox: 'u@x.example', uniqueId: 'AAMk=' }, out, { client });
-    const batchId = /batch_id: (\S+)/.exec(buf.text)?.[1]!;
+    const batchId = /batch_id: (\S+)/.exec(buf.text)![1]!;
     expect(await casResults({ batchId, wait: false }, out, { client })).toBe(EXIT_OK);
     expect(buf.text).toMatch(/1 action\(s\): Created 1/);
     expect(await casResults({ batchId, wait: true, intervalMs: 20, timeoutMs: 100 }, out, { client })).toBe(EXIT_API_FAILURE);

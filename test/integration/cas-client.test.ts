@@ -2,7 +2,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { PassThrough } from 'node:stream';
 import { CasClient, CasError, CasRateLimiter, CasPollTimeoutError, type CasClientOptions } from '../../src/cas/client.js';
-import { startCasSim, type CasSim, type CasSimOptions, type CasSimRequest } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim, type CasSimOptions, type CasSimRequest } from '../sim/cas/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import type { MitigationItem } from '../../src/cas/validate.js';
 

@@ -8,8 +8,9 @@ import MailComposer from 'nodemailer/lib/mail-composer/index.js';
 import { CasClient } from '../../src/cas/client.js';
 import { CasPusher, FsCasOutbox } from '../../src/cas/outbox.js';
 import { extractPushItems } from '../../src/cas/extract.js';
-import { parseCasSettings, shouldPush } from '../../src/cas/trigger.js';
-import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
+import { shouldPush } from '../../src/cas/trigger.js';
+import { parseCasSettings } from '../../src/config/cas-schema.js';
+import { startCasSim, type CasSim } from '../sim/cas/server.js';
 
 const TOKEN = 'flow-token';
 let sim: CasSim | null = null;

@@ -10,7 +10,7 @@ import pg from 'pg';
 import { CasClient, CasError, type CasApi } from '../../src/cas/client.js';
 import { CasPusher, FsCasOutbox, PgCasOutbox, chunkRequests, type CasOutbox, type CasOutboxEntry, type CasOutboxItem, type CasPusherOptions } from '../../src/cas/outbox.js';
 import { casOutbox } from '../../src/cas/cli.js';
-import { startCasSim, type CasSim, type CasSimOptions } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim, type CasSimOptions } from '../sim/cas/server.js';
 import type { CasList, CasRuleAction } from '../../src/cas/items.js';
 
 const TOKEN = 'outbox-test-token';

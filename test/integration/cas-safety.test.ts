@@ -10,7 +10,7 @@ import { loadConfig, ConfigError } from '../../src/config/load.js';
 import { CasClient } from '../../src/cas/client.js';
 import { CasPusher, FsCasOutbox, PgCasOutbox, type CasOutbox } from '../../src/cas/outbox.js';
 import { LIST_FULL_RECHECK_MS } from '../../src/cas/capacity.js';
-import { startCasSim, type CasSim, type CasSimOptions } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim, type CasSimOptions } from '../sim/cas/server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { startChain, eventually, message, sendMessage, type Chain } from '../helpers/chain.js';
 import { testTempDir } from '../helpers/tmp.js';

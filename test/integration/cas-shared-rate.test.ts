@@ -4,7 +4,7 @@ import pg from 'pg';
 import { CasClient } from '../../src/cas/client.js';
 import { CasPusher, PgCasOutbox } from '../../src/cas/outbox.js';
 import { PgCasRateLimiter, casBucketFor } from '../../src/cas/shared-rate.js';
-import { startCasSim, type CasSim, type CasSimRequest } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim, type CasSimRequest } from '../sim/cas/server.js';
 import { dropSchemas, freshSchema, schemaUrl } from '../helpers/pg.js';
 
 const TOKEN = 'shared-rate-token';

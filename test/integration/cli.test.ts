@@ -125,7 +125,7 @@ describe('dlp-relay serve on embedded defaults', () => {
     const before = readdirSync(join(root, 'outbox')).filter((f) => f.endsWith('.eml')).length;
     const rel = await run(['quarantine', 'release', id.slice(0, 8)], env);
     expect(rel.code).toBe(0);
-    expect(rel.stdout).toMatch(/^accepted  \S+@\S+ +250 /);
+    expect(rel.stdout).toMatch(/^accepted {2}\S+@\S+ +250 /);
     expect(rel.stdout).toMatch(new RegExp(`(^|\\n)${id}: released completely\\n$`));
     expect(readdirSync(join(root, 'outbox')).filter((f) => f.endsWith('.eml')).length).toBe(before + 1);
     const again = await run(['quarantine', 'release', id], env);
@@ -152,7 +152,7 @@ describe('dlp-relay serve on embedded defaults', () => {
 
 describe('dlp-relay cas', () => {
   it('block pushes to the CAS blocked lists and refuses bad values with exit 2', async () => {
-    const { startCasSim } = await import('../../src/sim/cas/server.js');
+    const { startCasSim } = await import('../sim/cas/server.js');
     const token = 'c'.repeat(40);
     const sim = await startCasSim({ token });
     try {

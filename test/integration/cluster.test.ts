@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 import { startRawSink, type RawSink } from '../helpers/raw-sink.js';
 import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { eventually, message, sendMessage, SIM_KEYS } from '../helpers/chain.js';
@@ -95,7 +95,7 @@ describe('cluster mode: two SMTP workers under one supervisor', () => {
   it('a worker killed with SIGKILL is started again and the relay keeps answering', async () => {
     const pid = startedWorkers()['1']!;
     process.kill(pid, 'SIGKILL');
-    await eventually(() => relay.logs().some((l) => typeof l['msg'] === 'string' && (l['msg'] as string).startsWith('SMTP worker 1 died')), 5000);
+    await eventually(() => relay.logs().some((l) => typeof l['msg'] === 'string' && l['msg'].startsWith('SMTP worker 1 died')), 5000);
     // Meanwhile worker 2 takes every session.
     const before = sink.committed.length;
     const during = await Promise.all(Array.from({ length: 3 }, (_, i) => sendMessage(relay.port, message(`while worker 1 is down ${i}`))));

@@ -10,7 +10,7 @@ import { startTcpGate, type TcpGate } from '../helpers/tcp-gate.js';
 import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { SmtpSession, replyCode } from '../helpers/raw-smtp.js';
 import { makeBatch, attemptOnce, sendWithRetries, tally, countMarkers, quarantineCounts, needsRetry, type Kind, type Stage, type Tracked } from '../helpers/accounting.js';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 import { createQuarantineStore, type QuarantineStore } from '../../src/quarantine/index.js';
 import { silentLogger } from '../../src/observability/logger.js';
 

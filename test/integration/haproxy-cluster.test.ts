@@ -7,7 +7,7 @@ import { startSink, SIM_KEYS } from '../helpers/chain.js';
 import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { freePort, haproxyAvailable, haproxyConfig, mtaAttempt, startHaproxy, type Attempt, type Backend } from '../helpers/haproxy.js';
 import { dropSchemas, freshSchema, pgAdmin, schemaUrl } from '../helpers/pg.js';
-import { startUcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim } from '../../src/engine/server.js';
 
 /** Bounded in count and time: at least MIN messages, more while the restarts are still going, never above MAX. */
 const MIN = Number(process.env['DLP_TEST_HAPROXY_MESSAGES'] ?? 1000);

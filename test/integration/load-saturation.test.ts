@@ -8,7 +8,7 @@ import { startRawSink, type RawSink } from '../helpers/raw-sink.js';
 import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { SmtpSession, replyCode } from '../helpers/raw-smtp.js';
 import { makeBatch, attemptOnce } from '../helpers/accounting.js';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 
 const REF = '\\(ref [0-9a-f-]{36}\\)';
 

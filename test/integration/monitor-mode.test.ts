@@ -4,7 +4,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startChain, eventually, message, sendMessage, type Chain } from '../helpers/chain.js';
-import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim } from '../sim/cas/server.js';
 
 const TOKEN = 'e'.repeat(40);
 let chain: Chain;

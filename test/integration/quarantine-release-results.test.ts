@@ -54,7 +54,7 @@ const GREYLISTED: Fate = ['deferred', 452, '452 4.2.2 mailbox full, try later'];
 function scriptedNextHop(fates: Record<string, Fate>) {
   const calls: string[][] = [];
   const deliver: DeliverFn = async (env: StoredEnvelope, open): Promise<DeliveryReport> => {
-    for await (const _ of open()) void _; // a real deliverer reads the message
+    for await (const _ of open()) continue; // a real deliverer reads the message
     calls.push(env.to.map((r) => r.address));
     const recipients = env.to.map((r) => {
       const [status, code, response] = fates[r.address] ?? OK;

@@ -11,7 +11,7 @@ import { createDeliverer, createUcwiClient, quarantineOps } from '../../src/app.
 import { UcwiClient } from '../../src/dlp/client.js';
 import { releaseMessage } from '../../src/quarantine/operations.js';
 import type { NewQuarantineRecord } from '../../src/quarantine/types.js';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 import { SIM_KEYS } from '../helpers/chain.js';
 import { backends, dropBackendSchemas, type BackendHandle } from '../helpers/quarantine-backends.js';
 

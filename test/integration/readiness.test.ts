@@ -1,7 +1,7 @@
 // /readyz tells the truth: UCWI refusing our keys (401) fails readiness with that reason and logs a warning with the class; once UCWI accepts us again readiness recovers and a recovery line is logged.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startChain, SIM_KEYS, sendMessage, message, eventually, type Chain } from '../helpers/chain.js';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 
 const WRONG = { accessKey: 'rotated-access-key', secretKey: 'rotated-secret-key-0123456789' };
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { replyCode } from '../helpers/raw-smtp.js';
 import { testTempDir } from '../helpers/tmp.js';
 import { startChain, eventually, message, sendMessage, type Chain } from '../helpers/chain.js';
-import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim } from '../sim/cas/server.js';
 import { casBucketFor } from '../../src/cas/shared-rate.js';
 import { dropSchemas, freshSchema, pgAdmin, schemaUrl } from '../helpers/pg.js';
 
@@ -56,7 +56,7 @@ describe('relay → CAS blocked lists', () => {
     expect(cas.list('senders')).toEqual([]);
     cas.setFaults({});
     await eventually(() => cas.list('senders').includes('leaker2@outside.test'), 15_000);
-    const creates = cas.requestLog.filter((q) => q.method === 'POST' && q.status !== undefined && q.status < 300 && ((q.rules as { senders?: string[] } | null)?.senders ?? []).includes('leaker2@outside.test'));
+    const creates = cas.requestLog.filter((q) => q.method === 'POST' && q.status !== undefined && q.status < 300 && (q.rules?.senders ?? []).includes('leaker2@outside.test'));
     expect(creates).toHaveLength(1);
   });
 

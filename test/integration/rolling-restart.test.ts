@@ -6,7 +6,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { message, sendMessage, startSink, SIM_KEYS } from '../helpers/chain.js';
 import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
-import { startUcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim } from '../../src/engine/server.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {

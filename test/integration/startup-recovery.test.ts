@@ -6,10 +6,10 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { startChain, message, sendMessage, type Chain } from '../helpers/chain.js';
-import { startCasSim, type CasSim } from '../../src/sim/cas/server.js';
+import { startCasSim, type CasSim } from '../sim/cas/server.js';
 import { spawnRelay, relayEnv } from '../helpers/cli-relay.js';
 import { startSink, type Sink } from '../helpers/chain.js';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 import { SIM_KEYS } from '../helpers/chain.js';
 import { testTempDir } from '../helpers/tmp.js';
 
@@ -145,7 +145,11 @@ describe('kill -9 during outbox writes', () => {
       expect(files.filter((f) => f.startsWith('.tmp-'))).toEqual([]);
       expect(files.filter((f) => f.endsWith('.json')).filter((f) => !emls.has(base(f)))).toEqual([]);
       const line = second.logs().find((l) => l['event'] === 'recovery' && l['store'] === 'outbox');
-      expect(line).toBeDefined();
+      // The restart reports the sweep of this outbox, with its counts (the log is how an operator learns of it).
+      expect(line).toMatchObject({ event: 'recovery', store: 'outbox' });
+      expect(String(line!['dir'])).toMatch(/outbox$/);
+      expect(line!['tempRemoved']).toEqual(expect.any(Number));
+      expect(line!['orphansRemoved']).toEqual(expect.any(Number));
     } finally {
       second.kill();
       await second.exited;

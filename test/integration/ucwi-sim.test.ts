@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import { Agent, FormData, request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ucwiAuthHeaders } from '../../src/dlp/auth.js';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 
 const AK = 'AK_TEST';
 const SK = 'SK_TEST';

@@ -4,7 +4,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { eventually, message, sendMessage, startChain, startSink, type Chain, type Sink } from '../helpers/chain.js';
 import { startTcpGate, type TcpGate } from '../helpers/tcp-gate.js';
-import { startUcwiSim, type UcwiSim } from '../../src/sim/ucwi/server.js';
+import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 import { SIM_KEYS } from '../helpers/chain.js';
 
 const TOKEN = 'failover-test-admin-token-0123456789';

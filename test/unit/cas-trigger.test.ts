@@ -1,6 +1,7 @@
 // CAS settings defaults and the pure push decisions: which verdicts trigger a push, which senders are exempt.
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_CAS_SETTINGS, isExemptSender, parseCasSettings, shouldPush, CAS_REGION_HOSTS } from '../../src/cas/trigger.js';
+import { isExemptSender, shouldPush } from '../../src/cas/trigger.js';
+import { DEFAULT_CAS_SETTINGS, parseCasSettings, CAS_REGION_HOSTS } from '../../src/config/cas-schema.js';
 import { casBaseUrl } from '../../src/cas/client.js';
 
 describe('shouldPush', () => {

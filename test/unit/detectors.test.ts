@@ -21,7 +21,7 @@ import {
   luhnValid,
   usSsnDetector,
   type Detector,
-} from '../../src/sim/ucwi/detectors.js';
+} from '../../src/engine/detectors.js';
 
 describe('payment cards', () => {
   it.each([

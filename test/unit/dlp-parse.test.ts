@@ -1,7 +1,9 @@
 // Table-driven tests of UCWI response parsing: both documented success shapes and every failure class.
 import { describe, expect, it } from 'vitest';
 import { parseUcwiResponse } from '../../src/dlp/parse.js';
-import { ucwiAuthHeaders, verifyUcwiAuth } from '../../src/dlp/auth.js';
+import { ucwiAuthHeaders } from '../../src/dlp/auth.js';
+// The client's headers are checked by the simulator's verifier, which is written independently from the client.
+import { checkSkgAuth as verifyUcwiAuth } from '../../src/engine/verify-auth.js';
 
 describe('parseUcwiResponse', () => {
   const ok: Array<{ name: string; status: number; body: string; actionCode: number; policies?: number }> = [

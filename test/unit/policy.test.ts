@@ -8,7 +8,7 @@ const QID = '0f8fad5b-d9cb-469f-a165-70867728950e';
 
 function settings(overrides: Record<string, unknown> = {}): PolicySettings {
   const cfg = loadConfig({ file: undefined, env: {}, overrides: { policy: overrides } });
-  return cfg.policy as unknown as PolicySettings;
+  return cfg.policy;
 }
 
 const verdictHeaders = (code: string, label: string) => [

@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ACTION_PRECEDENCE, decide, loadPolicies, parsePolicies, strictestAction, type Policy } from '../../src/sim/ucwi/policies.js';
-import { compilePolicies, htmlToPlain, scanMessage, type ScanLimits } from '../../src/sim/ucwi/scan.js';
+import { ACTION_PRECEDENCE, decide, loadPolicies, parsePolicies, strictestAction, type Policy } from '../../src/engine/policies.js';
+import { compilePolicies, htmlToPlain, scanMessage, type ScanLimits } from '../../src/engine/scan.js';
 
 const POLICIES: Policy[] = parsePolicies([
   { name: 'card', detector: 'card', actionCode: 2, severity: 1, actionSettingName: 'Block' },

@@ -6,7 +6,8 @@ import { CasClient } from './client.js';
 import { PgCasRateLimiter, casBucketFor, type CasLimiter } from './shared-rate.js';
 import { FsCasOutbox, PgCasOutbox, CasPusher, type CasOutbox } from './outbox.js';
 import { extractPushItems } from './extract.js';
-import { shouldPush, type CasSettings } from './trigger.js';
+import { shouldPush } from './trigger.js';
+import type { CasSettings } from '../config/cas-schema.js';
 import type { VerdictHook } from '../pipeline/process.js';
 
 /** Bound on one CAS extraction (side work after the reply; it only holds the spool file). */

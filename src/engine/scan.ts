@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { TextDecoder } from 'node:util';
 import type { AttachmentStream, MessageText } from 'mailparser';
-import { walkMessage } from '../../mime/walker.js';
+import { walkMessage } from '../mime/walker.js';
 import { ChunkCounter, countMatches, createDetector, type Detector } from './detectors.js';
 import type { Policy } from './policies.js';
 

@@ -5,8 +5,8 @@ import type { AddressInfo } from 'node:net';
 import busboy from 'busboy';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { verifyUcwiAuth } from '../../dlp/auth.js';
-import { silentLogger } from '../../observability/logger.js';
+import { checkSkgAuth } from './verify-auth.js';
+import { silentLogger } from '../observability/logger.js';
 import { decide, DEFAULT_POLICIES_FILE, loadPolicies, parsePolicies, type MatchedPolicy, type PolicyDef } from './policies.js';
 import { compilePolicies, scanMessage, type ScanLimits, type ScanReport } from './scan.js';
 
@@ -420,7 +420,7 @@ export async function startUcwiSim(opts: UcwiSimOptions): Promise<UcwiSim> {
     if (email && method === 'POST') requests++;
 
     // Every UCWI API call carries the SKG signature; the check does not depend on the route.
-    const auth = verifyUcwiAuth(req.headers, keys, Date.now(), maxSkewSec);
+    const auth = checkSkgAuth(req.headers, keys, Date.now(), maxSkewSec);
     if (!auth.ok) {
       authFailures++;
       log.info({ reason: auth.reason, path }, 'ucwi-sim: 401');

@@ -74,7 +74,7 @@ export function parsePolicies(value: unknown, source = 'policies'): Policy[] {
     const lines = r.error.issues.map((i) => `  - ${formatPath(i.path)}: ${i.message}`);
     throw new Error(`${source}: invalid DLP policies:\n${lines.join('\n')}`);
   }
-  return r.data.policies as Policy[];
+  return r.data.policies;
 }
 
 /** Reads and validates a policy YAML file; YAML syntax errors are listed with line and column. */
@@ -88,7 +88,7 @@ export function loadPolicies(file: string): Policy[] {
 }
 
 /** The policy file shipped with the package (config/detectors.yaml), found from src/ and from dist/ alike. */
-export const DEFAULT_POLICIES_FILE = fileURLToPath(new URL('../../../config/detectors.yaml', import.meta.url));
+export const DEFAULT_POLICIES_FILE = fileURLToPath(new URL('../../config/detectors.yaml', import.meta.url));
 
 /**
  * Strictest first: when several policies match, the answer carries the first of these codes among them.

@@ -98,7 +98,7 @@ function cardsInRun(run: string, next: string): number {
     let best = -1;
     let digits = '';
     for (let j = i; j < groups.length; j++) {
-      digits += groups[j];
+      digits += groups[j]!;
       if (digits.length > 19) break;
       if (digits.length >= 13 && cardBrand(digits) !== null && luhnValid(digits)) best = j;
     }

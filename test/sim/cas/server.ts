@@ -2,8 +2,10 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { randomUUID } from 'node:crypto';
-import { CAS_LISTS, MAX_ITEMS_PER_LIST, compareKey, isCasList, itemProblem, normalizeItem, ruleCounts, type CasList, type CasRules } from '../../cas/items.js';
-import { validateMitigationItems, formatProblem, isIsoDateTime, type MitigationItem } from '../../cas/validate.js';
+import { CAS_LISTS, compareKey, normalizeItem, ruleCounts, type CasList, type CasRules } from '../../../src/cas/items.js';
+import type { MitigationItem } from '../../../src/cas/validate.js';
+// Request bodies are judged by the simulator's own rules from the vendor reference, not by the client's validators.
+import { MAX_ITEMS_PER_REQUEST_LIST, isRemediationList, isZonedDateTime, mitigationItemProblems, remediationItemProblem } from './wire-rules.js';
 
 /**
  * One injected failure. A number answers with that status and a JSON error body (502 is sent as the
@@ -172,8 +174,8 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
       const b = body as { action_type?: unknown; rules?: unknown };
       if (typeof b.action_type === 'string') entry.actionType = b.action_type;
       if (b.rules && typeof b.rules === 'object') {
-        entry.rules = b.rules as CasRules;
-        entry.counts = ruleCounts(b.rules as CasRules);
+        entry.rules = b.rules;
+        entry.counts = ruleCounts(b.rules);
       }
     }
     if (entry.path === '/v1/mitigation/mails' && Array.isArray(body)) entry.mitigationItems = body.length;
@@ -206,10 +208,10 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
 
     // Fixed window per token, opened by the first request after the previous one expired (cas.md §2).
     const now = Date.now();
-    let w = windows.get(m[1]!);
+    let w = windows.get(m[1]);
     if (!w || now >= w.start + rate.windowMs) {
       w = { start: now, count: 0 };
-      windows.set(m[1]!, w);
+      windows.set(m[1], w);
     }
     w.count++;
     if (w.count > rate.limit) {
@@ -219,11 +221,11 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
       return res.end(JSON.stringify({ code: -4290001, traceId: randomUUID(), msg: 'Maximum allowed requests exceeded' }));
     }
 
-    const route = `${entry.path}`;
+    const route = entry.path;
     const routes: Record<string, Partial<Record<string, () => void>>> = {
       '/v1/remediation/mails': { GET: () => getRules(res, entry), POST: () => postRules(res, entry, body) },
       '/v1/mitigation/mails': { GET: () => getResults(res, entry, url), POST: () => postMitigation(res, entry, body) },
-      '/v1/sweeping/mails': { GET: () => send(res, entry, 200, { current_link: baseUrl + req.url, next_link: null, traceId: randomUUID(), value: [] }) },
+      '/v1/sweeping/mails': { GET: () => send(res, entry, 200, { current_link: baseUrl + (req.url ?? ''), next_link: null, traceId: randomUUID(), value: [] }) },
     };
     const r = routes[route];
     if (!r) return error(res, entry, 404, 'API not found');
@@ -247,14 +249,14 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
     if (!rules || typeof rules !== 'object' || Array.isArray(rules)) return error(res, entry, 400, 'Missing parameter: rules');
     const lists: Array<[CasList, string[]]> = [];
     for (const [k, v] of Object.entries(rules as Record<string, unknown>)) {
-      if (!isCasList(k)) return error(res, entry, 400, `Unknown rule list: ${k}`);
+      if (!isRemediationList(k)) return error(res, entry, 400, `Unknown rule list: ${k}`);
       if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) return error(res, entry, 400, `${k} must be an array of strings`);
-      if (v.length > MAX_ITEMS_PER_LIST) return error(res, entry, 400, `A maximum of ${MAX_ITEMS_PER_LIST} items in ${k} is supported`);
+      if (v.length > MAX_ITEMS_PER_REQUEST_LIST) return error(res, entry, 400, `A maximum of ${MAX_ITEMS_PER_REQUEST_LIST} items in ${k} is supported`);
       if (v.length > 0) lists.push([k, v as string[]]);
     }
     if (lists.length === 0) return error(res, entry, 400, 'Specify at least one of senders, urls, filehashes and file256hashes');
     const bad: string[] = [];
-    for (const [list, values] of lists) for (const v of values) if (itemProblem(list, v.trim())) bad.push(`${list}: ${v}`);
+    for (const [list, values] of lists) for (const v of values) if (remediationItemProblem(list, v)) bad.push(`${list}: ${v}`);
     if (bad.length) return error(res, entry, 400, `Invalid items: ${bad.slice(0, 5).join('; ')}${bad.length > 5 ? ` (+${bad.length - 5} more)` : ''}`);
     const create = b['action_type'] === 'create';
     if (create && opts.maxStoredPerList != null) {
@@ -276,8 +278,10 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
 
   function postMitigation(res: ServerResponse, entry: CasSimRequest, body: unknown) {
     if (!Array.isArray(body) || body.length === 0) return error(res, entry, 400, 'Request body must be a non-empty JSON array');
-    const { items, problems } = validateMitigationItems(body);
-    if (problems.length) return error(res, entry, 400, `Invalid parameter: ${problems.slice(0, 5).map(formatProblem).join('; ')}`);
+    const problems = body.flatMap((item: unknown, i) => mitigationItemProblems(item).map((p) => `item ${i} ${p}`));
+    if (problems.length) return error(res, entry, 400, `Invalid parameter: ${problems.slice(0, 5).join('; ')}`);
+    // Valid by the checks above: every field a string, the required ones present (trimmed like the client sends them).
+    const items = body.map((item) => trimmedItem(item as Record<string, unknown>));
     const batchId = randomUUID();
     const fail = new Set((faults.failMailboxes ?? []).map((s) => s.toLowerCase()));
     const now = Date.now();
@@ -328,7 +332,7 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
     else {
       const start = q.get('start');
       const end = q.get('end');
-      for (const [k, v] of [['start', start], ['end', end]] as const) if (v !== null && !isIsoDateTime(v)) return error(res, entry, 400, `${k} must be ISO 8601`);
+      for (const [k, v] of [['start', start], ['end', end]] as const) if (v !== null && !isZonedDateTime(v)) return error(res, entry, 400, `${k} must be ISO 8601`);
       const FIVE_MIN = 5 * 60_000;
       const s = start ? Date.parse(start) : end ? Date.parse(end) - FIVE_MIN : now - FIVE_MIN;
       const e = end ? Date.parse(end) : start ? s + FIVE_MIN : now;
@@ -392,4 +396,10 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
       });
     },
   };
+}
+
+function trimmedItem(o: Record<string, unknown>): MitigationItem {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(o)) if (typeof v === 'string' && v.trim()) out[k] = v.trim();
+  return out as unknown as MitigationItem;
 }
