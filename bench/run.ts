@@ -6,7 +6,22 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { cpuSeconds, freePort, loadAvg1, machineTicks, monotonicUs, pollRss, runCommand, startManaged, statusKb, stopAll, treeCpuSeconds, treeOf, waitForPort, type Managed } from './lib/proc.js';
+import {
+  cpuSeconds,
+  freePort,
+  loadAvg1,
+  machineTicks,
+  monotonicUs,
+  pollRss,
+  runCommand,
+  startManaged,
+  statusKb,
+  stopAll,
+  treeCpuSeconds,
+  treeOf,
+  waitForPort,
+  type Managed,
+} from './lib/proc.js';
 import { buildRelay, ensureHaraka, ensurePostfixTools, ensureScript, writeHarakaConfig, SMTP_SINK, SMTP_SOURCE } from './lib/setup.js';
 import { SmtpSession, makeMessage, messageIdOf } from './lib/smtp-client.js';
 import { writeBigMessage } from './lib/bigmessage.js';
@@ -14,7 +29,19 @@ import { stripRun } from './lib/strip.js';
 import { summarizeProfiles } from './lib/cpuprofile.js';
 import { analyse, cellOf, computeTargets, RELAY } from './lib/analysis.js';
 import { scaleOutScenario } from './lib/scale-out.js';
-import { CONN_MODES, median, percentiles, printTables, writeBenchmarksMd, type ConnMode, type LatencyResult, type Results, type RssResult, type ThroughputCell, type ThroughputRun } from './lib/report.js';
+import {
+  CONN_MODES,
+  median,
+  percentiles,
+  printTables,
+  writeBenchmarksMd,
+  type ConnMode,
+  type LatencyResult,
+  type Results,
+  type RssResult,
+  type ThroughputCell,
+  type ThroughputRun,
+} from './lib/report.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const RESULTS_DIR = join(ROOT, 'bench', 'results');
@@ -89,7 +116,8 @@ for (const s of ONLY) if (!SCENARIOS.includes(s)) throw new Error(`unknown scena
 
 const BODY = 10 * 1024;
 const SESSIONS = argv.sessions.split(',').map((x) => Number(x.trim()));
-if (!SESSIONS.length || SESSIONS.some((n) => !Number.isInteger(n) || n < 1 || n > 500)) throw new Error(`--sessions: want a list of 1..500, got ${argv.sessions}`);
+if (!SESSIONS.length || SESSIONS.some((n) => !Number.isInteger(n) || n < 1 || n > 500))
+  throw new Error(`--sessions: want a list of 1..500, got ${argv.sessions}`);
 const DOMAIN = 'example.test';
 const FROM = 'sender@bench.example.test';
 const RCPT = `rcpt@${DOMAIN}`;
@@ -146,14 +174,24 @@ async function startSim(latencyMs: number): Promise<{ proc: Managed; port: numbe
 
 async function startStub(latencyMs: number, actionCode = 1): Promise<{ proc: Managed; port: number; url: string }> {
   const port = await freePort();
-  const args = ['--import', 'tsx', 'bench/ucwi-stub.ts', '--port', String(port), '--latency', String(latencyMs), ...(actionCode !== 1 ? ['--action-code', String(actionCode)] : [])];
+  const args = [
+    '--import',
+    'tsx',
+    'bench/ucwi-stub.ts',
+    '--port',
+    String(port),
+    '--latency',
+    String(latencyMs),
+    ...(actionCode !== 1 ? ['--action-code', String(actionCode)] : []),
+  ];
   const proc = startManaged(`ucwi-stub-${latencyMs}ms${actionCode !== 1 ? `-code${actionCode}` : ''}`, process.execPath, args, {
     maxSeconds: 1800,
     cwd: ROOT,
     env: childEnv({ DLP_RELAY_UCWI_ACCESS_KEY: ACCESS_KEY, DLP_RELAY_UCWI_SECRET_KEY: SECRET_KEY }),
   });
   await waitForPort(port, 30_000, proc);
-  commands[`UCWI stub ${latencyMs} ms${actionCode !== 1 ? `, actionCode ${actionCode}` : ''} (diagnostic)`] = `DLP_RELAY_UCWI_ACCESS_KEY=… DLP_RELAY_UCWI_SECRET_KEY=… node ${args.join(' ')}`;
+  commands[`UCWI stub ${latencyMs} ms${actionCode !== 1 ? `, actionCode ${actionCode}` : ''} (diagnostic)`] =
+    `DLP_RELAY_UCWI_ACCESS_KEY=… DLP_RELAY_UCWI_SECRET_KEY=… node ${args.join(' ')}`;
   return { proc, port, url: `http://127.0.0.1:${port}` };
 }
 
@@ -180,7 +218,10 @@ interface Relay {
 // Behind HAProxy: PROXY v2 headers are taken from the balancer on 127.0.0.1 only.
 const RELAY_PROXY_YAML = RELAY_YAML.replace('smtp:\n', 'smtp:\n  proxyProtocolFrom: ["127.0.0.1/32"]\n');
 
-async function startRelay(name: string, opts: { ucwiUrl: string; sinkPort: number; logLevel: string; cpuProfDir?: string; onStdout?: (b: Buffer) => void; workers?: number; proxyFrom?: boolean }): Promise<Relay> {
+async function startRelay(
+  name: string,
+  opts: { ucwiUrl: string; sinkPort: number; logLevel: string; cpuProfDir?: string; onStdout?: (b: Buffer) => void; workers?: number; proxyFrom?: boolean },
+): Promise<Relay> {
   const port = await freePort();
   const adminPort = await freePort();
   const dir = join(work, name);
@@ -203,15 +244,21 @@ async function startRelay(name: string, opts: { ucwiUrl: string; sinkPort: numbe
     ...(opts.workers ? { DLP_RELAY_WORKERS: String(opts.workers) } : {}),
   };
   const args = [...(opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : []), ...relayEntry, 'serve', '--grace', '2000'];
-  const proc = startManaged(name, process.execPath, args, { maxSeconds: 1800, cwd: ROOT, env: childEnv(envVars), ...(opts.onStdout ? { onStdout: opts.onStdout } : {}) });
+  const proc = startManaged(name, process.execPath, args, {
+    maxSeconds: 1800,
+    cwd: ROOT,
+    env: childEnv(envVars),
+    ...(opts.onStdout ? { onStdout: opts.onStdout } : {}),
+  });
   await waitForPort(port, 30_000, proc);
   const pid = proc.mainPid();
   if (!pid) throw new Error(`${name}: cannot find the relay's pid`);
   commands['relay config (DLP_RELAY_CONFIG)'] ??= RELAY_YAML.trim();
   // One example per log level; the instances differ only in ports, UCWI URL and directories.
-  commands[`relay (log level ${opts.logLevel}${opts.logLevel === 'info' ? ': the latency run reads the JSON "message" lines on stdout' : ''})`] ??= `${Object.entries(envVars)
-    .map(([k, v]) => `${k}=${k.includes('KEY') ? '…' : v.replace(work, '$WORK')}`)
-    .join(' ')} node ${args.join(' ')}`;
+  commands[`relay (log level ${opts.logLevel}${opts.logLevel === 'info' ? ': the latency run reads the JSON "message" lines on stdout' : ''})`] ??=
+    `${Object.entries(envVars)
+      .map(([k, v]) => `${k}=${k.includes('KEY') ? '…' : v.replace(work, '$WORK')}`)
+      .join(' ')} node ${args.join(' ')}`;
   return { proc, port, pid, adminPort };
 }
 
@@ -233,8 +280,30 @@ async function startHaraka(bin: string, sinkPort: number, nodes: number): Promis
 const commands: Record<string, string> = {};
 
 /** smtp-source: `-d` keeps each session's connection for the next message; without it every message opens a new one. */
-async function smtpSource(port: number, sessions: number, messages: number, mode: ConnMode, label?: string): Promise<{ seconds: number; sent: number; code: number | null; stderr: string }> {
-  const args = [...(mode === 'reused' ? ['-d'] : []), '-c', '-s', String(sessions), '-m', String(messages), '-l', String(BODY), '-M', 'bench.example.test', '-f', FROM, '-t', RCPT, `127.0.0.1:${port}`];
+async function smtpSource(
+  port: number,
+  sessions: number,
+  messages: number,
+  mode: ConnMode,
+  label?: string,
+): Promise<{ seconds: number; sent: number; code: number | null; stderr: string }> {
+  const args = [
+    ...(mode === 'reused' ? ['-d'] : []),
+    '-c',
+    '-s',
+    String(sessions),
+    '-m',
+    String(messages),
+    '-l',
+    String(BODY),
+    '-M',
+    'bench.example.test',
+    '-f',
+    FROM,
+    '-t',
+    RCPT,
+    `127.0.0.1:${port}`,
+  ];
   if (label) commands[label] = `${SMTP_SOURCE} ${args.join(' ')}`;
   const t0 = performance.now();
   // Bounded: at worst 20 msg/s plus start-up, never more than 5 minutes.
@@ -282,13 +351,24 @@ async function throughputRun(sys: System, mode: ConnMode, sessions: number, mess
     machineIdlePct: Math.round(((m1.idle - m0.idle) / Math.max(1, m1.total - m0.total)) * 1000) / 10,
   };
   if (!ok) run.error = `smtp-source exit ${r.code}, sent ${r.sent}/${messages}, sink got ${sinkReceived}: ${r.stderr}`;
-  log(`  ${sys.system}${sys.ucwiLatencyMs !== null ? ` (UCWI ${sys.ucwiLatencyMs} ms)` : ''} ${mode} s=${sessions}: ${run.sent} msgs in ${run.seconds.toFixed(2)} s = ${run.msgPerSec} msg/s${ok ? '' : `  FAILED: ${run.error}`}`);
+  log(
+    `  ${sys.system}${sys.ucwiLatencyMs !== null ? ` (UCWI ${sys.ucwiLatencyMs} ms)` : ''} ${mode} s=${sessions}: ${run.sent} msgs in ${run.seconds.toFixed(2)} s = ${run.msgPerSec} msg/s${ok ? '' : `  FAILED: ${run.error}`}`,
+  );
   return run;
 }
 
 function cell(runs: ThroughputRun[]): ThroughputCell {
   const rates = runs.map((r) => r.msgPerSec);
-  return { system: runs[0]!.system, ucwiLatencyMs: runs[0]!.ucwiLatencyMs, mode: runs[0]!.mode, sessions: runs[0]!.sessions, msgPerSec: median(rates), min: Math.min(...rates), max: Math.max(...rates), runs };
+  return {
+    system: runs[0]!.system,
+    ucwiLatencyMs: runs[0]!.ucwiLatencyMs,
+    mode: runs[0]!.mode,
+    sessions: runs[0]!.sessions,
+    msgPerSec: median(rates),
+    min: Math.min(...rates),
+    max: Math.max(...rates),
+    runs,
+  };
 }
 
 /**
@@ -296,17 +376,29 @@ function cell(runs: ThroughputRun[]): ThroughputCell {
  * bound is lower: each connection leaves a TIME_WAIT socket on loopback, and the ceiling row would otherwise open
  * some 100,000 of them in one run.
  */
-const countFor = (rate: number, mode: ConnMode = 'reused') => Math.min(mode === 'new-connection' ? 30_000 : 200_000, Math.max(500, Math.round((rate * SECONDS) / 100) * 100));
+const countFor = (rate: number, mode: ConnMode = 'reused') =>
+  Math.min(mode === 'new-connection' ? 30_000 : 200_000, Math.max(500, Math.round((rate * SECONDS) / 100) * 100));
 
 /**
  * Warm-up run, then `reps` measured runs of a message count that takes about SECONDS at the warm-up's rate,
  * interleaved across systems so that a burst of outside load hits every system alike.
  */
-async function throughputMatrix(systems: System[], sink: Sink, modes: readonly ConnMode[], ideal?: (s: System, sessions: number) => number): Promise<ThroughputCell[]> {
+async function throughputMatrix(
+  systems: System[],
+  sink: Sink,
+  modes: readonly ConnMode[],
+  ideal?: (s: System, sessions: number) => number,
+): Promise<ThroughputCell[]> {
   return throughputMatrixFor(systems, sink, modes, SESSIONS, ideal);
 }
 
-async function throughputMatrixFor(systems: System[], sink: Sink, modes: readonly ConnMode[], sessionCounts: readonly number[], ideal?: (s: System, sessions: number) => number): Promise<ThroughputCell[]> {
+async function throughputMatrixFor(
+  systems: System[],
+  sink: Sink,
+  modes: readonly ConnMode[],
+  sessionCounts: readonly number[],
+  ideal?: (s: System, sessions: number) => number,
+): Promise<ThroughputCell[]> {
   const counts = new Map<string, number>();
   const key = (s: System, mode: ConnMode, n: number) => `${s.system}/${s.ucwiLatencyMs}/${mode}/${n}`;
   for (const mode of modes) {
@@ -481,7 +573,14 @@ async function rssScenario(sink: Sink, sim0Url: string, sim200Url: string): Prom
       const messages = 2000;
       const r = await smtpSource(r200.port, 200, messages, 'reused', `smtp-source -d, 200 sessions (RSS, UCWI ${latency} ms)`);
       const peak = (statusKb(r200.pid, 'VmHWM') ?? 0) / 1024;
-      sessions200.push({ ucwiLatencyMs: latency, messages, sent: r.sent, seconds: Math.round(r.seconds * 100) / 100, peakMiB: peak, ok: r.code === 0 && r.sent === messages });
+      sessions200.push({
+        ucwiLatencyMs: latency,
+        messages,
+        sent: r.sent,
+        seconds: Math.round(r.seconds * 100) / 100,
+        peakMiB: peak,
+        ok: r.code === 0 && r.sent === messages,
+      });
       log(`  200 sessions, UCWI ${latency} ms: ${r.sent}/${messages} in ${r.seconds.toFixed(1)} s, VmHWM ${peak.toFixed(1)} MiB`);
     } finally {
       await r200.proc.stop();
@@ -520,7 +619,9 @@ async function profileScenario(sink: Sink, sim0Url: string, results: Results): P
   } finally {
     await relay.proc.stop();
   }
-  const files = readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).sort();
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith('.cpuprofile'))
+    .sort();
   if (!files.length) throw new Error('the relay wrote no .cpuprofile');
   const saved: string[] = [];
   files.forEach((f, i) => {
@@ -611,43 +712,67 @@ async function main(): Promise<void> {
     const sim200 = ONLY.has('latency200') || ONLY.has('rss') ? await startSim(200) : null;
 
     if (ONLY.has('throughput')) {
-      await step(`throughput at 0 ms UCWI: direct, Haraka and dlp-relay with 2 workers each, ${CONN_MODES.join(' and ')} × ${SESSIONS.join('/')} sessions × ${REPS} runs of ~${SECONDS} s`, async () => {
-        // Issue 9 compares both systems with 2 worker processes: relay smtp.workers: 2, Haraka nodes=2.
-        const relay2 = await startRelay('relay-2w-0ms', { ucwiUrl: sim0.url, sinkPort: sink.port, logLevel: 'warn', workers: 2 });
-        const h2 = haraka ? await startHaraka(haraka.bin, sink.port, 2) : null;
-        const stub = argv['no-stub'] ? null : await startStub(0);
-        // Diagnostic: the DLP engine's CPU off the relay's cores, as with a UCWI appliance on its own hardware.
-        const relayStub2 = stub ? await startRelay('relay-stub-2w-0ms', { ucwiUrl: stub.url, sinkPort: sink.port, logLevel: 'warn', workers: 2 }) : null;
-        const relay1 = argv.single ? await startRelay('relay-1p-0ms', { ucwiUrl: sim0.url, sinkPort: sink.port, logLevel: 'warn' }) : null;
-        const h1 = argv.single && haraka ? await startHaraka(haraka.bin, sink.port, 1) : null;
-        const simPid = sim0.proc.mainPid()!;
-        // CPU of whole process trees: the relay's supervisor and workers, Haraka's master and workers.
-        const harakaTree = (m: Managed) => () => ({ haraka: treeCpuSeconds(m.child.pid!) });
-        try {
-          const systems: System[] = [{ system: 'direct', ucwiLatencyMs: null, port: sink.port, cpu: () => ({}) }];
-          if (h2) systems.push({ system: 'haraka-2w', ucwiLatencyMs: null, port: h2.port, cpu: harakaTree(h2.proc) });
-          systems.push({ system: 'dlp-relay-2w', ucwiLatencyMs: 0, port: relay2.port, cpu: () => ({ relay: treeCpuSeconds(relay2.pid), sim: cpuSeconds(simPid) }) });
-          if (stub && relayStub2) {
-            const stubPid = stub.proc.mainPid()!;
-            systems.push({ system: 'dlp-relay-stub-2w', ucwiLatencyMs: 0, port: relayStub2.port, cpu: () => ({ relay: treeCpuSeconds(relayStub2.pid), stub: cpuSeconds(stubPid) }) });
+      await step(
+        `throughput at 0 ms UCWI: direct, Haraka and dlp-relay with 2 workers each, ${CONN_MODES.join(' and ')} × ${SESSIONS.join('/')} sessions × ${REPS} runs of ~${SECONDS} s`,
+        async () => {
+          // Issue 9 compares both systems with 2 worker processes: relay smtp.workers: 2, Haraka nodes=2.
+          const relay2 = await startRelay('relay-2w-0ms', { ucwiUrl: sim0.url, sinkPort: sink.port, logLevel: 'warn', workers: 2 });
+          const h2 = haraka ? await startHaraka(haraka.bin, sink.port, 2) : null;
+          const stub = argv['no-stub'] ? null : await startStub(0);
+          // Diagnostic: the DLP engine's CPU off the relay's cores, as with a UCWI appliance on its own hardware.
+          const relayStub2 = stub ? await startRelay('relay-stub-2w-0ms', { ucwiUrl: stub.url, sinkPort: sink.port, logLevel: 'warn', workers: 2 }) : null;
+          const relay1 = argv.single ? await startRelay('relay-1p-0ms', { ucwiUrl: sim0.url, sinkPort: sink.port, logLevel: 'warn' }) : null;
+          const h1 = argv.single && haraka ? await startHaraka(haraka.bin, sink.port, 1) : null;
+          const simPid = sim0.proc.mainPid()!;
+          // CPU of whole process trees: the relay's supervisor and workers, Haraka's master and workers.
+          const harakaTree = (m: Managed) => () => ({ haraka: treeCpuSeconds(m.child.pid!) });
+          try {
+            const systems: System[] = [{ system: 'direct', ucwiLatencyMs: null, port: sink.port, cpu: () => ({}) }];
+            if (h2) systems.push({ system: 'haraka-2w', ucwiLatencyMs: null, port: h2.port, cpu: harakaTree(h2.proc) });
+            systems.push({
+              system: 'dlp-relay-2w',
+              ucwiLatencyMs: 0,
+              port: relay2.port,
+              cpu: () => ({ relay: treeCpuSeconds(relay2.pid), sim: cpuSeconds(simPid) }),
+            });
+            if (stub && relayStub2) {
+              const stubPid = stub.proc.mainPid()!;
+              systems.push({
+                system: 'dlp-relay-stub-2w',
+                ucwiLatencyMs: 0,
+                port: relayStub2.port,
+                cpu: () => ({ relay: treeCpuSeconds(relayStub2.pid), stub: cpuSeconds(stubPid) }),
+              });
+            }
+            if (h1) systems.push({ system: 'haraka', ucwiLatencyMs: null, port: h1.port, cpu: harakaTree(h1.proc) });
+            if (relay1)
+              systems.push({
+                system: 'dlp-relay',
+                ucwiLatencyMs: 0,
+                port: relay1.port,
+                cpu: () => ({ relay: treeCpuSeconds(relay1.pid), sim: cpuSeconds(simPid) }),
+              });
+            results.throughput = await throughputMatrix(systems, sink, CONN_MODES);
+            const peak = (pid: number) => Math.max(...treeOf(pid).map((p) => statusKb(p, 'VmHWM') ?? 0)) / 1024;
+            results.peakRssDuringThroughputMiB['dlp-relay, 2 workers (largest of its processes), throughput runs'] = peak(relay2.pid);
+            if (h2) results.peakRssDuringThroughputMiB['Haraka, 2 workers (largest of its processes), throughput runs'] = peak(h2.proc.child.pid!);
+          } finally {
+            await Promise.all([relay2.proc.stop(), h2?.proc.stop(), relayStub2?.proc.stop(), stub?.proc.stop(), relay1?.proc.stop(), h1?.proc.stop()]);
           }
-          if (h1) systems.push({ system: 'haraka', ucwiLatencyMs: null, port: h1.port, cpu: harakaTree(h1.proc) });
-          if (relay1) systems.push({ system: 'dlp-relay', ucwiLatencyMs: 0, port: relay1.port, cpu: () => ({ relay: treeCpuSeconds(relay1.pid), sim: cpuSeconds(simPid) }) });
-          results.throughput = await throughputMatrix(systems, sink, CONN_MODES);
-          const peak = (pid: number) => Math.max(...treeOf(pid).map((p) => statusKb(p, 'VmHWM') ?? 0)) / 1024;
-          results.peakRssDuringThroughputMiB['dlp-relay, 2 workers (largest of its processes), throughput runs'] = peak(relay2.pid);
-          if (h2) results.peakRssDuringThroughputMiB['Haraka, 2 workers (largest of its processes), throughput runs'] = peak(h2.proc.child.pid!);
-        } finally {
-          await Promise.all([relay2.proc.stop(), h2?.proc.stop(), relayStub2?.proc.stop(), stub?.proc.stop(), relay1?.proc.stop(), h1?.proc.stop()]);
-        }
-      });
+        },
+      );
     }
     if (ONLY.has('latency200') && sim200) {
       await step(`throughput at 200 ms UCWI: dlp-relay × ${SESSIONS.join('/')} sessions`, async () => {
         const relay = await startRelay('relay-200ms', { ucwiUrl: sim200.url, sinkPort: sink.port, logLevel: 'warn' });
         const simPid = sim200.proc.mainPid()!;
         try {
-          const sys: System = { system: 'dlp-relay', ucwiLatencyMs: 200, port: relay.port, cpu: () => ({ relay: cpuSeconds(relay.pid), sim: cpuSeconds(simPid) }) };
+          const sys: System = {
+            system: 'dlp-relay',
+            ucwiLatencyMs: 200,
+            port: relay.port,
+            cpu: () => ({ relay: cpuSeconds(relay.pid), sim: cpuSeconds(simPid) }),
+          };
           results.latency200 = await throughputMatrix([sys], sink, ['reused'], (_s, n) => n / 0.2);
         } finally {
           await relay.proc.stop();
@@ -671,7 +796,9 @@ async function main(): Promise<void> {
         const relay = await startRelay('relay-strip', { ucwiUrl: stub4.url, sinkPort: sink.port, logLevel: 'warn' });
         try {
           results.strip = await stripRun(relay.port, relay.pid, FROM, RCPT, STRIP_N);
-          log(`  ${results.strip.relayed}/${STRIP_N} relayed in ${results.strip.seconds} s (${results.strip.msgPerSec} msg/s, ${results.strip.mbPerSec} MB/s), VmHWM ${results.strip.peakMiB.toFixed(1)} MiB`);
+          log(
+            `  ${results.strip.relayed}/${STRIP_N} relayed in ${results.strip.seconds} s (${results.strip.msgPerSec} msg/s, ${results.strip.mbPerSec} MB/s), VmHWM ${results.strip.peakMiB.toFixed(1)} MiB`,
+          );
         } finally {
           await Promise.all([relay.proc.stop(), stub4.proc.stop()]);
         }

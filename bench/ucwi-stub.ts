@@ -4,13 +4,22 @@ import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { checkSkgAuth } from '../src/engine/verify-auth.js';
 
-const { values } = parseArgs({ options: { host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string' }, latency: { type: 'string', default: '0' }, 'action-code': { type: 'string', default: '1' } } });
+const { values } = parseArgs({
+  options: {
+    host: { type: 'string', default: '127.0.0.1' },
+    port: { type: 'string' },
+    latency: { type: 'string', default: '0' },
+    'action-code': { type: 'string', default: '1' },
+  },
+});
 const accessKey = process.env['DLP_RELAY_UCWI_ACCESS_KEY'] ?? '';
 const secretKey = process.env['DLP_RELAY_UCWI_SECRET_KEY'] ?? '';
 const latencyMs = Number(values.latency);
 const actionCode = Number(values['action-code']);
 if (!values.port || !accessKey || !secretKey) {
-  process.stderr.write('usage: DLP_RELAY_UCWI_ACCESS_KEY=… DLP_RELAY_UCWI_SECRET_KEY=… node --import tsx bench/ucwi-stub.ts --port P [--latency MS] [--action-code N]\n');
+  process.stderr.write(
+    'usage: DLP_RELAY_UCWI_ACCESS_KEY=… DLP_RELAY_UCWI_SECRET_KEY=… node --import tsx bench/ucwi-stub.ts --port P [--latency MS] [--action-code N]\n',
+  );
   process.exit(2);
 }
 

@@ -18,7 +18,16 @@ import { NextHopGroup, type NextHopEndpoint } from './egress/next-hops.js';
 import type { UcwiEndpoint } from './dlp/client.js';
 import type { Envelope } from './smtp/envelope.js';
 import { LocalOutbox } from './egress/outbox.js';
-import { createQuarantineStore, startRetention, createNotifier, type QuarantineStore, type OperationsContext, type DeliverFn, type RescanFn, type Notifier } from './quarantine/index.js';
+import {
+  createQuarantineStore,
+  startRetention,
+  createNotifier,
+  type QuarantineStore,
+  type OperationsContext,
+  type DeliverFn,
+  type RescanFn,
+  type Notifier,
+} from './quarantine/index.js';
 import { decide, type PolicySettings } from './policy/policy.js';
 import { loopGuardFromConfig } from './policy/loop-token.js';
 import type { PipelineDeps, VerdictHook } from './pipeline/process.js';
@@ -190,7 +199,11 @@ export function createDeliverer(c: FrozenConfig, logger: Logger): AppDeliverer {
 }
 
 /** Starts the embedded engine when no UCWI URL is configured, and returns the client either way. */
-export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer?: ConstructorParameters<typeof UcwiClient>[2]): Promise<{ client: UcwiClient; sim: UcwiSim | null; baseUrl: string }> {
+export async function createUcwiClient(
+  c: FrozenConfig,
+  logger: Logger,
+  observer?: ConstructorParameters<typeof UcwiClient>[2],
+): Promise<{ client: UcwiClient; sim: UcwiSim | null; baseUrl: string }> {
   let sim: UcwiSim | null = null;
   const servers = ucwiEndpoints(c);
   let baseUrl = servers?.map((e) => e.url).join(', ') ?? null;
@@ -200,11 +213,29 @@ export async function createUcwiClient(c: FrozenConfig, logger: Logger, observer
     // A key pair made up for this process: the trial path goes through the real client and real auth.
     accessKey = `embedded-${randomBytes(6).toString('hex')}`;
     secretKey = randomBytes(24).toString('hex');
-    sim = await startUcwiSim({ host: c.embeddedDlp.host, port: c.embeddedDlp.port, accessKey, secretKey, policiesFile: c.embeddedDlp.policiesFile, logger: logger.child({ embeddedDlp: true }) });
+    sim = await startUcwiSim({
+      host: c.embeddedDlp.host,
+      port: c.embeddedDlp.port,
+      accessKey,
+      secretKey,
+      policiesFile: c.embeddedDlp.policiesFile,
+      logger: logger.child({ embeddedDlp: true }),
+    });
     baseUrl = sim.url;
   }
   const client = new UcwiClient(
-    { baseUrl: servers ?? baseUrl, backoff: { ...c.ucwi.backoff }, protocol: c.ucwi.protocol, accessKey, secretKey, tls: { ...c.ucwi.tls }, timeouts: { ...c.ucwi.timeouts }, maxConcurrent: c.ucwi.maxConcurrent, queueTimeoutMs: c.ucwi.queueTimeoutMs, keepAliveMs: c.ucwi.keepAliveMs },
+    {
+      baseUrl: servers ?? baseUrl,
+      backoff: { ...c.ucwi.backoff },
+      protocol: c.ucwi.protocol,
+      accessKey,
+      secretKey,
+      tls: { ...c.ucwi.tls },
+      timeouts: { ...c.ucwi.timeouts },
+      maxConcurrent: c.ucwi.maxConcurrent,
+      queueTimeoutMs: c.ucwi.queueTimeoutMs,
+      keepAliveMs: c.ucwi.keepAliveMs,
+    },
     logger.child({ component: 'ucwi' }),
     observer,
   );
@@ -217,9 +248,22 @@ export function quarantineOps(c: FrozenConfig, store: QuarantineStore, deliverer
   // A release re-scan judges as if enforcing: monitor mode must not wave a held message through.
   const rescan: RescanFn = async (record, open, signal) => {
     const queryId = randomUUID();
-    const r = await ucwi.inspect({ queryId, sender: record.envelope.from, recipients: record.envelope.to.map((t) => t.address), md5: record.md5, size: record.size, openMessage: open }, signal);
-    const d = decide(r.ok ? { kind: 'verdict', actionCode: r.actionCode } : { kind: 'error', errorClass: r.errorClass, ...(r.actionCode !== undefined ? { actionCode: r.actionCode } : {}) }, queryId, { ...policySettings(c), mode: 'enforce' });
-    return { actionCode: r.ok ? r.actionCode : null, allow: d.action === 'relay', detail: r.ok ? `re-scan ${queryId}: actionCode ${r.actionCode} → ${d.label}` : `re-scan ${queryId} failed: ${r.errorClass}` };
+    const r = await ucwi.inspect(
+      { queryId, sender: record.envelope.from, recipients: record.envelope.to.map((t) => t.address), md5: record.md5, size: record.size, openMessage: open },
+      signal,
+    );
+    const d = decide(
+      r.ok
+        ? { kind: 'verdict', actionCode: r.actionCode }
+        : { kind: 'error', errorClass: r.errorClass, ...(r.actionCode !== undefined ? { actionCode: r.actionCode } : {}) },
+      queryId,
+      { ...policySettings(c), mode: 'enforce' },
+    );
+    return {
+      actionCode: r.ok ? r.actionCode : null,
+      allow: d.action === 'relay',
+      detail: r.ok ? `re-scan ${queryId}: actionCode ${r.actionCode} → ${d.label}` : `re-scan ${queryId} failed: ${r.errorClass}`,
+    };
   };
   return { store, logger: logger.child({ component: 'quarantine-ops' }), deliver, rescan };
 }
@@ -279,7 +323,11 @@ async function openClients(
 }
 
 function retentionFor(c: FrozenConfig, quarantine: QuarantineStore, logger: Logger): () => Promise<void> {
-  return startRetention(quarantine, { days: c.quarantine.retentionDays, intervalMs: c.quarantine.retentionIntervalMs }, logger.child({ component: 'retention' }));
+  return startRetention(
+    quarantine,
+    { days: c.quarantine.retentionDays, intervalMs: c.quarantine.retentionIntervalMs },
+    logger.child({ component: 'retention' }),
+  );
 }
 
 /** The admin listener: health, readiness, metrics and the quarantine API. */
@@ -287,12 +335,27 @@ async function startAdmin(
   c: FrozenConfig,
   logger: Logger,
   stops: Array<() => Promise<unknown>>,
-  parts: { metrics: MetricsRenderer; ucwi: UcwiClient; deliverer: AppDeliverer; quarantine: QuarantineStore; ops: OperationsContext; draining: () => boolean; spoolDir: string; daemon: (readiness: () => Promise<ReadyReport>) => DaemonRouteDeps; confirm?: ConfirmLinks | null },
+  parts: {
+    metrics: MetricsRenderer;
+    ucwi: UcwiClient;
+    deliverer: AppDeliverer;
+    quarantine: QuarantineStore;
+    ops: OperationsContext;
+    draining: () => boolean;
+    spoolDir: string;
+    daemon: (readiness: () => Promise<ReadyReport>) => DaemonRouteDeps;
+    confirm?: ConfirmLinks | null;
+  },
 ): Promise<RunningRelay['admin']> {
   if (!c.admin.enabled) return null;
   const token = c.secrets.adminToken;
   // Without a configured token the API answers 401 to everyone (nobody knows this random one); health still works.
-  const admin = createAdminServer({ host: c.admin.host, port: c.admin.port, token: token ?? randomBytes(32).toString('hex'), logger: logger.child({ component: 'admin' }) });
+  const admin = createAdminServer({
+    host: c.admin.host,
+    port: c.admin.port,
+    token: token ?? randomBytes(32).toString('hex'),
+    logger: logger.child({ component: 'admin' }),
+  });
   const { ucwi, deliverer, quarantine } = parts;
   const readiness = createReadiness({
     ucwi: (signal) => ucwi.probe(signal),
@@ -314,22 +377,32 @@ async function startAdmin(
 
 /** The fixed ports this process will bind, named as in the bind errors. */
 function plannedListeners(c: FrozenConfig): PlannedListener[] {
-  return [
-    { name: 'SMTP', host: c.listen.host, port: c.listen.port },
-    ...(c.admin.enabled ? [{ name: 'admin', host: c.admin.host, port: c.admin.port }] : []),
-  ];
+  return [{ name: 'SMTP', host: c.listen.host, port: c.listen.port }, ...(c.admin.enabled ? [{ name: 'admin', host: c.admin.host, port: c.admin.port }] : [])];
 }
 
 /** The status report's parts common to a relay and a cluster supervisor. */
 async function statusOf(
   startedAt: Date,
-  parts: { configFile: string | undefined; draining: boolean; sessions: number | null; ucwi: UcwiClient; ucwiUrl: string; readiness: () => Promise<ReadyReport>; sources: GaugeSources; lastReload: ReloadReport | null },
+  parts: {
+    configFile: string | undefined;
+    draining: boolean;
+    sessions: number | null;
+    ucwi: UcwiClient;
+    ucwiUrl: string;
+    readiness: () => Promise<ReadyReport>;
+    sources: GaugeSources;
+    lastReload: ReloadReport | null;
+  },
 ): Promise<StatusReport> {
   const { quarantineSize, casOutbox: casStats } = parts.sources;
   const [readiness, held, casOutbox] = await Promise.all([
     parts.readiness(),
     quarantineSize ? Promise.resolve(quarantineSize()).catch(() => null) : null,
-    casStats ? Promise.resolve(casStats()).then((s) => ({ done: 0, ...s })).catch(() => null) : null,
+    casStats
+      ? Promise.resolve(casStats())
+          .then((s) => ({ done: 0, ...s }))
+          .catch(() => null)
+      : null,
   ]);
   return {
     version: VERSION,
@@ -393,7 +466,9 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     if (!worker) stops.push(retentionFor(c, quarantine, logger));
 
     // Through casRef: a reload may replace the CAS parts. Without CAS at start no hook is installed (switching it on needs a restart).
-    const hooks: VerdictHook[] = [cas ? ((v: Parameters<VerdictHook>[0]) => casRef.current?.hook(v) ?? Promise.resolve()) : undefined, opts.onVerdict].filter((h): h is VerdictHook => h !== undefined);
+    const hooks: VerdictHook[] = [cas ? (v: Parameters<VerdictHook>[0]) => casRef.current?.hook(v) ?? Promise.resolve() : undefined, opts.onVerdict].filter(
+      (h): h is VerdictHook => h !== undefined,
+    );
     const deps: PipelineDeps = {
       logger,
       hostname: c.smtp.hostname,
@@ -404,27 +479,29 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       dlp: ucwi,
       quarantine,
       gateways: startGateways(c, logger, stops),
-      onVerdict: hooks.length ? async (v) => {
+      onVerdict: hooks.length
+        ? async (v) => {
             await Promise.all(hooks.map((h) => h(v)));
-          } : undefined,
+          }
+        : undefined,
       onOutcome: (o, msg) => {
-            if (!live.quarantine.notifications.enabled) return;
-            const kind = o.reply.code < 300 && o.action.startsWith('quarantine') ? 'quarantine' : o.reply.code >= 500 && o.action === 'reject' ? 'reject' : null;
-            if (!kind) return;
-            const h = (n: string) => msg.spool.headers.find((x) => x.name === n)?.value ?? null;
-            void notifier.notify({
-              kind,
-              queryId: msg.queryId,
-              sender: msg.envelope.from,
-              recipients: msg.envelope.to.map((t) => t.address),
-              subject: h('subject'),
-              reason: kind === 'quarantine' ? 'it is held for review under the data-loss-prevention policy' : 'it was blocked by the data-loss-prevention policy',
-              autoSubmitted: h('auto-submitted'),
-              precedence: h('precedence'),
-              listId: h('list-id'),
-              confirm: kind === 'quarantine' ? (confirm?.linkFor(o.actionCode, msg.queryId) ?? null) : null,
-            });
-          },
+        if (!live.quarantine.notifications.enabled) return;
+        const kind = o.reply.code < 300 && o.action.startsWith('quarantine') ? 'quarantine' : o.reply.code >= 500 && o.action === 'reject' ? 'reject' : null;
+        if (!kind) return;
+        const h = (n: string) => msg.spool.headers.find((x) => x.name === n)?.value ?? null;
+        void notifier.notify({
+          kind,
+          queryId: msg.queryId,
+          sender: msg.envelope.from,
+          recipients: msg.envelope.to.map((t) => t.address),
+          subject: h('subject'),
+          reason: kind === 'quarantine' ? 'it is held for review under the data-loss-prevention policy' : 'it was blocked by the data-loss-prevention policy',
+          autoSubmitted: h('auto-submitted'),
+          precedence: h('precedence'),
+          listId: h('list-id'),
+          confirm: kind === 'quarantine' ? (confirm?.linkFor(o.actionCode, msg.queryId) ?? null) : null,
+        });
+      },
     };
     const ingress = new Ingress(
       {
@@ -446,7 +523,9 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
         dsn: c.smtp.dsn,
         spoolDir,
         saturated: () => ucwi.saturated,
-        auth: c.smtp.auth.enabled ? { users: UserDb.fromFile(c.smtp.auth.usersFile!), required: c.smtp.auth.required, maxFailures: c.smtp.auth.maxFailures } : undefined,
+        auth: c.smtp.auth.enabled
+          ? { users: UserDb.fromFile(c.smtp.auth.usersFile!), required: c.smtp.auth.required, maxFailures: c.smtp.auth.maxFailures }
+          : undefined,
         delivery: deliverer.pool ? { pool: deliverer.pool } : { outbox: deliverer.outbox! },
       },
       deps,
@@ -462,7 +541,11 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
             async apply(next, _prev, changed) {
               // Everything that can fail first (templates, certificates, CAS), then the swaps.
               const newNotifier = changed.some((p) => p.startsWith('quarantine.notifications.')) ? await makeNotifier(next) : notifier;
-              const restart = ingress.reconfigure({ allowedClients: next.smtp.allowedClients, trustedNetworks: next.policy.loop.trustedNetworks, tls: { ...next.smtp.tls } });
+              const restart = ingress.reconfigure({
+                allowedClients: next.smtp.allowedClients,
+                trustedNetworks: next.policy.loop.trustedNetworks,
+                tls: { ...next.smtp.tls },
+              });
               if (changed.some((p) => p.startsWith('cas.'))) {
                 if (!cas || !next.cas.enabled) restart.push('cas.enabled (CAS switched on or off)');
                 else {
@@ -482,7 +565,16 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
         )
       : null;
     const reload = (trigger: string): Promise<ReloadReport> =>
-      reloader ? reloader.reload(trigger) : Promise.resolve({ ok: false, at: new Date().toISOString(), trigger, applied: [], restartNeeded: [], problems: [{ path: '(reload)', message: 'this process was started without a configuration loader' }] });
+      reloader
+        ? reloader.reload(trigger)
+        : Promise.resolve({
+            ok: false,
+            at: new Date().toISOString(),
+            trigger,
+            applied: [],
+            restartNeeded: [],
+            problems: [{ path: '(reload)', message: 'this process was started without a configuration loader' }],
+          });
     let readinessRef: (() => Promise<ReadyReport>) | null = null;
     const status = (): Promise<StatusReport> =>
       statusOf(startedAt, {
@@ -503,9 +595,29 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     // Workers have no admin listener: the supervisor serves it for the whole cluster.
     // Set by stop() before the drain: /readyz fails while sessions are still served (limits.drainDelayMs).
     let unready = false;
-    const admin = worker ? null : await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => unready || ingress.draining, spoolDir, daemon, confirm });
+    const admin = worker
+      ? null
+      : await startAdmin(c, logger, stops, {
+          metrics,
+          ucwi,
+          deliverer,
+          quarantine,
+          ops,
+          draining: () => unready || ingress.draining,
+          spoolDir,
+          daemon,
+          confirm,
+        });
     // One sender per store, like retention: a cluster's supervisor sends, its workers never do.
-    const digest = worker ? null : startReviewerDigest(c, { store: quarantine, deliver: ops.deliver!, adminUrl: admin?.url ?? null, logger: logger.child({ component: 'digest' }), now: opts.clock });
+    const digest = worker
+      ? null
+      : startReviewerDigest(c, {
+          store: quarantine,
+          deliver: ops.deliver!,
+          adminUrl: admin?.url ?? null,
+          logger: logger.child({ component: 'digest' }),
+          now: opts.clock,
+        });
     if (digest) stops.push(digest.stop);
 
     const smtp = await listenNamed('SMTP', c.listen.host, c.listen.port, () => ingress.listen());
@@ -529,7 +641,10 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
         // refused with 421 during a rolling restart. A cluster's supervisor waits for its workers instead.
         unready = true;
         if (!worker && c.limits.drainDelayMs > 0) {
-          logger.info({ event: 'unready', drainDelayMs: c.limits.drainDelayMs }, `readiness off, still serving for ${c.limits.drainDelayMs} ms before the drain`);
+          logger.info(
+            { event: 'unready', drainDelayMs: c.limits.drainDelayMs },
+            `readiness off, still serving for ${c.limits.drainDelayMs} ms before the drain`,
+          );
           await new Promise((r) => setTimeout(r, c.limits.drainDelayMs));
         }
         // Ingress first (finish messages in flight), then everything it used, in reverse order of start.
@@ -584,12 +699,26 @@ export async function startSupervisor(c: FrozenConfig, logger: Logger, cluster: 
     // cluster sends them once the supervisor has validated the file (cluster.ts); the supervisor reports.
     const daemon = (readiness: () => Promise<ReadyReport>): DaemonRouteDeps => ({
       status: async () =>
-        statusOf(startedAt, { configFile: cluster?.configFile, draining, sessions: await metrics.sessions(), ucwi, ucwiUrl: baseUrl, readiness, sources, lastReload: cluster?.lastReport() ?? null }),
+        statusOf(startedAt, {
+          configFile: cluster?.configFile,
+          draining,
+          sessions: await metrics.sessions(),
+          ucwi,
+          ucwiUrl: baseUrl,
+          readiness,
+          sources,
+          lastReload: cluster?.lastReport() ?? null,
+        }),
       reload: cluster ? (trigger) => cluster.reload(trigger) : null,
       casOutbox: () => casRef.current?.outbox ?? null,
     });
     const admin = await startAdmin(c, logger, stops, { metrics, ucwi, deliverer, quarantine, ops, draining: () => draining, spoolDir: c.spool.dir, daemon });
-    const digest = startReviewerDigest(c, { store: quarantine, deliver: ops.deliver!, adminUrl: admin?.url ?? null, logger: logger.child({ component: 'digest' }) });
+    const digest = startReviewerDigest(c, {
+      store: quarantine,
+      deliver: ops.deliver!,
+      adminUrl: admin?.url ?? null,
+      logger: logger.child({ component: 'digest' }),
+    });
     if (digest) stops.push(digest.stop);
     return {
       admin,

@@ -32,7 +32,12 @@ export function workerIndex(): number | null {
 }
 
 /** Worker side: the SMTP relay in its own spool subdirectory; tells the supervisor once it listens. */
-export async function startWorker(c: FrozenConfig, logger: Logger, index: number, reload: Pick<StartOptions, 'reloadConfig' | 'configFile'> = {}): Promise<RunningRelay> {
+export async function startWorker(
+  c: FrozenConfig,
+  logger: Logger,
+  index: number,
+  reload: Pick<StartOptions, 'reloadConfig' | 'configFile'> = {},
+): Promise<RunningRelay> {
   const relay = await startRelay(c, logger.child({ worker: index }), { ...reload, worker: { index } });
   // No handler for a dead supervisor: Node's cluster code exits a worker whose IPC channel drops. Its
   // clients lose the connection without a reply and retry; nothing unanswered was acknowledged.
@@ -79,7 +84,14 @@ export async function startCluster(c: FrozenConfig, logger: Logger, opts: Pick<S
   const reload = (trigger: string): Promise<ReloadReport> =>
     reloader
       ? reloader.reload(trigger)
-      : Promise.resolve({ ok: false, at: new Date().toISOString(), trigger, applied: [], restartNeeded: [], problems: [{ path: '(reload)', message: 'this process was started without a configuration loader' }] });
+      : Promise.resolve({
+          ok: false,
+          at: new Date().toISOString(),
+          trigger,
+          applied: [],
+          restartNeeded: [],
+          problems: [{ path: '(reload)', message: 'this process was started without a configuration loader' }],
+        });
   const supervisor = await startSupervisor(c, logger, { reload, lastReport: () => reloader?.lastReport ?? null, configFile: opts.configFile });
 
   // The workers must share one loop header key, or a copy relayed by one worker and reflected to another
@@ -87,7 +99,10 @@ export async function startCluster(c: FrozenConfig, logger: Logger, opts: Pick<S
   const loopKeyEnv: Record<string, string> = {};
   if (!c.secrets.loopKey) {
     loopKeyEnv['DLP_RELAY_LOOP_KEY'] = randomBytes(32).toString('base64');
-    logger.warn({ setting: 'policy.loop.keyFile' }, 'no loop header key configured (policy.loop.keyFile or DLP_RELAY_LOOP_KEY): using a random key shared by this cluster\'s workers; other relays, and this one after a restart, will scan reflected mail again');
+    logger.warn(
+      { setting: 'policy.loop.keyFile' },
+      "no loop header key configured (policy.loop.keyFile or DLP_RELAY_LOOP_KEY): using a random key shared by this cluster's workers; other relays, and this one after a restart, will scan reflected mail again",
+    );
   }
 
   /** Starts worker `index`; settles when it listens (or fails to start). A worker that dies later is started again. */

@@ -121,7 +121,12 @@ export const ERROR_CODES = {
   DLP_ERR_INTERNAL: { reply: 'INTERNAL', http: 500, exit: 1, what: 'unexpected error (bug or unknown failure)' },
   DLP_ERR_CONFIG: { reply: 'INTERNAL', http: 500, exit: 1, what: 'configuration invalid (config/load.ts ConfigError)' },
   DLP_ERR_CLI: { reply: 'INTERNAL', http: 500, exit: 1, what: 'admin CLI call failed; the instance may carry its own exit code (CliError)' },
-  DLP_ERR_USAGE: { reply: 'INTERNAL', http: 400, exit: 2, what: 'bad command line or option value (quarantine/cli.ts BadInput; cli/send.ts UsageError after the merge)' },
+  DLP_ERR_USAGE: {
+    reply: 'INTERNAL',
+    http: 400,
+    exit: 2,
+    what: 'bad command line or option value (quarantine/cli.ts BadInput; cli/send.ts UsageError after the merge)',
+  },
   DLP_ERR_HTTP: { reply: 'INTERNAL', http: 500, exit: 1, what: 'admin API answer other than 200; the instance carries its status (HttpError)' },
   DLP_ERR_DEADLINE: { reply: 'DEADLINE_EXCEEDED', http: 504, exit: 1, what: 'end-of-DATA budget ran out (RelayError)' },
   DLP_ERR_NEXT_HOP: { reply: 'NEXT_HOP_UNAVAILABLE', http: 502, exit: 1, what: 'next-hop delivery failed; its own 5xx passes through (DeliveryError)' },
@@ -205,7 +210,11 @@ export interface NextHopFailure {
  */
 export function nextHopFailureReply(f: NextHopFailure, ref: string): SmtpReply {
   if (f.kind === 'permanent' && f.code !== undefined && f.code >= 500 && f.code < 600) {
-    const text = (f.response ?? '').replace(/^\d{3}[ -]?/, '').replace(/^[245]\.\d{1,3}\.\d{1,3}\s*/, '').trim() || 'Rejected by next hop';
+    const text =
+      (f.response ?? '')
+        .replace(/^\d{3}[ -]?/, '')
+        .replace(/^[245]\.\d{1,3}\.\d{1,3}\s*/, '')
+        .trim() || 'Rejected by next hop';
     return { code: f.code, enhanced: f.enhanced ?? '5.0.0', text: text.slice(0, 400) };
   }
   if (f.phase === 'pool') return catalogueReply('NEXT_HOP_BUSY', ref);

@@ -81,7 +81,11 @@ export class Reloader {
       next = this.load();
     } catch (err) {
       const problems: ConfigProblem[] = err instanceof ConfigError ? err.problems : [{ path: '(reload)', message: (err as Error).message }];
-      for (const p of problems) this.logger.error({ event: 'reload-refused', trigger, path: p.path, problem: p.message, ...(p.origin ? { origin: p.origin } : {}) }, `reload refused: ${p.path}: ${p.message}`);
+      for (const p of problems)
+        this.logger.error(
+          { event: 'reload-refused', trigger, path: p.path, problem: p.message, ...(p.origin ? { origin: p.origin } : {}) },
+          `reload refused: ${p.path}: ${p.message}`,
+        );
       this.logger.warn({ event: 'reload-refused', trigger, problems: problems.length }, 'reload refused: the running configuration stays in force');
       return report({ ok: false, applied: [], restartNeeded: [], problems });
     }
@@ -91,7 +95,10 @@ export class Reloader {
       extra = await this.target.apply(next, this.current, changed);
     } catch (err) {
       const problems = [{ path: '(apply)', message: (err as Error).message }];
-      this.logger.error({ event: 'reload-refused', trigger, err: (err as Error).message }, `reload refused while applying: ${(err as Error).message}; the running configuration stays in force`);
+      this.logger.error(
+        { event: 'reload-refused', trigger, err: (err as Error).message },
+        `reload refused while applying: ${(err as Error).message}; the running configuration stays in force`,
+      );
       return report({ ok: false, applied: [], restartNeeded: [], problems });
     }
     this.current = next;
@@ -102,7 +109,8 @@ export class Reloader {
     // Restart-only settings still run with their start values, so they are compared with those, not the last reload.
     const needs = [...new Set([...pendingSinceStart, ...this.pendingExtra])].sort();
     this.logger.info({ event: 'reloaded', trigger, applied, restartNeeded: needs }, `configuration reloaded: ${applied.length} setting(s) applied`);
-    if (needs.length) this.logger.warn({ event: 'reload-restart-needed', settings: needs }, `changed settings that need a restart to take effect: ${needs.join(', ')}`);
+    if (needs.length)
+      this.logger.warn({ event: 'reload-restart-needed', settings: needs }, `changed settings that need a restart to take effect: ${needs.join(', ')}`);
     return report({ ok: true, applied, restartNeeded: needs, problems: [] });
   }
 }

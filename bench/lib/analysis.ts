@@ -46,8 +46,20 @@ export function computeTargets(r: Results): Target[] {
     }
   }
   if (r.latency) {
-    out.push({ issue: 5, name: 'added latency p50 (excl. UCWI)', goal: '≤ 3 ms', measured: `${r.latency.addedP50.toFixed(2)} ms`, pass: r.latency.addedP50 <= 3 });
-    out.push({ issue: 5, name: 'added latency p99 (excl. UCWI)', goal: '≤ 15 ms', measured: `${r.latency.addedP99.toFixed(2)} ms`, pass: r.latency.addedP99 <= 15 });
+    out.push({
+      issue: 5,
+      name: 'added latency p50 (excl. UCWI)',
+      goal: '≤ 3 ms',
+      measured: `${r.latency.addedP50.toFixed(2)} ms`,
+      pass: r.latency.addedP50 <= 3,
+    });
+    out.push({
+      issue: 5,
+      name: 'added latency p99 (excl. UCWI)',
+      goal: '≤ 15 ms',
+      measured: `${r.latency.addedP99.toFixed(2)} ms`,
+      pass: r.latency.addedP99 <= 15,
+    });
   }
   if (r.rss) {
     const okReply = r.rss.bigMessageReply.startsWith('250');
@@ -62,7 +74,13 @@ export function computeTargets(r: Results): Target[] {
   for (const c of r.latency200) {
     const ideal = c.sessions / ((c.ucwiLatencyMs ?? 200) / 1000);
     const eff = c.msgPerSec / ideal;
-    out.push({ issue: 5, name: `throughput at UCWI 200 ms, ${c.sessions} sessions`, goal: `≥ 90 % of ${Math.round(ideal)} msg/s`, measured: `${(eff * 100).toFixed(1)} % (${Math.round(c.msgPerSec)} msg/s)`, pass: eff >= 0.9 });
+    out.push({
+      issue: 5,
+      name: `throughput at UCWI 200 ms, ${c.sessions} sessions`,
+      goal: `≥ 90 % of ${Math.round(ideal)} msg/s`,
+      measured: `${(eff * 100).toFixed(1)} % (${Math.round(c.msgPerSec)} msg/s)`,
+      pass: eff >= 0.9,
+    });
   }
   return out;
 }
@@ -114,7 +132,9 @@ export function analyse(r: Results): string[] {
       const nc = cellOf(r, sys, 'new-connection', n);
       const re = cellOf(r, sys, 'reused', n);
       if (!nc || !re) continue;
-      parts.push(`${name} ${f2(cpuOf(nc, group) - cpuOf(re, group))} ms of CPU per connection and ran at ${f0((nc.msgPerSec / re.msgPerSec) * 100)} % of its reused-connection rate`);
+      parts.push(
+        `${name} ${f2(cpuOf(nc, group) - cpuOf(re, group))} ms of CPU per connection and ran at ${f0((nc.msgPerSec / re.msgPerSec) * 100)} % of its reused-connection rate`,
+      );
     }
     if (parts.length) out.push(`At ${n} sessions a new connection per message cost ${parts.join('; ')}.`);
   }
@@ -122,7 +142,10 @@ export function analyse(r: Results): string[] {
     for (const n of r.settings.sessions) {
       const stub = cellOf(r, 'dlp-relay-stub-2w', mode, n);
       const h = cellOf(r, HARAKA, mode, n);
-      if (stub && h) out.push(`Diagnostic, ${modeTitle(mode)}, ${n} sessions: with a no-scan UCWI stub instead of the simulator (the DLP engine's CPU off this machine) the relay did ${f0(stub.msgPerSec)} msg/s, ${f2(stub.msgPerSec / h.msgPerSec)}× Haraka, at ${f2(cpuOf(stub, 'relay'))} ms CPU per message.`);
+      if (stub && h)
+        out.push(
+          `Diagnostic, ${modeTitle(mode)}, ${n} sessions: with a no-scan UCWI stub instead of the simulator (the DLP engine's CPU off this machine) the relay did ${f0(stub.msgPerSec)} msg/s, ${f2(stub.msgPerSec / h.msgPerSec)}× Haraka, at ${f2(cpuOf(stub, 'relay'))} ms CPU per message.`,
+        );
     }
   }
   const p = r.profile;
@@ -147,6 +170,9 @@ export function analyse(r: Results): string[] {
     );
   }
   const failed = [...r.throughput, ...r.latency200].filter((c) => !delivered(c));
-  if (failed.length) out.push(`Runs that did not deliver every message: ${failed.map((c) => `${c.system} ${c.mode} ${c.sessions} sessions`).join(', ')} (see the errors in latest.json); their rates are not comparable.`);
+  if (failed.length)
+    out.push(
+      `Runs that did not deliver every message: ${failed.map((c) => `${c.system} ${c.mode} ${c.sessions} sessions`).join(', ')} (see the errors in latest.json); their rates are not comparable.`,
+    );
   return out;
 }

@@ -176,7 +176,8 @@ const systemLabel = (c: { system: string; ucwiLatencyMs: number | null }): strin
   }
 };
 
-export const modeTitle = (m: ConnMode): string => (m === 'new-connection' ? 'a new connection per message (smtp-source without -d)' : 'reused connections (smtp-source -d)');
+export const modeTitle = (m: ConnMode): string =>
+  m === 'new-connection' ? 'a new connection per message (smtp-source without -d)' : 'reused connections (smtp-source -d)';
 
 /** Median CPU ms per message of one process group over a cell's runs (NaN when not measured). */
 export function cpuOf(c: ThroughputCell, group: string): number {
@@ -189,7 +190,19 @@ function cpuCell(c: ThroughputCell): string {
 }
 
 function throughputRows(cells: ThroughputCell[], withExpected: boolean): { head: string[]; rows: string[][] } {
-  const head = ['system', 'sessions', 'msg/s (median)', 'min–max', 'runs', 'msgs/run (median)', 'CPU ms/msg', ...(withExpected ? ['sessions ÷ latency', 'efficiency'] : []), 'machine idle', 'load avg', 'all delivered'];
+  const head = [
+    'system',
+    'sessions',
+    'msg/s (median)',
+    'min–max',
+    'runs',
+    'msgs/run (median)',
+    'CPU ms/msg',
+    ...(withExpected ? ['sessions ÷ latency', 'efficiency'] : []),
+    'machine idle',
+    'load avg',
+    'all delivered',
+  ];
   const rows = cells.map((c) => {
     const expected = c.ucwiLatencyMs ? c.sessions / (c.ucwiLatencyMs / 1000) : NaN;
     return [
@@ -256,19 +269,29 @@ export function printTables(r: Results): string {
   if (r.latency) {
     const t = latencyRows(r.latency);
     out.push(`Latency, ${r.latency.messages} sequential messages, one session`, plainTable(t.head, t.rows));
-    out.push(`added (excl. UCWI): p50 ${f2(r.latency.addedP50)} ms, p99 ${f2(r.latency.addedP99)} ms; incl. the UCWI round trip at 0 ms: p50 ${f2(r.latency.addedInclUcwiP50)} ms, p99 ${f2(r.latency.addedInclUcwiP99)} ms`);
-    out.push(`log lines matched: ${r.latency.matchedLogLines} of ${r.latency.messages} (by messageId ${r.latency.matchedBy.messageId}, by reply ref ${r.latency.matchedBy.ref})`, '');
+    out.push(
+      `added (excl. UCWI): p50 ${f2(r.latency.addedP50)} ms, p99 ${f2(r.latency.addedP99)} ms; incl. the UCWI round trip at 0 ms: p50 ${f2(r.latency.addedInclUcwiP50)} ms, p99 ${f2(r.latency.addedInclUcwiP99)} ms`,
+    );
+    out.push(
+      `log lines matched: ${r.latency.matchedLogLines} of ${r.latency.messages} (by messageId ${r.latency.matchedBy.messageId}, by reply ref ${r.latency.matchedBy.ref})`,
+      '',
+    );
   }
   if (r.rss) {
     out.push(
       `Peak RSS: ${f1(r.rss.peakBigMiB)} MiB relaying one ${(r.rss.bigMessageBytes / 1e6).toFixed(0)} MB message (reply ${r.rss.bigMessageReply}, ${f1(r.rss.bigMessageSeconds)} s; idle ${f1(r.rss.rssBeforeMiB)} MiB)`,
-      ...r.rss.sessions200.map((s) => `Peak RSS: ${f1(s.peakMiB)} MiB with 200 sessions, UCWI ${s.ucwiLatencyMs} ms (${s.sent}/${s.messages} messages in ${f1(s.seconds)} s)`),
+      ...r.rss.sessions200.map(
+        (s) => `Peak RSS: ${f1(s.peakMiB)} MiB with 200 sessions, UCWI ${s.ucwiLatencyMs} ms (${s.sent}/${s.messages} messages in ${f1(s.seconds)} s)`,
+      ),
       '',
     );
   }
   if (r.strip) {
     const x = r.strip;
-    out.push(`Attachment removal (actionCode 4): ${x.relayed}/${x.messages} messages of ${(x.messageBytes / 1e6).toFixed(1)} MB in ${f1(x.seconds)} s = ${x.msgPerSec} msg/s, ${x.mbPerSec} MB/s; peak RSS ${f1(x.peakMiB)} MiB (first reply ${x.firstReply})`, '');
+    out.push(
+      `Attachment removal (actionCode 4): ${x.relayed}/${x.messages} messages of ${(x.messageBytes / 1e6).toFixed(1)} MB in ${f1(x.seconds)} s = ${x.msgPerSec} msg/s, ${x.mbPerSec} MB/s; peak RSS ${f1(x.peakMiB)} MiB (first reply ${x.firstReply})`,
+      '',
+    );
   }
   if (r.profile) {
     out.push('Where the time goes (relay CPU profile)', profileIntro(r.profile));
@@ -305,10 +328,13 @@ export function writeBenchmarksMd(file: string, r: Results): void {
     '',
     '## Targets (issue 9: both systems with 2 worker processes, same run)',
     '',
-    i9.length ? mdTable(['target', 'goal', 'measured', 'result'], targetRows(i9, true)) : '_Not measured in this run (the throughput scenario did not run or Haraka was unavailable)._',
+    i9.length
+      ? mdTable(['target', 'goal', 'measured', 'result'], targetRows(i9, true))
+      : '_Not measured in this run (the throughput scenario did not run or Haraka was unavailable)._',
     '',
   );
-  if (i5.length) parts.push('### Earlier targets (issue 5), kept to catch regressions', '', mdTable(['target', 'goal', 'measured', 'result'], targetRows(i5, true)), '');
+  if (i5.length)
+    parts.push('### Earlier targets (issue 5), kept to catch regressions', '', mdTable(['target', 'goal', 'measured', 'result'], targetRows(i5, true)), '');
   if (r.analysis.length) parts.push('## Analysis (generated from the numbers above)', '', ...r.analysis.map((s) => `- ${s}`), '');
   parts.push(
     '## Machine',
@@ -344,12 +370,26 @@ export function writeBenchmarksMd(file: string, r: Results): void {
   }
   if (r.profile) {
     parts.push('## Where the time goes (CPU profile of the relay, `--profile`)', '', profileIntro(r.profile), '');
-    for (const t of profileTables(r.profile)) parts.push(mdTable(t.head, t.rows.map((row) => row.map((c, i) => (i === 0 && /:\d+$/.test(c) ? '`' + c + '`' : c)))), '');
+    for (const t of profileTables(r.profile))
+      parts.push(
+        mdTable(
+          t.head,
+          t.rows.map((row) => row.map((c, i) => (i === 0 && /:\d+$/.test(c) ? '`' + c + '`' : c))),
+        ),
+        '',
+      );
     parts.push(`Profiles: ${r.profile.files.map((f) => `\`${f}\``).join(', ')} (not committed; open in Chrome DevTools or speedscope).`, '');
   }
   if (r.latency200.length) {
     const t = throughputRows(r.latency200, true);
-    parts.push('## Throughput with the UCWI simulator at 200 ms (reused connections)', '', "By Little's law a session can complete at most one message per 200 ms, so the ideal is sessions ÷ 0.2 s.", '', mdTable(t.head, t.rows), '');
+    parts.push(
+      '## Throughput with the UCWI simulator at 200 ms (reused connections)',
+      '',
+      "By Little's law a session can complete at most one message per 200 ms, so the ideal is sessions ÷ 0.2 s.",
+      '',
+      mdTable(t.head, t.rows),
+      '',
+    );
   }
   if (r.latency) {
     const t = latencyRows(r.latency);
@@ -373,8 +413,16 @@ export function writeBenchmarksMd(file: string, r: Results): void {
       mdTable(
         ['case', 'peak RSS (VmHWM)', 'notes'],
         [
-          [`one ${(r.rss.bigMessageBytes / 1e6).toFixed(0)} MB message`, `${f1(r.rss.peakBigMiB)} MiB`, `fresh relay, idle ${f1(r.rss.rssBeforeMiB)} MiB; polled max ${f1(r.rss.polledBigMiB)} MiB; reply ${r.rss.bigMessageReply}; ${f1(r.rss.bigMessageSeconds)} s`],
-          ...r.rss.sessions200.map((s) => [`200 sessions, UCWI ${s.ucwiLatencyMs} ms`, `${f1(s.peakMiB)} MiB`, `fresh relay; ${s.sent}/${s.messages} messages of ${r.settings.bodyBytes} bytes in ${f1(s.seconds)} s`]),
+          [
+            `one ${(r.rss.bigMessageBytes / 1e6).toFixed(0)} MB message`,
+            `${f1(r.rss.peakBigMiB)} MiB`,
+            `fresh relay, idle ${f1(r.rss.rssBeforeMiB)} MiB; polled max ${f1(r.rss.polledBigMiB)} MiB; reply ${r.rss.bigMessageReply}; ${f1(r.rss.bigMessageSeconds)} s`,
+          ],
+          ...r.rss.sessions200.map((s) => [
+            `200 sessions, UCWI ${s.ucwiLatencyMs} ms`,
+            `${f1(s.peakMiB)} MiB`,
+            `fresh relay; ${s.sent}/${s.messages} messages of ${r.settings.bodyBytes} bytes in ${f1(s.seconds)} s`,
+          ]),
           ...Object.entries(r.peakRssDuringThroughputMiB).map(([k, v]) => [k, `${f1(v)} MiB`, 'peak over the throughput runs (information only)']),
         ],
       ),
@@ -388,7 +436,15 @@ export function writeBenchmarksMd(file: string, r: Results): void {
       '',
       mdTable(
         ['case', 'messages', 'throughput', 'peak RSS (VmHWM)', 'notes'],
-        [[`~${(x.messageBytes / 1e6).toFixed(1)} MB, text + PDF + ZIP, one session`, `${x.relayed}/${x.messages}`, `${x.msgPerSec} msg/s, ${x.mbPerSec} MB/s`, `${f1(x.peakMiB)} MiB`, `UCWI stub answering 4 (no scan); dry run, evidence copy in the quarantine, rewrite streamed to the sink; ${f1(x.seconds)} s; first reply ${x.firstReply}`]],
+        [
+          [
+            `~${(x.messageBytes / 1e6).toFixed(1)} MB, text + PDF + ZIP, one session`,
+            `${x.relayed}/${x.messages}`,
+            `${x.msgPerSec} msg/s, ${x.mbPerSec} MB/s`,
+            `${f1(x.peakMiB)} MiB`,
+            `UCWI stub answering 4 (no scan); dry run, evidence copy in the quarantine, rewrite streamed to the sink; ${f1(x.seconds)} s; first reply ${x.firstReply}`,
+          ],
+        ],
       ),
       '',
     );

@@ -91,7 +91,8 @@ async function startHaproxy(d: ScaleOutDeps, name: string, relays: BenchRelay[])
   await waitForPort(port, 10_000, proc);
   // Servers start UP; give the first /readyz checks (inter 500 ms) time to run before measuring.
   await sleep(1_500);
-  d.commands[`HAProxy in front of ${relays.length} relay(s) (${name}.cfg)`] = `haproxy -db -f ${name}.cfg   # ${JSON.stringify(cfg.replace(/127\.0\.0\.1:\d+/g, '127.0.0.1:PORT').replace(/port \d+/g, 'port ADMIN'))}`;
+  d.commands[`HAProxy in front of ${relays.length} relay(s) (${name}.cfg)`] =
+    `haproxy -db -f ${name}.cfg   # ${JSON.stringify(cfg.replace(/127\.0\.0\.1:\d+/g, '127.0.0.1:PORT').replace(/port \d+/g, 'port ADMIN'))}`;
   return { proc, port };
 }
 
@@ -126,7 +127,12 @@ export async function scaleOutScenario(d: ScaleOutDeps): Promise<ScaleOutResult>
     const hp = (m: Managed) => treeCpuSeconds(m.mainPid()!);
     const systems: BenchSystem[] = [
       { system: SCALE_SYSTEMS.single, ucwiLatencyMs: 0, port: single.port, cpu: () => ({ relay: treeCpuSeconds(single.pid), sim: treeCpuSeconds(d.simPid) }) },
-      { system: SCALE_SYSTEMS.lb1, ucwiLatencyMs: 0, port: lb1.port, cpu: () => ({ relay: treeCpuSeconds(behind1.pid), haproxy: hp(lb1.proc), sim: treeCpuSeconds(d.simPid) }) },
+      {
+        system: SCALE_SYSTEMS.lb1,
+        ucwiLatencyMs: 0,
+        port: lb1.port,
+        cpu: () => ({ relay: treeCpuSeconds(behind1.pid), haproxy: hp(lb1.proc), sim: treeCpuSeconds(d.simPid) }),
+      },
       {
         system: SCALE_SYSTEMS.lb3,
         ucwiLatencyMs: 0,
@@ -177,13 +183,20 @@ const caveat = (s: ScaleOutResult): string =>
 
 const capacityLines = (s: ScaleOutResult): string[] =>
   s.capacity.map(
-    (c) => `${modeTitle(c.mode)}: one relay spends ${f2(c.relayCpuMsPerMsg)} ms CPU per message, so one core carries about **${f0(c.msgPerSecPerCore)} msg/s** at 100 % (UCWI on other machines; plan at about half for larger messages, TLS and failover headroom).`,
+    (c) =>
+      `${modeTitle(c.mode)}: one relay spends ${f2(c.relayCpuMsPerMsg)} ms CPU per message, so one core carries about **${f0(c.msgPerSecPerCore)} msg/s** at 100 % (UCWI on other machines; plan at about half for larger messages, TLS and failover headroom).`,
   );
 
 /** Lines for the stdout summary. */
 export function scaleOutPlain(s: ScaleOutResult, table: (head: string[], rows: string[][]) => string): string[] {
   const t = rows(s);
-  return [`Scale-out: one relay vs three behind HAProxy ${s.haproxyVersion}, ${s.sessions} sessions`, table(t.head, t.rows), caveat(s), ...capacityLines(s).map((l) => l.replace(/\*\*/g, '')), ''];
+  return [
+    `Scale-out: one relay vs three behind HAProxy ${s.haproxyVersion}, ${s.sessions} sessions`,
+    table(t.head, t.rows),
+    caveat(s),
+    ...capacityLines(s).map((l) => l.replace(/\*\*/g, '')),
+    '',
+  ];
 }
 
 /** The BENCHMARKS.md section. */

@@ -19,7 +19,12 @@ export interface StripResult {
 /** A ~1 MB multipart/mixed message: a short text body, a PDF and a ZIP (random bytes, base64), the shape code 4 rewrites. */
 export function strippableMessage(from: string, to: string, id: string, totalBytes = 1_000_000): Buffer {
   const raw = Math.floor(((totalBytes - 2000) * 3) / 4 / 2);
-  const b64 = (n: number) => (randomBytes(n).toString('base64').match(/.{1,76}/g) ?? []).join('\r\n');
+  const b64 = (n: number) =>
+    (
+      randomBytes(n)
+        .toString('base64')
+        .match(/.{1,76}/g) ?? []
+    ).join('\r\n');
   return Buffer.from(
     [
       `From: <${from}>`,

@@ -95,6 +95,9 @@ export class ConnectionLimiter {
     if (now - this.lastReport < 10_000) return;
     this.lastReport = now;
     // Totals since start; refused ones had every connection busy with a request (the newcomer was closed).
-    this.logger.warn({ evicted: this.evicted, refused: this.refused, open: this.conns.size, limits: this.limits, ...(last ? { last } : {}) }, 'admin connection limit reached');
+    this.logger.warn(
+      { evicted: this.evicted, refused: this.refused, open: this.conns.size, limits: this.limits, ...(last ? { last } : {}) },
+      'admin connection limit reached',
+    );
   }
 }

@@ -3,7 +3,10 @@ import type { AdminServer } from './server.js';
 import type { ReadyReport } from '../observability/health.js';
 import type { MetricsRenderer } from '../observability/metrics.js';
 
-export function registerOpsRoutes(server: AdminServer, deps: { metrics: MetricsRenderer; readiness: () => Promise<ReadyReport>; draining: () => boolean }): void {
+export function registerOpsRoutes(
+  server: AdminServer,
+  deps: { metrics: MetricsRenderer; readiness: () => Promise<ReadyReport>; draining: () => boolean },
+): void {
   // Open on purpose: container health checks and load balancers carry no token, and these say only up/down.
   server.addRoute('GET', '/healthz', () => ({ status: 200, json: { status: 'ok' } }), { auth: false });
   server.addRoute(

@@ -116,7 +116,8 @@ function parseReleaseBody(body: unknown): ReleaseOptions {
   for (const k of ['recipients', 'drop'] as const) {
     const v = b[k];
     if (v === undefined) continue;
-    if (!Array.isArray(v) || v.length > 10_000 || !v.every((r) => typeof r === 'string' && r.length <= 320)) throw new HttpError(400, `${k} must be a list of addresses`);
+    if (!Array.isArray(v) || v.length > 10_000 || !v.every((r) => typeof r === 'string' && r.length <= 320))
+      throw new HttpError(400, `${k} must be a list of addresses`);
     out[k] = v as string[];
   }
   if (b.redirectTo !== undefined) {

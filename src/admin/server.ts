@@ -234,10 +234,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
     const isAuthed = authorized(req);
     const remoteAddress = req.socket.remoteAddress ?? 'unknown';
     res.on('finish', () => {
-      logger.info(
-        { method, route: best?.route.pattern ?? null, status: res.statusCode, remote: remoteAddress, ms: Date.now() - started },
-        'admin request',
-      );
+      logger.info({ method, route: best?.route.pattern ?? null, status: res.statusCode, remote: remoteAddress, ms: Date.now() - started }, 'admin request');
     });
     if (!best) {
       // Unauthenticated callers learn nothing about which paths exist, except public ones.
@@ -296,7 +293,7 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
         send(res, err.status, { error: err.message, ...err.body }, err.status === 413 ? { connection: 'close' } : {});
         return;
       }
-      logger.error({ route: best.route.pattern, err: err instanceof Error ? err.stack ?? err.message : String(err) }, 'admin handler failed');
+      logger.error({ route: best.route.pattern, err: err instanceof Error ? (err.stack ?? err.message) : String(err) }, 'admin handler failed');
       send(res, 500, { error: 'internal error' });
     }
   };
@@ -322,7 +319,10 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
   );
   // No server.maxConnections: at that cap Node drops every new connection, /healthz included, which is
   // how 64 idle connections starved the listener. The limiter makes room by closing the oldest idle one.
-  const limiter = new ConnectionLimiter({ max: opts.maxConnections ?? 128, perAddress: opts.maxConnectionsPerAddress ?? 32, firstRequestMs: headersTimeout }, logger);
+  const limiter = new ConnectionLimiter(
+    { max: opts.maxConnections ?? 128, perAddress: opts.maxConnectionsPerAddress ?? 32, firstRequestMs: headersTimeout },
+    logger,
+  );
   server.on('connection', (sock: Socket) => limiter.admit(sock));
   server.on('request', (req: IncomingMessage, res: ServerResponse) => limiter.busy(req.socket, res));
 

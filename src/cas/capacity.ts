@@ -42,7 +42,10 @@ export class ListCapacity {
   /** CAS refused a create because a list is full: no creates to it until the recheck time. */
   markFull(lists: readonly CasList[], now: number): void {
     for (const l of lists) this.fullUntil.set(l, now + LIST_FULL_RECHECK_MS);
-    this.logger?.warn({ lists, recheckInMs: LIST_FULL_RECHECK_MS }, 'CAS reports a blocked list full: pushes to it are held back, no retries until the recheck');
+    this.logger?.warn(
+      { lists, recheckInMs: LIST_FULL_RECHECK_MS },
+      'CAS reports a blocked list full: pushes to it are held back, no retries until the recheck',
+    );
   }
 
   /**
@@ -72,7 +75,11 @@ export class ListCapacity {
     for (const l of CAS_LISTS) {
       const after = (added.get(l) ?? 0) + (fit.get(l) ?? 0);
       if (after >= WARN_SHARE * this.cap) {
-        if (!this.warned.has(l)) this.logger?.warn({ list: l, items: after, cap: this.cap }, 'CAS blocked list at 90 % of what the relay may add: set cas.ttlDays or remove entries (dlp-relay cas unblock)');
+        if (!this.warned.has(l))
+          this.logger?.warn(
+            { list: l, items: after, cap: this.cap },
+            'CAS blocked list at 90 % of what the relay may add: set cas.ttlDays or remove entries (dlp-relay cas unblock)',
+          );
         this.warned.add(l);
       } else this.warned.delete(l);
       const held = over.get(l) ?? 0;

@@ -2,7 +2,18 @@
 import { readFile } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { CasError, CasPollTimeoutError, type CasApi, type MitigationAction } from './client.js';
-import { MAX_ITEMS_PER_LIST, isEmailAddress, isHttpUrl, normalizeItem, SHA1_RE, SHA256_RE, type CasList, type CasRuleAction, type CasRules, CAS_LISTS } from './items.js';
+import {
+  MAX_ITEMS_PER_LIST,
+  isEmailAddress,
+  isHttpUrl,
+  normalizeItem,
+  SHA1_RE,
+  SHA256_RE,
+  type CasList,
+  type CasRuleAction,
+  type CasRules,
+  CAS_LISTS,
+} from './items.js';
 import type { CasOutbox, CasOutboxEntry } from './outbox.js';
 import { formatProblem, loadMitigationBatch, PROVIDER_FOR_SERVICE, validateMitigationItems, type MitigationService } from './validate.js';
 
@@ -122,7 +133,11 @@ async function updateLists(action: CasRuleAction, opts: CasBlockOptions, out: Wr
     }
     const counts = CAS_LISTS.filter((l) => rules[l]?.length).map((l) => `${rules[l]!.length} ${l}`);
     if (opts.json) line(out, JSON.stringify({ action, rules, messages }));
-    else line(out, `${action === 'create' ? 'blocked' : 'unblocked'}: ${counts.join(', ')}${messages.length ? ` (CAS: ${[...new Set(messages)].join(' ')})` : ''}`);
+    else
+      line(
+        out,
+        `${action === 'create' ? 'blocked' : 'unblocked'}: ${counts.join(', ')}${messages.length ? ` (CAS: ${[...new Set(messages)].join(' ')})` : ''}`,
+      );
     return EXIT_OK;
   });
 }
@@ -188,7 +203,10 @@ export async function casMitigate(opts: CasMitigateOptions, out: Writable, deps:
       line(out, `cannot read ${opts.file}: ${(err as Error).message}`);
       return EXIT_BAD_INPUT;
     }
-    loaded = loadMitigationBatch(text, opts.format ?? (opts.file.toLowerCase().endsWith('.csv') ? 'csv' : opts.file.toLowerCase().endsWith('.json') ? 'json' : undefined));
+    loaded = loadMitigationBatch(
+      text,
+      opts.format ?? (opts.file.toLowerCase().endsWith('.csv') ? 'csv' : opts.file.toLowerCase().endsWith('.json') ? 'json' : undefined),
+    );
   } else {
     const service = opts.service ?? 'exchange';
     const provider = opts.provider ?? PROVIDER_FOR_SERVICE[service as MitigationService] ?? '';

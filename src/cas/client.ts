@@ -33,11 +33,7 @@ export class CasError extends DlpError {
   attempts = 1;
   /** Server's Retry-After, if it ever sends one (not documented); used to pause the limiter. */
   retryAfterMs: number | null = null;
-  constructor(
-    what: string,
-    f: { status: number; code: number | null; msg: string; traceId: string | null; retryable: boolean },
-    opts?: { cause?: unknown },
-  ) {
+  constructor(what: string, f: { status: number; code: number | null; msg: string; traceId: string | null; retryable: boolean }, opts?: { cause?: unknown }) {
     const parts = [`CAS ${what} failed:`, f.status ? `HTTP ${f.status}` : 'no response'];
     if (f.code !== null) parts.push(`code ${f.code}`);
     if (f.msg) parts.push(`- ${f.msg}`);
@@ -161,10 +157,13 @@ export class CasRateLimiter implements CasLimiter {
 
   private arm(ms: number): void {
     // Referenced on purpose: a CLI process waiting only on the limiter must not exit early.
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      this.pump();
-    }, Math.max(1, ms));
+    this.timer = setTimeout(
+      () => {
+        this.timer = null;
+        this.pump();
+      },
+      Math.max(1, ms),
+    );
   }
 }
 
@@ -324,7 +323,13 @@ export class CasClient implements CasApi {
     const res = await this.call('POST', '/v1/mitigation/mails', items, 'mitigation');
     const batchId = res.body?.['batch_id'];
     if (typeof batchId !== 'string' || !batchId) {
-      throw new CasError('mitigation', { status: res.status, code: null, msg: 'response carries no batch_id', traceId: strOrNull(res.body?.['traceId']), retryable: false });
+      throw new CasError('mitigation', {
+        status: res.status,
+        code: null,
+        msg: 'response carries no batch_id',
+        traceId: strOrNull(res.body?.['traceId']),
+        retryable: false,
+      });
     }
     // The German doc example misspells it `tracdId`; accept that too rather than print nothing.
     return { batchId, traceId: strOrNull(res.body?.['traceId']) ?? strOrNull(res.body?.['tracdId']) };
@@ -433,12 +438,21 @@ export class CasClient implements CasApi {
   private giveUp(last: CasError | null, what: string, attempts: number, phase: string, cause: unknown): CasError {
     if (this.closing.signal.aborted) return new CasError(what, { status: 0, code: null, msg: 'client closed', traceId: null, retryable: false }, { cause });
     if (last) return last;
-    const e = new CasError(what, { status: 0, code: null, msg: `time budget of ${this.retry.totalMs} ms spent ${phase}`, traceId: null, retryable: true }, { cause });
+    const e = new CasError(
+      what,
+      { status: 0, code: null, msg: `time budget of ${this.retry.totalMs} ms spent ${phase}`, traceId: null, retryable: true },
+      { cause },
+    );
     e.attempts = attempts;
     return e;
   }
 
-  private async once(method: 'GET' | 'POST', path: string, body: unknown, budget: AbortSignal): Promise<RawResponse & { text: string; retryAfterMs: number | null }> {
+  private async once(
+    method: 'GET' | 'POST',
+    path: string,
+    body: unknown,
+    budget: AbortSignal,
+  ): Promise<RawResponse & { text: string; retryAfterMs: number | null }> {
     const headers: Record<string, string> = { authorization: this.#authorization, accept: 'application/json' };
     let payload: string | undefined;
     if (body !== undefined) {
@@ -464,7 +478,7 @@ export class CasClient implements CasApi {
 
 /** null for success; otherwise the error to throw or retry. */
 function classify(res: RawResponse & { text: string; retryAfterMs: number | null }, what: string, method: string): CasError | null {
-  const code = typeof res.body?.['code'] === 'number' ? (res.body['code']) : null;
+  const code = typeof res.body?.['code'] === 'number' ? res.body['code'] : null;
   const traceId = strOrNull(res.body?.['traceId']);
   const msg = res.body ? messageOf(res.body) : snippet(res.text);
   let err: CasError;
@@ -472,7 +486,13 @@ function classify(res: RawResponse & { text: string; retryAfterMs: number | null
     if (res.body && (code === null || code === 0)) return null;
     if (!res.body) {
       // A 2xx we cannot read: safe to repeat a GET; a POST may have taken effect, so report instead.
-      err = new CasError(what, { status: res.status, code: null, msg: `unreadable success body: ${snippet(res.text)}`, traceId: null, retryable: method === 'GET' });
+      err = new CasError(what, {
+        status: res.status,
+        code: null,
+        msg: `unreadable success body: ${snippet(res.text)}`,
+        traceId: null,
+        retryable: method === 'GET',
+      });
     } else {
       err = new CasError(what, { status: res.status, code, msg, traceId, retryable: code === CAS_THROTTLE_CODE });
     }
@@ -534,6 +554,9 @@ function numOr(v: unknown, d: number): number {
 
 /** A short, tag-free excerpt of a non-JSON body (an HTML 502 page) for the error message. */
 function snippet(text: string): string {
-  const t = text.replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim();
+  const t = text
+    .replace(/<[^>]*>/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
   return t.length > 160 ? `${t.slice(0, 157)}...` : t;
 }

@@ -19,8 +19,7 @@ export function isCasList(s: unknown): s is CasList {
 // Pragmatic address syntax: a dot-atom-ish local part and a dotted host name. Quoted local parts and
 // address literals are legal in RFC 5321 but never appear as spam senders worth blocking, and CAS's
 // own acceptance rules are unknown (cas.md §3), so we refuse rather than risk a 400 for the batch.
-const EMAIL_RE =
-  /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$/;
+const EMAIL_RE = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$/;
 
 export function isEmailAddress(s: string): boolean {
   if (s.length > 254 || !EMAIL_RE.test(s)) return false;

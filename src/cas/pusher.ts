@@ -256,7 +256,10 @@ export class CasPusher {
       { error: err.message, schedule: this.schedule, now: this.now(), permanent },
     );
     report.failed += entries.length;
-    this.logger?.warn({ count: entries.length, status: err instanceof CasError ? err.status : 0, traceId: err instanceof CasError ? err.traceId : null }, 'CAS push failed; will retry later');
+    this.logger?.warn(
+      { count: entries.length, status: err instanceof CasError ? err.status : 0, traceId: err instanceof CasError ? err.traceId : null },
+      'CAS push failed; will retry later',
+    );
   }
 
   /** Creates for a full list: back to pending without an attempt, not due again before the recheck time. */

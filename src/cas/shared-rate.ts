@@ -183,11 +183,7 @@ export class PgCasRateLimiter implements CasLimiter {
       let waitMs = this.pollMs;
       try {
         await this.init();
-        const { rows } = await this.pool.query<{ slot: number | null; wait_ms: number | null }>(TAKE_SQL, [
-          this.bucket,
-          this.leaseMs + this.windowMs,
-          holder,
-        ]);
+        const { rows } = await this.pool.query<{ slot: number | null; wait_ms: number | null }>(TAKE_SQL, [this.bucket, this.leaseMs + this.windowMs, holder]);
         const slot = rows[0]?.slot ?? null;
         if (slot !== null) return this.releaser(slot, holder);
         waitMs = Math.min(this.pollMs, Math.max(5, rows[0]?.wait_ms ?? this.pollMs));

@@ -19,7 +19,10 @@ export function isExemptSender(sender: string, exemptDomains: readonly string[],
   if (at < 0) return false;
   const domain = s.slice(at + 1);
   return exemptDomains.some((d) => {
-    const e = d.trim().toLowerCase().replace(/^[@.]+/, '');
+    const e = d
+      .trim()
+      .toLowerCase()
+      .replace(/^[@.]+/, '');
     return e.length > 0 && (domain === e || domain.endsWith(`.${e}`));
   });
 }

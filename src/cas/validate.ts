@@ -104,7 +104,8 @@ export function validateMitigationItems(input: unknown): { items: MitigationItem
     const missing = (k: MitigationField) => !f[k] && !wrongType.has(k);
     const action = f.action_type;
     if (missing('action_type')) add('action_type', `required (${MITIGATION_ACTION_TYPES.join(', ')})`);
-    else if (action && !oneOf(MITIGATION_ACTION_TYPES, action)) add('action_type', `must be one of ${MITIGATION_ACTION_TYPES.join(', ')} (exact case), got "${action}"`);
+    else if (action && !oneOf(MITIGATION_ACTION_TYPES, action))
+      add('action_type', `must be one of ${MITIGATION_ACTION_TYPES.join(', ')} (exact case), got "${action}"`);
 
     const service = f.service;
     if (missing('service')) add('service', 'required (exchange, gmail)');

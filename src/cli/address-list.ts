@@ -51,7 +51,10 @@ export function parseAddressList(value: string): string[] {
 }
 
 function bareAddress(text: string): string {
-  const words = text.trim().split(/\s+/).filter((w) => w !== '');
+  const words = text
+    .trim()
+    .split(/\s+/)
+    .filter((w) => w !== '');
   const withAt = words.filter((w) => w.includes('@'));
   if (withAt.length > 0) return withAt[withAt.length - 1]!.replace(/\u0000/g, ' ');
   // "To: postmaster" names a local mailbox; several words without '@' are a name without an address.

@@ -34,7 +34,11 @@ function connectHost(host: string): string {
  * Address and token of the relay's admin API. The configuration is read only for what the options do
  * not give, so `reload --server ... --token-file ...` still reaches a relay whose new file is broken.
  */
-export function adminTarget(o: { server?: string | undefined; tokenFile?: string | undefined }, config: () => FrozenConfig, configFrom: () => string): AdminTarget {
+export function adminTarget(
+  o: { server?: string | undefined; tokenFile?: string | undefined },
+  config: () => FrozenConfig,
+  configFrom: () => string,
+): AdminTarget {
   let token: string | null = null;
   if (!o.tokenFile) token = config().secrets.adminToken;
   else {
@@ -54,7 +58,8 @@ export function adminTarget(o: { server?: string | undefined; tokenFile?: string
     return { url, token, from: '--server' };
   }
   const cfg = config();
-  if (!cfg.admin.enabled) throw new CliError(`the admin API is disabled in ${configFrom()} (admin.enabled: false); use --server, or --offline for direct store access`);
+  if (!cfg.admin.enabled)
+    throw new CliError(`the admin API is disabled in ${configFrom()} (admin.enabled: false); use --server, or --offline for direct store access`);
   return { url: `http://${connectHost(cfg.admin.host)}:${cfg.admin.port}`, token, from: configFrom() };
 }
 
@@ -70,7 +75,8 @@ export class AdminClient {
   ) {}
 
   private async fetch(method: string, path: string, body?: unknown): Promise<Response> {
-    if (!this.target.token) throw new CliError(`no admin token for the relay at ${this.target.url}: set DLP_RELAY_ADMIN_TOKEN (or _FILE, admin.tokenFile) or pass --token-file`);
+    if (!this.target.token)
+      throw new CliError(`no admin token for the relay at ${this.target.url}: set DLP_RELAY_ADMIN_TOKEN (or _FILE, admin.tokenFile) or pass --token-file`);
     let res: Response;
     try {
       res = await fetch(`${this.target.url}${path}`, {
@@ -82,7 +88,9 @@ export class AdminClient {
     } catch (err) {
       const cause = (err as { cause?: { code?: string; message?: string } }).cause;
       const why = cause?.code ?? cause?.message ?? (err as Error).message;
-      throw new CliError(`relay at ${this.target.url} not reachable: ${why} (is it running? --server HOST:PORT names another; --offline reads a store directly)`);
+      throw new CliError(
+        `relay at ${this.target.url} not reachable: ${why} (is it running? --server HOST:PORT names another; --offline reads a store directly)`,
+      );
     }
     if (res.status === 401) throw new CliError(`relay at ${this.target.url} refused the admin token (check DLP_RELAY_ADMIN_TOKEN or --token-file)`);
     return res;

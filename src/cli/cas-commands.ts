@@ -75,7 +75,9 @@ export function registerCasCommands(program: Command, config: () => FrozenConfig
       .option('--sha1 <hash>', 'attachment SHA-1 (repeatable)', collect, [])
       .option('--sha256 <hash>', 'attachment SHA-256 (repeatable)', collect, [])
       .option('--json')
-      .action(async (o: { sender: string[]; url: string[]; sha1: string[]; sha256: string[]; json?: boolean }) => done(await withClient(config(), (client) => fn(o, process.stdout, { client }))));
+      .action(async (o: { sender: string[]; url: string[]; sha1: string[]; sha256: string[]; json?: boolean }) =>
+        done(await withClient(config(), (client) => fn(o, process.stdout, { client }))),
+      );
   }
   cas
     .command('list')
@@ -93,12 +95,17 @@ export function registerCasCommands(program: Command, config: () => FrozenConfig
     .action(async (o: { retry: boolean; json?: boolean; server?: string; tokenFile?: string; offline?: boolean }) => {
       const cfg = config();
       if (!o.offline) {
-        const client = new AdminClient(adminTarget(o, () => cfg, configFrom), 30_000);
+        const client = new AdminClient(
+          adminTarget(o, () => cfg, configFrom),
+          30_000,
+        );
         process.stderr.write(`relay: ${client.target.url} (${client.target.from})\n`);
         // Only the three calls casOutbox makes exist on the remote shape.
         return done(await casOutbox(o, process.stdout, { outbox: remoteOutbox(client) as CasOutbox }));
       }
-      process.stderr.write(`store: CAS outbox ${cfg.cas.outbox.backend === 'pg' ? 'in the quarantine database' : cfg.cas.outbox.dir} (offline, not through a relay)\n`);
+      process.stderr.write(
+        `store: CAS outbox ${cfg.cas.outbox.backend === 'pg' ? 'in the quarantine database' : cfg.cas.outbox.dir} (offline, not through a relay)\n`,
+      );
       const outbox = await casOutboxFromConfig(cfg, createLogger({ level: 'warn', destination: 2 }));
       try {
         done(await casOutbox(o, process.stdout, { outbox }));
@@ -128,7 +135,18 @@ export function registerCasCommands(program: Command, config: () => FrozenConfig
       } else {
         if (typeof o['action'] !== 'string' || typeof o['mailbox'] !== 'string') return done(fail('mitigate needs --action and --mailbox, or --file'));
         const pick = (k: string) => (typeof o[k] === 'string' ? { [k]: o[k] } : {});
-        opts = { action: o['action'], mailbox: o['mailbox'], ...pick('messageId'), ...pick('uniqueId'), ...pick('deliveryTime'), ...pick('service'), ...pick('provider'), ...pick('detectionTime'), ...pick('mailLogId'), ...(o['json'] ? { json: true } : {}) };
+        opts = {
+          action: o['action'],
+          mailbox: o['mailbox'],
+          ...pick('messageId'),
+          ...pick('uniqueId'),
+          ...pick('deliveryTime'),
+          ...pick('service'),
+          ...pick('provider'),
+          ...pick('detectionTime'),
+          ...pick('mailLogId'),
+          ...(o['json'] ? { json: true } : {}),
+        };
       }
       done(await withClient(config(), (client) => casMitigate(opts, process.stdout, { client })));
     });
@@ -141,6 +159,14 @@ export function registerCasCommands(program: Command, config: () => FrozenConfig
     .option('--timeout <ms>', 'give up after', '600000')
     .option('--json')
     .action(async (o: { batchId: string; wait: boolean; interval: string; timeout: string; json?: boolean }) =>
-      done(await withClient(config(), (client) => casResults({ batchId: o.batchId, wait: o.wait, intervalMs: Number(o.interval), timeoutMs: Number(o.timeout), ...(o.json ? { json: true } : {}) }, process.stdout, { client }))),
+      done(
+        await withClient(config(), (client) =>
+          casResults(
+            { batchId: o.batchId, wait: o.wait, intervalMs: Number(o.interval), timeoutMs: Number(o.timeout), ...(o.json ? { json: true } : {}) },
+            process.stdout,
+            { client },
+          ),
+        ),
+      ),
     );
 }

@@ -35,7 +35,9 @@ export function formatStatus(s: StatusReport): string {
 
 export function registerDaemonCommands(program: Command, access: ConfigAccess): void {
   const addAccess = (c: Command) =>
-    c.option('--server <host:port>', "the relay's admin API (default: admin.host:admin.port of the configuration)").option('--token-file <file>', 'admin token file (default: DLP_RELAY_ADMIN_TOKEN, admin.tokenFile)');
+    c
+      .option('--server <host:port>', "the relay's admin API (default: admin.host:admin.port of the configuration)")
+      .option('--token-file <file>', 'admin token file (default: DLP_RELAY_ADMIN_TOKEN, admin.tokenFile)');
   const client = (o: AccessOptions): AdminClient => {
     const c = new AdminClient(adminTarget(o, access.config, access.configFrom), 30_000);
     process.stderr.write(`relay: ${c.target.url} (${c.target.from})\n`);
@@ -64,7 +66,9 @@ export function registerDaemonCommands(program: Command, access: ConfigAccess): 
         process.stdout.write(`reloaded: ${rep.applied.length ? rep.applied.join(', ') : 'no changes'}\n`);
         if (rep.restartNeeded.length) process.stdout.write(`need a restart to take effect: ${rep.restartNeeded.join(', ')}\n`);
       } else {
-        process.stderr.write(`dlp-relay: reload: the new configuration was refused; the relay keeps running on the old one:\n${rep.problems.map((p) => `  - ${p.path}: ${p.message}${p.origin ? ` (set by ${p.origin})` : ''}`).join('\n')}\n`);
+        process.stderr.write(
+          `dlp-relay: reload: the new configuration was refused; the relay keeps running on the old one:\n${rep.problems.map((p) => `  - ${p.path}: ${p.message}${p.origin ? ` (set by ${p.origin})` : ''}`).join('\n')}\n`,
+        );
       }
       process.exitCode = rep.ok ? 0 : 1;
     });
@@ -83,7 +87,7 @@ export function registerDaemonCommands(program: Command, access: ConfigAccess): 
         process.stdout.write(`${t.url}${path}: HTTP ${res.status}\n`);
         process.exitCode = res.ok ? 0 : 1;
       } catch (err) {
-        throw new CliError(`health: ${t.url}${path} not reachable: ${((err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message)}`);
+        throw new CliError(`health: ${t.url}${path} not reachable: ${(err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message}`);
       }
     });
 }

@@ -3,7 +3,16 @@
 import { Command, Option, CommanderError } from 'commander';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { loadConfigDetailed, loadForAdmin, PACKAGE_ROOT, maskedConfig, changedValues, ConfigError, type FrozenConfig, type LoadedConfig } from '../config/load.js';
+import {
+  loadConfigDetailed,
+  loadForAdmin,
+  PACKAGE_ROOT,
+  maskedConfig,
+  changedValues,
+  ConfigError,
+  type FrozenConfig,
+  type LoadedConfig,
+} from '../config/load.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { startRelay } from '../app.js';
 import { runSend } from './send.js';
@@ -35,7 +44,6 @@ function loadDetailedOrExit(file: string | undefined): LoadedConfig {
   }
 }
 
-
 /** Admin commands: a file whose problems lie outside admin.* still gives them the relay's address and token (with a warning). */
 function loadForAdminOrExit(file: string | undefined): LoadedConfig {
   try {
@@ -44,7 +52,9 @@ function loadForAdminOrExit(file: string | undefined): LoadedConfig {
     if (!(err instanceof ConfigError)) throw err;
     const lenient = loadForAdmin({ file }, err.problems);
     if (!lenient) return loadDetailedOrExit(file);
-    process.stderr.write(`dlp-relay: warning: the configuration has ${err.problems.length} problem(s) (${err.problems.map((p) => p.path).join(', ')}); using its admin settings; \`dlp-relay check-config\` lists them\n`);
+    process.stderr.write(
+      `dlp-relay: warning: the configuration has ${err.problems.length} problem(s) (${err.problems.map((p) => p.path).join(', ')}); using its admin settings; \`dlp-relay check-config\` lists them\n`,
+    );
     return lenient;
   }
 }
@@ -137,7 +147,10 @@ export function buildProgram(): Command {
             sup.admin ? `  admin:      ${sup.admin.url} (metrics summed over the workers)` : '  admin:      disabled',
           ].join('\n') + '\n',
         );
-        logger.info({ event: 'started', smtp: running.smtp, workers: Object.fromEntries(running.workers()), ucwi: maskUrl(sup.ucwiUrl), delivery: sup.delivery }, 'dlp-relay started');
+        logger.info(
+          { event: 'started', smtp: running.smtp, workers: Object.fromEntries(running.workers()), ucwi: maskUrl(sup.ucwiUrl), delivery: sup.delivery },
+          'dlp-relay started',
+        );
         onShutdown(logger, () => running.stop(grace), grace + cfg.limits.drainDelayMs + 30_000);
         return;
       }
@@ -156,53 +169,89 @@ export function buildProgram(): Command {
       ];
       if (relay.embeddedDlp) lines.push('  WARNING: the embedded DLP engine is for trials only; set ucwi.url (DLP_RELAY_UCWI_URL) for production.');
       process.stderr.write(lines.join('\n') + '\n');
-      logger.info({ event: 'started', version: VERSION, config: loaded.file ?? null, smtp: relay.smtp, ucwi: maskUrl(relay.ucwiUrl), embeddedDlp: relay.embeddedDlp, delivery: relay.delivery }, 'dlp-relay started');
+      logger.info(
+        {
+          event: 'started',
+          version: VERSION,
+          config: loaded.file ?? null,
+          smtp: relay.smtp,
+          ucwi: maskUrl(relay.ucwiUrl),
+          embeddedDlp: relay.embeddedDlp,
+          delivery: relay.delivery,
+        },
+        'dlp-relay started',
+      );
       onReload(relay, logger);
       onShutdown(logger, () => relay.stop(grace), grace + cfg.limits.drainDelayMs + 15_000);
     });
 
   program
     .command('send')
-    .description('send EML files through an SMTP server and print one line per file with the final reply (a policy replay with --manifest or X-DLP-Expect headers)')
+    .description(
+      'send EML files through an SMTP server and print one line per file with the final reply (a policy replay with --manifest or X-DLP-Expect headers)',
+    )
     .argument('<paths...>', 'EML files or directories of .eml files')
     .requiredOption('--server <host:port>', 'SMTP server to send through (required: never a guessed default)')
     .option('--from <addr>', 'envelope sender (default: From: header)')
     .option('--to <addr>', 'envelope recipient, repeatable (default: To/Cc/Bcc headers)', collect, [])
-    .addOption(new Option('--expect <outcome>', 'exit 1 unless every file gets this outcome (a manifest or X-DLP-Expect header wins per file)').choices(['accept', 'reject', 'tempfail', 'quarantine']))
+    .addOption(
+      new Option('--expect <outcome>', 'exit 1 unless every file gets this outcome (a manifest or X-DLP-Expect header wins per file)').choices([
+        'accept',
+        'reject',
+        'tempfail',
+        'quarantine',
+      ]),
+    )
     .option('--manifest <file>', 'per-file expectations (YAML/JSON: file: outcome, relative to the manifest); prints an expected-vs-actual table')
     .option('--quarantine-pattern <regex>', 'a 2xx final reply matching this is the quarantine outcome', 'held for review')
     .option('--helo <name>', 'EHLO name', 'dlp-relay-send')
     .option('--timeout <ms>', 'per-message timeout', '60000')
     .option('--starttls', 'require STARTTLS', false)
     .option('--insecure', 'do not verify the server certificate', false)
-    .action(async (paths: string[], o: { server: string; from?: string; to: string[]; expect?: 'accept' | 'reject' | 'tempfail' | 'quarantine'; manifest?: string; quarantinePattern: string; helo: string; timeout: string; starttls: boolean; insecure: boolean }) => {
-      let quarantinePattern: RegExp;
-      try {
-        quarantinePattern = new RegExp(o.quarantinePattern, 'i');
-      } catch (e) {
-        process.stderr.write(`dlp-relay send: bad --quarantine-pattern: ${(e as Error).message}\n`);
-        process.exitCode = 2;
-        return;
-      }
-      process.stderr.write(`server: ${o.server}\n`);
-      const code = await runSend(
-        {
-          server: o.server,
-          ...(o.from ? { from: o.from } : {}),
-          to: o.to,
-          ...(o.expect ? { expect: o.expect } : {}),
-          ...(o.manifest ? { manifest: o.manifest } : {}),
-          quarantinePattern,
-          helo: o.helo,
-          timeoutMs: Number(o.timeout),
-          starttls: o.starttls,
-          insecure: o.insecure,
-          paths,
+    .action(
+      async (
+        paths: string[],
+        o: {
+          server: string;
+          from?: string;
+          to: string[];
+          expect?: 'accept' | 'reject' | 'tempfail' | 'quarantine';
+          manifest?: string;
+          quarantinePattern: string;
+          helo: string;
+          timeout: string;
+          starttls: boolean;
+          insecure: boolean;
         },
-        process.stdout,
-      );
-      process.exitCode = code;
-    });
+      ) => {
+        let quarantinePattern: RegExp;
+        try {
+          quarantinePattern = new RegExp(o.quarantinePattern, 'i');
+        } catch (e) {
+          process.stderr.write(`dlp-relay send: bad --quarantine-pattern: ${(e as Error).message}\n`);
+          process.exitCode = 2;
+          return;
+        }
+        process.stderr.write(`server: ${o.server}\n`);
+        const code = await runSend(
+          {
+            server: o.server,
+            ...(o.from ? { from: o.from } : {}),
+            to: o.to,
+            ...(o.expect ? { expect: o.expect } : {}),
+            ...(o.manifest ? { manifest: o.manifest } : {}),
+            quarantinePattern,
+            helo: o.helo,
+            timeoutMs: Number(o.timeout),
+            starttls: o.starttls,
+            insecure: o.insecure,
+            paths,
+          },
+          process.stdout,
+        );
+        process.exitCode = code;
+      },
+    );
 
   program
     .command('sim-ucwi')
@@ -215,7 +264,15 @@ export function buildProgram(): Command {
       const accessKey = process.env['DLP_RELAY_UCWI_ACCESS_KEY'] || 'sim-access-key';
       const secretKey = process.env['DLP_RELAY_UCWI_SECRET_KEY'] || randomBytes(16).toString('hex');
       const logger = createLogger({ level: process.env['DLP_RELAY_LOG_LEVEL'] ?? 'info' });
-      const sim = await startUcwiSim({ host: o.host, port: Number(o.port), accessKey, secretKey, policiesFile: o.policies, logger, faults: { latencyMs: Number(o.latency) } });
+      const sim = await startUcwiSim({
+        host: o.host,
+        port: Number(o.port),
+        accessKey,
+        secretKey,
+        policiesFile: o.policies,
+        logger,
+        faults: { latencyMs: Number(o.latency) },
+      });
       process.stderr.write(
         `UCWI simulator at ${sim.url} (access key ${accessKey}${process.env['DLP_RELAY_UCWI_SECRET_KEY'] ? '' : `, secret key ${secretKey}`})\n` +
           `  point the relay at it: DLP_RELAY_UCWI_URL=${sim.url} DLP_RELAY_UCWI_ACCESS_KEY=... DLP_RELAY_UCWI_SECRET_KEY=...\n`,

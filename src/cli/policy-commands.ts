@@ -66,7 +66,7 @@ export function registerPolicyCommands(program: Command, loadConfig: () => Froze
     .option('--json', 'print the result as JSON', false)
     .action((o: { sender: string; rcpt: string[]; actionCode: number; client: string; authUser?: string; json: boolean }) => {
       const c = loadConfig();
-      const r = policyTest(c.policy as unknown as PolicySettings, { sender: o.sender, recipients: o.rcpt, client: o.client, authUser: o.authUser ?? null, actionCode: o.actionCode });
+      const r = policyTest(c.policy, { sender: o.sender, recipients: o.rcpt, client: o.client, authUser: o.authUser ?? null, actionCode: o.actionCode });
       if (o.json) {
         process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
         return;

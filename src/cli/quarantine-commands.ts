@@ -4,7 +4,18 @@ import type { Command } from 'commander';
 import type { FrozenConfig } from '../config/load.js';
 import { createLogger } from '../observability/logger.js';
 import { createQuarantineStore } from '../quarantine/index.js';
-import { quarantineList, quarantineShow, quarantineDownload, quarantineRelease, quarantineDelete, quarantinePurge, quarantineAudit, localBackend, type CliContext, type QuarantineBackend } from '../quarantine/cli.js';
+import {
+  quarantineList,
+  quarantineShow,
+  quarantineDownload,
+  quarantineRelease,
+  quarantineDelete,
+  quarantinePurge,
+  quarantineAudit,
+  localBackend,
+  type CliContext,
+  type QuarantineBackend,
+} from '../quarantine/cli.js';
 import { createDeliverer, createUcwiClient, quarantineOps } from '../app.js';
 import { AdminClient, adminTarget, CliError } from './admin-client.js';
 import { remoteBackend } from './remote-quarantine.js';
@@ -53,7 +64,14 @@ export async function resolveIds(b: QuarantineBackend, args: readonly string[], 
     else if (/^[0-9a-f-]{4,35}$/i.test(a)) {
       const hits = (await everything()).filter((r) => r.id.startsWith(a.toLowerCase()));
       if (hits.length === 0) throw new CliError(`no quarantined message with an id starting ${JSON.stringify(a)}`);
-      if (hits.length > 1) throw new CliError(`id prefix ${JSON.stringify(a)} is ambiguous: ${hits.slice(0, 5).map((h) => h.id).join(', ')}${hits.length > 5 ? ', ...' : ''}`, 2);
+      if (hits.length > 1)
+        throw new CliError(
+          `id prefix ${JSON.stringify(a)} is ambiguous: ${hits
+            .slice(0, 5)
+            .map((h) => h.id)
+            .join(', ')}${hits.length > 5 ? ', ...' : ''}`,
+          2,
+        );
       out.push(hits[0]!.id);
     } else out.push(a); // the command reports it as not found / malformed
   }
@@ -89,7 +107,10 @@ async function withBackend(access: ConfigAccess, o: AccessOptions, needsDelivery
       if (needsDelivery) {
         const deliverer = createDeliverer(cfg, logger);
         const { client, sim } = await createUcwiClient(cfg, logger);
-        closers.push(() => deliverer.close(), () => client.close());
+        closers.push(
+          () => deliverer.close(),
+          () => client.close(),
+        );
         if (sim) closers.push(() => sim.close());
         err.write(`delivery: ${deliverer.describe} (from ${access.configFrom()})\n`);
         const ops = quarantineOps(cfg, store, deliverer, client, logger);
@@ -153,7 +174,9 @@ export function registerQuarantineCommands(program: Command, access: ConfigAcces
     .option('-o, --output <file>', 'write to this new file (mode 0600)')
     .action((id: string, o: { output?: string }) => run(false, (ctx) => eachId(ctx, [id], false, (full) => quarantineDownload({ id: full, ...o }, ctx))));
   q.command('release <ids...>')
-    .description('deliver to the next hop with the original envelope, each recipient at most once (exit 1 unless all accepted); ids may be prefixes, or ALL held messages')
+    .description(
+      'deliver to the next hop with the original envelope, each recipient at most once (exit 1 unless all accepted); ids may be prefixes, or ALL held messages',
+    )
     .option('--rescan', 'ask UCWI again first; release only if it now allows relaying')
     .option('--recipient <addr>', 'release only to these original recipients (repeatable)', collect, [])
     .option('--redirect-to <addr>', 'deliver to this address instead')
@@ -162,7 +185,17 @@ export function registerQuarantineCommands(program: Command, access: ConfigAcces
     .action((ids: string[], o: { rescan?: boolean; recipient: string[]; drop: string[]; redirectTo?: string; json?: boolean }) =>
       run(true, (ctx) =>
         eachId(ctx, ids, true, (id) =>
-          quarantineRelease({ id, ...(o.rescan ? { rescan: true } : {}), ...(o.recipient.length ? { recipients: o.recipient } : {}), ...(o.drop.length ? { drop: o.drop } : {}), ...(o.redirectTo ? { redirectTo: o.redirectTo } : {}), ...(o.json ? { json: true } : {}) }, ctx),
+          quarantineRelease(
+            {
+              id,
+              ...(o.rescan ? { rescan: true } : {}),
+              ...(o.recipient.length ? { recipients: o.recipient } : {}),
+              ...(o.drop.length ? { drop: o.drop } : {}),
+              ...(o.redirectTo ? { redirectTo: o.redirectTo } : {}),
+              ...(o.json ? { json: true } : {}),
+            },
+            ctx,
+          ),
         ),
       ),
     );
@@ -190,7 +223,11 @@ export function registerQuarantineCommands(program: Command, access: ConfigAcces
           cursor = page.nextCursor;
           if (!cursor) break;
         }
-        ctx.out.write(o.json ? JSON.stringify({ dryRun: true, wouldPurge: ids.length, olderThan: olderThan.toISOString(), ids }) + '\n' : `would purge ${ids.length} message(s) quarantined before ${olderThan.toISOString()}${ids.length ? `:\n${ids.join('\n')}` : ''}\n`);
+        ctx.out.write(
+          o.json
+            ? JSON.stringify({ dryRun: true, wouldPurge: ids.length, olderThan: olderThan.toISOString(), ids }) + '\n'
+            : `would purge ${ids.length} message(s) quarantined before ${olderThan.toISOString()}${ids.length ? `:\n${ids.join('\n')}` : ''}\n`,
+        );
         return 0;
       }),
     );

@@ -66,5 +66,9 @@ export function formatTable(rows: readonly TableRow[]): string {
       .trimEnd();
   const checked = rows.filter((r) => r.expected !== null);
   const ok = checked.filter((r) => r.expected === r.actual).length;
-  return [line(head), ...cells.map(line), `summary: ${rows.length} files, ${checked.length} with an expectation, ${ok} as expected, ${checked.length - ok} mismatched`].join('\n');
+  return [
+    line(head),
+    ...cells.map(line),
+    `summary: ${rows.length} files, ${checked.length} with an expectation, ${ok} as expected, ${checked.length - ok} mismatched`,
+  ].join('\n');
 }

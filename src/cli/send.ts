@@ -9,7 +9,19 @@ import { SmtpClient, SmtpClientError, type Reply, type SendResult as Transaction
 import type { EsmtpParam } from '../smtp/envelope.js';
 import { parseAddressList } from './address-list.js';
 
-import { DEFAULT_QUARANTINE_PATTERN, EXPECT_HEADER, EXPECTATIONS, ManifestError, formatTable, isExpectation, loadManifest, refOf, type Expectation, type Outcome, type TableRow } from './send-expect.js';
+import {
+  DEFAULT_QUARANTINE_PATTERN,
+  EXPECT_HEADER,
+  EXPECTATIONS,
+  ManifestError,
+  formatTable,
+  isExpectation,
+  loadManifest,
+  refOf,
+  type Expectation,
+  type Outcome,
+  type TableRow,
+} from './send-expect.js';
 
 export type { Expectation, Outcome } from './send-expect.js';
 
@@ -118,7 +130,10 @@ export async function readHeaderEnvelope(file: string, limit = HEADER_READ_LIMIT
       to.push(a);
     }
   }
-  const declared = headers.find((h) => h.name === EXPECT_HEADER)?.value.trim().toLowerCase();
+  const declared = headers
+    .find((h) => h.name === EXPECT_HEADER)
+    ?.value.trim()
+    .toLowerCase();
   return { ...(fromAddr === undefined ? {} : { from: fromAddr }), to, ...(isExpectation(declared) ? { expect: declared } : {}) };
 }
 
@@ -194,11 +209,7 @@ export function formatResult(r: SendResult, expect?: Expectation): string {
   return line;
 }
 
-export async function runSend(
-  argv: SendOptions,
-  out: NodeJS.WritableStream,
-  err: NodeJS.WritableStream = process.stderr,
-): Promise<number> {
+export async function runSend(argv: SendOptions, out: NodeJS.WritableStream, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   let resolved: Resolved;
   let jobs: FileJob[];
   try {
@@ -224,7 +235,8 @@ export async function runSend(
     const result = await sendFile(job, resolved);
     const fromManifest = manifest.get(resolve(job.file));
     // The header block again (bounded, cheap): the fixture's own X-DLP-Expect.
-    const fromHeader = fromManifest === undefined ? (await readHeaderEnvelope(job.file).catch(() => ({ to: [] }) as HeaderEnvelope)).expect : undefined;
+    const header: HeaderEnvelope | null = fromManifest === undefined ? await readHeaderEnvelope(job.file).catch(() => null) : null;
+    const fromHeader = header?.expect;
     if (fromHeader !== undefined || fromManifest !== undefined) perFile = true;
     const expected = fromManifest ?? fromHeader ?? argv.expect;
     if (expected !== undefined) result.expected = expected;
@@ -279,7 +291,6 @@ async function expandPaths(paths: string[]): Promise<FileJob[]> {
   }
   return jobs;
 }
-
 
 /** The reply's last line as the server wrote it ("550 5.7.1 text"): what the harness prints. */
 function finalLine(reply: Reply): string {

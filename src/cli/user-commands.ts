@@ -66,7 +66,9 @@ export function registerUserCommands(program: Command, access: ConfigAccess): vo
       run(async () => {
         const users = (await store().load()).map(({ hash: _h, ...rest }) => rest);
         if (o.json) process.stdout.write(`${JSON.stringify(users)}\n`);
-        else for (const u of users) process.stdout.write(`${u.name}\t${u.role}\t${u.disabled ? 'disabled' : 'enabled'}\tpassword changed ${u.passwordChangedAt}\n`);
+        else
+          for (const u of users)
+            process.stdout.write(`${u.name}\t${u.role}\t${u.disabled ? 'disabled' : 'enabled'}\tpassword changed ${u.passwordChangedAt}\n`);
       }),
     );
 }

@@ -117,8 +117,14 @@ export const casSettingsSchema = z
       })
       .strict()
       .prefault({}),
-    region: z.enum(CAS_REGIONS as [CasRegion, ...CasRegion[]]).nullable().default(null),
-    url: z.url({ protocol: /^https?$/ }).nullable().default(null),
+    region: z
+      .enum(CAS_REGIONS as [CasRegion, ...CasRegion[]])
+      .nullable()
+      .default(null),
+    url: z
+      .url({ protocol: /^https?$/ })
+      .nullable()
+      .default(null),
     tokenFile: z.string().min(1).nullable().default(null),
     timeouts: z
       .object({

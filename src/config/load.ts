@@ -5,7 +5,21 @@ import { fileURLToPath } from 'node:url';
 import { configSchema, type Config, type FrozenConfig } from './schema.js';
 import { effectiveActions } from '../policy/policy.js';
 import { maskDeep, maskSecrets } from '../util/mask.js';
-import { findConfigFile, readConfigFile, resolvePathsIn, dropNullDefaults, defaultStateDir, fileBase, flatten, getPath, setPathIfPresent, Origins, PATH_KEYS, SYSTEM_CONFIG_FILE, type ConfigSource } from './sources.js';
+import {
+  findConfigFile,
+  readConfigFile,
+  resolvePathsIn,
+  dropNullDefaults,
+  defaultStateDir,
+  fileBase,
+  flatten,
+  getPath,
+  setPathIfPresent,
+  Origins,
+  PATH_KEYS,
+  SYSTEM_CONFIG_FILE,
+  type ConfigSource,
+} from './sources.js';
 import { DlpError } from '../errors.js';
 
 export type { Config, FrozenConfig } from './schema.js';
@@ -26,7 +40,9 @@ export class ConfigError extends DlpError {
   readonly problems: ConfigProblem[];
   constructor(problems: ConfigProblem[]) {
     // Messages may quote a value (an env override, a URL): masked, since they go to stderr and logs.
-    super(`invalid configuration:\n${problems.map((p) => `  - ${p.path}: ${maskSecrets(p.message)}${p.origin && p.origin !== p.path ? ` (set by ${p.origin})` : ''}`).join('\n')}`);
+    super(
+      `invalid configuration:\n${problems.map((p) => `  - ${p.path}: ${maskSecrets(p.message)}${p.origin && p.origin !== p.path ? ` (set by ${p.origin})` : ''}`).join('\n')}`,
+    );
     this.name = 'ConfigError';
     this.problems = problems;
   }
@@ -73,7 +89,20 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
   { name: 'DLP_RELAY_NEXT_HOP', apply: hostPortAt('nextHop') },
   { name: 'DLP_RELAY_NEXT_HOP_USER', apply: (raw, v) => setPath(raw, ['nextHop', 'authUser'], v) },
   // Several UCWI servers from the environment: comma-separated, equal priority (shared).
-  { name: 'DLP_RELAY_UCWI_URL', apply: (raw, v) => setPath(raw, ['ucwi', 'url'], v.includes(',') ? v.split(',').map((u) => u.trim()).filter(Boolean) : v) },
+  {
+    name: 'DLP_RELAY_UCWI_URL',
+    apply: (raw, v) =>
+      setPath(
+        raw,
+        ['ucwi', 'url'],
+        v.includes(',')
+          ? v
+              .split(',')
+              .map((u) => u.trim())
+              .filter(Boolean)
+          : v,
+      ),
+  },
   { name: 'DLP_RELAY_UCWI_TIMEOUT_MS', apply: (raw, v) => num(raw, ['ucwi', 'timeouts', 'deadlineMs'], v) },
   { name: 'DLP_RELAY_DRAIN_DELAY_MS', apply: (raw, v) => num(raw, ['limits', 'drainDelayMs'], v) },
   { name: 'DLP_RELAY_DATA_DEADLINE_MS', apply: (raw, v) => num(raw, ['limits', 'dataDeadlineMs'], v) },
@@ -88,7 +117,10 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
       setPath(
         raw,
         ['smtp', 'allowedClients'],
-        v.split(',').map((s) => s.trim()).filter(Boolean),
+        v
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean),
       ),
   },
   { name: 'DLP_RELAY_MAX_MESSAGE_BYTES', apply: (raw, v) => num(raw, ['smtp', 'maxMessageBytes'], v) },
@@ -136,10 +168,7 @@ export function deepMerge(base: Raw, over: Raw): Raw {
   const out: Raw = { ...base };
   for (const [k, v] of Object.entries(over)) {
     const b = out[k];
-    out[k] =
-      v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b)
-        ? deepMerge(b as Raw, v as Raw)
-        : v;
+    out[k] = v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b) ? deepMerge(b as Raw, v as Raw) : v;
   }
   return out;
 }
@@ -239,7 +268,10 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
       try {
         secrets[s.key] = readFileSync(f, 'utf8').trim();
       } catch (err) {
-        problems.push({ path: envFile ? `${s.env}_FILE` : s.fileKey!.join('.'), message: `cannot read secret file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+        problems.push({
+          path: envFile ? `${s.env}_FILE` : s.fileKey!.join('.'),
+          message: `cannot read secret file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        });
       }
     }
   }
@@ -278,18 +310,22 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
       problems.push({ path: 'nextHop.authUser', message: 'AUTH needs DLP_RELAY_NEXT_HOP_PASS (or nextHop.passFile)' });
     if (c.smtp.auth.enabled && c.smtp.tls.certFile === null)
       problems.push({ path: 'smtp.auth.enabled', message: 'AUTH is offered only after STARTTLS: set smtp.tls.certFile and keyFile' });
-    if (c.smtp.auth.enabled && c.smtp.auth.usersFile === null)
-      problems.push({ path: 'smtp.auth.usersFile', message: 'AUTH needs a users file' });
-    if (c.smtp.auth.required && !c.smtp.auth.enabled)
-      problems.push({ path: 'smtp.auth.required', message: 'required needs enabled: true' });
+    if (c.smtp.auth.enabled && c.smtp.auth.usersFile === null) problems.push({ path: 'smtp.auth.usersFile', message: 'AUTH needs a users file' });
+    if (c.smtp.auth.required && !c.smtp.auth.enabled) problems.push({ path: 'smtp.auth.required', message: 'required needs enabled: true' });
     if (c.admin.enabled && c.secrets.adminToken !== null && c.secrets.adminToken.length < 16)
       problems.push({ path: 'DLP_RELAY_ADMIN_TOKEN', message: 'the admin token must be at least 16 characters' });
     // Cisco CVE-2025-20393 was a quarantine console reachable from outside: a non-loopback console is an explicit choice.
     if (c.console.enabled && !c.console.allowRemote && !/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(c.admin.host))
-      problems.push({ path: 'console.allowRemote', message: `the console would listen on ${c.admin.host}: keep admin.host on loopback behind an authenticating TLS proxy, or set console.allowRemote: true` });
-    if (c.console.digest.enabled && !c.console.enabled) problems.push({ path: 'console.digest.enabled', message: 'the digest links to the console: set console.enabled: true' });
-    if (c.console.digest.enabled && c.console.digest.recipients.length === 0) problems.push({ path: 'console.digest.recipients', message: 'name at least one reviewer address' });
-    if (c.console.enabled && !c.admin.enabled) problems.push({ path: 'console.enabled', message: 'the console is served by the admin listener: set admin.enabled: true' });
+      problems.push({
+        path: 'console.allowRemote',
+        message: `the console would listen on ${c.admin.host}: keep admin.host on loopback behind an authenticating TLS proxy, or set console.allowRemote: true`,
+      });
+    if (c.console.digest.enabled && !c.console.enabled)
+      problems.push({ path: 'console.digest.enabled', message: 'the digest links to the console: set console.enabled: true' });
+    if (c.console.digest.enabled && c.console.digest.recipients.length === 0)
+      problems.push({ path: 'console.digest.recipients', message: 'name at least one reviewer address' });
+    if (c.console.enabled && !c.admin.enabled)
+      problems.push({ path: 'console.enabled', message: 'the console is served by the admin listener: set admin.enabled: true' });
     if (c.cas.enabled && !c.secrets.casToken)
       problems.push({ path: 'cas.enabled', message: 'CAS needs a token: DLP_RELAY_CAS_TOKEN (or its _FILE, or cas.tokenFile)' });
     if (c.cas.enabled && !c.cas.url && !c.cas.region)
@@ -297,12 +333,22 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
     if (c.cas.outbox.backend === 'pg' && !c.quarantine.url)
       problems.push({ path: 'cas.outbox.backend', message: 'the pg outbox lives in the quarantine database: set quarantine.url' });
     if (c.smtp.workers > 1 && c.cas.enabled && c.cas.outbox.backend !== 'pg')
-      problems.push({ path: 'smtp.workers', message: 'several workers share the CAS outbox only with cas.outbox.backend: pg (the fs journal admits one process)' });
+      problems.push({
+        path: 'smtp.workers',
+        message: 'several workers share the CAS outbox only with cas.outbox.backend: pg (the fs journal admits one process)',
+      });
     const loop = c.policy.loop;
-    for (const [key, path] of [['loopKey', 'policy.loop.keyFile'], ['loopPreviousKey', 'policy.loop.previousKeyFile']] as const)
-      if (c.secrets[key] !== null && Buffer.byteLength(c.secrets[key]) < 16) problems.push({ path, message: 'a loop header key must be at least 16 bytes (32 random bytes, e.g. `openssl rand -base64 32`)' });
+    for (const [key, path] of [
+      ['loopKey', 'policy.loop.keyFile'],
+      ['loopPreviousKey', 'policy.loop.previousKeyFile'],
+    ] as const)
+      if (c.secrets[key] !== null && Buffer.byteLength(c.secrets[key]) < 16)
+        problems.push({ path, message: 'a loop header key must be at least 16 bytes (32 random bytes, e.g. `openssl rand -base64 32`)' });
     if ((c.secrets.loopPreviousKey !== null) !== (loop.previousKeyUntil !== null))
-      problems.push({ path: 'policy.loop.previousKeyUntil', message: 'the previous loop key (policy.loop.previousKeyFile or DLP_RELAY_LOOP_PREVIOUS_KEY) and previousKeyUntil go together' });
+      problems.push({
+        path: 'policy.loop.previousKeyUntil',
+        message: 'the previous loop key (policy.loop.previousKeyFile or DLP_RELAY_LOOP_PREVIOUS_KEY) and previousKeyUntil go together',
+      });
     if (c.nextHop.host !== null && c.nextHop.endpoints.length > 0)
       problems.push({ path: 'nextHop.endpoints', message: 'list the next hops either as nextHop.host/port or as nextHop.endpoints, not both' });
     if (c.nextHop.backoff.maxMs < c.nextHop.backoff.initialMs) problems.push({ path: 'nextHop.backoff.maxMs', message: 'must be at least initialMs' });
@@ -354,7 +400,8 @@ export function changedValues(loaded: LoadedConfig): Array<{ path: string; value
   const out: Array<{ path: string; value: unknown; origin: string }> = [];
   // The data directories are compared under the configured stateDir (so they are not all listed when it moves);
   // stateDir itself against the built-in one.
-  if (loaded.config.stateDir !== defaultStateDir(PACKAGE_ROOT)) out.push({ path: 'stateDir', value: loaded.config.stateDir, origin: loaded.origins.of('stateDir') ?? 'derived' });
+  if (loaded.config.stateDir !== defaultStateDir(PACKAGE_ROOT))
+    out.push({ path: 'stateDir', value: loaded.config.stateDir, origin: loaded.origins.of('stateDir') ?? 'derived' });
   for (const [path, value] of flatten(loaded.config)) {
     if (path === 'stateDir') continue;
     if (path.startsWith('secrets.')) continue;

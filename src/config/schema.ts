@@ -9,7 +9,11 @@ const hostPort = z.object({ host: z.string().min(1), port }).strict();
 const ucwiUrl = z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL with the scheme written out, e.g. https://ucwi.example:5443' });
 /** MX-style preference of an upstream endpoint. */
 const priority = z.number().int().min(0).max(65535).default(10);
-const backoff = () => z.object({ initialMs: ms(5_000, 600_000), maxMs: ms(60_000, 3_600_000) }).strict().prefault({});
+const backoff = () =>
+  z
+    .object({ initialMs: ms(5_000, 600_000), maxMs: ms(60_000, 3_600_000) })
+    .strict()
+    .prefault({});
 const nullableString = z.string().min(1).nullable().default(null);
 
 /** What the relay does with a message; see src/policy for the semantics. */
@@ -32,13 +36,13 @@ const actionSpec = z
   })
   .strict()
   .superRefine((a, ctx) => {
-    if (a.action === 'route_to_gateway' && a.gateway === undefined) ctx.addIssue({ code: 'custom', message: 'route_to_gateway needs a gateway name', path: ['gateway'] });
+    if (a.action === 'route_to_gateway' && a.gateway === undefined)
+      ctx.addIssue({ code: 'custom', message: 'route_to_gateway needs a gateway name', path: ['gateway'] });
     if (a.action !== 'route_to_gateway' && (a.gateway !== undefined || a.header !== undefined))
       ctx.addIssue({ code: 'custom', message: `gateway and header apply only to route_to_gateway, not ${a.action}`, path: ['gateway'] });
     if (a.code !== undefined && a.action !== 'reject' && a.action !== 'tempfail')
       ctx.addIssue({ code: 'custom', message: `code applies only to reject or tempfail, not ${a.action}`, path: ['code'] });
-    if (a.action === 'reject' && a.code !== undefined && a.code < 500)
-      ctx.addIssue({ code: 'custom', message: 'a reject needs a 5xx code', path: ['code'] });
+    if (a.action === 'reject' && a.code !== undefined && a.code < 500) ctx.addIssue({ code: 'custom', message: 'a reject needs a 5xx code', path: ['code'] });
     if (a.action === 'tempfail' && a.code !== undefined && a.code >= 500)
       ctx.addIssue({ code: 'custom', message: 'a tempfail needs a 4xx code', path: ['code'] });
     if (a.code !== undefined && a.enhanced !== undefined && a.enhanced[0] !== String(a.code)[0])
@@ -66,10 +70,8 @@ const tlsFiles = z
   })
   .strict()
   .superRefine((t, ctx) => {
-    if ((t.certFile === null) !== (t.keyFile === null))
-      ctx.addIssue({ code: 'custom', message: 'certFile and keyFile go together', path: ['certFile'] });
-    if (t.require && t.certFile === null)
-      ctx.addIssue({ code: 'custom', message: 'require needs a certificate (certFile/keyFile)', path: ['require'] });
+    if ((t.certFile === null) !== (t.keyFile === null)) ctx.addIssue({ code: 'custom', message: 'certFile and keyFile go together', path: ['certFile'] });
+    if (t.require && t.certFile === null) ctx.addIssue({ code: 'custom', message: 'require needs a certificate (certFile/keyFile)', path: ['require'] });
   });
 
 export const configSchema = z
@@ -84,7 +86,12 @@ export const configSchema = z
       .object({
         /** Name in the banner, EHLO reply and our Received-free headers. */
         hostname: z.string().min(1).default('dlp-relay.localdomain'),
-        maxMessageBytes: z.number().int().min(1024).max(2 ** 40).default(50 * 1024 * 1024), // 50 MiB
+        maxMessageBytes: z
+          .number()
+          .int()
+          .min(1024)
+          .max(2 ** 40)
+          .default(50 * 1024 * 1024), // 50 MiB
         maxClients: z.number().int().min(1).max(100_000).default(200),
         /**
          * SMTP worker processes (node:cluster) sharing the listen port; 1 runs everything in one process.
@@ -158,7 +165,10 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
-    spool: z.object({ dir: z.string().min(1).default('var/spool') }).strict().prefault({}),
+    spool: z
+      .object({ dir: z.string().min(1).default('var/spool') })
+      .strict()
+      .prefault({}),
     ucwi: z
       .object({
         /** Base URL of the UCWI server, e.g. https://ucwi.example:5443. null: start the embedded engine on loopback. */
@@ -166,11 +176,23 @@ export const configSchema = z
          * Or a list of them, each a URL or { url, priority }: lowest priority first, equal ones share the load
          * (default priority 10 for all, i.e. shared). A scan moves to the next server only when no answer came.
          */
-        url: z.union([ucwiUrl, z.array(z.union([ucwiUrl, z.object({ url: ucwiUrl, priority: priority }).strict()])).min(1).max(32)]).nullable().default(null),
+        url: z
+          .union([
+            ucwiUrl,
+            z
+              .array(z.union([ucwiUrl, z.object({ url: ucwiUrl, priority: priority }).strict()]))
+              .min(1)
+              .max(32),
+          ])
+          .nullable()
+          .default(null),
         /** Down period of a failing UCWI server before it is probed again (doubled per failed probe, up to maxMs). */
         backoff: backoff(),
         /** Path segment after /channel/email/: the vendor docs name only SMTP. */
-        protocol: z.string().regex(/^[A-Za-z0-9_-]+$/).default('smtp'),
+        protocol: z
+          .string()
+          .regex(/^[A-Za-z0-9_-]+$/)
+          .default('smtp'),
         /** Secrets are never read from this file: environment or files only. */
         accessKeyFile: nullableString,
         secretKeyFile: nullableString,
@@ -215,9 +237,7 @@ export const configSchema = z
         /** Verdict headers on relayed copies: auto = on when enforcing, off in monitor mode. The loop header is always added. */
         headers: z.enum(['auto', 'on', 'off']).default('auto'),
         /** actionCode → action. Codes 1..9 as documented by UCWI. */
-        actions: z
-          .record(z.string().regex(/^[1-9]$/, 'action codes are 1..9'), actionSpec)
-          .default({}),
+        actions: z.record(z.string().regex(/^[1-9]$/, 'action codes are 1..9'), actionSpec).default({}),
         unknownAction: actionSpec.prefault({ action: 'quarantine' }),
         /** What a DLP failure (down, timeout, 401, garbage) does. */
         onDlpError: z.enum(['tempfail', 'relay', 'quarantine']).default('tempfail'),
@@ -280,7 +300,14 @@ export const configSchema = z
             });
           }),
         /** Our own mail domains; cas.exemptDomains defaults to them, so CAS never blocks our own users. */
-        localDomains: z.array(z.string().min(1).regex(/^[@.]?[A-Za-z0-9.-]+$/, 'must be a domain name')).default([]),
+        localDomains: z
+          .array(
+            z
+              .string()
+              .min(1)
+              .regex(/^[@.]?[A-Za-z0-9.-]+$/, 'must be a domain name'),
+          )
+          .default([]),
         loop: z
           .object({
             /** Marks a message we already scanned; trusted networks may send it back without a second scan. */
@@ -295,7 +322,12 @@ export const configSchema = z
             previousKeyFile: nullableString,
             previousKeyUntil: z.iso.datetime({ offset: true }).or(z.iso.date()).nullable().default(null),
             /** A signed value older than this is not trusted: the copy is scanned again. */
-            maxAgeSeconds: z.number().int().min(60).max(30 * 86_400).default(3600),
+            maxAgeSeconds: z
+              .number()
+              .int()
+              .min(60)
+              .max(30 * 86_400)
+              .default(3600),
           })
           .strict()
           .prefault({}),
@@ -375,7 +407,10 @@ export const configSchema = z
               })
               .strict()
               .prefault({}),
-            timeouts: z.object({ connectMs: ms(10_000), greetingMs: ms(10_000), socketMs: ms(30_000) }).strict().prefault({}),
+            timeouts: z
+              .object({ connectMs: ms(10_000), greetingMs: ms(10_000), socketMs: ms(30_000) })
+              .strict()
+              .prefault({}),
           })
           .strict()
           .superRefine((g, ctx) => {
@@ -383,7 +418,10 @@ export const configSchema = z
           }),
       )
       .default({}),
-    outbox: z.object({ dir: z.string().min(1).default('var/outbox') }).strict().prefault({}),
+    outbox: z
+      .object({ dir: z.string().min(1).default('var/outbox') })
+      .strict()
+      .prefault({}),
     quarantine: z
       .object({
         dir: z.string().min(1).default('var/quarantine'),
@@ -470,7 +508,10 @@ export const configSchema = z
             /** Hour of the day (UTC) a daily digest is sent at; it covers the 24 hours before. */
             dailyHourUtc: z.number().int().min(0).max(23).default(7),
             recipients: z.array(z.string().regex(/^[^\s<>@]+@[^\s<>@]+$/, 'must be an address like reviewers@corp.example')).default([]),
-            from: z.string().regex(/^[^\s<>@]+@[^\s<>@]+$/, 'must be an address').default('postmaster@localhost'),
+            from: z
+              .string()
+              .regex(/^[^\s<>@]+@[^\s<>@]+$/, 'must be an address')
+              .default('postmaster@localhost'),
             /** Origin of the links (the proxy in front of the console); default console.confirm.publicUrl, else the admin listener. */
             publicUrl: z.string().url().nullable().default(null),
             /** Messages listed by name; the rest are counted. */
@@ -519,9 +560,5 @@ export const configSchema = z
   });
 
 export type Config = z.infer<typeof configSchema>;
-export type DeepReadonly<T> = T extends (infer U)[]
-  ? ReadonlyArray<DeepReadonly<U>>
-  : T extends object
-    ? { readonly [K in keyof T]: DeepReadonly<T[K]> }
-    : T;
+export type DeepReadonly<T> = T extends (infer U)[] ? ReadonlyArray<DeepReadonly<U>> : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;
 export type FrozenConfig = DeepReadonly<Config>;

@@ -19,7 +19,11 @@ export interface FoundConfig {
  * One discovery rule for `serve` and every admin command: --config FILE, then DLP_RELAY_CONFIG, then the
  * system file when it exists, then the built-in defaults. Never a file in the working directory.
  */
-export function findConfigFile(explicit: string | undefined, env: Record<string, string | undefined>, systemFile: string | null = SYSTEM_CONFIG_FILE): FoundConfig {
+export function findConfigFile(
+  explicit: string | undefined,
+  env: Record<string, string | undefined>,
+  systemFile: string | null = SYSTEM_CONFIG_FILE,
+): FoundConfig {
   if (explicit) return { file: resolve(explicit), source: '--config' };
   const fromEnv = env['DLP_RELAY_CONFIG'];
   if (fromEnv) return { file: resolve(fromEnv), source: 'DLP_RELAY_CONFIG' };

@@ -80,7 +80,7 @@ export class ConfirmLinks {
     const m = /^([0-9a-f-]{36})\.(\d{1,12})\.([A-Za-z0-9_-]{43})$/.exec(token);
     if (!m) return { ok: false, why: 'invalid' };
     const [id, exp] = [m[1]!, Number(m[2])];
-    if (!sameToken(m[3]!, this.mac(id, exp))) return { ok: false, why: 'invalid' };
+    if (!sameToken(m[3], this.mac(id, exp))) return { ok: false, why: 'invalid' };
     if (this.now() >= exp * 1000) return { ok: false, why: 'expired' };
     return { ok: true, id, exp };
   }
@@ -100,12 +100,22 @@ export function registerConfirmRoutes(server: AdminServer, c: ConsoleContext, op
     const v = links.verify(token);
     if (!v.ok)
       return v.why === 'expired'
-        ? senderPage(base, 'Link expired', html`<p class="notice err" role="alert">This link has expired. Ask your IT help desk to review the message.</p>`, 410)
+        ? senderPage(
+            base,
+            'Link expired',
+            html`<p class="notice err" role="alert">This link has expired. Ask your IT help desk to review the message.</p>`,
+            410,
+          )
         : senderPage(base, 'Invalid link', html`<p class="notice err" role="alert">This link is not valid.</p>`, 404);
     const used = await ops.store.listAudit({ target: v.id, limit: 50 });
     const record = await ops.store.get(v.id);
     if (used.items.some((a) => CLOSING.includes(a.action) && a.result === 'ok') || !record || record.status !== 'held')
-      return senderPage(base, 'Link already used', html`<p class="notice err" role="alert">This link has already been used, or the message was decided by a reviewer.</p>`, 410);
+      return senderPage(
+        base,
+        'Link already used',
+        html`<p class="notice err" role="alert">This link has already been used, or the message was decided by a reviewer.</p>`,
+        410,
+      );
     return { record, id: v.id };
   };
   const isResponse = (v: unknown): v is AdminResponse => typeof v === 'object' && v !== null && 'status' in v;
@@ -124,13 +134,20 @@ export function registerConfirmRoutes(server: AdminServer, c: ConsoleContext, op
       return senderPage(
         base,
         'Your message is held',
-        html`<dl class="kv" id="held"><dt>Subject</dt><dd>${rec.subject ?? '(no subject)'}</dd><dt>Recipients</dt><dd>${rec.envelope.to.map((t) => t.address).join(', ')}</dd>
-<dt>Matched policy</dt><dd>${policies}</dd></dl>
-<form method="post" action="${base}/confirm/${req.params.token ?? ''}" class="login">
-<label>Why must this message go out? <textarea name="justification" rows="4" maxlength="1000" required></textarea></label>
-<p class="muted">If you confirm, ${next}. Your justification is recorded.</p>
-<button type="submit" name="action" value="confirm">Confirm and send</button>
-<button type="submit" name="action" value="withdraw" class="danger" formnovalidate>Withdraw the message</button></form>`,
+        html`<dl class="kv" id="held">
+            <dt>Subject</dt>
+            <dd>${rec.subject ?? '(no subject)'}</dd>
+            <dt>Recipients</dt>
+            <dd>${rec.envelope.to.map((t) => t.address).join(', ')}</dd>
+            <dt>Matched policy</dt>
+            <dd>${policies}</dd>
+          </dl>
+          <form method="post" action="${base}/confirm/${req.params.token ?? ''}" class="login">
+            <label>Why must this message go out? <textarea name="justification" rows="4" maxlength="1000" required></textarea></label>
+            <p class="muted">If you confirm, ${next}. Your justification is recorded.</p>
+            <button type="submit" name="action" value="confirm">Confirm and send</button>
+            <button type="submit" name="action" value="withdraw" class="danger" formnovalidate>Withdraw the message</button>
+          </form>`,
       );
     },
     open,
@@ -146,14 +163,18 @@ export function registerConfirmRoutes(server: AdminServer, c: ConsoleContext, op
       if (isResponse(r)) return r;
       const actor = actorFor(req, r.record);
       const action = form.get('action');
-      const justification = (form.get('justification') ?? '').replace(/[\u0000-\u001f\u007f]+/g, ' ').trim().slice(0, 1000);
+      const justification = (form.get('justification') ?? '')
+        .replace(/[\u0000-\u001f\u007f]+/g, ' ')
+        .trim()
+        .slice(0, 1000);
       if (action === 'withdraw') {
         const del = await deleteMessage(ops, actor, r.id);
         await audited(ops, actor, 'sender-withdraw', r.id, del === 'deleted' ? 'ok' : del);
         return senderPage(base, 'Message withdrawn', html`<p class="notice ok" role="status">Your message was withdrawn and will not be delivered.</p>`);
       }
       if (action !== 'confirm') throw new HttpError(400, 'choose confirm or withdraw');
-      if (justification.length < 3) return senderPage(base, 'Justification needed', html`<p class="notice err" role="alert">Please say why the message must go out.</p>`, 400);
+      if (justification.length < 3)
+        return senderPage(base, 'Justification needed', html`<p class="notice err" role="alert">Please say why the message must go out.</p>`, 400);
       // Recorded first: the link is spent even if the release then waits for a retry or a reviewer.
       await audited(ops, actor, 'sender-confirm', r.id, 'ok', justification);
       if (links.settings.onConfirm === 'review') {
@@ -167,7 +188,9 @@ export function registerConfirmRoutes(server: AdminServer, c: ConsoleContext, op
         sent ? 'Message sent' : 'Release pending',
         sent
           ? html`<p class="notice ok" role="status">Thank you. Your message has been delivered.</p>`
-          : html`<p class="notice err" role="status">Your confirmation is recorded; delivery did not complete yet (${out.status}). A reviewer will follow up.</p>`,
+          : html`<p class="notice err" role="status">
+              Your confirmation is recorded; delivery did not complete yet (${out.status}). A reviewer will follow up.
+            </p>`,
       );
     },
     open,

@@ -63,19 +63,29 @@ export interface LayoutUser {
 
 export function layout(base: string, title: string, content: Html, who: LayoutUser | null): Html {
   const nav = who
-    ? html`<nav><a href="${base}/messages">Messages</a>${who.role === 'admin' ? html` <a href="${base}/audit">Audit</a>` : ''}
-<span class="who">${who.user} (${who.role})</span>
-<form method="post" action="${base}/logout" class="inline"><input type="hidden" name="_csrf" value="${who.csrf}"><button>Sign out</button></form></nav>`
+    ? html`<nav>
+        <a href="${base}/messages">Messages</a>${who.role === 'admin' ? html` <a href="${base}/audit">Audit</a>` : ''}
+        <span class="who">${who.user} (${who.role})</span>
+        <form method="post" action="${base}/logout" class="inline"><input type="hidden" name="_csrf" value="${who.csrf}" /><button>Sign out</button></form>
+      </nav>`
     : html``;
   return html`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="same-origin">
-<title>${title} · dlp-relay</title><link rel="stylesheet" href="${base}/static/console.css"></head>
-<body><header><strong>dlp-relay</strong> quarantine ${nav}</header><main>
-<h1>${title}</h1>
-${content}
-</main></body></html>
-`;
+    <html lang="en">
+      <head>
+        <meta charset="utf-8" />
+        <meta name="viewport" content="width=device-width, initial-scale=1" />
+        <meta name="referrer" content="same-origin" />
+        <title>${title} · dlp-relay</title>
+        <link rel="stylesheet" href="${base}/static/console.css" />
+      </head>
+      <body>
+        <header><strong>dlp-relay</strong> quarantine ${nav}</header>
+        <main>
+          <h1>${title}</h1>
+          ${content}
+        </main>
+      </body>
+    </html> `;
 }
 
 export const CSS = `

@@ -11,7 +11,13 @@ import type { DeliverFn } from '../quarantine/operations.js';
 import type { QuarantineStore } from '../quarantine/types.js';
 
 /** `links` signs the sender notices' links (the relay shares its instance); a supervisor builds its own from the same key file. */
-export function startConsole(admin: AdminServer, c: FrozenConfig, ops: OperationsContext, logger: Logger, links: ConfirmLinks | null = ConfirmLinks.fromConfig(c)): ConsoleContext | null {
+export function startConsole(
+  admin: AdminServer,
+  c: FrozenConfig,
+  ops: OperationsContext,
+  logger: Logger,
+  links: ConfirmLinks | null = ConfirmLinks.fromConfig(c),
+): ConsoleContext | null {
   const k = c.console;
   if (!k.enabled) return null;
   logger.info({ basePath: k.basePath, usersFile: k.usersFile, host: c.admin.host }, 'quarantine console enabled');
@@ -47,7 +53,16 @@ export function startReviewerDigest(
     deliver: deps.deliver,
     logger: deps.logger,
     ...(deps.now ? { now: deps.now } : {}),
-    settings: { interval: d.interval, dailyHourUtc: d.dailyHourUtc, recipients: d.recipients, from: d.from, publicUrl, basePath: c.console.basePath, hostname: c.smtp.hostname, maxItems: d.maxItems },
+    settings: {
+      interval: d.interval,
+      dailyHourUtc: d.dailyHourUtc,
+      recipients: d.recipients,
+      from: d.from,
+      publicUrl,
+      basePath: c.console.basePath,
+      hostname: c.smtp.hostname,
+      maxItems: d.maxItems,
+    },
   });
   deps.logger.info({ interval: d.interval, recipients: d.recipients.length, publicUrl }, 'reviewer digest enabled');
   return { digest, stop: digest.start() };

@@ -31,52 +31,97 @@ export function loginPage(base: string, loginToken: string, error: string | null
     base,
     'Sign in',
     html`${error ? html`<p class="notice err" role="alert">${error}</p>` : ''}
-<form method="post" action="${base}/login" class="login">
-<input type="hidden" name="_login" value="${loginToken}">
-<label>User <input type="text" name="user" value="${name}" autocomplete="username" required maxlength="64"></label>
-<label>Password <input type="password" name="password" autocomplete="current-password" required maxlength="1024"></label>
-<button type="submit">Sign in</button>
-</form>`,
+      <form method="post" action="${base}/login" class="login">
+        <input type="hidden" name="_login" value="${loginToken}" />
+        <label>User <input type="text" name="user" value="${name}" autocomplete="username" required maxlength="64" /></label>
+        <label>Password <input type="password" name="password" autocomplete="current-password" required maxlength="1024" /></label>
+        <button type="submit">Sign in</button>
+      </form>`,
     null,
   );
 }
 
 export function listPage(base: string, who: LayoutUser, v: ListView, notice: Html | null = null): Html {
   const q = v.query;
-  const statusSel = (s: string) => html`<option value="${s}"${q['status'] === s ? html` selected` : ''}>${s || 'any'}</option>`;
-  const filterForm = html`<form method="get" action="${base}/messages"><fieldset><legend>Filter</legend>
-<label>From (UTC) <input type="datetime-local" name="from" value="${q['from'] ?? ''}"></label>
-<label>To (UTC) <input type="datetime-local" name="to" value="${q['to'] ?? ''}"></label>
-<label>Sender <input type="search" name="sender" value="${q['sender'] ?? ''}" maxlength="320"></label>
-<label>Recipient <input type="search" name="recipient" value="${q['recipient'] ?? ''}" maxlength="320"></label>
-<label>Policy <input type="search" name="policy" value="${q['policy'] ?? ''}" maxlength="320"></label>
-<label>actionCode <input type="text" name="actionCode" value="${q['actionCode'] ?? ''}" size="4" maxlength="4"></label>
-<label>Status <select name="status">${['', 'held', 'released'].map(statusSel)}</select></label>
-<button type="submit">Apply</button> <a href="${base}/messages">Clear</a></fieldset></form>`;
+  const statusSel = (s: string) => html`<option value="${s}" ${q['status'] === s ? html` selected` : ''}>${s || 'any'}</option>`;
+  const filterForm = html`<form method="get" action="${base}/messages">
+    <fieldset>
+      <legend>Filter</legend>
+      <label>From (UTC) <input type="datetime-local" name="from" value="${q['from'] ?? ''}" /></label>
+      <label>To (UTC) <input type="datetime-local" name="to" value="${q['to'] ?? ''}" /></label>
+      <label>Sender <input type="search" name="sender" value="${q['sender'] ?? ''}" maxlength="320" /></label>
+      <label>Recipient <input type="search" name="recipient" value="${q['recipient'] ?? ''}" maxlength="320" /></label>
+      <label>Policy <input type="search" name="policy" value="${q['policy'] ?? ''}" maxlength="320" /></label>
+      <label>actionCode <input type="text" name="actionCode" value="${q['actionCode'] ?? ''}" size="4" maxlength="4" /></label>
+      <label
+        >Status
+        <select name="status">
+          ${['', 'held', 'released'].map(statusSel)}
+        </select></label
+      >
+      <button type="submit">Apply</button> <a href="${base}/messages">Clear</a>
+    </fieldset>
+  </form>`;
   const rows = v.items.map(
-    (r) => html`<tr>
-${v.canDecide ? html`<td><input type="checkbox" name="id" value="${r.id}" form="bulk" aria-label="select ${r.id}"></td>` : ''}
-<td>${fmtTime(r.quarantinedAt)}</td><td>${r.envelope.from || '<>'}</td><td>${recipients(r)}</td>
-<td><a href="${base}/messages/${r.id}">${r.subject ?? '(no subject)'}</a></td>
-<td>${r.policies.map((p) => p.name).join(', ')}</td><td>${r.actionCode ?? '—'}</td><td>${r.status}</td><td>${size(r.size)}</td></tr>`,
+    (r) =>
+      html`<tr>
+        ${v.canDecide ? html`<td><input type="checkbox" name="id" value="${r.id}" form="bulk" aria-label="select ${r.id}" /></td>` : ''}
+        <td>${fmtTime(r.quarantinedAt)}</td>
+        <td>${r.envelope.from || '<>'}</td>
+        <td>${recipients(r)}</td>
+        <td><a href="${base}/messages/${r.id}">${r.subject ?? '(no subject)'}</a></td>
+        <td>${r.policies.map((p) => p.name).join(', ')}</td>
+        <td>${r.actionCode ?? '—'}</td>
+        <td>${r.status}</td>
+        <td>${size(r.size)}</td>
+      </tr>`,
   );
   const keep = new URLSearchParams();
   for (const k of FILTERS) if (q[k]) keep.set(k, q[k]);
   const next = v.nextCursor ? new URLSearchParams(keep) : null;
   next?.set('cursor', v.nextCursor!);
   const bulk = v.canDecide
-    ? html`<form method="post" action="${base}/messages/bulk" id="bulk"><input type="hidden" name="_csrf" value="${who.csrf}">
-<fieldset><legend>Selected messages (up to 500)</legend>
-<button type="submit" name="action" value="release">Release selected</button>
-<button type="submit" name="action" value="delete" class="danger">Delete selected</button></fieldset></form>`
+    ? html`<form method="post" action="${base}/messages/bulk" id="bulk">
+        <input type="hidden" name="_csrf" value="${who.csrf}" />
+        <fieldset>
+          <legend>Selected messages (up to 500)</legend>
+          <button type="submit" name="action" value="release">Release selected</button>
+          <button type="submit" name="action" value="delete" class="danger">Delete selected</button>
+        </fieldset>
+      </form>`
     : '';
   return layout(
     base,
     'Quarantined messages',
     html`${notice ?? ''}${filterForm}${bulk}
-<table id="messages"><thead><tr>${v.canDecide ? html`<th>Select</th>` : ''}<th>Quarantined</th><th>Sender</th><th>Recipients</th><th>Subject</th><th>Policies</th><th>actionCode</th><th>Status</th><th>Size</th></tr></thead>
-<tbody>${rows.length ? rows : html`<tr><td colspan="9" class="muted">No messages match.</td></tr>`}</tbody></table>
-<p class="pager">${v.items.length} shown. ${keep.size || q['cursor'] ? html`<a href="${base}/messages?${keep.toString()}">First page</a> ` : ''}${next ? html`<a href="${base}/messages?${next.toString()}" rel="next">Next page</a>` : ''}</p>`,
+      <table id="messages">
+        <thead>
+          <tr>
+            ${v.canDecide ? html`<th>Select</th>` : ''}
+            <th>Quarantined</th>
+            <th>Sender</th>
+            <th>Recipients</th>
+            <th>Subject</th>
+            <th>Policies</th>
+            <th>actionCode</th>
+            <th>Status</th>
+            <th>Size</th>
+          </tr>
+        </thead>
+        <tbody>
+          ${
+            rows.length
+              ? rows
+              : html`<tr>
+                  <td colspan="9" class="muted">No messages match.</td>
+                </tr>`
+          }
+        </tbody>
+      </table>
+      <p class="pager">
+        ${v.items.length} shown.
+        ${keep.size || q['cursor'] ? html`<a href="${base}/messages?${keep.toString()}">First page</a> ` : ''}${next ? html`<a href="${base}/messages?${next.toString()}" rel="next">Next page</a>` : ''}
+      </p>`,
     who,
   );
 }
@@ -103,13 +148,32 @@ export function frameDocument(source: string): string {
 function bodySection(base: string, id: string, p: MessagePreview, view: 'text' | 'html'): Html {
   const href = `${base}/messages/${id}`;
   const views = p.html
-    ? html`<p class="views" id="views">Show: ${view === 'html' ? html`<a href="${href}">Text</a> | <strong>HTML (sandboxed)</strong>` : html`<strong>Text</strong> | <a href="${href}?view=html">HTML (sandboxed)</a>`}</p>`
+    ? html`<p class="views" id="views">
+        Show:
+        ${view === 'html' ? html`<a href="${href}">Text</a> | <strong>HTML (sandboxed)</strong>` : html`<strong>Text</strong> | <a href="${href}?view=html">HTML (sandboxed)</a>`}
+      </p>`
     : '';
   if (view === 'html' && p.html)
-    return html`<h2>Body</h2>${views}<p class="muted">The HTML part in a sandboxed frame: no scripts, forms or plugins, and nothing is loaded from anywhere (remote images and styles stay blank).${p.html.truncated ? ' Truncated.' : ''}</p>
-<iframe class="body" id="html-body" sandbox="" referrerpolicy="no-referrer" title="HTML body (sandboxed)" srcdoc="${frameDocument(p.html.source)}"></iframe>`;
-  return html`<h2>Body text</h2>${views}<p class="muted">${p.textSource === 'html-stripped' ? 'HTML reduced to text: no markup, scripts or remote content is ever rendered.' : p.textSource === 'none' ? 'No text part.' : 'Plain-text part.'}${p.textTruncated ? ' Truncated.' : ''}</p>
-<pre class="body" id="body">${p.text}</pre>`;
+    return html`<h2>Body</h2>
+      ${views}
+      <p class="muted">
+        The HTML part in a sandboxed frame: no scripts, forms or plugins, and nothing is loaded from anywhere (remote images and styles stay
+        blank).${p.html.truncated ? ' Truncated.' : ''}
+      </p>
+      <iframe
+        class="body"
+        id="html-body"
+        sandbox=""
+        referrerpolicy="no-referrer"
+        title="HTML body (sandboxed)"
+        srcdoc="${frameDocument(p.html.source)}"
+      ></iframe>`;
+  return html`<h2>Body text</h2>
+    ${views}
+    <p class="muted">
+      ${p.textSource === 'html-stripped' ? 'HTML reduced to text: no markup, scripts or remote content is ever rendered.' : p.textSource === 'none' ? 'No text part.' : 'Plain-text part.'}${p.textTruncated ? ' Truncated.' : ''}
+    </p>
+    <pre class="body" id="body">${p.text}</pre>`;
 }
 
 export function messagePage(base: string, who: LayoutUser, v: MessageView): Html {
@@ -117,51 +181,147 @@ export function messagePage(base: string, who: LayoutUser, v: MessageView): Html
   const p = v.preview;
   const id = r.id;
   const env = html`<dl class="kv" id="envelope">
-<dt>Id</dt><dd>${id}</dd><dt>Status</dt><dd>${r.status}${r.releaseClaim ? ' (release in progress)' : ''}</dd>
-<dt>Quarantined</dt><dd>${fmtTime(r.quarantinedAt)}</dd><dt>Sender</dt><dd>${r.envelope.from || '<>'}</dd>
-<dt>Recipients</dt><dd>${r.envelope.to.map((t) => t.address).join(', ')}</dd>
-<dt>Client</dt><dd>${r.clientAddress}${r.heloName ? ` (${r.heloName})` : ''}</dd>
-<dt>Subject</dt><dd>${r.subject ?? '(no subject)'}</dd><dt>Size</dt><dd>${size(r.size)}</dd><dt>SHA-256</dt><dd>${r.sha256}</dd>
-<dt>Verdict</dt><dd>actionCode ${r.actionCode ?? 'none'} — ${r.reason}</dd>
-${r.release ? html`<dt>Released</dt><dd>${fmtTime(r.release.at)} by ${r.release.by} to ${r.release.recipients.join(', ')}</dd>` : ''}
-</dl>`;
+    <dt>Id</dt>
+    <dd>${id}</dd>
+    <dt>Status</dt>
+    <dd>${r.status}${r.releaseClaim ? ' (release in progress)' : ''}</dd>
+    <dt>Quarantined</dt>
+    <dd>${fmtTime(r.quarantinedAt)}</dd>
+    <dt>Sender</dt>
+    <dd>${r.envelope.from || '<>'}</dd>
+    <dt>Recipients</dt>
+    <dd>${r.envelope.to.map((t) => t.address).join(', ')}</dd>
+    <dt>Client</dt>
+    <dd>${r.clientAddress}${r.heloName ? ` (${r.heloName})` : ''}</dd>
+    <dt>Subject</dt>
+    <dd>${r.subject ?? '(no subject)'}</dd>
+    <dt>Size</dt>
+    <dd>${size(r.size)}</dd>
+    <dt>SHA-256</dt>
+    <dd>${r.sha256}</dd>
+    <dt>Verdict</dt>
+    <dd>actionCode ${r.actionCode ?? 'none'} — ${r.reason}</dd>
+    ${
+      r.release
+        ? html`<dt>Released</dt>
+            <dd>${fmtTime(r.release.at)} by ${r.release.by} to ${r.release.recipients.join(', ')}</dd>`
+        : ''
+    }
+  </dl>`;
   const policies = r.policies.length
-    ? html`<table id="policies"><thead><tr><th>Policy</th><th>Severity</th><th>Action setting</th><th>Matches</th></tr></thead><tbody>${r.policies.map(
-        (x) => html`<tr><td>${x.name}</td><td>${x.severity ?? ''}</td><td>${x.actionSettingName ?? ''}</td><td>${x.numberOfMatches ?? ''}</td></tr>`,
-      )}</tbody></table>`
+    ? html`<table id="policies">
+        <thead>
+          <tr>
+            <th>Policy</th>
+            <th>Severity</th>
+            <th>Action setting</th>
+            <th>Matches</th>
+          </tr>
+        </thead>
+        <tbody>
+          ${r.policies.map(
+            (x) =>
+              html`<tr>
+                <td>${x.name}</td>
+                <td>${x.severity ?? ''}</td>
+                <td>${x.actionSettingName ?? ''}</td>
+                <td>${x.numberOfMatches ?? ''}</td>
+              </tr>`,
+          )}
+        </tbody>
+      </table>`
     : html`<p class="muted">No policy names were reported.</p>`;
   const results = r.recipientResults?.length
-    ? html`<h2>Delivery results</h2><table><thead><tr><th>Recipient</th><th>Status</th><th>Reply</th><th>When</th><th>By</th></tr></thead><tbody>${r.recipientResults.map(
-        (x) => html`<tr><td>${x.address}</td><td>${x.status}</td><td>${x.response}</td><td>${fmtTime(x.at)}</td><td>${x.by}</td></tr>`,
-      )}</tbody></table>`
+    ? html`<h2>Delivery results</h2>
+        <table>
+          <thead>
+            <tr>
+              <th>Recipient</th>
+              <th>Status</th>
+              <th>Reply</th>
+              <th>When</th>
+              <th>By</th>
+            </tr>
+          </thead>
+          <tbody>
+            ${r.recipientResults.map(
+              (x) =>
+                html`<tr>
+                  <td>${x.address}</td>
+                  <td>${x.status}</td>
+                  <td>${x.response}</td>
+                  <td>${fmtTime(x.at)}</td>
+                  <td>${x.by}</td>
+                </tr>`,
+            )}
+          </tbody>
+        </table>`
     : '';
   const attachments = p.attachments.length
-    ? html`<table id="attachments"><thead><tr><th>Name</th><th>Type</th><th>Size</th></tr></thead><tbody>${p.attachments.map(
-        (a) => html`<tr><td>${a.filename ?? '(unnamed)'}</td><td>${a.contentType}</td><td>${size(a.size)}</td></tr>`,
-      )}</tbody></table>`
+    ? html`<table id="attachments">
+        <thead>
+          <tr>
+            <th>Name</th>
+            <th>Type</th>
+            <th>Size</th>
+          </tr>
+        </thead>
+        <tbody>
+          ${p.attachments.map(
+            (a) =>
+              html`<tr>
+                <td>${a.filename ?? '(unnamed)'}</td>
+                <td>${a.contentType}</td>
+                <td>${size(a.size)}</td>
+              </tr>`,
+          )}
+        </tbody>
+      </table>`
     : html`<p class="muted">None.</p>`;
   const held = r.status === 'held';
   const actions =
     v.canDecide && held
       ? html`<h2>Decide</h2>
-<form method="post" action="${base}/messages/${id}/release" id="release-form"><input type="hidden" name="_csrf" value="${who.csrf}">
-<fieldset><legend>Release</legend>
-${r.envelope.to.map((t) => html`<label><input type="checkbox" name="recipient" value="${t.address}" checked> ${t.address}</label>`)}
-<br><label><input type="checkbox" name="rescan" value="1"> Re-scan before releasing</label>
-<label>or redirect to <input type="text" name="redirectTo" maxlength="320" placeholder="reviewer@example.org"></label>
-<button type="submit">Release</button></fieldset></form>
-<form method="post" action="${base}/messages/${id}/delete"><input type="hidden" name="_csrf" value="${who.csrf}">
-<fieldset><legend>Delete</legend><button type="submit" class="danger">Delete this message</button></fieldset></form>`
+          <form method="post" action="${base}/messages/${id}/release" id="release-form">
+            <input type="hidden" name="_csrf" value="${who.csrf}" />
+            <fieldset>
+              <legend>Release</legend>
+              ${r.envelope.to.map((t) => html`<label><input type="checkbox" name="recipient" value="${t.address}" checked /> ${t.address}</label>`)}
+              <br /><label><input type="checkbox" name="rescan" value="1" /> Re-scan before releasing</label>
+              <label>or redirect to <input type="text" name="redirectTo" maxlength="320" placeholder="reviewer@example.org" /></label>
+              <button type="submit">Release</button>
+            </fieldset>
+          </form>
+          <form method="post" action="${base}/messages/${id}/delete">
+            <input type="hidden" name="_csrf" value="${who.csrf}" />
+            <fieldset>
+              <legend>Delete</legend>
+              <button type="submit" class="danger">Delete this message</button>
+            </fieldset>
+          </form>`
       : '';
   const download = v.canDecide ? html`<p><a href="${base}/messages/${id}/eml" download>Download the original (.eml)</a></p>` : '';
   return layout(
     base,
     r.subject ?? '(no subject)',
-    html`${env}<h2>Matched policies</h2>${policies}${results}${actions}
-${bodySection(base, id, p, v.view ?? 'text')}
-<h2>Attachments</h2>${attachments}${download}
-<h2>Headers</h2><table id="headers"><tbody>${p.headers.map((h) => html`<tr><th>${h.name}</th><td>${h.value}</td></tr>`)}</tbody></table>
-${p.error ? html`<p class="notice err">The message could not be parsed completely: ${p.error}</p>` : ''}`,
+    html`${env}
+      <h2>Matched policies</h2>
+      ${policies}${results}${actions} ${bodySection(base, id, p, v.view ?? 'text')}
+      <h2>Attachments</h2>
+      ${attachments}${download}
+      <h2>Headers</h2>
+      <table id="headers">
+        <tbody>
+          ${p.headers.map(
+            (h) =>
+              html`<tr>
+                <th>${h.name}</th>
+                <td>${h.value}</td>
+              </tr>`,
+          )}
+        </tbody>
+      </table>
+      ${p.error ? html`<p class="notice err">The message could not be parsed completely: ${p.error}</p>` : ''}`,
     who,
   );
 }
@@ -178,9 +338,24 @@ export function resultsPage(base: string, who: LayoutUser, title: string, result
     base,
     title,
     html`<p class="notice ${ok === results.length ? 'ok' : 'err'}" role="status" id="summary">${ok} of ${results.length} done.</p>
-<table id="results"><thead><tr><th>Message</th><th>Outcome</th></tr></thead><tbody>${results.map(
-      (r) => html`<tr class="${r.ok ? 'ok' : 'err'}"><td><a href="${base}/messages/${r.id}">${r.id}</a></td><td>${r.text}</td></tr>`,
-    )}</tbody></table><p><a href="${base}/messages">Back to the list</a></p>`,
+      <table id="results">
+        <thead>
+          <tr>
+            <th>Message</th>
+            <th>Outcome</th>
+          </tr>
+        </thead>
+        <tbody>
+          ${results.map(
+            (r) =>
+              html`<tr class="${r.ok ? 'ok' : 'err'}">
+                <td><a href="${base}/messages/${r.id}">${r.id}</a></td>
+                <td>${r.text}</td>
+              </tr>`,
+          )}
+        </tbody>
+      </table>
+      <p><a href="${base}/messages">Back to the list</a></p>`,
     who,
   );
 }
@@ -193,18 +368,53 @@ export function auditPage(base: string, who: LayoutUser, items: AuditRecord[], n
   return layout(
     base,
     'Audit',
-    html`<form method="get" action="${base}/audit"><fieldset><legend>Filter</legend>
-<label>Actor <input type="search" name="actor" value="${query['actor'] ?? ''}" maxlength="200"></label>
-<label>Action <input type="search" name="action" value="${query['action'] ?? ''}" maxlength="64"></label>
-<label>Message <input type="search" name="target" value="${query['target'] ?? ''}" maxlength="64"></label>
-<button type="submit">Apply</button></fieldset></form>
-<table id="audit"><thead><tr><th>When</th><th>Actor</th><th>Source</th><th>Action</th><th>Message</th><th>Result</th><th>Detail</th></tr></thead><tbody>${items.map(
-      (a) => html`<tr><td>${fmtTime(a.at)}</td><td>${a.actor}</td><td>${a.source ?? ''}</td><td>${a.action}</td><td>${a.target ?? ''}</td><td>${a.result}</td><td>${a.detail ?? ''}</td></tr>`,
-    )}</tbody></table>${next ? html`<p class="pager"><a href="${base}/audit?${next.toString()}" rel="next">Next page</a></p>` : ''}`,
+    html`<form method="get" action="${base}/audit">
+        <fieldset>
+          <legend>Filter</legend>
+          <label>Actor <input type="search" name="actor" value="${query['actor'] ?? ''}" maxlength="200" /></label>
+          <label>Action <input type="search" name="action" value="${query['action'] ?? ''}" maxlength="64" /></label>
+          <label>Message <input type="search" name="target" value="${query['target'] ?? ''}" maxlength="64" /></label>
+          <button type="submit">Apply</button>
+        </fieldset>
+      </form>
+      <table id="audit">
+        <thead>
+          <tr>
+            <th>When</th>
+            <th>Actor</th>
+            <th>Source</th>
+            <th>Action</th>
+            <th>Message</th>
+            <th>Result</th>
+            <th>Detail</th>
+          </tr>
+        </thead>
+        <tbody>
+          ${items.map(
+            (a) =>
+              html`<tr>
+                <td>${fmtTime(a.at)}</td>
+                <td>${a.actor}</td>
+                <td>${a.source ?? ''}</td>
+                <td>${a.action}</td>
+                <td>${a.target ?? ''}</td>
+                <td>${a.result}</td>
+                <td>${a.detail ?? ''}</td>
+              </tr>`,
+          )}
+        </tbody>
+      </table>
+      ${next ? html`<p class="pager"><a href="${base}/audit?${next.toString()}" rel="next">Next page</a></p>` : ''}`,
     who,
   );
 }
 
 export function errorPage(base: string, who: LayoutUser | null, status: number, message: string): Html {
-  return layout(base, status === 403 ? 'Not allowed' : status === 404 ? 'Not found' : 'Something went wrong', html`<p class="notice err" role="alert">${message}</p><p><a href="${base}/messages">Back to the list</a></p>`, who);
+  return layout(
+    base,
+    status === 403 ? 'Not allowed' : status === 404 ? 'Not found' : 'Something went wrong',
+    html`<p class="notice err" role="alert">${message}</p>
+      <p><a href="${base}/messages">Back to the list</a></p>`,
+    who,
+  );
 }

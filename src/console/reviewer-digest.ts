@@ -104,7 +104,13 @@ export function buildDigest(w: DigestWindow, s: DigestSettings, opts: { now?: Da
     'X-Auto-Response-Suppress: All',
     `X-DLP-Digest: until=${iso(w.until)}`,
   ];
-  const encoded = ascii ? body : (Buffer.from(body).toString('base64').match(/.{1,76}/g) ?? []).join('\r\n') + '\r\n';
+  const encoded = ascii
+    ? body
+    : (
+        Buffer.from(body)
+          .toString('base64')
+          .match(/.{1,76}/g) ?? []
+      ).join('\r\n') + '\r\n';
   const smtpUtf8 = [from, ...to].some((a) => /[^\x00-\x7f]/.test(a));
   return {
     envelope: { from, to: to.map((address) => ({ address })), smtpUtf8, ...(smtpUtf8 ? {} : { bodyType: '7bit' as const }) },
@@ -151,7 +157,12 @@ const after = (r: QuarantineRecord, m: DigestMark): boolean => {
 };
 
 /** Pages the held messages newer than `mark` and quarantined before `cutoff`, keeping `max` and counting (boundedly) the rest. */
-async function collect(store: QuarantineStore, mark: DigestMark, cutoff: Date, max: number): Promise<Omit<DigestWindow, 'since' | 'until'> & { newest: DigestMark | null }> {
+async function collect(
+  store: QuarantineStore,
+  mark: DigestMark,
+  cutoff: Date,
+  max: number,
+): Promise<Omit<DigestWindow, 'since' | 'until'> & { newest: DigestMark | null }> {
   const items: QuarantineRecord[] = [];
   let moreCount = 0;
   let newest: DigestMark | null = null;
@@ -204,7 +215,13 @@ export class ReviewerDigest {
   }
 
   private async record(result: 'ok' | 'started', st: DigestState, extra: string): Promise<void> {
-    await this.deps.store.audit({ actor: DIGEST_ACTOR, action: DIGEST_ACTION, target: null, result, detail: `period=${st.period.toISOString()} mark=${st.mark.at}/${st.mark.id}${extra}` });
+    await this.deps.store.audit({
+      actor: DIGEST_ACTOR,
+      action: DIGEST_ACTION,
+      target: null,
+      result,
+      detail: `period=${st.period.toISOString()} mark=${st.mark.at}/${st.mark.id}${extra}`,
+    });
     this.state = st;
   }
 

@@ -169,7 +169,12 @@ export function registerConsoleRoutes(server: AdminServer, deps: ConsoleDeps): C
   const forbidden = (s: Session, what: string): AdminResponse => page(403, errorPage(base, c.who(s), 403, `Your role (${s.role}) may not ${what}.`));
 
   /** A signed-in user with `can`, and for changes a same-origin request carrying the session's CSRF token. */
-  const guard = async (req: AdminRequest, can: (r: Session['role']) => boolean, what: string, change: boolean): Promise<{ s: Session; form: URLSearchParams | null } | AdminResponse> => {
+  const guard = async (
+    req: AdminRequest,
+    can: (r: Session['role']) => boolean,
+    what: string,
+    change: boolean,
+  ): Promise<{ s: Session; form: URLSearchParams | null } | AdminResponse> => {
     const s = c.session(req);
     if (!s) return change ? page(403, errorPage(base, null, 403, 'Your session has ended; sign in again.')) : redirect(`${base}/login`);
     if (!can(s.role)) return forbidden(s, what);
@@ -184,7 +189,12 @@ export function registerConsoleRoutes(server: AdminServer, deps: ConsoleDeps): C
   const isResponse = (v: unknown): v is AdminResponse => typeof v === 'object' && v !== null && 'status' in v;
 
   server.addRoute('GET', base, () => redirect(`${base}/messages`), open);
-  server.addRoute('GET', `${base}/static/console.css`, () => ({ status: 200, text: CSS, headers: { 'content-type': 'text/css; charset=utf-8', 'cache-control': 'max-age=3600' } }), open);
+  server.addRoute(
+    'GET',
+    `${base}/static/console.css`,
+    () => ({ status: 200, text: CSS, headers: { 'content-type': 'text/css; charset=utf-8', 'cache-control': 'max-age=3600' } }),
+    open,
+  );
 
   server.addRoute(
     'GET',
@@ -211,7 +221,8 @@ export function registerConsoleRoutes(server: AdminServer, deps: ConsoleDeps): C
         return page(status, loginPage(base, token, msg, name), { 'set-cookie': setCookie('login', token, policy, 600) });
       };
       const actor: Actor = { ...c.actor(req, null), name: `console:${name.replace(/[^A-Za-z0-9._@-]/g, '?') || '?'}` };
-      if (!c.sameOrigin(req) || !sameToken(form.get('_login'), parseCookies(req.headers).get(cookieName('login', policy)) ?? '')) return again(403, 'The sign-in form expired; try again.');
+      if (!c.sameOrigin(req) || !sameToken(form.get('_login'), parseCookies(req.headers).get(cookieName('login', policy)) ?? ''))
+        return again(403, 'The sign-in form expired; try again.');
       if (throttle.locked(name)) {
         await audited(ops, actor, 'sign-in', null, 'locked');
         return again(429, 'Too many failed sign-ins: this account is locked for a while.');
@@ -262,7 +273,8 @@ export function registerConsoleRoutes(server: AdminServer, deps: ConsoleDeps): C
       try {
         filter = parseListQuery(q);
       } catch (err) {
-        if (err instanceof HttpError) return page(400, listPage(base, c.who(g.s), { items: [], nextCursor: null, query: shown, canDecide: false }, errorNotice(err.message)));
+        if (err instanceof HttpError)
+          return page(400, listPage(base, c.who(g.s), { items: [], nextCursor: null, query: shown, canDecide: false }, errorNotice(err.message)));
         throw err;
       }
       const res = await listMessages(ops, c.actor(req, g.s), filter);
@@ -287,7 +299,9 @@ export function registerConsoleRoutes(server: AdminServer, deps: ConsoleDeps): C
       // One by one: each is audited on its own and a failure stops nothing but itself.
       for (const id of ids) {
         if (req.signal.aborted) break;
-        results.push(action === 'release' ? { id, ...releaseText(await releaseMessage(ops, actor, id, {})) } : { id, ...deleteText(await deleteMessage(ops, actor, id)) });
+        results.push(
+          action === 'release' ? { id, ...releaseText(await releaseMessage(ops, actor, id, {})) } : { id, ...deleteText(await deleteMessage(ops, actor, id)) },
+        );
       }
       return page(200, resultsPage(base, c.who(g.s), action === 'release' ? 'Bulk release' : 'Bulk delete', results));
     }),

@@ -69,7 +69,9 @@ export class SessionStore {
 
 /** Constant-time comparison of two tokens of any length. */
 export function sameToken(a: string | undefined | null, b: string): boolean {
-  const da = createHash('sha256').update(a ?? '').digest();
+  const da = createHash('sha256')
+    .update(a ?? '')
+    .digest();
   const db = createHash('sha256').update(b).digest();
   return timingSafeEqual(da, db) && a !== undefined && a !== null && a !== '';
 }

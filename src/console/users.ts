@@ -127,7 +127,7 @@ export class FileUserStore {
     user.hash = await hashConsolePassword(password);
     user.passwordChangedAt = new Date().toISOString();
     user.disabled = false;
-    if (role !== undefined) user.role = role as Role;
+    if (role !== undefined) user.role = role;
     await this.save(users);
     return user;
   }

@@ -7,7 +7,9 @@ import { createHmac } from 'node:crypto';
  * public clients follow the code, so we do too (see shared/reference/ucwi.md §1).
  */
 export function ucwiSignature(secretKey: string, timestamp: string): string {
-  return createHmac('sha256', secretKey).update(secretKey + timestamp).digest('hex');
+  return createHmac('sha256', secretKey)
+    .update(secretKey + timestamp)
+    .digest('hex');
 }
 
 /** The two headers every UCWI call carries, computed fresh for `nowMs`. */

@@ -66,7 +66,17 @@ interface Server {
 }
 
 /** Failures where no answer came back: the scan may be repeated on another server (see call()). */
-const NO_ANSWER_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+const NO_ANSWER_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EPIPE',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+]);
 
 export class UcwiClient {
   private readonly servers: EndpointSet<Server>;
@@ -178,7 +188,10 @@ export class UcwiClient {
         this.servers.failed(e, describeError(err));
         if (i === order.length - 1) throw err;
         this.servers.failedOver(e);
-        this.logger.info({ queryId: req.queryId, endpoint: e.name, next: order[i + 1]!.name, err: describeError(err) }, 'UCWI server gave no answer, asking the next one');
+        this.logger.info(
+          { queryId: req.queryId, endpoint: e.name, next: order[i + 1]!.name, err: describeError(err) },
+          'UCWI server gave no answer, asking the next one',
+        );
       }
     }
     throw new Error('no UCWI server to ask');
@@ -224,14 +237,24 @@ export class UcwiClient {
 
   private classify(err: unknown, signal: AbortSignal): { ok: false; errorClass: DlpErrorClass; detail: string } {
     const e = err as NodeJS.ErrnoException & { code?: string };
-    if (signal.aborted || e instanceof undiciErrors.HeadersTimeoutError || e instanceof undiciErrors.BodyTimeoutError || e instanceof undiciErrors.ConnectTimeoutError || e?.name === 'TimeoutError' || e?.name === 'AbortError') {
+    if (
+      signal.aborted ||
+      e instanceof undiciErrors.HeadersTimeoutError ||
+      e instanceof undiciErrors.BodyTimeoutError ||
+      e instanceof undiciErrors.ConnectTimeoutError ||
+      e?.name === 'TimeoutError' ||
+      e?.name === 'AbortError'
+    ) {
       return { ok: false, errorClass: 'timeout', detail: e?.message ?? 'timeout' };
     }
     if (e instanceof undiciErrors.ResponseContentLengthMismatchError) {
       return { ok: false, errorClass: 'bad_response', detail: 'truncated response' };
     }
     const code = e?.code ?? '';
-    if (['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED'].includes(code) || /CERT|SSL|TLS/i.test(code)) {
+    if (
+      ['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED'].includes(code) ||
+      /CERT|SSL|TLS/i.test(code)
+    ) {
       return { ok: false, errorClass: 'unreachable', detail: `${code}: ${e.message}` };
     }
     if (code === 'ENOENT' || code === 'EACCES') {
@@ -257,13 +280,20 @@ export class UcwiClient {
   }
 
   private async probeOne(server: Server, signal: AbortSignal): Promise<void> {
-    const res = await server.pool.request({ path: `${server.basePath}/skg/v1/dlp/channel`, method: 'GET', headers: ucwiAuthHeaders(this.opts.accessKey, this.opts.secretKey), signal });
+    const res = await server.pool.request({
+      path: `${server.basePath}/skg/v1/dlp/channel`,
+      method: 'GET',
+      headers: ucwiAuthHeaders(this.opts.accessKey, this.opts.secretKey),
+      signal,
+    });
     await res.body.dump();
     const date = Date.parse(String(res.headers['date'] ?? ''));
     const skewS = Number.isNaN(date) ? 0 : Math.round((Date.now() - date) / 1000);
     const clock = Math.abs(skewS) > MAX_CLOCK_SKEW_S ? ` our clock is ${skewS} s off UCWI's (at most ${MAX_CLOCK_SKEW_S} s allowed)` : '';
     if (res.statusCode === 401 || res.statusCode === 403)
-      throw new Error(`UCWI refuses our credentials (HTTP ${res.statusCode}): check the access/secret keys${clock ? ` and the clock;${clock}` : ' and that our clock is within 5 minutes of UCWI'}`);
+      throw new Error(
+        `UCWI refuses our credentials (HTTP ${res.statusCode}): check the access/secret keys${clock ? ` and the clock;${clock}` : ' and that our clock is within 5 minutes of UCWI'}`,
+      );
     if (res.statusCode >= 500) throw new Error(`UCWI answers HTTP ${res.statusCode}`);
     if (clock) throw new Error(`UCWI will refuse our signatures:${clock}`);
   }

@@ -60,7 +60,8 @@ export class EndpointSet<T> {
     private readonly now: () => number = Date.now,
   ) {
     if (endpoints.length === 0) throw new Error(`${kind}: at least one endpoint is needed`);
-    for (const e of endpoints) this.states.set(e, { down: false, downUntil: 0, backoffMs: backoff.initialMs, failures: 0, failovers: 0, lastError: null, probeTimer: null });
+    for (const e of endpoints)
+      this.states.set(e, { down: false, downUntil: 0, backoffMs: backoff.initialMs, failures: 0, failovers: 0, lastError: null, probeTimer: null });
   }
 
   /** Candidates for one transaction, in the order to try them. */
@@ -97,7 +98,10 @@ export class EndpointSet<T> {
     s.down = true;
     s.backoffMs = this.backoff.initialMs;
     s.downUntil = this.now() + s.backoffMs;
-    this.logger.warn({ event: 'endpoint_down', kind: this.kind, endpoint: e.name, backoffMs: s.backoffMs, detail: s.lastError }, `${this.kind} ${e.name} marked down for ${s.backoffMs} ms: ${s.lastError}`);
+    this.logger.warn(
+      { event: 'endpoint_down', kind: this.kind, endpoint: e.name, backoffMs: s.backoffMs, detail: s.lastError },
+      `${this.kind} ${e.name} marked down for ${s.backoffMs} ms: ${s.lastError}`,
+    );
     this.scheduleProbe(e);
   }
 

@@ -65,7 +65,16 @@ export function fromClientError(err: unknown, fallback: DeliveryPhase): Delivery
 }
 
 /** Which EHLO keyword a MAIL/RCPT parameter needs before it may be sent (RFC 1870, 6152, 6531, 3461, 4954). */
-const NEEDS: Record<string, string> = { SIZE: 'SIZE', BODY: '8BITMIME', SMTPUTF8: 'SMTPUTF8', RET: 'DSN', ENVID: 'DSN', NOTIFY: 'DSN', ORCPT: 'DSN', AUTH: 'AUTH' };
+const NEEDS: Record<string, string> = {
+  SIZE: 'SIZE',
+  BODY: '8BITMIME',
+  SMTPUTF8: 'SMTPUTF8',
+  RET: 'DSN',
+  ENVID: 'DSN',
+  NOTIFY: 'DSN',
+  ORCPT: 'DSN',
+  AUTH: 'AUTH',
+};
 
 /** Keeps the client's parameters byte for byte, minus those the next hop did not announce (it would answer 555). */
 function supported(params: readonly EsmtpParam[], client: Pick<SmtpClient, 'has'>): EsmtpParam[] {
@@ -95,7 +104,10 @@ export function rcptParamsFor(r: Recipient, client: Pick<SmtpClient, 'has'>): Es
 
 /** Printable ASCII, one line, bounded: a next hop's text must not break our reply or carry control bytes. */
 function cleanText(text: string): string {
-  return text.replace(/[^\x20-\x7e]+/g, ' ').trim().slice(0, 400);
+  return text
+    .replace(/[^\x20-\x7e]+/g, ' ')
+    .trim()
+    .slice(0, 400);
 }
 
 /**

@@ -118,7 +118,11 @@ export class NextHopPool {
       let r: Awaited<ReturnType<SmtpClient['send']>>;
       try {
         r = await conn.client.send(
-          { from: env.from, mailParams: mailParamsFor(env, conn.client), rcpts: env.to.map((t) => ({ address: t.address, params: rcptParamsFor(t, conn.client) })) },
+          {
+            from: env.from,
+            mailParams: mailParamsFor(env, conn.client),
+            rcpts: env.to.map((t) => ({ address: t.address, params: rcptParamsFor(t, conn.client) })),
+          },
           open,
           signal,
         );

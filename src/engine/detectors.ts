@@ -130,8 +130,7 @@ export function countCards(text: string): number {
 
 /** Province-level prefixes of the 6-digit administrative division code (GB/T 2260), plus 71/81/82/83/91 for Taiwan, HK, Macau residents and abroad. */
 const CN_PROVINCES = new Set([
-  11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82,
-  83, 91,
+  11, 12, 13, 14, 15, 21, 22, 23, 31, 32, 33, 34, 35, 36, 37, 41, 42, 43, 44, 45, 46, 50, 51, 52, 53, 54, 61, 62, 63, 64, 65, 71, 81, 82, 83, 91,
 ]);
 const CN_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
 const CN_CHECK = '10X98765432';
@@ -297,7 +296,10 @@ export function countUsSsns(text: string): number {
 const MAX_GAP = 16;
 
 function keywordAlternative(keyword: string): string {
-  const words = keyword.trim().split(/\s+/).map((w) => w.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&'));
+  const words = keyword
+    .trim()
+    .split(/\s+/)
+    .map((w) => w.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&'));
   const first = keyword.trim()[0] ?? '';
   const last = keyword.trim().slice(-1);
   // A keyword edge that is not a word character ("机密", "#tag") needs no boundary on that side.

@@ -44,18 +44,16 @@ const policySchema = z
     }
   });
 
-const fileSchema = z
-  .strictObject({ policies: z.array(policySchema) })
-  .superRefine((f, ctx) => {
-    const seen = new Map<string, number>();
-    f.policies.forEach((p, i) => {
-      const prev = seen.get(p.name);
-      if (prev !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['policies', i, 'name'], message: `duplicate policy name "${p.name}" (also policies[${prev}])` });
-      }
-      seen.set(p.name, i);
-    });
+const fileSchema = z.strictObject({ policies: z.array(policySchema) }).superRefine((f, ctx) => {
+  const seen = new Map<string, number>();
+  f.policies.forEach((p, i) => {
+    const prev = seen.get(p.name);
+    if (prev !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['policies', i, 'name'], message: `duplicate policy name "${p.name}" (also policies[${prev}])` });
+    }
+    seen.set(p.name, i);
   });
+});
 
 function formatPath(path: readonly PropertyKey[]): string {
   let out = '';

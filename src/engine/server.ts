@@ -214,9 +214,7 @@ export async function startUcwiSim(opts: UcwiSimOptions): Promise<UcwiSim> {
   const maxBodyBytes = opts.maxBodyBytes ?? 64 * 1024 * 1024;
   const maxSkewSec = opts.clockSkewSec ?? 300;
   const log = (opts.logger ?? silentLogger()).child({ component: 'ucwi-sim' });
-  const policies = opts.policies
-    ? parsePolicies(opts.policies, 'UcwiSimOptions.policies')
-    : loadPolicies(opts.policiesFile ?? DEFAULT_POLICIES_FILE);
+  const policies = opts.policies ? parsePolicies(opts.policies, 'UcwiSimOptions.policies') : loadPolicies(opts.policiesFile ?? DEFAULT_POLICIES_FILE);
   const compiled = compilePolicies(policies);
   const keys = { accessKey: opts.accessKey, secretKey: opts.secretKey };
 
@@ -352,7 +350,8 @@ export async function startUcwiSim(opts: UcwiSimOptions): Promise<UcwiSim> {
         policies: verdict.matchedPolicies,
       });
     }
-    if (report.truncated) log.warn({ queryId: meta.queryID, errors: report.errors }, 'scan incomplete: limits reached or message malformed; verdict uses what was scanned');
+    if (report.truncated)
+      log.warn({ queryId: meta.queryID, errors: report.errors }, 'scan incomplete: limits reached or message malformed; verdict uses what was scanned');
     return verdict;
   }
 

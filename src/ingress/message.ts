@@ -25,14 +25,20 @@ export function rfc5322Date(d: Date): string {
 export function traceHeader(s: Pick<SmtpSession, 'heloName' | 'remoteAddress' | 'transmissionType'>, hostname: string, queryId: string, at: Date): Buffer {
   const helo = s.heloName && /^[A-Za-z0-9.:_[\]-]{1,255}$/.test(s.heloName) ? s.heloName : 'unknown';
   const ip = s.remoteAddress.includes(':') ? `IPv6:${s.remoteAddress}` : s.remoteAddress;
-  return Buffer.from(`Received: from ${helo} ([${ip}])\r\n\tby ${hostname} (dlp-relay) with ${s.transmissionType} id ${queryId};\r\n\t${rfc5322Date(at)}\r\n`, 'latin1');
+  return Buffer.from(
+    `Received: from ${helo} ([${ip}])\r\n\tby ${hostname} (dlp-relay) with ${s.transmissionType} id ${queryId};\r\n\t${rfc5322Date(at)}\r\n`,
+    'latin1',
+  );
 }
 
 /** Reads a stream to its end, discarding it: the client must reach its final dot before it can get a reply. */
 function drain(stream: Readable): Promise<void> {
   return new Promise((resolve) => {
     if (stream.destroyed || stream.readableEnded) return resolve();
-    stream.on('end', resolve).on('close', resolve).on('error', () => resolve());
+    stream
+      .on('end', resolve)
+      .on('close', resolve)
+      .on('error', () => resolve());
     stream.resume();
   });
 }
@@ -119,18 +125,21 @@ export async function handleMessage(ingress: Ingress, s: SmtpSession, tx: Client
         },
       };
   // A snapshot: a reload swaps deps.policy for new messages; this one keeps the policy it started under.
-  const outcome = await processMessage({ ...deps }, {
-    queryId,
-    receivedAt,
-    clientAddress: s.remoteAddress,
-    clientTrusted,
-    heloName: s.heloName,
-    authUser: s.user,
-    envelope,
-    spool,
-    trace: traceHeader(s, opts.hostname, queryId, receivedAt),
-    sink,
-  });
+  const outcome = await processMessage(
+    { ...deps },
+    {
+      queryId,
+      receivedAt,
+      clientAddress: s.remoteAddress,
+      clientTrusted,
+      heloName: s.heloName,
+      authUser: s.user,
+      envelope,
+      spool,
+      trace: traceHeader(s, opts.hostname, queryId, receivedAt),
+      sink,
+    },
+  );
   log(outcome, spool.size);
   observer.messageDone?.(outcome, spool.size);
   // The file goes when the last user is done, even if a deadline answered the client earlier.

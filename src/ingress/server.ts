@@ -94,7 +94,10 @@ export class Ingress {
     this.spoolFiles = new SpoolFilePool(opts.spoolDir);
     this.allowed = new NetworkList(opts.allowedClients);
     this.trusted = new NetworkList(opts.trustedNetworks);
-    const tls = opts.tls.certFile && opts.tls.keyFile ? { key: readFileSync(opts.tls.keyFile), cert: readFileSync(opts.tls.certFile), require: opts.tls.require } : undefined;
+    const tls =
+      opts.tls.certFile && opts.tls.keyFile
+        ? { key: readFileSync(opts.tls.keyFile), cert: readFileSync(opts.tls.certFile), require: opts.tls.require }
+        : undefined;
     this.server = new SmtpServer(
       {
         hostname: opts.hostname,
@@ -237,7 +240,11 @@ export class Ingress {
    * Reload: new client networks apply to the next connection and new certificates to the next STARTTLS;
    * sessions in flight keep theirs. Returns the settings that need a restart to change.
    */
-  reconfigure(s: { allowedClients: readonly string[]; trustedNetworks: readonly string[]; tls: { certFile: string | null; keyFile: string | null; require: boolean } }): string[] {
+  reconfigure(s: {
+    allowedClients: readonly string[];
+    trustedNetworks: readonly string[];
+    tls: { certFile: string | null; keyFile: string | null; require: boolean };
+  }): string[] {
     const allowed = new NetworkList(s.allowedClients);
     const trusted = new NetworkList(s.trustedNetworks);
     const hadTls = this.opts.tls.certFile !== null && this.opts.tls.keyFile !== null;

@@ -70,7 +70,7 @@ export function parseParameterized(input: string): ParsedValue {
       j++;
       while (j < input.length && input[j] !== '"') {
         if (input[j] === '\\' && j + 1 < input.length) j++;
-        val += input[j];
+        val += input[j] ?? '';
         j++;
       }
       i = input.indexOf(';', j);

@@ -121,7 +121,8 @@ export class MimeScanner {
     }
     buf = buf.subarray(start);
     if (this.mode === 'headers') {
-      if (this.headerBytes + buf.length > this.limits.maxHeaderBytes) this.fail('header-too-large', `a header block exceeds ${this.limits.maxHeaderBytes} bytes`);
+      if (this.headerBytes + buf.length > this.limits.maxHeaderBytes)
+        this.fail('header-too-large', `a header block exceeds ${this.limits.maxHeaderBytes} bytes`);
     } else if (buf.length > MAX_HELD_LINE) {
       this.line(buf, false);
       buf = EMPTY;
@@ -215,7 +216,8 @@ export class MimeScanner {
     // Parts deeper than the owner end here; a multipart among them that never closed is a shape parsers disagree on.
     while (this.stack.length > i + 1) {
       const p = this.stack.pop() as OpenPart;
-      if (this.strict && p.info.boundary !== null && !p.closed) this.fail('unterminated-multipart', `multipart part ${p.info.index} ends without its closing delimiter`);
+      if (this.strict && p.info.boundary !== null && !p.closed)
+        this.fail('unterminated-multipart', `multipart part ${p.info.index} ends without its closing delimiter`);
     }
     if (this.strict && owner.closed) this.fail('delimiter-after-close', `part ${owner.info.index} has a delimiter after its closing one`);
     this.handler.delimiter(this.pendingEol.length ? Buffer.concat([this.pendingEol, line]) : Buffer.from(line), close);
@@ -253,7 +255,8 @@ export class MimeScanner {
     const ctRaw = one('content-type');
     const ct = ctRaw !== null ? parseParameterized(ctRaw) : null;
     let contentType = ct && /^[\w.+-]+\/[\w.+-]+$/.test(ct.value) ? ct.value : parent?.contentType === 'multipart/digest' ? 'message/rfc822' : 'text/plain';
-    if (ct && contentType !== ct.value && this.strict && ctRaw?.trim()) this.fail('broken-content-type', `unreadable Content-Type ${JSON.stringify(ctRaw.slice(0, 60))}`);
+    if (ct && contentType !== ct.value && this.strict && ctRaw?.trim())
+      this.fail('broken-content-type', `unreadable Content-Type ${JSON.stringify(ctRaw.slice(0, 60))}`);
     let boundary: string | null = null;
     if (contentType.startsWith('multipart/')) {
       boundary = ct?.params.get('boundary') ?? null;
@@ -265,7 +268,8 @@ export class MimeScanner {
       } else if (this.strict) {
         for (const p of this.stack) {
           const b = p.info.boundary;
-          if (b !== null && (b.startsWith(boundary) || boundary.startsWith(b))) this.fail('ambiguous-boundary', 'a nested boundary is a prefix of an enclosing one');
+          if (b !== null && (b.startsWith(boundary) || boundary.startsWith(b)))
+            this.fail('ambiguous-boundary', 'a nested boundary is a prefix of an enclosing one');
         }
       }
     }

@@ -51,7 +51,13 @@ function noteFor(r: RemovedAttachment, queryId: string, eol: string): Buffer {
   const text = `The attachment "${name}" (${r.contentType}, ${r.size} bytes) was removed by the data-loss-prevention policy (ref ${queryId}).`;
   // ASCII stays readable as is; a non-ASCII name is sent in base64 so no 8-bit byte depends on the next hop's 8BITMIME.
   const ascii = /^[\x20-\x7e]*$/.test(text);
-  const body = ascii ? text : (Buffer.from(text, 'utf8').toString('base64').match(/.{1,76}/g) ?? []).join(eol);
+  const body = ascii
+    ? text
+    : (
+        Buffer.from(text, 'utf8')
+          .toString('base64')
+          .match(/.{1,76}/g) ?? []
+      ).join(eol);
   return Buffer.from(
     [
       'Content-Type: text/plain; charset=utf-8',
@@ -166,7 +172,11 @@ export function removeAttachments(source: Readable, opts: RemovalOptions): Attac
  * rewrite unsafe. Run before anything is sent, so a message that cannot be rewritten never reaches the
  * next hop half-written. The output is counted and dropped, never held.
  */
-export async function planRemoval(source: Readable, opts: RemovalOptions, signal?: AbortSignal): Promise<{ removed: RemovedAttachment[]; outputBytes: number }> {
+export async function planRemoval(
+  source: Readable,
+  opts: RemovalOptions,
+  signal?: AbortSignal,
+): Promise<{ removed: RemovedAttachment[]; outputBytes: number }> {
   const remover = new AttachmentRemover(opts);
   let outputBytes = 0;
   const sink = new Writable({

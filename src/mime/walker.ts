@@ -107,7 +107,10 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
     current?.destroy(err);
   };
   const onAbort = (): void => stop(new WalkAbortedError(opts.signal?.reason instanceof Error ? `walk aborted: ${opts.signal.reason.message}` : 'walk aborted'));
-  const timer = opts.deadlineMs !== undefined ? setTimeout(() => stop(new WalkAbortedError(`walk deadline of ${opts.deadlineMs} ms exceeded`)), opts.deadlineMs) : undefined;
+  const timer =
+    opts.deadlineMs !== undefined
+      ? setTimeout(() => stop(new WalkAbortedError(`walk deadline of ${opts.deadlineMs} ms exceeded`)), opts.deadlineMs)
+      : undefined;
   timer?.unref();
   if (opts.signal?.aborted) onAbort();
   opts.signal?.addEventListener('abort', onAbort, { once: true });

@@ -38,13 +38,40 @@ export class Metrics implements MetricsRenderer {
   constructor(sources: GaugeSources = {}, opts: { defaultMetrics?: boolean; storeGauges?: boolean } = {}) {
     const r = this.registry;
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'dlp_relay_' });
-    this.messages = new Counter({ name: 'dlp_relay_messages_total', help: 'Messages processed after the final dot, by action and reply class', labelNames: ['action', 'reply_class'], registers: [r] });
-    this.ucwiDuration = new Histogram({ name: 'dlp_relay_ucwi_duration_seconds', help: 'UCWI verdict latency, by outcome (verdict or error class)', labelNames: ['outcome'], buckets: LATENCY_BUCKETS, registers: [r] });
-    this.nextHopDuration = new Histogram({ name: 'dlp_relay_next_hop_duration_seconds', help: 'Time to hand a message to the next hop (or outbox/quarantine), by outcome', labelNames: ['outcome'], buckets: LATENCY_BUCKETS, registers: [r] });
+    this.messages = new Counter({
+      name: 'dlp_relay_messages_total',
+      help: 'Messages processed after the final dot, by action and reply class',
+      labelNames: ['action', 'reply_class'],
+      registers: [r],
+    });
+    this.ucwiDuration = new Histogram({
+      name: 'dlp_relay_ucwi_duration_seconds',
+      help: 'UCWI verdict latency, by outcome (verdict or error class)',
+      labelNames: ['outcome'],
+      buckets: LATENCY_BUCKETS,
+      registers: [r],
+    });
+    this.nextHopDuration = new Histogram({
+      name: 'dlp_relay_next_hop_duration_seconds',
+      help: 'Time to hand a message to the next hop (or outbox/quarantine), by outcome',
+      labelNames: ['outcome'],
+      buckets: LATENCY_BUCKETS,
+      registers: [r],
+    });
     this.sessions = new Gauge({ name: 'dlp_relay_smtp_sessions', help: 'SMTP sessions open now', registers: [r] });
     this.ucwiInFlight = new Gauge({ name: 'dlp_relay_ucwi_in_flight', help: 'UCWI calls in flight now', registers: [r] });
-    this.errors = new Counter({ name: 'dlp_relay_errors_total', help: 'Failures by class (dlp error classes, next-hop phases, quarantine, spool, deadline)', labelNames: ['class'], registers: [r] });
-    this.refused = new Counter({ name: 'dlp_relay_connections_refused_total', help: 'Sessions refused at connect, by reason', labelNames: ['reason'], registers: [r] });
+    this.errors = new Counter({
+      name: 'dlp_relay_errors_total',
+      help: 'Failures by class (dlp error classes, next-hop phases, quarantine, spool, deadline)',
+      labelNames: ['class'],
+      registers: [r],
+    });
+    this.refused = new Counter({
+      name: 'dlp_relay_connections_refused_total',
+      help: 'Sessions refused at connect, by reason',
+      labelNames: ['reason'],
+      registers: [r],
+    });
     this.messageBytes = new Counter({ name: 'dlp_relay_message_bytes_total', help: 'Bytes of messages received', registers: [r] });
     if (opts.storeGauges !== false) registerStoreGauges(r, sources);
   }

@@ -50,7 +50,10 @@ export class OutageLog {
     if (!s) return;
     this.state = null;
     const downMs = this.now() - s.since;
-    this.logger.info({ event: 'recovered', dependency: this.dependency, failures: s.failures, downMs, lastClass: s.lastClass }, `${this.dependency} recovered after ${Math.round(downMs / 1000)} s (${s.failures} failures)`);
+    this.logger.info(
+      { event: 'recovered', dependency: this.dependency, failures: s.failures, downMs, lastClass: s.lastClass },
+      `${this.dependency} recovered after ${Math.round(downMs / 1000)} s (${s.failures} failures)`,
+    );
   }
 
   get current(): OutageState | null {

@@ -38,7 +38,14 @@ export interface Inspector {
 }
 
 /** Called after the verdict for side work (CAS push) that must never delay or change the reply. */
-export type VerdictHook = (v: { queryId: string; actionCode: number | null; action: string; sender: string; recipients: string[]; spool: SpooledMessage }) => Promise<void>;
+export type VerdictHook = (v: {
+  queryId: string;
+  actionCode: number | null;
+  action: string;
+  sender: string;
+  recipients: string[];
+  spool: SpooledMessage;
+}) => Promise<void>;
 
 export interface PipelineDeps {
   logger: Logger;
@@ -103,7 +110,15 @@ export function processMessage(deps: PipelineDeps, msg: MessageInput): Promise<O
   const deadline = new Promise<Partial_>((resolve) => {
     timer = setTimeout(() => {
       ac.abort(new RelayError('DEADLINE_EXCEEDED'));
-      resolve({ reply: catalogueReply('DEADLINE_EXCEEDED', msg.queryId), action: 'tempfail-deadline', actionCode: null, policies: [], dlpMs: null, relayMs: null, errorClass: 'deadline' });
+      resolve({
+        reply: catalogueReply('DEADLINE_EXCEEDED', msg.queryId),
+        action: 'tempfail-deadline',
+        actionCode: null,
+        policies: [],
+        dlpMs: null,
+        relayMs: null,
+        errorClass: 'deadline',
+      });
     }, deps.dataDeadlineMs);
   });
   // The spool is in use until the pipeline and any side work (CAS extraction) are done.
@@ -124,7 +139,16 @@ export function processMessage(deps: PipelineDeps, msg: MessageInput): Promise<O
     (err: unknown) => {
       clearTimeout(timer);
       deps.logger.error({ err, queryId: msg.queryId }, 'unexpected pipeline failure');
-      return { reply: catalogueReply('INTERNAL', msg.queryId), action: 'tempfail-internal', actionCode: null, policies: [], dlpMs: null, relayMs: null, errorClass: 'internal', settled };
+      return {
+        reply: catalogueReply('INTERNAL', msg.queryId),
+        action: 'tempfail-internal',
+        actionCode: null,
+        policies: [],
+        dlpMs: null,
+        relayMs: null,
+        errorClass: 'internal',
+        settled,
+      };
     },
   );
 }
@@ -135,7 +159,12 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
   const { rule, strip: skip } = deps.loopGuard.judge(spool.headers, msg.clientTrusted, { queryId, clientAddress: msg.clientAddress });
   const strippedBytes = skip.reduce((n, r) => n + (r.end - r.start), 0);
   // The first matching rule's table, mode and header setting apply to this message.
-  const { settings: policy, rule: ruleName } = settingsFor(deps.policy, { sender: msg.envelope.from, recipients: msg.envelope.to.map((r) => r.address), clientAddress: msg.clientAddress, authUser: msg.authUser ?? null });
+  const { settings: policy, rule: ruleName } = settingsFor(deps.policy, {
+    sender: msg.envelope.from,
+    recipients: msg.envelope.to.map((r) => r.address),
+    clientAddress: msg.clientAddress,
+    authUser: msg.authUser ?? null,
+  });
 
   let dlp: InspectResult | null = null;
   let decision: Decision;
@@ -154,7 +183,13 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
       },
       signal,
     );
-    decision = decide(dlp.ok ? { kind: 'verdict', actionCode: dlp.actionCode } : { kind: 'error', errorClass: dlp.errorClass, ...(dlp.actionCode !== undefined ? { actionCode: dlp.actionCode } : {}) }, queryId, policy);
+    decision = decide(
+      dlp.ok
+        ? { kind: 'verdict', actionCode: dlp.actionCode }
+        : { kind: 'error', errorClass: dlp.errorClass, ...(dlp.actionCode !== undefined ? { actionCode: dlp.actionCode } : {}) },
+      queryId,
+      policy,
+    );
   }
   const actionCode = dlp ? (dlp.ok ? dlp.actionCode : (dlp.actionCode ?? null)) : null;
   const base = {
@@ -168,7 +203,11 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
   // Monitor mode acts on nothing, CAS lists included.
   if (deps.onVerdict && !(decision.action === 'relay' && decision.wouldBe !== undefined)) {
     // Side work gets its own promise; the reply never waits for it, only the spool cleanup does.
-    side.push(deps.onVerdict({ queryId, actionCode, action: decision.label, sender: msg.envelope.from, recipients: msg.envelope.to.map((r) => r.address), spool }).catch((err: unknown) => deps.logger.warn({ err, queryId }, 'verdict hook failed')));
+    side.push(
+      deps
+        .onVerdict({ queryId, actionCode, action: decision.label, sender: msg.envelope.from, recipients: msg.envelope.to.map((r) => r.address), spool })
+        .catch((err: unknown) => deps.logger.warn({ err, queryId }, 'verdict hook failed')),
+    );
   }
 
   if (signal.aborted) throw signal.reason;
@@ -187,18 +226,34 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
   }
 }
 
-async function quarantine(deps: PipelineDeps, msg: MessageInput, decision: { label: string; reply: SmtpReply; reason: string }, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+async function quarantine(
+  deps: PipelineDeps,
+  msg: MessageInput,
+  decision: { label: string; reply: SmtpReply; reason: string },
+  base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>,
+  skip: Array<{ start: number; end: number }>,
+  signal: AbortSignal,
+): Promise<Partial_> {
   const t0 = performance.now();
   try {
     await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, decision.reason, base.policies), () => msg.spool.open({ prepend: msg.trace, skip }));
   } catch (err) {
     deps.logger.error({ err, queryId: msg.queryId }, 'quarantine store failed');
-    return { ...base, reply: catalogueReply('QUARANTINE_FAILED', msg.queryId), action: 'tempfail-quarantine-failed', relayMs: null, errorClass: 'quarantine', detail: (err as Error).message };
+    return {
+      ...base,
+      reply: catalogueReply('QUARANTINE_FAILED', msg.queryId),
+      action: 'tempfail-quarantine-failed',
+      relayMs: null,
+      errorClass: 'quarantine',
+      detail: (err as Error).message,
+    };
   }
   if (signal.aborted) {
     // The deadline answered 451 while the store was still writing: the client keeps the message and
     // will send it again, so this copy would be a second one. Unlike a next hop, our own store can take it back.
-    await deps.quarantine.delete(msg.queryId).catch((err: unknown) => deps.logger.error({ err, queryId: msg.queryId }, 'could not remove a quarantine copy written after the deadline'));
+    await deps.quarantine
+      .delete(msg.queryId)
+      .catch((err: unknown) => deps.logger.error({ err, queryId: msg.queryId }, 'could not remove a quarantine copy written after the deadline'));
     throw signal.reason;
   }
   return { ...base, reply: decision.reply, action: decision.label, relayMs: Math.round(performance.now() - t0) };
@@ -225,7 +280,15 @@ function quarantineRecord(deps: PipelineDeps, msg: MessageInput, actionCode: num
   };
 }
 
-async function relay(deps: PipelineDeps, msg: MessageInput, decision: { label: string; headers: Array<[string, string]> }, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal, rewrite?: (source: Readable) => Readable): Promise<Partial_> {
+async function relay(
+  deps: PipelineDeps,
+  msg: MessageInput,
+  decision: { label: string; headers: Array<[string, string]> },
+  base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>,
+  skip: Array<{ start: number; end: number }>,
+  signal: AbortSignal,
+  rewrite?: (source: Readable) => Readable,
+): Promise<Partial_> {
   const sealed = deps.loopGuard.seal(decision.headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId);
   const prepend = Buffer.concat([msg.trace, renderHeaders(sealed)]);
   const t0 = performance.now();
@@ -247,7 +310,11 @@ async function relay(deps: PipelineDeps, msg: MessageInput, decision: { label: s
   } catch (err) {
     if (signal.aborted) throw signal.reason;
     if (isLocal) deps.logger.error({ err, queryId: msg.queryId }, 'local outbox write failed');
-    const reply = isLocal ? catalogueReply('OUTBOX_FAILED', msg.queryId) : err instanceof DeliveryError ? nextHopFailureReply(err, msg.queryId) : catalogueReply('INTERNAL', msg.queryId);
+    const reply = isLocal
+      ? catalogueReply('OUTBOX_FAILED', msg.queryId)
+      : err instanceof DeliveryError
+        ? nextHopFailureReply(err, msg.queryId)
+        : catalogueReply('INTERNAL', msg.queryId);
     return {
       ...base,
       reply,
@@ -266,7 +333,14 @@ async function relay(deps: PipelineDeps, msg: MessageInput, decision: { label: s
  * If the relay does not end in 2xx the client keeps the message and will retry, so the evidence copy is
  * taken back, as a quarantine written after the deadline is.
  */
-async function removeAndRelay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'remove-attachments' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+async function removeAndRelay(
+  deps: PipelineDeps,
+  msg: MessageInput,
+  decision: Extract<Decision, { action: 'remove-attachments' }>,
+  base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>,
+  skip: Array<{ start: number; end: number }>,
+  signal: AbortSignal,
+): Promise<Partial_> {
   const opts: RemovalOptions = { queryId: msg.queryId, ...deps.policy.attachments };
   let removed: RemovedAttachment[];
   try {
@@ -275,17 +349,40 @@ async function removeAndRelay(deps: PipelineDeps, msg: MessageInput, decision: E
     if (signal.aborted) throw signal.reason;
     if (!(err instanceof MimeStructureError)) {
       deps.logger.error({ err, queryId: msg.queryId }, 'attachment removal failed');
-      return { ...base, reply: catalogueReply('INTERNAL', msg.queryId), action: 'tempfail-internal', relayMs: null, errorClass: 'internal', detail: (err as Error).message };
+      return {
+        ...base,
+        reply: catalogueReply('INTERNAL', msg.queryId),
+        action: 'tempfail-internal',
+        relayMs: null,
+        errorClass: 'internal',
+        detail: (err as Error).message,
+      };
     }
     // Never let an attachment through: what we cannot rewrite is held whole.
-    const held = await quarantine(deps, msg, { label: 'quarantine-unremovable', reply: decision.quarantineReply, reason: `attachments-unremovable:${err.reason}` }, base, skip, signal);
+    const held = await quarantine(
+      deps,
+      msg,
+      { label: 'quarantine-unremovable', reply: decision.quarantineReply, reason: `attachments-unremovable:${err.reason}` },
+      base,
+      skip,
+      signal,
+    );
     return { ...held, detail: held.detail ?? err.message };
   }
   try {
-    await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, `evidence:${decision.reason}`, base.policies), () => msg.spool.open({ prepend: msg.trace, skip }));
+    await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, `evidence:${decision.reason}`, base.policies), () =>
+      msg.spool.open({ prepend: msg.trace, skip }),
+    );
   } catch (err) {
     deps.logger.error({ err, queryId: msg.queryId }, 'quarantine store failed (evidence copy)');
-    return { ...base, reply: catalogueReply('QUARANTINE_FAILED', msg.queryId), action: 'tempfail-quarantine-failed', relayMs: null, errorClass: 'quarantine', detail: (err as Error).message };
+    return {
+      ...base,
+      reply: catalogueReply('QUARANTINE_FAILED', msg.queryId),
+      action: 'tempfail-quarantine-failed',
+      relayMs: null,
+      errorClass: 'quarantine',
+      detail: (err as Error).message,
+    };
   }
   const headers: Array<[string, string]> = decision.countHeader ? [...decision.headers, [decision.countHeader, String(removed.length)]] : decision.headers;
   let out: Partial_;
@@ -296,11 +393,21 @@ async function removeAndRelay(deps: PipelineDeps, msg: MessageInput, decision: E
     throw err;
   }
   if (out.reply.code >= 300) await dropEvidence(deps, msg.queryId);
-  return { ...out, detail: out.detail ?? `${removed.length} attachment(s) removed: ${removed.map((r) => r.filename ?? r.contentType).join(', ').slice(0, 300)}` };
+  return {
+    ...out,
+    detail:
+      out.detail ??
+      `${removed.length} attachment(s) removed: ${removed
+        .map((r) => r.filename ?? r.contentType)
+        .join(', ')
+        .slice(0, 300)}`,
+  };
 }
 
 async function dropEvidence(deps: PipelineDeps, queryId: string): Promise<void> {
-  await deps.quarantine.delete(queryId).catch((err: unknown) => deps.logger.error({ err, queryId }, 'could not remove the evidence copy of a message that was not relayed'));
+  await deps.quarantine
+    .delete(queryId)
+    .catch((err: unknown) => deps.logger.error({ err, queryId }, 'could not remove the evidence copy of a message that was not relayed'));
 }
 
 /** "250 2.0.0 Ok: queued" → SmtpReply; the first line only. */
@@ -321,13 +428,27 @@ function parseReplyLine(line: string, fallback: SmtpReply): SmtpReply {
  * recipient the gateway accepted in a mixed outcome may then get the message twice: a duplicate rather
  * than a loss, and never a copy relayed in clear.
  */
-async function gatewayRelay(deps: PipelineDeps, msg: MessageInput, decision: Extract<Decision, { action: 'gateway' }>, base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>, skip: Array<{ start: number; end: number }>, signal: AbortSignal): Promise<Partial_> {
+async function gatewayRelay(
+  deps: PipelineDeps,
+  msg: MessageInput,
+  decision: Extract<Decision, { action: 'gateway' }>,
+  base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>,
+  skip: Array<{ start: number; end: number }>,
+  signal: AbortSignal,
+): Promise<Partial_> {
   const t0 = performance.now();
   const retry = (why: string): SmtpReply => ({ code: 451, enhanced: '4.4.0', text: `Encryption gateway ${why}, try again later (ref ${msg.queryId})` });
   const pool = deps.gateways?.get(decision.gateway);
   if (!pool) {
     deps.logger.error({ queryId: msg.queryId, gateway: decision.gateway }, 'route_to_gateway names a gateway that is not running');
-    return { ...base, reply: retry('not available'), action: `${decision.label}-failed`, relayMs: null, errorClass: 'gateway:missing', detail: decision.gateway };
+    return {
+      ...base,
+      reply: retry('not available'),
+      action: `${decision.label}-failed`,
+      relayMs: null,
+      errorClass: 'gateway:missing',
+      detail: decision.gateway,
+    };
   }
   const sealed = deps.loopGuard.seal(decision.headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId);
   const prepend = Buffer.concat([msg.trace, renderHeaders(sealed)]);
@@ -338,18 +459,47 @@ async function gatewayRelay(deps: PipelineDeps, msg: MessageInput, decision: Ext
     if (signal.aborted) throw signal.reason;
     const phase = err instanceof DeliveryError ? err.phase : 'error';
     deps.logger.warn({ err, queryId: msg.queryId, gateway: decision.gateway }, 'encryption gateway delivery failed');
-    return { ...base, reply: retry('unavailable'), action: `${decision.label}-failed`, relayMs: Math.round(performance.now() - t0), errorClass: `gateway:${phase}`, detail: (err as Error).message };
+    return {
+      ...base,
+      reply: retry('unavailable'),
+      action: `${decision.label}-failed`,
+      relayMs: Math.round(performance.now() - t0),
+      errorClass: `gateway:${phase}`,
+      detail: (err as Error).message,
+    };
   }
   const relayMs = Math.round(performance.now() - t0);
   const rs = report.recipients;
-  const detail = rs.map((r) => `${r.address}: ${r.response}`).join('; ').slice(0, 1000);
+  const detail = rs
+    .map((r) => `${r.address}: ${r.response}`)
+    .join('; ')
+    .slice(0, 1000);
   if (rs.length > 0 && rs.every((r) => r.status === 'accepted')) {
-    return { ...base, reply: parseReplyLine(report.response, { code: 250, enhanced: '2.0.0', text: `Ok: handed to the encryption gateway (ref ${msg.queryId})` }), action: decision.label, relayMs };
+    return {
+      ...base,
+      reply: parseReplyLine(report.response, { code: 250, enhanced: '2.0.0', text: `Ok: handed to the encryption gateway (ref ${msg.queryId})` }),
+      action: decision.label,
+      relayMs,
+    };
   }
   const first = rs[0];
   if (first && rs.every((r) => r.status === 'refused' && r.code >= 500)) {
     const reply = parseReplyLine(first.response, { code: first.code, enhanced: '5.0.0', text: 'Rejected by the encryption gateway' });
-    return { ...base, reply: reply.code >= 500 ? reply : { code: first.code, enhanced: '5.0.0', text: 'Rejected by the encryption gateway' }, action: `${decision.label}-refused`, relayMs, errorClass: 'gateway:refused', detail };
+    return {
+      ...base,
+      reply: reply.code >= 500 ? reply : { code: first.code, enhanced: '5.0.0', text: 'Rejected by the encryption gateway' },
+      action: `${decision.label}-refused`,
+      relayMs,
+      errorClass: 'gateway:refused',
+      detail,
+    };
   }
-  return { ...base, reply: retry(rs.some((r) => r.status === 'accepted') ? 'did not accept every recipient' : 'deferred the message'), action: `${decision.label}-deferred`, relayMs, errorClass: 'gateway:deferred', detail };
+  return {
+    ...base,
+    reply: retry(rs.some((r) => r.status === 'accepted') ? 'did not accept every recipient' : 'deferred the message'),
+    action: `${decision.label}-deferred`,
+    relayMs,
+    errorClass: 'gateway:deferred',
+    detail,
+  };
 }

@@ -29,7 +29,9 @@ export function normalMessageId(value: string | null | undefined): string {
 }
 
 function mac(key: Buffer, t: number, q: string, messageId: string): Buffer {
-  return createHmac('sha256', key).update(`v1|${t}|${q}|${normalMessageId(messageId)}`, 'utf8').digest();
+  return createHmac('sha256', key)
+    .update(`v1|${t}|${q}|${normalMessageId(messageId)}`, 'utf8')
+    .digest();
 }
 
 /** The header value for a message we relay. `nowS`: unix seconds. */
@@ -102,7 +104,9 @@ export class LoopGuard {
   /** Replaces the value of our loop header in `headers` (as policy.decide produced them) with a signed one. */
   seal(headers: ReadonlyArray<readonly [string, string]>, messageId: string | null, queryId: string): Array<[string, string]> {
     const nowS = Math.floor(this.now() / 1000);
-    return headers.map(([k, v]): [string, string] => (k.toLowerCase() === this.name ? [k, mintLoopValue(this.keys.current, queryId, messageId, nowS)] : [k, v]));
+    return headers.map(([k, v]): [string, string] =>
+      k.toLowerCase() === this.name ? [k, mintLoopValue(this.keys.current, queryId, messageId, nowS)] : [k, v],
+    );
   }
 }
 

@@ -4,7 +4,6 @@ import type { DlpErrorClass } from '../dlp/parse.js';
 import { CATALOGUE, type SmtpReply } from '../errors.js';
 import type { PolicyRuleConfig } from './rules.js';
 
-
 /** What UCWI told us, or why it could not. */
 export type DlpOutcome =
   | { kind: 'verdict'; actionCode: number }
@@ -119,7 +118,11 @@ function applySpec(spec: ActionSpec, s: PolicySettings, queryId: string, actionC
       return {
         action: 'reject',
         label,
-        reply: { code: spec.code ?? CATALOGUE.POLICY_REJECT.code, enhanced: spec.enhanced ?? CATALOGUE.POLICY_REJECT.enhanced, text: fill(spec.text ?? s.rejectText, queryId) },
+        reply: {
+          code: spec.code ?? CATALOGUE.POLICY_REJECT.code,
+          enhanced: spec.enhanced ?? CATALOGUE.POLICY_REJECT.enhanced,
+          text: fill(spec.text ?? s.rejectText, queryId),
+        },
       };
     case 'tempfail': {
       const base = CATALOGUE.DLP_UNAVAILABLE;
@@ -142,7 +145,12 @@ export function decide(outcome: DlpOutcome, queryId: string, s: PolicySettings):
   const d = enforce(outcome, queryId, s);
   if (s.mode !== 'monitor' || outcome.kind === 'skipped') return d;
   const label = `monitor-${d.label}`;
-  const code = outcome.kind === 'verdict' ? String(outcome.actionCode) : outcome.kind === 'error' && outcome.actionCode !== undefined ? String(outcome.actionCode) : 'none';
+  const code =
+    outcome.kind === 'verdict'
+      ? String(outcome.actionCode)
+      : outcome.kind === 'error' && outcome.actionCode !== undefined
+        ? String(outcome.actionCode)
+        : 'none';
   return { action: 'relay', label, headers: verdictHeaders(s, queryId, code, label), wouldBe: d.label };
 }
 

@@ -62,7 +62,9 @@ export function ruleMatches(rule: PolicyRuleConfig, ctx: RuleContext): boolean {
   if (m.senders && !addressMatches(ctx.sender, m.senders)) return false;
   if (m.recipients) {
     const list = m.recipients;
-    const ok = m.allRecipients ? ctx.recipients.length > 0 && ctx.recipients.every((r) => addressMatches(r, list)) : ctx.recipients.some((r) => addressMatches(r, list));
+    const ok = m.allRecipients
+      ? ctx.recipients.length > 0 && ctx.recipients.every((r) => addressMatches(r, list))
+      : ctx.recipients.some((r) => addressMatches(r, list));
     if (!ok) return false;
   }
   if (m.clientNetworks && !networks(m.clientNetworks).has(ctx.clientAddress)) return false;
@@ -106,7 +108,12 @@ export function describeRule(rule: PolicyRuleConfig): string {
   const then: string[] = [];
   if (rule.mode) then.push(`mode ${rule.mode}`);
   if (rule.headers) then.push(`headers ${rule.headers}`);
-  if (rule.actions) then.push(`actions ${Object.entries(rule.actions).map(([k, v]) => `${k}=${v.action}`).join(' ')}`);
+  if (rule.actions)
+    then.push(
+      `actions ${Object.entries(rule.actions)
+        .map(([k, v]) => `${k}=${v.action}`)
+        .join(' ')}`,
+    );
   if (rule.unknownAction) then.push(`unknown=${rule.unknownAction.action}`);
   if (rule.onDlpError) then.push(`onDlpError ${rule.onDlpError}`);
   return `${rule.name}: ${parts.length ? parts.join(' and ') : 'every message'} → ${then.length ? then.join(', ') : 'defaults'}`;

@@ -125,7 +125,15 @@ function alive(pid: number): boolean {
 }
 
 function log(logger: Logger, r: RecoveryReport): void {
-  const fields = { event: 'recovery', store: r.store, dir: r.dir, tempRemoved: r.tempRemoved, orphansRemoved: r.orphansRemoved, kept: r.kept.length, ...(r.skipped ? { skipped: r.skipped } : {}) };
+  const fields = {
+    event: 'recovery',
+    store: r.store,
+    dir: r.dir,
+    tempRemoved: r.tempRemoved,
+    orphansRemoved: r.orphansRemoved,
+    kept: r.kept.length,
+    ...(r.skipped ? { skipped: r.skipped } : {}),
+  };
   if (r.kept.length) logger.warn({ ...fields, keptFiles: r.kept.slice(0, 20) }, `start-up recovery of the ${r.store}: unpaired files kept for an operator`);
   else logger.info(fields, `start-up recovery of the ${r.store}`);
 }

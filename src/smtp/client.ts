@@ -252,7 +252,10 @@ export class SmtpClient {
       { line: 'DATA', phase: 'data' as const },
     ];
     const t = this.opts.timeouts.commandMs;
-    const waits = this.expect(cmds.map((c) => ({ ...c, timeoutMs: t })), signal);
+    const waits = this.expect(
+      cmds.map((c) => ({ ...c, timeoutMs: t })),
+      signal,
+    );
     // Every promise gets a handler now: after a 421 the later ones reject and must not go unhandled.
     for (const w of waits) w.catch(() => {});
     const replies: Reply[] = [];

@@ -120,7 +120,8 @@ export function parseMailFrom(arg: string, ctx: ParamContext): Parsed<MailFromCo
         const v = value?.toUpperCase();
         if (v === '7BIT') mail.bodyType = '7bit';
         else if (v === '8BITMIME') mail.bodyType = '8bitmime';
-        else if (v === 'BINARYMIME') return fail('PARAM_UNKNOWN'); // never offered: no BDAT
+        else if (v === 'BINARYMIME')
+          return fail('PARAM_UNKNOWN'); // never offered: no BDAT
         else return fail('PARAM_SYNTAX');
         break;
       }

@@ -58,7 +58,11 @@ export function formatParams(params: readonly EsmtpParam[]): string {
 export function cloneEnvelope(env: Envelope): Envelope {
   const out: Envelope = {
     ...env,
-    to: env.to.map((r) => ({ ...r, ...(r.notify ? { notify: [...r.notify] } : {}), ...(r.params ? { params: r.params.map((p) => [...p] as unknown as EsmtpParam) } : {}) })),
+    to: env.to.map((r) => ({
+      ...r,
+      ...(r.notify ? { notify: [...r.notify] } : {}),
+      ...(r.params ? { params: r.params.map((p) => [...p] as unknown as EsmtpParam) } : {}),
+    })),
   };
   if (env.params) out.params = env.params.map((p) => [...p] as unknown as EsmtpParam);
   return out;

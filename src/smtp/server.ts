@@ -10,15 +10,7 @@ import type { SmtpHandlers, SmtpServerOptions } from './types.js';
 
 export { formatReplyLines } from './command.js';
 export { DataPhaseError } from './types.js';
-export type {
-  MailFromCommand,
-  RcptToCommand,
-  ResetReason,
-  SmtpHandlers,
-  SmtpServerOptions,
-  SmtpSession,
-  SmtpTransaction,
-} from './types.js';
+export type { MailFromCommand, RcptToCommand, ResetReason, SmtpHandlers, SmtpServerOptions, SmtpSession, SmtpTransaction } from './types.js';
 
 export class SmtpServer {
   private readonly server: Server;

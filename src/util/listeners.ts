@@ -4,7 +4,12 @@ import { createServer } from 'node:net';
 /** EADDRINUSE and friends name the listener and address, so an admin knows which port to look at. */
 export function listenError(name: string, host: string, port: number, err: unknown): Error {
   const code = (err as NodeJS.ErrnoException).code;
-  const why = code === 'EADDRINUSE' ? 'address already in use (another process listens there)' : code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)' : (err as Error).message;
+  const why =
+    code === 'EADDRINUSE'
+      ? 'address already in use (another process listens there)'
+      : code === 'EACCES'
+        ? 'permission denied (ports below 1024 need privileges)'
+        : (err as Error).message;
   return new Error(`cannot listen for ${name} on ${host}:${port}: ${why}${code ? ` [${code}]` : ''}`, { cause: err });
 }
 

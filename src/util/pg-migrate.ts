@@ -28,21 +28,14 @@ export async function migrate(pool: Pool, component: string, migrations: readonl
       description text NOT NULL,
       applied_at timestamptz NOT NULL DEFAULT now(),
       PRIMARY KEY (component, version))`);
-    const { rows } = await client.query<{ version: number }>(
-      'SELECT version FROM dlp_schema_migrations WHERE component = $1',
-      [component],
-    );
+    const { rows } = await client.query<{ version: number }>('SELECT version FROM dlp_schema_migrations WHERE component = $1', [component]);
     const done = new Set(rows.map((r) => r.version));
     for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
       if (done.has(m.version)) continue;
       await client.query('BEGIN');
       try {
         await client.query(m.sql);
-        await client.query('INSERT INTO dlp_schema_migrations (component, version, description) VALUES ($1, $2, $3)', [
-          component,
-          m.version,
-          m.description,
-        ]);
+        await client.query('INSERT INTO dlp_schema_migrations (component, version, description) VALUES ($1, $2, $3)', [component, m.version, m.description]);
         await client.query('COMMIT');
         applied.push(m.version);
       } catch (err) {

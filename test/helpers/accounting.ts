@@ -157,7 +157,12 @@ const OUTBOX = /stored in local outbox/;
  *  - each message ends in exactly one bucket (delivered, quarantined, rejected, deferred);
  *  - at most `maxCopies` copies of any message reach the sink, never more than one per attempt.
  */
-export function tally(batch: Tracked[], atSink: Map<string, number>, inQuarantine: Map<string, number>, opts: { maxCopies?: number; nextHop5xx?: RegExp } = {}): Tally {
+export function tally(
+  batch: Tracked[],
+  atSink: Map<string, number>,
+  inQuarantine: Map<string, number>,
+  opts: { maxCopies?: number; nextHop5xx?: RegExp } = {},
+): Tally {
   const maxCopies = opts.maxCopies ?? 1;
   const t: Tally = { sent: batch.length, delivered: 0, quarantined: 0, rejected: 0, deferred: 0, retried: 0, duplicates: 0, problems: [] };
   for (const m of batch) {
@@ -170,7 +175,8 @@ export function tally(batch: Tracked[], atSink: Map<string, number>, inQuarantin
     for (const a of m.attempts) {
       if (!a.reply) continue;
       const c = replyCode(a.reply);
-      if (c >= 500 && !POLICY_REJECT.test(a.reply) && !(opts.nextHop5xx && opts.nextHop5xx.test(a.reply))) t.problems.push(`${m.marker}: 5xx that is neither policy nor next hop: ${a.reply}`);
+      if (c >= 500 && !POLICY_REJECT.test(a.reply) && !(opts.nextHop5xx && opts.nextHop5xx.test(a.reply)))
+        t.problems.push(`${m.marker}: 5xx that is neither policy nor next hop: ${a.reply}`);
       if (c >= 200 && c < 300) {
         if (HELD.test(a.reply)) {
           if (qN === 0) t.problems.push(`${m.marker}: 250 held but not in the quarantine`);
@@ -180,7 +186,8 @@ export function tally(batch: Tracked[], atSink: Map<string, number>, inQuarantin
       }
     }
     const buckets = [sinkN > 0, qN > 0, rejected, deferred].filter(Boolean).length;
-    if (buckets !== 1) t.problems.push(`${m.marker} (${m.kind}): in ${buckets} buckets (sink ${sinkN}, quarantine ${qN}, last reply ${last?.reply ?? last?.dropped ?? 'none'})`);
+    if (buckets !== 1)
+      t.problems.push(`${m.marker} (${m.kind}): in ${buckets} buckets (sink ${sinkN}, quarantine ${qN}, last reply ${last?.reply ?? last?.dropped ?? 'none'})`);
     if (sinkN > 0) t.delivered++;
     if (qN > 0) t.quarantined++;
     if (rejected) t.rejected++;

@@ -22,11 +22,7 @@ const LINES_PER_CHUNK = 1024; // ~78 KiB per write: bounded memory whatever the 
  * (about 800 bytes). The attachment is AES-CTR keystream: incompressible and free of accidental
  * card/ID patterns only by overwhelming probability, which is why it is base64 and not text.
  */
-export async function writeBigMessage(
-  path: string,
-  bytes: number,
-  opts: BigMessageOptions = {},
-): Promise<{ sha256: string; size: number }> {
+export async function writeBigMessage(path: string, bytes: number, opts: BigMessageOptions = {}): Promise<{ sha256: string; size: number }> {
   if (!Number.isSafeInteger(bytes) || bytes < 0) throw new RangeError(`bad size ${bytes}`);
   const seed = opts.seed ?? 'dlp-relay-big-message';
   const boundary = `=_big_${createHash('sha256').update(seed).digest('hex').slice(0, 16)}`;
@@ -88,7 +84,7 @@ export async function writeBigMessage(
 
   function* chunks(): Generator<Buffer> {
     yield emit(prefix);
-    for (let done = 0; done < fullLines; ) {
+    for (let done = 0; done < fullLines;) {
       const n = Math.min(LINES_PER_CHUNK, fullLines - done);
       yield emit(encodeLines(cipher.update(Buffer.alloc(n * RAW_PER_LINE))));
       done += n;

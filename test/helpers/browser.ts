@@ -14,6 +14,14 @@ export async function launchChromium(): Promise<Browser> {
     headless: true,
     timeout: 30_000,
     // Without the background-networking flags Chromium keeps dialling Google's hosts, which this network refuses.
-    args: ['--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+    args: [
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--disable-dev-shm-usage',
+    ],
   });
 }

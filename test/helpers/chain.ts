@@ -73,7 +73,10 @@ export async function startSink(behaviour: SinkBehaviour = {}): Promise<Sink> {
         if (size <= 2 * 1024 * 1024) chunks.push(c);
       });
       stream.on('end', () => {
-        const env = session.envelope as unknown as { mailFrom: { address: string; args: Record<string, unknown> }; rcptTo: Array<{ address: string; args: Record<string, unknown>; dsn?: unknown }> };
+        const env = session.envelope as unknown as {
+          mailFrom: { address: string; args: Record<string, unknown> };
+          rcptTo: Array<{ address: string; args: Record<string, unknown>; dsn?: unknown }>;
+        };
         const msg: SinkMessage = {
           from: env.mailFrom.address,
           mailArgs: env.mailFrom.args ?? {},
@@ -153,7 +156,9 @@ export async function startChain(o: ChainOptions = {}): Promise<Chain> {
     quarantine: { dir: dirs.quarantine },
     outbox: { dir: dirs.outbox },
     ucwi: { url: sim.url, timeouts: { connectMs: 2000, headersMs: 5000, bodyMs: 5000, deadlineMs: 5000 } },
-    nextHop: o.noNextHop ? { host: null } : { host: '127.0.0.1', port: sink.port, starttls: 'off', timeouts: { connectMs: 2000, greetingMs: 2000, socketMs: 5000 } },
+    nextHop: o.noNextHop
+      ? { host: null }
+      : { host: '127.0.0.1', port: sink.port, starttls: 'off', timeouts: { connectMs: 2000, greetingMs: 2000, socketMs: 5000 } },
     limits: { dataDeadlineMs: 15000 },
     log: { level: 'info' },
     secrets: { ucwiAccessKey: SIM_KEYS.accessKey, ucwiSecretKey: SIM_KEYS.secretKey },

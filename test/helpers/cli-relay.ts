@@ -42,7 +42,9 @@ export async function spawnRelay(env: Record<string, string>, args: string[] = [
   let err = '';
   proc.stdout.on('data', (c: Buffer) => (out += c.toString()));
   proc.stderr.on('data', (c: Buffer) => (err += c.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.on('close', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    proc.on('close', (code, signal) => resolve({ code, signal })),
+  );
   const kill = (signal: NodeJS.Signals = 'SIGKILL'): void => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
   };

@@ -46,7 +46,9 @@ export function haproxyConfig(frontPort: number, backends: readonly Backend[], o
     '  balance roundrobin',
     '  option httpchk GET /readyz',
     '  http-check expect status 200',
-    ...backends.map((b) => `  server ${b.name} 127.0.0.1:${b.smtpPort} send-proxy-v2 check port ${b.adminPort} inter ${inter} fall ${o.fall ?? 2} rise ${o.rise ?? 2}`),
+    ...backends.map(
+      (b) => `  server ${b.name} 127.0.0.1:${b.smtpPort} send-proxy-v2 check port ${b.adminPort} inter ${inter} fall ${o.fall ?? 2} rise ${o.rise ?? 2}`,
+    ),
     '',
   ].join('\n');
 }
@@ -64,7 +66,7 @@ export async function startHaproxy(dir: string, config: string): Promise<Haproxy
   if (check.status !== 0) throw new Error(`haproxy rejects its configuration: ${check.stdout}${check.stderr}`);
   const proc = spawn('haproxy', ['-db', '-f', file], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
-  proc.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+  proc.stderr.on('data', (c: Buffer) => (err += c.toString()));
   const exited = new Promise<void>((r) => proc.on('close', () => r()));
   return {
     proc,

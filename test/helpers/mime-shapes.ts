@@ -39,7 +39,10 @@ export async function shapes(): Promise<Record<string, Buffer>> {
     }),
     'quoted-printable attachment and 8-bit headers': Buffer.concat([
       Buffer.from('From: Zoë <zoe@example.test>\r\nTo: bob@example.test\r\nSubject: Grüße – Bericht\r\nMIME-Version: 1.0\r\n', 'utf8'),
-      Buffer.from('Content-Type: multipart/mixed; boundary="qp-b"\r\n\r\n--qp-b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n', 'utf8'),
+      Buffer.from(
+        'Content-Type: multipart/mixed; boundary="qp-b"\r\n\r\n--qp-b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n',
+        'utf8',
+      ),
       Buffer.from('Anbei der Bericht für März.\r\n--qp-b\r\nContent-Type: text/csv; charset=utf-8; name="Übersicht.csv"\r\n', 'utf8'),
       Buffer.from('Content-Transfer-Encoding: quoted-printable\r\nContent-Disposition: attachment; filename="Übersicht.csv"\r\n\r\n', 'utf8'),
       Buffer.from('name;iban\r\nM=C3=BCller;DE89370400440532013000\r\n--qp-b--\r\n', 'latin1'),

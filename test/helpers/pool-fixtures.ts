@@ -93,8 +93,8 @@ export async function until(cond: () => boolean, what: string, ms = 5_000): Prom
 /** Settles with the promise, or rejects after `ms` (a wait in a test always has a bound). */
 export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: NodeJS.Timeout;
-  return Promise.race([p, new Promise<never>((_r, reject) => (t = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms)))]).finally(() =>
-    clearTimeout(t),
+  return Promise.race([p, new Promise<never>((_r, reject) => (t = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms)))]).finally(
+    () => clearTimeout(t),
   );
 }
 

@@ -104,11 +104,11 @@ export async function startSim(o: SimOptions = {}): Promise<Sim> {
       const verb = line.split(' ')[0]!.toUpperCase();
       if (verb === 'EHLO') return (o.ehlo ?? ((x) => DEFAULT_EHLO(x, o)))(s).join('\r\n');
       if (verb === 'HELO') return '250 sim.test';
-      if (/^MAIL FROM:/i.test(line)) return (rcptOk = 0), '250 2.1.0 Ok';
+      if (/^MAIL FROM:/i.test(line)) return ((rcptOk = 0), '250 2.1.0 Ok');
       if (/^RCPT TO:<bad/i.test(line)) return '550 5.1.1 no such user';
-      if (/^RCPT TO:/i.test(line)) return rcptOk++, '250 2.1.5 Ok';
+      if (/^RCPT TO:/i.test(line)) return (rcptOk++, '250 2.1.5 Ok');
       if (verb === 'DATA') return rcptOk > 0 ? '354 go ahead' : '554 5.5.1 no valid recipients';
-      if (verb === 'RSET') return (rcptOk = 0), '250 2.0.0 Ok';
+      if (verb === 'RSET') return ((rcptOk = 0), '250 2.0.0 Ok');
       if (verb === 'QUIT') return '221 2.0.0 bye';
       if (verb === 'NOOP') return '250 ok';
       return '502 5.5.2 unknown';

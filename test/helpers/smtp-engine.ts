@@ -66,7 +66,14 @@ export async function startEngine(opts: Partial<SmtpServerOptions> = {}, handler
   const rec = new Recorder();
   const h: SmtpHandlers = {
     connect: (s) => {
-      rec.connects.push({ remoteAddress: s.remoteAddress, remotePort: s.remotePort, localAddress: s.localAddress, localPort: s.localPort, peerAddress: s.peerAddress, proxied: s.proxied });
+      rec.connects.push({
+        remoteAddress: s.remoteAddress,
+        remotePort: s.remotePort,
+        localAddress: s.localAddress,
+        localPort: s.localPort,
+        peerAddress: s.peerAddress,
+        proxied: s.proxied,
+      });
     },
     mail: (s, mail) => {
       rec.mails.push({ mail, transmissionType: s.transmissionType, user: s.user });

@@ -124,7 +124,13 @@ describe('admin API: quarantine', () => {
 
   it('answers 401 with exactly {"error":"unauthorized"} without, with a wrong or a malformed token', async () => {
     const rec = await put(MIXED);
-    for (const headers of [{}, { authorization: 'Bearer wrong' }, { authorization: `Bearer ${TOKEN}x` }, { authorization: `Basic ${TOKEN}` }, { authorization: TOKEN }]) {
+    for (const headers of [
+      {},
+      { authorization: 'Bearer wrong' },
+      { authorization: `Bearer ${TOKEN}x` },
+      { authorization: `Basic ${TOKEN}` },
+      { authorization: TOKEN },
+    ]) {
       for (const path of ['/api/v1/quarantine', `/api/v1/quarantine/${rec.id}`, `/api/v1/quarantine/${rec.id}/eml`, '/nope']) {
         const res = await request(`${url}${path}`, { headers });
         expect(res.statusCode).toBe(401);
@@ -143,7 +149,12 @@ describe('admin API: quarantine', () => {
     const all = await call('GET', '/api/v1/quarantine');
     expect(all.status).toBe(200);
     expect(all.headers['content-type']).toMatch(/^application\/json/);
-    expect(all.json().items.map((r: { id: string }) => r.id).sort()).toEqual([a.id, b.id].sort());
+    expect(
+      all
+        .json()
+        .items.map((r: { id: string }) => r.id)
+        .sort(),
+    ).toEqual([a.id, b.id].sort());
     expect((await call('GET', '/api/v1/quarantine?sender=dave@example.com')).json().items.map((r: { id: string }) => r.id)).toEqual([b.id]);
     expect((await call('GET', '/api/v1/quarantine?actionCode=6&recipient=CAROL@example.net')).json().items.map((r: { id: string }) => r.id)).toEqual([a.id]);
     const p1 = (await call('GET', '/api/v1/quarantine?limit=1')).json();
@@ -219,7 +230,9 @@ describe('admin API: quarantine', () => {
     expect((await call('POST', `/api/v1/quarantine/${rec.id}/release`, { body: { recipients: ['eve@evil.example'] } })).status).toBe(400);
     expect((await call('POST', `/api/v1/quarantine/${rec.id}/release`, { body: { recipients: 'bob@example.org' } })).status).toBe(400);
     expect((await call('POST', `/api/v1/quarantine/${rec.id}/release`, { body: { force: true } })).status).toBe(400);
-    expect((await call('POST', `/api/v1/quarantine/${rec.id}/release`, { raw: '{not json', headers: { 'content-type': 'application/json' } })).status).toBe(400);
+    expect((await call('POST', `/api/v1/quarantine/${rec.id}/release`, { raw: '{not json', headers: { 'content-type': 'application/json' } })).status).toBe(
+      400,
+    );
     expect((await call('POST', `/api/v1/quarantine/${rec.id}/release`, { body: { rescan: true } })).json()).toEqual({ error: 'rescan is not available' });
     const big = await call('POST', `/api/v1/quarantine/${rec.id}/release`, { body: { recipients: Array(300).fill('bob@example.org') } });
     expect(big.status).toBe(413);

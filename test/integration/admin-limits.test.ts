@@ -78,7 +78,9 @@ describe('admin server limits', () => {
     const sockets: Socket[] = [];
     try {
       // Ten slow API requests in flight: busy connections are never closed to make room.
-      const slow = Array.from({ length: 10 }, () => fetch(`${url}/api/v1/slow`, { headers: { authorization: `Bearer ${TOKEN}` }, signal: AbortSignal.timeout(10_000) }));
+      const slow = Array.from({ length: 10 }, () =>
+        fetch(`${url}/api/v1/slow`, { headers: { authorization: `Bearer ${TOKEN}` }, signal: AbortSignal.timeout(10_000) }),
+      );
       const until = Date.now() + 5000;
       while (inFlight < 10 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
       expect(inFlight).toBe(10);

@@ -60,7 +60,8 @@ describe('actionCode 4: attachment removal', () => {
   it('holds a message whose MIME cannot be rewritten safely, with that reason, and relays nothing', async () => {
     chain.sim.setFaults({ forceActionCode: 4 });
     try {
-      const eml = 'From: a@example.test\r\nTo: bob@example.test\r\nSubject: broken\r\nContent-Type: multipart/mixed; boundary=u\r\n\r\n--u\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=z.zip\r\n\r\nUEsDBA==\r\n';
+      const eml =
+        'From: a@example.test\r\nTo: bob@example.test\r\nSubject: broken\r\nContent-Type: multipart/mixed; boundary=u\r\n\r\n--u\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=z.zip\r\n\r\nUEsDBA==\r\n';
       const before = chain.sink.messages.length;
       const r = await sendMessage(chain.port, eml);
       expect(r.data).toMatch(/^250 2\.0\.0 Ok: message held for review \(ref [0-9a-f-]{36}\)$/);

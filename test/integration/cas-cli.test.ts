@@ -72,7 +72,8 @@ describe('cas mitigate / results', () => {
     const { s, client, out, buf } = await setup();
     const code = await casMitigate({ action: 'MAIL_RESTORE', mailbox: 'user@x.example', service: 'gmail', deliveryTime: 'today' }, out, { client });
     expect(code).toBe(EXIT_BAD_INPUT);
-    for (const field of ['action_type', 'service', 'detection_time', 'mail_log_id', 'mail_message_id', 'mail_message_delivery_time']) expect(buf.text).toContain(field);
+    for (const field of ['action_type', 'service', 'detection_time', 'mail_log_id', 'mail_message_id', 'mail_message_delivery_time'])
+      expect(buf.text).toContain(field);
     expect(s.requestLog).toHaveLength(0);
   });
 
@@ -114,7 +115,13 @@ describe('cas mitigate / results', () => {
     expect(buf.text).toMatch(/Failed\tMAIL_QUARANTINE\tgone@x\.example\t<q@x\.example>\t-999 The action for these mails failed\./);
 
     const bad = join(d, 'bad.json');
-    writeFileSync(bad, JSON.stringify([{ action_type: 'MAIL_QUARANTINE', service: 'gmail', account_provider: 'google', mailbox: 'a@x.example', mail_unique_id: 'u' }, { service: 'exchange' }]));
+    writeFileSync(
+      bad,
+      JSON.stringify([
+        { action_type: 'MAIL_QUARANTINE', service: 'gmail', account_provider: 'google', mailbox: 'a@x.example', mail_unique_id: 'u' },
+        { service: 'exchange' },
+      ]),
+    );
     buf.text = '';
     const before = s.requestLog.length;
     expect(await casMitigate({ file: bad }, out, { client })).toBe(EXIT_BAD_INPUT);

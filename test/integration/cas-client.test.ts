@@ -217,7 +217,11 @@ describe('shared rate limiter', () => {
     const a = client(s, { limiter });
     const b = client(s, { limiter });
     const calls = Array.from({ length: 12 }, (_, i) =>
-      i % 3 === 0 ? a.getBlockedLists() : i % 3 === 1 ? b.updateBlockedLists('create', { senders: [`s${i}@evil.example`] }) : a.getMitigationResults({ batchId: 'none' }),
+      i % 3 === 0
+        ? a.getBlockedLists()
+        : i % 3 === 1
+          ? b.updateBlockedLists('create', { senders: [`s${i}@evil.example`] })
+          : a.getMitigationResults({ batchId: 'none' }),
     );
     await Promise.all(calls);
     expect(s.requestLog).toHaveLength(12);
@@ -288,7 +292,10 @@ describe('mitigation', () => {
 describe('total call budget', () => {
   it('ends a slow attempt when the call budget is spent, not only at the attempt deadline', async () => {
     const s = await sim({ faults: { always: { delayMs: 2_000 } } });
-    const c = client(s, { retry: { maxAttempts: 5, baseMs: 5, maxMs: 10, totalMs: 300 }, timeouts: { connectMs: 1_000, headersMs: 5_000, bodyMs: 5_000, requestMs: 5_000 } });
+    const c = client(s, {
+      retry: { maxAttempts: 5, baseMs: 5, maxMs: 10, totalMs: 300 },
+      timeouts: { connectMs: 1_000, headersMs: 5_000, bodyMs: 5_000, requestMs: 5_000 },
+    });
     const err = await catchErr(c.getBlockedLists());
     expect(err.status).toBe(0);
     expect(err.retryable).toBe(true);

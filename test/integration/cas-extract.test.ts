@@ -74,7 +74,11 @@ describe('extractPushItems', () => {
 
   it('collects http(s) URLs from text and HTML, de-duplicated', async () => {
     const r = await extractPushItems(eml, { ...base, pushSender: false, pushUrls: true });
-    expect(r.items.map((i) => i.value).sort()).toEqual(['http://second.example/path', 'https://evil.example/pay?a=1&b=2', 'https://html-only.example/x?y=1&z=2']);
+    expect(r.items.map((i) => i.value).sort()).toEqual([
+      'http://second.example/path',
+      'https://evil.example/pay?a=1&b=2',
+      'https://html-only.example/x?y=1&z=2',
+    ]);
     expect(r.items.every((i) => i.list === 'urls')).toBe(true);
     expect(r.urlsTruncated).toBe(false);
   });

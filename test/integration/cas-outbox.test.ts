@@ -8,7 +8,16 @@ import { randomBytes } from 'node:crypto';
 import { PassThrough } from 'node:stream';
 import pg from 'pg';
 import { CasClient, CasError, type CasApi } from '../../src/cas/client.js';
-import { CasPusher, FsCasOutbox, PgCasOutbox, chunkRequests, type CasOutbox, type CasOutboxEntry, type CasOutboxItem, type CasPusherOptions } from '../../src/cas/outbox.js';
+import {
+  CasPusher,
+  FsCasOutbox,
+  PgCasOutbox,
+  chunkRequests,
+  type CasOutbox,
+  type CasOutboxEntry,
+  type CasOutboxItem,
+  type CasPusherOptions,
+} from '../../src/cas/outbox.js';
 import { casOutbox } from '../../src/cas/cli.js';
 import { startCasSim, type CasSim, type CasSimOptions } from '../sim/cas/server.js';
 import type { CasList, CasRuleAction } from '../../src/cas/items.js';
@@ -130,7 +139,19 @@ afterEach(async () => {
 describe('chunkRequests', () => {
   it('puts slice i of every list into request i, at most 2,048 per list', () => {
     const mk = (list: CasList, n: number): CasOutboxEntry[] =>
-      Array.from({ length: n }, (_, i) => ({ id: `${list}${i}`, list, value: `${i}`, action: 'create', reason: '', status: 'inflight', attempts: 0, lastError: null, nextAttemptAt: 0, createdAt: 0, updatedAt: 0 }));
+      Array.from({ length: n }, (_, i) => ({
+        id: `${list}${i}`,
+        list,
+        value: `${i}`,
+        action: 'create',
+        reason: '',
+        status: 'inflight',
+        attempts: 0,
+        lastError: null,
+        nextAttemptAt: 0,
+        createdAt: 0,
+        updatedAt: 0,
+      }));
     const chunks = chunkRequests([...mk('senders', 5000), ...mk('filehashes', 10), ...mk('urls', 2048)]);
     expect(chunks.map((c) => [c.rules.senders?.length, c.rules.filehashes?.length, c.rules.urls?.length])).toEqual([
       [2048, 10, 2048],

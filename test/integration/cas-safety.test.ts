@@ -40,9 +40,20 @@ describe('CAS exemptions at start', () => {
   });
 
   it('cas.exemptDomains defaults to policy.localDomains (empty counts as unset); an explicit list wins; allowEmptyExemptions starts without', () => {
-    expect(loadConfig({ file: '/dev/null', env: casEnv, overrides: { policy: { localDomains: ['corp.example'] }, cas: { enabled: true, exemptDomains: [] } } }).cas.exemptDomains).toEqual(['corp.example']);
-    expect(loadConfig({ file: '/dev/null', env: casEnv, overrides: { policy: { localDomains: ['corp.example'] }, cas: { enabled: true } } }).cas.exemptDomains).toEqual(['corp.example']);
-    expect(loadConfig({ file: '/dev/null', env: casEnv, overrides: { policy: { localDomains: ['corp.example'] }, cas: { enabled: true, exemptDomains: ['other.example'] } } }).cas.exemptDomains).toEqual(['other.example']);
+    expect(
+      loadConfig({ file: '/dev/null', env: casEnv, overrides: { policy: { localDomains: ['corp.example'] }, cas: { enabled: true, exemptDomains: [] } } }).cas
+        .exemptDomains,
+    ).toEqual(['corp.example']);
+    expect(
+      loadConfig({ file: '/dev/null', env: casEnv, overrides: { policy: { localDomains: ['corp.example'] }, cas: { enabled: true } } }).cas.exemptDomains,
+    ).toEqual(['corp.example']);
+    expect(
+      loadConfig({
+        file: '/dev/null',
+        env: casEnv,
+        overrides: { policy: { localDomains: ['corp.example'] }, cas: { enabled: true, exemptDomains: ['other.example'] } },
+      }).cas.exemptDomains,
+    ).toEqual(['other.example']);
     expect(loadConfig({ file: '/dev/null', env: casEnv, overrides: { cas: { enabled: true, allowEmptyExemptions: true } } }).cas.exemptDomains).toEqual([]);
     // Without sender pushing there is nothing to exempt.
     expect(problems({ cas: { enabled: true, push: { sender: false, attachmentHashes: true } } })).toEqual([]);
@@ -64,7 +75,12 @@ describe('relay with policy.localDomains', () => {
       config: {
         policy: { localDomains: ['ourcorp.test'] },
         secrets: { casToken: TOKEN },
-        cas: { enabled: true, url: cas.url, outbox: { dir: join(testTempDir('cas-safety-'), 'outbox'), intervalMs: 200, baseMs: 200, maxMs: 1000 }, retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 } },
+        cas: {
+          enabled: true,
+          url: cas.url,
+          outbox: { dir: join(testTempDir('cas-safety-'), 'outbox'), intervalMs: 200, baseMs: 200, maxMs: 1000 },
+          retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 },
+        },
       },
     });
     const card = message('card 4111 1111 1111 1111');
@@ -140,14 +156,27 @@ describe.each([
     const outbox = await backend.open();
     const sim = await startCasSim({ token: TOKEN, rateLimit: { limit: 1000, windowMs: 60_000 }, ...simOpts });
     cleanups.push(() => sim.close());
-    const client = new CasClient({ token: TOKEN, url: sim.url, rate: { limit: 200, windowMs: 1000 }, retry: { maxAttempts: 1, baseMs: 5, maxMs: 10, totalMs: 3000 } });
+    const client = new CasClient({
+      token: TOKEN,
+      url: sim.url,
+      rate: { limit: 200, windowMs: 1000 },
+      retry: { maxAttempts: 1, baseMs: 5, maxMs: 10, totalMs: 3000 },
+    });
     cleanups.push(() => client.close());
     const logStream = new PassThrough();
     let logs = '';
     logStream.on('data', (c: Buffer) => (logs += c.toString()));
-    const pusher = new CasPusher({ outbox, client, now, schedule: { maxAttempts: 5, baseMs: 1000, maxMs: 2000 }, ...(maxListItems ? { maxListItems } : {}), logger: createLogger({ level: 'info', destination: logStream }) });
+    const pusher = new CasPusher({
+      outbox,
+      client,
+      now,
+      schedule: { maxAttempts: 5, baseMs: 1000, maxMs: 2000 },
+      ...(maxListItems ? { maxListItems } : {}),
+      logger: createLogger({ level: 'info', destination: logStream }),
+    });
     const posts = () => sim.requestLog.filter((e) => e.method === 'POST' && e.path === '/v1/remediation/mails').length;
-    const senders = (n: number, tag: string) => Array.from({ length: n }, (_, i) => ({ list: 'senders' as const, value: `${tag}${i}@spam.example`, action: 'create' as const, reason: 'test' }));
+    const senders = (n: number, tag: string) =>
+      Array.from({ length: n }, (_, i) => ({ list: 'senders' as const, value: `${tag}${i}@spam.example`, action: 'create' as const, reason: 'test' }));
     return { outbox, sim, pusher, posts, senders, logs: () => logs };
   }
 

@@ -35,7 +35,15 @@ describe('dlp-relay serve on embedded defaults', () => {
   beforeAll(async () => {
     root = mkdtempSync(join(tmpdir(), 'dlp-cli-'));
     proc = spawn(process.execPath, [...CLI, 'serve', '--grace', '2000'], {
-      env: { ...process.env, DLP_RELAY_LISTEN: '127.0.0.1:0', DLP_RELAY_ADMIN_LISTEN: '127.0.0.1:0', DLP_RELAY_SPOOL_DIR: join(root, 'spool'), DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'), DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine'), DLP_RELAY_ADMIN_TOKEN: token },
+      env: {
+        ...process.env,
+        DLP_RELAY_LISTEN: '127.0.0.1:0',
+        DLP_RELAY_ADMIN_LISTEN: '127.0.0.1:0',
+        DLP_RELAY_SPOOL_DIR: join(root, 'spool'),
+        DLP_RELAY_OUTBOX_DIR: join(root, 'outbox'),
+        DLP_RELAY_QUARANTINE_DIR: join(root, 'quarantine'),
+        DLP_RELAY_ADMIN_TOKEN: token,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     exited = new Promise((r) => proc.on('close', r));
@@ -65,7 +73,16 @@ describe('dlp-relay serve on embedded defaults', () => {
   });
 
   it('send prints one line per fixture with the final reply and honours --expect', async () => {
-    const ok = await run(['send', '--server', `127.0.0.1:${port}`, '--expect', 'reject', 'fixtures/card-in-body.eml', 'fixtures/card-in-attachment.eml', 'fixtures/cn-id-utf8.eml']);
+    const ok = await run([
+      'send',
+      '--server',
+      `127.0.0.1:${port}`,
+      '--expect',
+      'reject',
+      'fixtures/card-in-body.eml',
+      'fixtures/card-in-attachment.eml',
+      'fixtures/cn-id-utf8.eml',
+    ]);
     expect(ok.code).toBe(0);
     const lines = ok.stdout.trim().split('\n');
     expect(lines).toHaveLength(3);
@@ -79,7 +96,13 @@ describe('dlp-relay serve on embedded defaults', () => {
   it('the whole corpus gets its documented verdicts', async () => {
     const r = await run(['send', '--server', `127.0.0.1:${port}`, 'fixtures/']);
     expect(r.code).toBe(0);
-    const outcome = Object.fromEntries(r.stdout.trim().split('\n').filter((l) => !l.startsWith(' ')).map((l) => [l.split(' ')[1], l.split(' ').slice(2, 4).join(' ')]));
+    const outcome = Object.fromEntries(
+      r.stdout
+        .trim()
+        .split('\n')
+        .filter((l) => !l.startsWith(' '))
+        .map((l) => [l.split(' ')[1], l.split(' ').slice(2, 4).join(' ')]),
+    );
     expect(outcome).toMatchObject({
       'fixtures/clean.eml': '250 2.0.0',
       'fixtures/card-in-body.eml': '550 5.7.1',
@@ -94,11 +117,31 @@ describe('dlp-relay serve on embedded defaults', () => {
   });
 
   it('logs one JSON summary line per message', () => {
-    const summaries = stdout.split('\n').filter((l) => l.includes('"event":"message"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const summaries = stdout
+      .split('\n')
+      .filter((l) => l.includes('"event":"message"'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(summaries.length).toBeGreaterThanOrEqual(4);
     for (const s of summaries) {
       expect(Object.keys(s)).toEqual(
-        expect.arrayContaining(['event', 'cid', 'queryId', 'client', 'helo', 'sender', 'to', 'messageId', 'size', 'actionCode', 'action', 'reply', 'replyClass', 'dlpMs', 'relayMs', 'totalMs']),
+        expect.arrayContaining([
+          'event',
+          'cid',
+          'queryId',
+          'client',
+          'helo',
+          'sender',
+          'to',
+          'messageId',
+          'size',
+          'actionCode',
+          'action',
+          'reply',
+          'replyClass',
+          'dlpMs',
+          'relayMs',
+          'totalMs',
+        ]),
       );
       // The recipient count and refused list were replaced by one entry per recipient with the reply it got at RCPT.
       expect(s).not.toHaveProperty('rcpts');
@@ -167,7 +210,10 @@ describe('dlp-relay cas', () => {
       const noToken = await run(['cas', 'list'], { DLP_RELAY_CAS_URL: sim.url });
       expect(noToken.code).toBe(2);
       expect(noToken.stderr).toContain('DLP_RELAY_CAS_TOKEN');
-      const invalid = await run(['cas', 'mitigate', '--action', 'MAIL_RESTORE', '--service', 'gmail', '--mailbox', 'a@example.test', '--message-id', '<x@y>'], env);
+      const invalid = await run(
+        ['cas', 'mitigate', '--action', 'MAIL_RESTORE', '--service', 'gmail', '--mailbox', 'a@example.test', '--message-id', '<x@y>'],
+        env,
+      );
       expect(invalid.code).toBe(2);
     } finally {
       await sim.close();
@@ -177,7 +223,11 @@ describe('dlp-relay cas', () => {
 
 describe('dlp-relay check-config and usage errors', () => {
   it('prints the effective config with secrets masked', async () => {
-    const r = await run(['check-config'], { DLP_RELAY_UCWI_URL: 'https://ucwi.example.test:5443', DLP_RELAY_UCWI_ACCESS_KEY: 'AK-visible', DLP_RELAY_UCWI_SECRET_KEY: 'SK-must-not-print' });
+    const r = await run(['check-config'], {
+      DLP_RELAY_UCWI_URL: 'https://ucwi.example.test:5443',
+      DLP_RELAY_UCWI_ACCESS_KEY: 'AK-visible',
+      DLP_RELAY_UCWI_SECRET_KEY: 'SK-must-not-print',
+    });
     expect(r.code).toBe(0);
     const cfg = JSON.parse(r.stdout) as { ucwi: { url: string }; secrets: Record<string, string> };
     expect(cfg.ucwi.url).toBe('https://ucwi.example.test:5443');

@@ -48,7 +48,12 @@ describe('cluster mode: two SMTP workers under one supervisor', () => {
     sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
     sink = await startRawSink();
     relay = await spawnRelay(
-      relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_WORKER_BALANCING: 'round-robin', DLP_RELAY_ADMIN_TOKEN: TOKEN, DLP_RELAY_LOG_LEVEL: 'info' }),
+      relayEnv(root, sink.port, sim.url, {
+        DLP_RELAY_WORKERS: '2',
+        DLP_RELAY_WORKER_BALANCING: 'round-robin',
+        DLP_RELAY_ADMIN_TOKEN: TOKEN,
+        DLP_RELAY_LOG_LEVEL: 'info',
+      }),
       ['--grace', '2000'],
     );
     const m = /admin: +(http:\/\/127\.0\.0\.1:\d+) \(metrics summed over the workers\)/.exec(relay.stderr());
@@ -108,7 +113,13 @@ describe('cluster mode: two SMTP workers under one supervisor', () => {
     expect(sink.committed.length - before).toBe(9);
     // The new worker 1 takes sessions again.
     await eventually(() => workerLines().length === linesBefore + 6, 5000);
-    expect(new Set(workerLines().slice(linesBefore).map((l) => l['worker']))).toEqual(new Set([1, 2]));
+    expect(
+      new Set(
+        workerLines()
+          .slice(linesBefore)
+          .map((l) => l['worker']),
+      ),
+    ).toEqual(new Set([1, 2]));
   });
 
   it('SIGTERM stops the workers and the supervisor: exit 0, no spool file left', async () => {
@@ -126,7 +137,10 @@ describe('cluster mode: the supervisor killed', () => {
     const root = mkdtempSync(join(tmpdir(), 'dlp-cluster-orphan-'));
     const sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
     const sink = await startRawSink();
-    const relay = await spawnRelay(relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_WORKER_BALANCING: 'round-robin', DLP_RELAY_LOG_LEVEL: 'info' }), ['--grace', '2000']);
+    const relay = await spawnRelay(
+      relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_WORKER_BALANCING: 'round-robin', DLP_RELAY_LOG_LEVEL: 'info' }),
+      ['--grace', '2000'],
+    );
     const alive = (pid: number): boolean => {
       try {
         process.kill(pid, 0);
@@ -168,7 +182,14 @@ describe('cluster mode with the embedded DLP engine', () => {
       expect(sink.committed).toHaveLength(6);
       replies.forEach((r, i) => expectQueuedReply(sink, r.data, `embedded ${i}`));
       await eventually(() => relay.logs().filter((l) => l['event'] === 'message').length === 6, 5000);
-      expect(new Set(relay.logs().filter((l) => l['event'] === 'message').map((l) => l['worker']))).toEqual(new Set([1, 2]));
+      expect(
+        new Set(
+          relay
+            .logs()
+            .filter((l) => l['event'] === 'message')
+            .map((l) => l['worker']),
+        ),
+      ).toEqual(new Set([1, 2]));
       relay.kill('SIGTERM');
       expect((await relay.exited).code).toBe(0);
     } finally {
@@ -179,7 +200,7 @@ describe('cluster mode with the embedded DLP engine', () => {
   }, 30_000);
 });
 
-describe('cluster mode: reload and status through the supervisor\'s admin API', () => {
+describe("cluster mode: reload and status through the supervisor's admin API", () => {
   it('POST /api/v1/reload validates once and reloads every worker; a bad file is refused with 422; status sums sessions', async () => {
     const root = testTempDir('dlp-cluster-reload-');
     const sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
@@ -188,7 +209,12 @@ describe('cluster mode: reload and status through the supervisor\'s admin API', 
     const reject6 = 'policy:\n  actions:\n    "6": { action: reject, code: 550, enhanced: "5.7.1" }\n';
     writeFileSync(confFile, '# cluster reload test\n');
     const relay = await spawnRelay(
-      relayEnv(root, sink.port, sim.url, { DLP_RELAY_WORKERS: '2', DLP_RELAY_WORKER_BALANCING: 'round-robin', DLP_RELAY_ADMIN_TOKEN: TOKEN, DLP_RELAY_LOG_LEVEL: 'info' }),
+      relayEnv(root, sink.port, sim.url, {
+        DLP_RELAY_WORKERS: '2',
+        DLP_RELAY_WORKER_BALANCING: 'round-robin',
+        DLP_RELAY_ADMIN_TOKEN: TOKEN,
+        DLP_RELAY_LOG_LEVEL: 'info',
+      }),
       ['--config', confFile, '--grace', '2000'],
     );
     const session = await SmtpSession.connect(relay.port).catch(() => null);
@@ -196,7 +222,13 @@ describe('cluster mode: reload and status through the supervisor\'s admin API', 
       const adminUrl = /admin: +(http:\/\/127\.0\.0\.1:\d+) \(metrics summed over the workers\)/.exec(relay.stderr())![1]!;
       const api = (method: string, path: string) => fetch(`${adminUrl}${path}`, { method, headers: { authorization: `Bearer ${TOKEN}` } });
       const iban = readFileSync('fixtures/quoted-printable.eml', 'utf8');
-      const reloadedWorkers = () => new Set(relay.logs().filter((l) => l['event'] === 'reloaded' && l['worker'] !== undefined).map((l) => l['worker']));
+      const reloadedWorkers = () =>
+        new Set(
+          relay
+            .logs()
+            .filter((l) => l['event'] === 'reloaded' && l['worker'] !== undefined)
+            .map((l) => l['worker']),
+        );
 
       // Status: the open session above is counted, summed over the workers.
       expect(session).not.toBeNull();

@@ -17,7 +17,9 @@ const TOKEN = 'console-test-token-0123456789';
 const PW = { rita: 'reviewer-password-1', vic: 'viewer-password-22', ada: 'admin-password-333' };
 
 function eml(subject: string, body: string, contentType = 'text/plain; charset=utf-8'): Buffer {
-  return Buffer.from(`From: alice@corp.example\r\nTo: bob@partner.example\r\nSubject: ${subject}\r\nMIME-Version: 1.0\r\nContent-Type: ${contentType}\r\n\r\n${body}\r\n`);
+  return Buffer.from(
+    `From: alice@corp.example\r\nTo: bob@partner.example\r\nSubject: ${subject}\r\nMIME-Version: 1.0\r\nContent-Type: ${contentType}\r\n\r\n${body}\r\n`,
+  );
 }
 
 async function hold(chain: Chain, o: { from: string; to: string[]; subject: string; body: Buffer; policy?: string; actionCode?: number }): Promise<string> {
@@ -67,7 +69,12 @@ describe('quarantine console in Chromium', () => {
       config: { console: { enabled: true, usersFile: join(usersDir, 'users.json'), maxFailures: 3 }, secrets: { adminToken: TOKEN } },
     });
     base = `${chain.relay.admin!.url}/console`;
-    ids.invoice = await hold(chain, { from: 'alice@corp.example', to: ['bob@partner.example', 'carol@partner.example'], subject: 'Q3 invoice cards', body: eml('Q3 invoice cards', 'Card 4111 1111 1111 1111') });
+    ids.invoice = await hold(chain, {
+      from: 'alice@corp.example',
+      to: ['bob@partner.example', 'carol@partner.example'],
+      subject: 'Q3 invoice cards',
+      body: eml('Q3 invoice cards', 'Card 4111 1111 1111 1111'),
+    });
     ids.hr1 = await hold(chain, { from: 'hr@corp.example', to: ['x@partner.example'], subject: 'salaries 1', body: eml('salaries 1', 'secret'), policy: 'HR' });
     ids.hr2 = await hold(chain, { from: 'hr@corp.example', to: ['y@partner.example'], subject: 'salaries 2', body: eml('salaries 2', 'secret'), policy: 'HR' });
     ids.hostile = await hold(chain, {
@@ -247,7 +254,7 @@ describe('quarantine console in Chromium', () => {
     const el = page.locator('iframe#html-body');
     expect(await el.getAttribute('sandbox')).toBe('');
     expect(await el.getAttribute('srcdoc')).toContain("default-src 'none'; img-src data:");
-    const frame = await (await el.elementHandle())!.contentFrame();
+    const frame = await (await el.elementHandle()).contentFrame();
     expect(frame).not.toBeNull();
     await page.waitForLoadState('networkidle');
     // The markup is rendered (bold text, a data: image with its pixels), only inert.

@@ -36,7 +36,10 @@ describe('sender confirm links', () => {
 
   /** Sends a DLPTEST-ACTION-3 message as alice and returns the link from the notice she gets. */
   async function holdAndGetLink(subject: string): Promise<string> {
-    const r = await sendMessage(chain.port, message(`DLPTEST-ACTION-3 ${BODY_MARKER}`).replace('Subject: test', `Subject: ${subject}`), { from: 'alice@corp.example', to: ['bob@partner.example'] });
+    const r = await sendMessage(chain.port, message(`DLPTEST-ACTION-3 ${BODY_MARKER}`).replace('Subject: test', `Subject: ${subject}`), {
+      from: 'alice@corp.example',
+      to: ['bob@partner.example'],
+    });
     expect(r.data).toMatch(/^250 /);
     const ref = /ref ([0-9a-f-]{36})/.exec(r.data)![1]!;
     await eventually(() => chain.sink.messages.some(noticeFor(ref)), 10_000);
@@ -55,7 +58,8 @@ describe('sender confirm links', () => {
     return { page, status: res!.status() };
   }
 
-  const deliveredTo = (addr: string, marker: string) => chain.sink.messages.filter((m) => m.to.some((t) => t.address === addr) && (m.data?.toString() ?? '').includes(marker)).length;
+  const deliveredTo = (addr: string, marker: string) =>
+    chain.sink.messages.filter((m) => m.to.some((t) => t.address === addr) && (m.data?.toString() ?? '').includes(marker)).length;
 
   it('confirm with a justification releases the message once; the link then refuses', async () => {
     const link = await holdAndGetLink('board pack');

@@ -55,14 +55,26 @@ describe.each(['fs', 'postgres'] as const)('reviewer digest (%s store)', (backen
   const digests = (): SinkMessage[] => chain.sink.messages.filter((m) => /^X-DLP-Digest:/m.test(m.data?.toString() ?? ''));
 
   async function hold(subject: string): Promise<string> {
-    const r = await sendMessage(chain.port, message('DLPTEST-ACTION-6 payload').replace('Subject: test', `Subject: ${subject}`), { from: 'alice@corp.example', to: ['bob@partner.example'] });
+    const r = await sendMessage(chain.port, message('DLPTEST-ACTION-6 payload').replace('Subject: test', `Subject: ${subject}`), {
+      from: 'alice@corp.example',
+      to: ['bob@partner.example'],
+    });
     expect(r.data).toMatch(/^250 /);
     return /ref ([0-9a-f-]{36})/.exec(r.data)![1]!;
   }
 
   /** A fresh scheduler on a freshly opened store over the same directory: what a restarted relay would build. */
   function restarted(): ReviewerDigest {
-    const settings: DigestSettings = { interval: 'hourly', dailyHourUtc: 7, recipients: REVIEWERS, from: 'dlp-digest@corp.example', publicUrl: chain.relay.admin!.url, basePath: '/console', hostname: 'relay.test', maxItems: 200 };
+    const settings: DigestSettings = {
+      interval: 'hourly',
+      dailyHourUtc: 7,
+      recipients: REVIEWERS,
+      from: 'dlp-digest@corp.example',
+      publicUrl: chain.relay.admin!.url,
+      basePath: '/console',
+      hostname: 'relay.test',
+      maxItems: 200,
+    };
     const store = pgUrl ? new PgQuarantineStore(pgUrl) : new FsQuarantineStore(chain.dirs.quarantine);
     opened.push(store);
     return new ReviewerDigest({ store, deliver: chain.relay.deliverer.deliver.bind(chain.relay.deliverer), settings, now: clock });
@@ -104,8 +116,14 @@ describe.each(['fs', 'postgres'] as const)('reviewer digest (%s store)', (backen
       body: new URLSearchParams({ _login: token, user: 'rita', password: 'correct horse battery 1' }).toString(),
     });
     expect(signIn.status).toBe(303);
-    const session = signIn.headers.getSetCookie().find((c) => c.includes('session'))!.split(';')[0]!;
-    const pageRes = await fetch(links.find((l) => l.endsWith(a))!, { headers: { cookie: session } });
+    const session = signIn.headers
+      .getSetCookie()
+      .find((c) => c.includes('session'))!
+      .split(';')[0]!;
+    const pageRes = await fetch(
+      links.find((l) => l.endsWith(a))!,
+      { headers: { cookie: session } },
+    );
     expect(pageRes.status).toBe(200);
     expect(await pageRes.text()).toContain('board pack A');
 

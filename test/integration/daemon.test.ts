@@ -69,7 +69,11 @@ describe('dlp-relay as a daemon', () => {
   let out = '';
   let exited: Promise<number | null>;
   const cliEnv = () => ({ DLP_RELAY_CONFIG: '../conf/dlp-relay.yaml', DLP_RELAY_ADMIN_TOKEN: TOKEN });
-  const logs = () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+  const logs = () =>
+    out
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
   const waitLog = async (pred: (l: Record<string, unknown>) => boolean, boundMs = 15_000) => {
     const until = Date.now() + boundMs;
     while (!logs().some(pred)) {

@@ -44,7 +44,13 @@ beforeAll(async () => {
   });
   const l = await listenSmtp(server);
   picky = { ...l, got };
-  const gw = (port: number, extra: Record<string, unknown> = {}) => ({ host: '127.0.0.1', port, tls: { caFile: pki.caFile }, timeouts: { connectMs: 2000, greetingMs: 2000, socketMs: 5000 }, ...extra });
+  const gw = (port: number, extra: Record<string, unknown> = {}) => ({
+    host: '127.0.0.1',
+    port,
+    tls: { caFile: pki.caFile },
+    timeouts: { connectMs: 2000, greetingMs: 2000, socketMs: 5000 },
+    ...extra,
+  });
   chain = await startChain({
     config: {
       gateways: {
@@ -107,7 +113,13 @@ describe('route_to_gateway', () => {
 
   it.each([
     ['every recipient refused with 5xx → the gateway 5xx', ['no-a@example.test', 'no-b@example.test'], /^550 5\.1\.1 /, 'relay-gateway-refused', 0],
-    ['mixed accepted and refused → 451, the client retries the whole message', ['ok@example.test', 'no-a@example.test'], /^451 4\.4\.0 Encryption gateway did not accept every recipient/, 'relay-gateway-deferred', 1],
+    [
+      'mixed accepted and refused → 451, the client retries the whole message',
+      ['ok@example.test', 'no-a@example.test'],
+      /^451 4\.4\.0 Encryption gateway did not accept every recipient/,
+      'relay-gateway-deferred',
+      1,
+    ],
     ['a 4xx recipient → 451', ['later-a@example.test'], /^451 4\.4\.0 /, 'relay-gateway-deferred', 0],
   ])('%s', async (_n, to, reply, action, delivered) => {
     const before = picky.got.length;

@@ -9,7 +9,18 @@ import { startRawSink, type RawSink } from '../helpers/raw-sink.js';
 import { startTcpGate, type TcpGate } from '../helpers/tcp-gate.js';
 import { relayEnv, spawnRelay, type CliRelay } from '../helpers/cli-relay.js';
 import { SmtpSession, replyCode } from '../helpers/raw-smtp.js';
-import { makeBatch, attemptOnce, sendWithRetries, tally, countMarkers, quarantineCounts, needsRetry, type Kind, type Stage, type Tracked } from '../helpers/accounting.js';
+import {
+  makeBatch,
+  attemptOnce,
+  sendWithRetries,
+  tally,
+  countMarkers,
+  quarantineCounts,
+  needsRetry,
+  type Kind,
+  type Stage,
+  type Tracked,
+} from '../helpers/accounting.js';
 import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 import { createQuarantineStore, type QuarantineStore } from '../../src/quarantine/index.js';
 import { silentLogger } from '../../src/observability/logger.js';
@@ -70,7 +81,12 @@ interface Case {
 const DEFAULT_KINDS: Kind[] = ['clean', 'clean', 'block', 'quarantine'];
 
 /** The usual harness: the chain's own smtp-server sink, faults switched by `inject`/`clear`. */
-async function chainHarness(config: Record<string, unknown>, inject: (c: Chain) => Promise<void> | void, clear: (c: Chain) => Promise<void> | void, extra: { cleanup?: () => Promise<void> } = {}): Promise<Harness> {
+async function chainHarness(
+  config: Record<string, unknown>,
+  inject: (c: Chain) => Promise<void> | void,
+  clear: (c: Chain) => Promise<void> | void,
+  extra: { cleanup?: () => Promise<void> } = {},
+): Promise<Harness> {
   const chain = await startChain({ config });
   return {
     chain,
@@ -212,7 +228,12 @@ const CASES: Case[] = [
   {
     name: 'UCWI slow past its deadline',
     first: { clean: R.dlpDown, block: R.dlpDown, quarantine: R.dlpDown },
-    start: () => chainHarness({ ucwi: { timeouts: { deadlineMs: 500 } } }, (c) => c.sim.setFaults({ latencyMs: 1500 }), (c) => c.sim.resetFaults()),
+    start: () =>
+      chainHarness(
+        { ucwi: { timeouts: { deadlineMs: 500 } } },
+        (c) => c.sim.setFaults({ latencyMs: 1500 }),
+        (c) => c.sim.resetFaults(),
+      ),
   },
   ...(
     [
@@ -221,13 +242,16 @@ const CASES: Case[] = [
       ['UCWI garbage body', { body: 'garbage' }],
       ['UCWI truncated body', { body: 'truncated' }],
     ] as const
-  ).map(
-    ([name, faults]): Case => ({
-      name,
-      first: { clean: R.dlpDown, block: R.dlpDown, quarantine: R.dlpDown },
-      start: () => chainHarness({}, (c) => c.sim.setFaults(faults), (c) => c.sim.resetFaults()),
-    }),
-  ),
+  ).map(([name, faults]): Case => ({
+    name,
+    first: { clean: R.dlpDown, block: R.dlpDown, quarantine: R.dlpDown },
+    start: () =>
+      chainHarness(
+        {},
+        (c) => c.sim.setFaults(faults),
+        (c) => c.sim.resetFaults(),
+      ),
+  })),
   // ---- next hop ----
   {
     name: 'next hop refused (connection refused)',
@@ -253,7 +277,11 @@ const CASES: Case[] = [
     after(h, batch) {
       // The refused transactions never reached DATA, so UCWI saw each message once: on its retry.
       expect(h.chain.sim.stats().requests).toBe(batch.length);
-      for (const m of batch) expect(h.chain.summaries().filter((l) => l['messageId'] === `<${m.marker}@example.test>`), m.marker).toHaveLength(1);
+      for (const m of batch)
+        expect(
+          h.chain.summaries().filter((l) => l['messageId'] === `<${m.marker}@example.test>`),
+          m.marker,
+        ).toHaveLength(1);
       // The ref in each MAIL FROM refusal is the session's cid, the key to its log lines.
       const cids = new Set(h.chain.logs.filter((l) => l['command'] === 'MAIL FROM').map((l) => l['cid']));
       for (const m of batch) {
@@ -274,7 +302,7 @@ const CASES: Case[] = [
       ),
   },
   {
-    name: "next hop 5xx at the final dot (its own 5xx is passed back)",
+    name: 'next hop 5xx at the final dot (its own 5xx is passed back)',
     first: { clean: /^554 5\.6\.0 Content refused downstream$/, block: R.policy, quarantine: R.held },
     nextHop5xx: /^554 5\.6\.0 Content refused downstream$/,
     cleanRejected: true,
@@ -393,7 +421,13 @@ const CASES: Case[] = [
       const outboxDir = mkdtempSync(join(tmpdir(), 'dlp-cas-outbox-'));
       return chainHarness(
         {
-          cas: { enabled: true, url: 'http://127.0.0.1:1', exemptDomains: ['ourcorp.test'], outbox: { dir: outboxDir, intervalMs: 100, baseMs: 100 }, retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 500 } },
+          cas: {
+            enabled: true,
+            url: 'http://127.0.0.1:1',
+            exemptDomains: ['ourcorp.test'],
+            outbox: { dir: outboxDir, intervalMs: 100, baseMs: 100 },
+            retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 500 },
+          },
           secrets: { casToken: 'x'.repeat(40) },
         },
         () => {},
@@ -554,7 +588,14 @@ describe('fault matrix: the relay process SIGKILLed', () => {
       const second = await start();
       expect(spool()).toEqual([]);
       await sendWithRetries(second.port, batch, () => {}, 2);
-      const t = tally(batch, countMarkers(batch, sink.committed.map((m) => m.data)), quarantineCounts(batch, join(root, 'quarantine')));
+      const t = tally(
+        batch,
+        countMarkers(
+          batch,
+          sink.committed.map((m) => m.data),
+        ),
+        quarantineCounts(batch, join(root, 'quarantine')),
+      );
       expect(t.problems).toEqual([]);
       expect(t).toMatchObject({ sent: 3, delivered: 2, quarantined: 0, rejected: 1, duplicates: 0 });
       // Nothing half-delivered: every committed message is whole (our headers + exactly what the client sent).
@@ -562,7 +603,9 @@ describe('fault matrix: the relay process SIGKILLed', () => {
       for (const m of sink.committed) {
         const src = batch.find((b) => m.data.toString('latin1').includes(b.marker))!;
         // Our trace header first, then the X-DLP headers, then the client's bytes untouched.
-        expect(m.data.toString('latin1')).toMatch(/^Received: from client\.example\.test \(\[127\.0\.0\.1\]\)\r\n\tby [^ ]+ \(dlp-relay\) with ESMTP id [0-9a-f-]{36};\r\n\t[^\r\n]+\r\nX-DLP-Relay-Scanned: /);
+        expect(m.data.toString('latin1')).toMatch(
+          /^Received: from client\.example\.test \(\[127\.0\.0\.1\]\)\r\n\tby [^ ]+ \(dlp-relay\) with ESMTP id [0-9a-f-]{36};\r\n\t[^\r\n]+\r\nX-DLP-Relay-Scanned: /,
+        );
         expect(m.data.toString('latin1').endsWith(src.body)).toBe(true);
       }
       second.kill('SIGTERM');
@@ -607,7 +650,15 @@ describe('fault matrix: the relay process SIGKILLed', () => {
       const second = await start();
       expect(spool()).toEqual([]);
       await sendWithRetries(second.port, batch, () => {}, 2);
-      const t = tally(batch, countMarkers(batch, sink.committed.map((m) => m.data)), quarantineCounts(batch, join(root, 'quarantine')), { maxCopies: 2 });
+      const t = tally(
+        batch,
+        countMarkers(
+          batch,
+          sink.committed.map((m) => m.data),
+        ),
+        quarantineCounts(batch, join(root, 'quarantine')),
+        { maxCopies: 2 },
+      );
       expect(t.problems).toEqual([]);
       // The two clean messages arrived twice: the window README "Design notes" documents; never more, never lost.
       expect(t).toMatchObject({ sent: 4, delivered: 2, quarantined: 1, rejected: 1, duplicates: 2 });

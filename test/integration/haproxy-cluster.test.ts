@@ -121,7 +121,9 @@ describe('three relays behind HAProxy', () => {
     // --- accounting ---
     const total = attempts.size;
     expect(total).toBeGreaterThanOrEqual(MIN);
-    const quarantined = await pgAdmin((c) => c.query<{ sender: string; client_address: string }>(`SELECT sender, client_address FROM ${schema}.quarantine_messages`));
+    const quarantined = await pgAdmin((c) =>
+      c.query<{ sender: string; client_address: string }>(`SELECT sender, client_address FROM ${schema}.quarantine_messages`),
+    );
     const copies = (rows: string[]): Map<number, number> => {
       const m = new Map<number, number>();
       for (const s of rows) {
@@ -155,7 +157,9 @@ describe('three relays behind HAProxy', () => {
     }
     expect(problems.slice(0, 20)).toEqual([]);
     // Counted and reported; bounded by the post-dot deferrals.
-    console.info(`haproxy-cluster: ${total} messages, ${sink.messages.length} relayed, ${quarantined.rowCount} quarantined, ${duplicates} duplicates, ${ambiguous} post-dot deferrals, ${[...attempts.values()].flat().filter((a) => a.kind === 'deferred').length} deferred attempts retried, ${all.length} relay processes`);
+    console.info(
+      `haproxy-cluster: ${total} messages, ${sink.messages.length} relayed, ${quarantined.rowCount} quarantined, ${duplicates} duplicates, ${ambiguous} post-dot deferrals, ${[...attempts.values()].flat().filter((a) => a.kind === 'deferred').length} deferred attempts retried, ${all.length} relay processes`,
+    );
     expect(duplicates).toBeLessThanOrEqual(ambiguous);
     expect(all.length).toBe(7); // three, three SIGTERM restarts, one SIGKILL restart
 

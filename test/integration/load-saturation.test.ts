@@ -195,10 +195,7 @@ describe('graceful shutdown of the real process (SIGTERM)', () => {
   });
 
   it('in-flight transactions finish with their 250 then 421, idle sessions and open envelopes get 421 at once, the process exits 0', async () => {
-    relay = await spawnRelay(
-      relayEnv(root, sink.port, sim.url, { DLP_RELAY_DATA_DEADLINE_MS: '20000' }),
-      ['--grace', '15000'],
-    );
+    relay = await spawnRelay(relayEnv(root, sink.port, sim.url, { DLP_RELAY_DATA_DEADLINE_MS: '20000' }), ['--grace', '15000']);
     const port = relay.port;
     const SHUTTING_DOWN = '421 4.3.2 Service shutting down, try again later';
     // An idle session, one that has only said EHLO, and one with an open envelope (MAIL + RCPT accepted,
@@ -227,7 +224,11 @@ describe('graceful shutdown of the real process (SIGTERM)', () => {
     await eventually(() => relay!.stdout().includes('shutting down'), 10_000);
 
     // Sessions outside DATA are told at once (the next hop still holds the three dots: nothing waits on it).
-    for (const [name, s] of [['idle', idle], ['late', late], ['enveloped', enveloped]] as const) {
+    for (const [name, s] of [
+      ['idle', idle],
+      ['late', late],
+      ['enveloped', enveloped],
+    ] as const) {
       const r = await s.read(`421 for the ${name} session`).catch((e: Error) => `closed: ${e.message}`);
       expect(r, name).toBe(SHUTTING_DOWN);
       await eventually(() => s.closed, 5000);

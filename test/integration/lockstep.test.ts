@@ -157,7 +157,9 @@ describe('what reaches the next hop', () => {
     const { chain, hop } = await withHop();
     const s = await SmtpSession.connect(chain.port);
     await s.cmd('EHLO client.example.test');
-    s.send('MAIL FROM:<alice@example.test> BODY=8BITMIME RET=HDRS ENVID=QQ+2B1\r\nRCPT TO:<x@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;x+2Bt@example.test\r\nRCPT TO:<y@example.test>\r\nDATA\r\n');
+    s.send(
+      'MAIL FROM:<alice@example.test> BODY=8BITMIME RET=HDRS ENVID=QQ+2B1\r\nRCPT TO:<x@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;x+2Bt@example.test\r\nRCPT TO:<y@example.test>\r\nDATA\r\n',
+    );
     expect(await s.read()).toMatch(/^250 2\.1\.0 /);
     expect(await s.read()).toBe('250 2.1.5 Ok');
     expect(await s.read()).toBe('250 2.1.5 Ok');
@@ -197,7 +199,9 @@ describe('what reaches the next hop', () => {
     const wire = hop.rawData[0]!.toString('latin1');
     const queryId = String(chain.summaries()[0]!['queryId']);
     expect(wire).toMatch(
-      new RegExp(`^Received: from client\\.example\\.test \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby dlp-relay\\.localdomain \\(dlp-relay\\) with ESMTP id ${queryId};\\r\\n\\t(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \\d{1,2} [A-Z][a-z]{2} \\d{4} \\d\\d:\\d\\d:\\d\\d \\+0000\\r\\n`),
+      new RegExp(
+        `^Received: from client\\.example\\.test \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby dlp-relay\\.localdomain \\(dlp-relay\\) with ESMTP id ${queryId};\\r\\n\\t(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \\d{1,2} [A-Z][a-z]{2} \\d{4} \\d\\d:\\d\\d:\\d\\d \\+0000\\r\\n`,
+      ),
     );
     // The original bytes follow our headers unchanged (the hop still sees them dot-stuffed, ending in CRLF.CRLF).
     expect(wire.endsWith(body + '.\r\n')).toBe(true);

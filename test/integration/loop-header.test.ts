@@ -96,7 +96,9 @@ describe('loop header key rotation', () => {
 
   it('the previous key is accepted until previousKeyUntil', async () => {
     const until = new Date(Date.now() + 86_400_000).toISOString();
-    const chain = await startChain({ config: { policy: { loop: { trustedNetworks: ['127.0.0.0/8'], previousKeyUntil: until } }, secrets: { loopKey: KEY, loopPreviousKey: OLD_KEY } } });
+    const chain = await startChain({
+      config: { policy: { loop: { trustedNetworks: ['127.0.0.0/8'], previousKeyUntil: until } }, secrets: { loopKey: KEY, loopPreviousKey: OLD_KEY } },
+    });
     try {
       const r = await sendMessage(chain.port, old('<rot-1@example.test>'));
       expect(r.data).toMatch(/^250 /);
@@ -108,7 +110,9 @@ describe('loop header key rotation', () => {
 
   it('after previousKeyUntil the previous key is a forgery', async () => {
     const until = new Date(Date.now() - 60_000).toISOString();
-    const chain = await startChain({ config: { policy: { loop: { trustedNetworks: ['127.0.0.0/8'], previousKeyUntil: until } }, secrets: { loopKey: KEY, loopPreviousKey: OLD_KEY } } });
+    const chain = await startChain({
+      config: { policy: { loop: { trustedNetworks: ['127.0.0.0/8'], previousKeyUntil: until } }, secrets: { loopKey: KEY, loopPreviousKey: OLD_KEY } },
+    });
     try {
       const r = await sendMessage(chain.port, old('<rot-2@example.test>'));
       expect(r.data).toMatch(/^550 5\.7\.1 /);

@@ -16,7 +16,13 @@ beforeAll(async () => {
     config: {
       policy: { mode: 'monitor' },
       secrets: { casToken: TOKEN },
-      cas: { enabled: true, url: cas.url, exemptDomains: ['ourcorp.test'], outbox: { dir: join(mkdtempSync(join(tmpdir(), 'cas-outbox-')), 'outbox'), intervalMs: 100, baseMs: 100, maxMs: 500 }, retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 } },
+      cas: {
+        enabled: true,
+        url: cas.url,
+        exemptDomains: ['ourcorp.test'],
+        outbox: { dir: join(mkdtempSync(join(tmpdir(), 'cas-outbox-')), 'outbox'), intervalMs: 100, baseMs: 100, maxMs: 500 },
+        retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 },
+      },
     },
   });
 });

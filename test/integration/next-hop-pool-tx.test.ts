@@ -8,7 +8,21 @@ import { PassThrough } from 'node:stream';
 import { startScriptHop, type HopScript, type ScriptHop } from '../helpers/script-hop.js';
 import { startSecureSink, type SecureSinkOptions } from '../helpers/secure-peers.js';
 import { makeTestPki, type TestPki } from '../helpers/tls-certs.js';
-import { cleanup, env, expectDeliveryError, never, openSimple, poolFor, sim, simple, startStrictHop, track, until, unwire, within } from '../helpers/pool-fixtures.js';
+import {
+  cleanup,
+  env,
+  expectDeliveryError,
+  never,
+  openSimple,
+  poolFor,
+  sim,
+  simple,
+  startStrictHop,
+  track,
+  until,
+  unwire,
+  within,
+} from '../helpers/pool-fixtures.js';
 
 afterEach(cleanup);
 
@@ -33,7 +47,12 @@ describe('lockstep transactions', () => {
     expect(tx!.accepted).toBe(1);
     expect(String(await tx!.data(openSimple, never()))).toBe('250 2.0.0 Ok: queued as HOP1');
     expect(pool.busy).toBe(0);
-    expect(hop.lines[0]!.slice(1)).toEqual(['MAIL FROM:<sender@example.com> SIZE=52', 'RCPT TO:<a@example.com> NOTIFY=NEVER', 'RCPT TO:<bad@example.com>', 'DATA']);
+    expect(hop.lines[0]!.slice(1)).toEqual([
+      'MAIL FROM:<sender@example.com> SIZE=52',
+      'RCPT TO:<a@example.com> NOTIFY=NEVER',
+      'RCPT TO:<bad@example.com>',
+      'DATA',
+    ]);
     expect(unwire(hop.rawData[0]!, true).equals(simple)).toBe(true);
     // Ending calls after data() change nothing.
     await tx!.reset();
@@ -54,7 +73,14 @@ describe('lockstep transactions', () => {
     await second.tx!.rcpt({ address: 'b@example.com' }, never());
     expect((await second.tx!.data(openSimple, never())).code).toBe(250);
     expect(hop.sessions).toHaveLength(1);
-    expect(hop.sessions[0]!.commands.slice(1)).toEqual(['MAIL FROM:<sender@example.com>', 'RCPT TO:<a@example.com>', 'RSET', 'MAIL FROM:<sender@example.com>', 'RCPT TO:<b@example.com>', 'DATA']);
+    expect(hop.sessions[0]!.commands.slice(1)).toEqual([
+      'MAIL FROM:<sender@example.com>',
+      'RCPT TO:<a@example.com>',
+      'RSET',
+      'MAIL FROM:<sender@example.com>',
+      'RCPT TO:<b@example.com>',
+      'DATA',
+    ]);
     expect(hop.sessions[0]!.messages).toHaveLength(1);
     expect(hop.nested).toBe(0);
   });

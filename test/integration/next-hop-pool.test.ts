@@ -35,7 +35,12 @@ describe('what reaches the next hop', () => {
     const hop = await hopWith();
     const pool = poolFor(hop.port);
     const { bytes, chunks } = trickyMessage();
-    const e = env(['a@example.com'], { params: [['SIZE', String(bytes.length)], ['BODY', '8BITMIME']] });
+    const e = env(['a@example.com'], {
+      params: [
+        ['SIZE', String(bytes.length)],
+        ['BODY', '8BITMIME'],
+      ],
+    });
     const report = await pool.deliver(e, () => Readable.from(chunks), never());
     expect(report.response).toBe('250 2.0.0 Ok: queued as HOP1');
     expect(report.recipients).toEqual([{ address: 'a@example.com', status: 'accepted', code: 250, response: '250 2.0.0 Ok: queued as HOP1' }]);
@@ -62,12 +67,29 @@ describe('what reaches the next hop', () => {
     const pool = poolFor(hop.port);
     const e = env(
       [
-        { address: 'a@example.com', params: [['NOTIFY', 'SUCCESS,FAILURE'], ['ORCPT', 'rfc822;a+2Btag@example.com']] },
+        {
+          address: 'a@example.com',
+          params: [
+            ['NOTIFY', 'SUCCESS,FAILURE'],
+            ['ORCPT', 'rfc822;a+2Btag@example.com'],
+          ],
+        },
         { address: 'b@example.com', params: [['NOTIFY', 'NEVER']] },
         { address: 'c@example.com' },
-        { address: 'd@example.com', params: [['ORCPT', 'rfc822;D@Example.COM'], ['NOTIFY', 'DELAY']] },
+        {
+          address: 'd@example.com',
+          params: [
+            ['ORCPT', 'rfc822;D@Example.COM'],
+            ['NOTIFY', 'DELAY'],
+          ],
+        },
       ],
-      { params: [['RET', 'HDRS'], ['ENVID', 'env+20id+2B1+3D2']] },
+      {
+        params: [
+          ['RET', 'HDRS'],
+          ['ENVID', 'env+20id+2B1+3D2'],
+        ],
+      },
     );
     await pool.deliver(e, openSimple, never());
     expect(envelopeLines(hop)).toEqual([
@@ -94,9 +116,24 @@ describe('what reaches the next hop', () => {
   it('leaves DSN parameters out when the next hop does not announce DSN (instead of drawing a 555)', async () => {
     const hop = await hopWith({ ehlo: ['PIPELINING', '8BITMIME', 'SMTPUTF8'] });
     const pool = poolFor(hop.port);
-    const e = env([{ address: 'a@example.com', params: [['NOTIFY', 'NEVER'], ['ORCPT', 'rfc822;a@example.com']] }], {
-      params: [['BODY', '8BITMIME'], ['RET', 'HDRS'], ['ENVID', 'x']],
-    });
+    const e = env(
+      [
+        {
+          address: 'a@example.com',
+          params: [
+            ['NOTIFY', 'NEVER'],
+            ['ORCPT', 'rfc822;a@example.com'],
+          ],
+        },
+      ],
+      {
+        params: [
+          ['BODY', '8BITMIME'],
+          ['RET', 'HDRS'],
+          ['ENVID', 'x'],
+        ],
+      },
+    );
     const r = await pool.deliver(e, openSimple, never());
     expect(r.recipients[0]!.status).toBe('accepted');
     const { tx } = await pool.begin(e, never());
@@ -126,7 +163,11 @@ describe('what reaches the next hop', () => {
     const plain = await hopWith({ ehlo: ['PIPELINING', '8BITMIME', 'DSN'] });
     for (const hop of [utf8, plain]) {
       const pool = poolFor(hop.port);
-      await pool.deliver(env(['j\u00f6rg@example.com'], { from: 'm\u00fcller@example.com', smtpUtf8: true, params: [['SMTPUTF8', null]] }), openSimple, never());
+      await pool.deliver(
+        env(['j\u00f6rg@example.com'], { from: 'm\u00fcller@example.com', smtpUtf8: true, params: [['SMTPUTF8', null]] }),
+        openSimple,
+        never(),
+      );
       await pool.deliver(env(['a@example.com'], { smtpUtf8: false, params: [] }), openSimple, never());
       // An older record without raw parameters: rebuilt from the smtpUtf8 flag.
       await pool.deliver(env(['a@example.com'], { smtpUtf8: true }), openSimple, never());
@@ -290,7 +331,10 @@ describe('deliver(): each recipient reported', () => {
     const hop = await startStrictHop({ onCommand: (line) => (line === 'DATA' && refuse ? '452 4.3.1 insufficient system storage' : undefined) });
     const pool = poolFor(hop.port, { pool: { maxConnections: 1, maxMessagesPerConnection: 100, idleTimeoutMs: 60_000, acquireTimeoutMs: 10_000 } });
     const r = await pool.deliver(env(['a@example.com']), openSimple, never());
-    expect(r).toEqual({ response: '', recipients: [{ address: 'a@example.com', status: 'deferred', code: 452, response: '452 4.3.1 insufficient system storage' }] });
+    expect(r).toEqual({
+      response: '',
+      recipients: [{ address: 'a@example.com', status: 'deferred', code: 452, response: '452 4.3.1 insufficient system storage' }],
+    });
     refuse = false;
     expect((await pool.deliver(env(['a@example.com']), openSimple, never())).recipients[0]!.status).toBe('accepted');
     expect(hop.nested).toBe(0);
@@ -357,7 +401,10 @@ describe('failures are transient DeliveryErrors with their phase', () => {
     const hop = await sim({ onDataChunk: (_n, s) => s.sock.destroy() });
     const pool = poolFor(hop.port);
     const { chunks } = trickyMessage();
-    expect(await expectDeliveryError(pool.deliver(env(['a@example.com']), () => Readable.from(chunks), never()))).toMatchObject({ kind: 'transient', phase: 'data' });
+    expect(await expectDeliveryError(pool.deliver(env(['a@example.com']), () => Readable.from(chunks), never()))).toMatchObject({
+      kind: 'transient',
+      phase: 'data',
+    });
     const { tx } = await pool.begin(env(['a@example.com']), never());
     await tx!.rcpt({ address: 'a@example.com' }, never());
     expect(await expectDeliveryError(tx!.data(() => Readable.from(chunks), never()))).toMatchObject({ kind: 'transient', phase: 'data' });
@@ -367,7 +414,12 @@ describe('failures are transient DeliveryErrors with their phase', () => {
   it('a message stream that fails: phase data, nothing delivered', async () => {
     const hop = await sim();
     const pool = poolFor(hop.port);
-    const broken = (): Readable => new Readable({ read() { this.destroy(new Error('spool read failed')); } });
+    const broken = (): Readable =>
+      new Readable({
+        read() {
+          this.destroy(new Error('spool read failed'));
+        },
+      });
     expect(await expectDeliveryError(pool.deliver(env(['a@example.com']), broken, never()))).toMatchObject({ kind: 'transient', phase: 'data' });
     expect(hop.sessions.flatMap((s) => s.messages)).toHaveLength(0);
   });

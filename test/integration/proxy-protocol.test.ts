@@ -10,7 +10,10 @@ afterEach(async () => {
 });
 
 /** A raw client that first writes `preamble`, then speaks line by line; every wait is bounded. */
-async function rawSession(port: number, preamble: Buffer): Promise<{ sock: Socket; read(): Promise<string>; send(line: string): Promise<string>; closed: Promise<void> }> {
+async function rawSession(
+  port: number,
+  preamble: Buffer,
+): Promise<{ sock: Socket; read(): Promise<string>; send(line: string): Promise<string>; closed: Promise<void> }> {
   const sock = connect(port, '127.0.0.1');
   await new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject));
   sock.write(preamble);

@@ -120,7 +120,10 @@ describe.each(backends)('release results: $name', (backend) => {
     // Nothing left that a plain release may retry: the refused one waits for an operator.
     expect(await releaseMessage(ctx, actor, rec.id)).toMatchObject({ status: 'invalid', message: expect.stringContaining(`refused ${B} (550)`) });
     // Never a second copy for an accepted recipient, even when named.
-    expect(await releaseMessage(ctx, actor, rec.id, { recipients: [A] })).toMatchObject({ status: 'invalid', message: expect.stringContaining(`already delivered to ${A}`) });
+    expect(await releaseMessage(ctx, actor, rec.id, { recipients: [A] })).toMatchObject({
+      status: 'invalid',
+      message: expect.stringContaining(`already delivered to ${A}`),
+    });
     // Named explicitly, the refused one is tried again (and refused again: nothing delivered).
     expect(await releaseMessage(ctx, actor, rec.id, { recipients: [B] })).toMatchObject({
       status: 'undelivered',
@@ -132,7 +135,13 @@ describe.each(backends)('release results: $name', (backend) => {
     expect((await h.store.get(rec.id))!.status).toBe('held');
 
     // The operator gives up on it: the message is released, to the two that got it.
-    expect(await releaseMessage(ctx, actor, rec.id, { drop: [B] })).toMatchObject({ status: 'released', recipients: [], dropped: [B], complete: true, pending: [] });
+    expect(await releaseMessage(ctx, actor, rec.id, { drop: [B] })).toMatchObject({
+      status: 'released',
+      recipients: [],
+      dropped: [B],
+      complete: true,
+      pending: [],
+    });
     expect(later.calls).toEqual([[C], [B]]);
     const done = (await h.store.get(rec.id))!;
     expect(done).toMatchObject({ status: 'released', release: { recipients: [A, C] } });
@@ -172,7 +181,11 @@ describe.each(backends)('release results: $name', (backend) => {
     expect(await releaseMessage(ctx, { name: 't' }, rec.id)).toMatchObject({ status: 'partial', pending: [C] });
     const hop2 = scriptedNextHop({});
     ctx.deliver = hop2.deliver;
-    expect(await releaseMessage(ctx, { name: 't' }, rec.id)).toMatchObject({ status: 'released', complete: true, recipients: [{ address: C, status: 'accepted' }] });
+    expect(await releaseMessage(ctx, { name: 't' }, rec.id)).toMatchObject({
+      status: 'released',
+      complete: true,
+      recipients: [{ address: C, status: 'accepted' }],
+    });
     expect(hop.calls).toEqual([[A, C]]);
     expect(hop2.calls).toEqual([[C]]);
     expect(await h.store.get(rec.id)).toMatchObject({ status: 'released', release: { recipients: [A, C] } });
@@ -305,7 +318,11 @@ describe('release through a real next hop (SMTP), with the app deliverer adapter
       });
       expect(sink.messages.map((m) => m.to.map((t) => t.address))).toEqual([[A]]);
       sink.behaviour.rcpt = (a) => (a === B ? [550, '5.1.1 no such user'] : null);
-      expect(await releaseMessage(ops, { name: 't' }, rec.id)).toMatchObject({ status: 'released', recipients: [{ address: C, status: 'accepted', code: 250 }], pending: [B] });
+      expect(await releaseMessage(ops, { name: 't' }, rec.id)).toMatchObject({
+        status: 'released',
+        recipients: [{ address: C, status: 'accepted', code: 250 }],
+        pending: [B],
+      });
       expect(sink.messages.map((m) => m.to.map((t) => t.address))).toEqual([[A], [C]]);
       // Every recipient refused at RCPT: the deliverer throws, the adapter still says who was refused.
       const all = await releaseMessage(ops, { name: 't' }, rec.id, { recipients: [B] });
@@ -326,8 +343,20 @@ describe('PostgreSQL schema migration 2 (per-recipient results)', () => {
     schemas.push(schema);
     const pool = createQuarantinePool(PG_URL, { options: `-c search_path=${schema}`, max: 2 });
     try {
-      expect(await migrate(pool, 'quarantine', QUARANTINE_MIGRATIONS.filter((m) => m.version === 1))).toEqual([1]);
-      const cols = async () => (await pool.query<{ column_name: string }>(`SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'quarantine_messages'`, [schema])).rows.map((r) => r.column_name);
+      expect(
+        await migrate(
+          pool,
+          'quarantine',
+          QUARANTINE_MIGRATIONS.filter((m) => m.version === 1),
+        ),
+      ).toEqual([1]);
+      const cols = async () =>
+        (
+          await pool.query<{ column_name: string }>(
+            `SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'quarantine_messages'`,
+            [schema],
+          )
+        ).rows.map((r) => r.column_name);
       expect(await cols()).not.toContain('recipient_results');
       // A row written by a relay still on version 1 (the put of this version never names the new column).
       const rec = record([A, B]);

@@ -37,7 +37,14 @@ function eml(subject: string, bodyBytes = 0): Buffer {
     'Card 4111 1111 1111 1111, please keep it safe.',
   ].join('\r\n');
   // Base64 lines of random bytes: realistic MIME, incompressible, and crosses chunk boundaries.
-  const filler = bodyBytes ? '\r\n' + (randomBytes(bodyBytes).toString('base64').match(/.{1,76}/g) ?? []).join('\r\n') : '';
+  const filler = bodyBytes
+    ? '\r\n' +
+      (
+        randomBytes(bodyBytes)
+          .toString('base64')
+          .match(/.{1,76}/g) ?? []
+      ).join('\r\n')
+    : '';
   return Buffer.from(head + filler + '\r\n');
 }
 
@@ -226,7 +233,19 @@ describe.each(backends)('quarantine store: $name', (backend) => {
   it('never turns traversal-looking ids into paths or queries', async () => {
     const msg = eml('x');
     await putAndGet(store, msg);
-    const bad = ['../etc/passwd', '..%2F..%2Fetc%2Fpasswd', '/etc/passwd', 'a/../../b', '', '.', '..', 'ABCDEF00-0000-0000-0000-000000000000', `${randomUUID()}/../x`, "1' OR '1'='1", 'x\u0000y'];
+    const bad = [
+      '../etc/passwd',
+      '..%2F..%2Fetc%2Fpasswd',
+      '/etc/passwd',
+      'a/../../b',
+      '',
+      '.',
+      '..',
+      'ABCDEF00-0000-0000-0000-000000000000',
+      `${randomUUID()}/../x`,
+      "1' OR '1'='1",
+      'x\u0000y',
+    ];
     for (const id of bad) {
       expect(await store.get(id)).toBeNull();
       await expect(readAll(store.openMessage(id))).rejects.toBeInstanceOf(QuarantineNotFoundError);
@@ -248,7 +267,12 @@ describe.each(backends)('quarantine store: $name', (backend) => {
       actionCode: 2,
       policies: [{ name: 'HR', severity: 1, actionSettingName: null, numberOfMatches: 1 }],
     });
-    const c = await putAndGet(store, eml('c'), { envelope: { from: '', to: [{ address: 'postmaster@example.org' }], smtpUtf8: false }, actionCode: null, policies: [], reason: 'dlp-error:timeout' });
+    const c = await putAndGet(store, eml('c'), {
+      envelope: { from: '', to: [{ address: 'postmaster@example.org' }], smtpUtf8: false },
+      actionCode: null,
+      policies: [],
+      reason: 'dlp-error:timeout',
+    });
     const ids = async (f: Parameters<QuarantineStore['list']>[0]) => (await store.list(f)).items.map((r) => r.id);
 
     expect(await ids({})).toEqual([c.id, b.id, a.id]);
@@ -452,7 +476,12 @@ describe.each(backends)('quarantine store: $name', (backend) => {
     expect((await store.list({})).items).toHaveLength(0);
     const purges = (await store.listAudit({ actor: 'retention' })).items;
     expect(purges.some((a) => a.action === 'purge' && a.target === null && /2 deleted/.test(a.detail ?? ''))).toBe(true);
-    expect(purges.filter((a) => a.target !== null).map((a) => a.target).sort()).toEqual([r1.id, r2.id].sort());
+    expect(
+      purges
+        .filter((a) => a.target !== null)
+        .map((a) => a.target)
+        .sort(),
+    ).toEqual([r1.id, r2.id].sort());
     // Each id can be looked up on its own: "where did this message go?"
     const one = (await store.listAudit({ target: r1.id, action: 'purge' })).items;
     expect(one).toHaveLength(1);
@@ -489,7 +518,11 @@ describe('quarantine store: postgres, several relays and failures', () => {
         return acceptAll(env, '250 ok');
       };
       const results = await Promise.all(
-        [a, b].map((store) => releaseMessage({ store, deliver, logger }, { name: 'admin-api', source: store === a ? 'relay-a' : 'relay-b' }, rec.id).finally(() => firstSettled.resolve())),
+        [a, b].map((store) =>
+          releaseMessage({ store, deliver, logger }, { name: 'admin-api', source: store === a ? 'relay-a' : 'relay-b' }, rec.id).finally(() =>
+            firstSettled.resolve(),
+          ),
+        ),
       );
       expect(deliveries).toBe(1);
       expect(results.filter((r) => r.status === 'released')).toHaveLength(1);
@@ -589,7 +622,11 @@ describe('quarantine store: postgres, several relays and failures', () => {
       // Back: the pool replaces broken connections and the rejected message was never half-stored.
       proxy.mode = 'forward';
       let ok = false;
-      for (let i = 0; i < 20 && !ok; i++) ok = await store.checkWritable().then(() => true, () => false);
+      for (let i = 0; i < 20 && !ok; i++)
+        ok = await store.checkWritable().then(
+          () => true,
+          () => false,
+        );
       expect(ok).toBe(true);
       expect(await store.get(r1.id)).toBeNull();
       await store.put(r1, source(msg));

@@ -160,7 +160,14 @@ describe('UCWI request without md5', () => {
         expect(Object.keys(meta)).not.toContain('md5');
       }
       // With a known md5 it is still sent.
-      const r = await c.inspect({ queryId: randomUUID(), sender: 'a@example.com', recipients: [], md5: hex('md5', STORED), size: STORED.length, openMessage: trickle(STORED) });
+      const r = await c.inspect({
+        queryId: randomUUID(),
+        sender: 'a@example.com',
+        recipients: [],
+        md5: hex('md5', STORED),
+        size: STORED.length,
+        openMessage: trickle(STORED),
+      });
       expect(r.ok).toBe(true);
       expect(sim.stats().lastMetadata).toMatchObject({ md5: hex('md5', STORED) });
     } finally {

@@ -10,7 +10,8 @@ import { dropSchemas, freshSchema, pgAdmin, schemaUrl } from '../helpers/pg.js';
 
 const TOKEN = 'f'.repeat(40);
 
-const send = async (port: number, from: string, body: string): Promise<string> => (await sendMessage(port, message(body), { from, to: ['bob@partner.test'] })).data;
+const send = async (port: number, from: string, body: string): Promise<string> =>
+  (await sendMessage(port, message(body), { from, to: ['bob@partner.test'] })).data;
 
 describe('relay → CAS blocked lists', () => {
   let chain: Chain | undefined;
@@ -30,7 +31,14 @@ describe('relay → CAS blocked lists', () => {
       config: {
         ...more,
         secrets: { casToken: TOKEN },
-        cas: { enabled: true, url: cas.url, exemptDomains: ['ourcorp.test'], outbox: { dir: join(testTempDir('cas-outbox-'), 'outbox'), intervalMs: 200, baseMs: 200, maxMs: 1000 }, retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 }, ...extra },
+        cas: {
+          enabled: true,
+          url: cas.url,
+          exemptDomains: ['ourcorp.test'],
+          outbox: { dir: join(testTempDir('cas-outbox-'), 'outbox'), intervalMs: 200, baseMs: 200, maxMs: 1000 },
+          retry: { maxAttempts: 1, baseMs: 50, maxMs: 100, totalMs: 2000 },
+          ...extra,
+        },
       },
     });
     return { chain, cas };
@@ -56,7 +64,9 @@ describe('relay → CAS blocked lists', () => {
     expect(cas.list('senders')).toEqual([]);
     cas.setFaults({});
     await eventually(() => cas.list('senders').includes('leaker2@outside.test'), 15_000);
-    const creates = cas.requestLog.filter((q) => q.method === 'POST' && q.status !== undefined && q.status < 300 && (q.rules?.senders ?? []).includes('leaker2@outside.test'));
+    const creates = cas.requestLog.filter(
+      (q) => q.method === 'POST' && q.status !== undefined && q.status < 300 && (q.rules?.senders ?? []).includes('leaker2@outside.test'),
+    );
     expect(creates).toHaveLength(1);
   });
 
@@ -71,7 +81,9 @@ describe('relay → CAS blocked lists', () => {
     expect(await send(chain.port, 'leaker3@outside.test', 'card 4111 1111 1111 1111')).toMatch(/^550 5\.7\.1 /);
     await eventually(() => cas.list('senders').includes('leaker3@outside.test'), 10_000);
     const rows = await pgAdmin((c) =>
-      c.query<{ slot: number; used: boolean }>(`SELECT slot, free_at > 'epoch' AS used FROM ${schema}.cas_rate_slots WHERE bucket = $1 ORDER BY slot`, [casBucketFor(TOKEN)]),
+      c.query<{ slot: number; used: boolean }>(`SELECT slot, free_at > 'epoch' AS used FROM ${schema}.cas_rate_slots WHERE bucket = $1 ORDER BY slot`, [
+        casBucketFor(TOKEN),
+      ]),
     );
     // The bucket has the configured size, and the push took one of its slots.
     expect(rows.rows).toHaveLength(7);

@@ -58,7 +58,9 @@ describe('relays sharing a PostgreSQL quarantine', () => {
     try {
       expect(await send(chain.port, 'DLPTEST-ACTION-6 while the database is up')).toMatch(/^250 /);
       await proxy.close();
-      expect(await send(chain.port, 'DLPTEST-ACTION-6 while the database is down')).toMatch(/^451 4\.3\.0 Quarantine storage unavailable, try again later \(ref /);
+      expect(await send(chain.port, 'DLPTEST-ACTION-6 while the database is down')).toMatch(
+        /^451 4\.3\.0 Quarantine storage unavailable, try again later \(ref /,
+      );
       expect(replyCode(await send(chain.port, 'clean mail'))).toBe(250);
       expect((await api(chain, 'GET', '/api/v1/quarantine')).status).toBe(503);
       const ready = await request(`${chain.relay.admin!.url}/readyz`);

@@ -3,7 +3,19 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { SmtpSession, smtpDialog, replyCode } from '../helpers/raw-smtp.js';
-import { startChain, spoolFiles, eventually, sha256, message, sendMessage, traceLine, traceLinePattern, queryIdOf, type Chain, type TraceExpect } from '../helpers/chain.js';
+import {
+  startChain,
+  spoolFiles,
+  eventually,
+  sha256,
+  message,
+  sendMessage,
+  traceLine,
+  traceLinePattern,
+  queryIdOf,
+  type Chain,
+  type TraceExpect,
+} from '../helpers/chain.js';
 import { writeBigMessage } from '../helpers/big-message.js';
 
 const UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}';
@@ -76,7 +88,15 @@ describe('relay chain: verdict table', () => {
     const stored = readFileSync(eml);
     expect(stored.toString('latin1')).toBe(traceLine(stored, qid) + Buffer.from(input).toString('latin1'));
     expect(statSync(eml).mode & 0o777).toBe(0o600);
-    expect(meta).toMatchObject({ id: qid, queryId: qid, actionCode: code, reason: `dlp:${code}`, status: 'held', sha256: sha256(stored), envelope: { from: 'alice@example.test', to: [{ address: 'bob@example.test' }] } });
+    expect(meta).toMatchObject({
+      id: qid,
+      queryId: qid,
+      actionCode: code,
+      reason: `dlp:${code}`,
+      status: 'held',
+      sha256: sha256(stored),
+      envelope: { from: 'alice@example.test', to: [{ address: 'bob@example.test' }] },
+    });
     expect((meta['policies'] as unknown[]).length).toBeGreaterThan(0);
   });
 
@@ -85,7 +105,11 @@ describe('relay chain: verdict table', () => {
     expect(replyCode(r.data)).toBe(250);
     const got = chain.sink.messages.at(-1)!;
     const qid = queryIdOf(got.data!);
-    expect(headersOf(got.data!)).toMatch(new RegExp(`${traceLinePattern(qid)}X-DLP-Relay-Scanned: ${loopValue(qid)}\r\nX-DLP-Query-ID: ${qid}\r\nX-DLP-Action-Code: ${code}\r\nX-DLP-Action: relay-encrypt\r\nX-DLP-Encrypt: required\r\nFrom:`));
+    expect(headersOf(got.data!)).toMatch(
+      new RegExp(
+        `${traceLinePattern(qid)}X-DLP-Relay-Scanned: ${loopValue(qid)}\r\nX-DLP-Query-ID: ${qid}\r\nX-DLP-Action-Code: ${code}\r\nX-DLP-Action: relay-encrypt\r\nX-DLP-Encrypt: required\r\nFrom:`,
+      ),
+    );
   });
 
   it.each([7, 9])('actionCode %i (endpoint encryption) relays with the encryption-route header', async (code) => {
@@ -112,7 +136,11 @@ describe('relay chain: verdict table', () => {
     await send(chain.port, input, { to: ['bob@example.test', 'carol@example.test'] });
     const meta = chain.sim.stats().lastMetadata as Record<string, unknown>;
     const { createHash } = await import('node:crypto');
-    expect(meta).toMatchObject({ sender: 'alice@example.test', recipients: ['bob@example.test', 'carol@example.test'], md5: createHash('md5').update(input).digest('hex') });
+    expect(meta).toMatchObject({
+      sender: 'alice@example.test',
+      recipients: ['bob@example.test', 'carol@example.test'],
+      md5: createHash('md5').update(input).digest('hex'),
+    });
     expect(meta['queryID']).toMatch(new RegExp(`^${UUID}$`));
   });
 
@@ -122,7 +150,14 @@ describe('relay chain: verdict table', () => {
     await eventually(() => chain.summaries().length === before + 1);
     const line = chain.summaries().at(-1)!;
     // Per recipient: its address and the reply it got at RCPT time (the next hop's, in lockstep).
-    expect(line).toMatchObject({ event: 'message', sender: 'alice@example.test', to: [{ address: 'bob@example.test', reply: '250 2.1.5 Accepted' }], actionCode: 2, action: 'reject', replyClass: '5xx' });
+    expect(line).toMatchObject({
+      event: 'message',
+      sender: 'alice@example.test',
+      to: [{ address: 'bob@example.test', reply: '250 2.1.5 Accepted' }],
+      actionCode: 2,
+      action: 'reject',
+      replyClass: '5xx',
+    });
     expect(line).not.toHaveProperty('rcpts');
     expect(line).not.toHaveProperty('refusedRecipients');
     expect(line['queryId']).toMatch(new RegExp(`^${UUID}$`));
@@ -213,7 +248,10 @@ describe('relay chain: configured DLP failure actions', () => {
       const r = await send(chain.port, message('hello'));
       expect(r.data).toMatch(/^250 2\.0\.0 Ok: message held for review/);
       const qid = /ref ([0-9a-f-]{36})/.exec(r.data)![1]!;
-      expect(JSON.parse(readFileSync(join(chain.dirs.quarantine, `${qid}.json`), 'utf8'))).toMatchObject({ actionCode: null, reason: 'dlp-error:bad_response' });
+      expect(JSON.parse(readFileSync(join(chain.dirs.quarantine, `${qid}.json`), 'utf8'))).toMatchObject({
+        actionCode: null,
+        reason: 'dlp-error:bad_response',
+      });
       expect(chain.sink.messages).toHaveLength(0);
     } finally {
       await chain.close();
@@ -258,7 +296,12 @@ describe('relay chain: next hop failures', () => {
       expect(r.data).toBe('452 4.2.2 Insufficient system storage');
       expect(chain.sink.messages).toHaveLength(0);
       await eventually(() => chain.summaries().length === 1);
-      expect(chain.summaries()[0]).toMatchObject({ action: 'relay-deferred', actionCode: 1, reply: '452 4.2.2 Insufficient system storage', replyClass: '4xx' });
+      expect(chain.summaries()[0]).toMatchObject({
+        action: 'relay-deferred',
+        actionCode: 1,
+        reply: '452 4.2.2 Insufficient system storage',
+        replyClass: '4xx',
+      });
     } finally {
       await chain.close();
     }
@@ -450,7 +493,9 @@ describe('relay chain: limits and access', () => {
     const chain = await startChain();
     try {
       const results = await Promise.all(
-        Array.from({ length: 50 }, (_, i) => send(chain.port, message(i % 5 === 0 ? `card 4111 1111 1111 1111 #${i}` : `clean #${i}`), { to: [`user${i}@example.test`] }).then((r) => ({ i, r }))),
+        Array.from({ length: 50 }, (_, i) =>
+          send(chain.port, message(i % 5 === 0 ? `card 4111 1111 1111 1111 #${i}` : `clean #${i}`), { to: [`user${i}@example.test`] }).then((r) => ({ i, r })),
+        ),
       );
       for (const { i, r } of results) expect(replyCode(r.data)).toBe(i % 5 === 0 ? 550 : 250);
       expect(chain.sink.messages).toHaveLength(40);

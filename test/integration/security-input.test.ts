@@ -23,7 +23,10 @@ function deepMime(levels: number): Buffer {
 }
 
 const CASES: InputCase[] = [
-  { name: 'bare LF line endings', payload: () => Buffer.from('From: Alice <alice@example.test>\nTo: Bob <bob@example.test>\nSubject: bare LF\n\nline one\nline two\n.dot after bare LF\n') },
+  {
+    name: 'bare LF line endings',
+    payload: () => Buffer.from('From: Alice <alice@example.test>\nTo: Bob <bob@example.test>\nSubject: bare LF\n\nline one\nline two\n.dot after bare LF\n'),
+  },
   { name: 'bare CR inside lines', payload: () => Buffer.from(`${HEAD}Subject2: a\rb\r\n\r\nline one\rstill line one\r\n\r\r\n`) },
   { name: 'NUL bytes in the body', payload: () => Buffer.concat([Buffer.from(`${HEAD}\r\nbefore `), Buffer.from([0, 0, 0x41, 0]), Buffer.from(' after\r\n')]) },
   { name: 'a 1 MB header line', payload: () => Buffer.from(`${HEAD}X-Long: ${'a'.repeat(1024 * 1024)}\r\n\r\nbody\r\n`) },
@@ -58,7 +61,12 @@ function prefix(qid: string, head: Buffer): string {
 }
 
 /** One transaction; RCPTs are pipelined in one write, as an MTA with many recipients does. */
-async function sendRaw(port: number, payload: Buffer, rcpts = 1, dotStuff = true): Promise<{ rcptReplies: string[]; reply: string; after: string | undefined }> {
+async function sendRaw(
+  port: number,
+  payload: Buffer,
+  rcpts = 1,
+  dotStuff = true,
+): Promise<{ rcptReplies: string[]; reply: string; after: string | undefined }> {
   const s = await SmtpSession.connect(port, { timeoutMs: 30_000 });
   try {
     await s.cmd('EHLO client.example.test');
@@ -168,7 +176,9 @@ describe('SMTP smuggling: "<LF>.<CR><LF>" inside a message never reaches the nex
   });
 
   const smuggle = (dot: string) =>
-    Buffer.from(`${HEAD}\r\nfirst part\n${dot}\r\nMAIL FROM:<smuggler@evil.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n`);
+    Buffer.from(
+      `${HEAD}\r\nfirst part\n${dot}\r\nMAIL FROM:<smuggler@evil.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n`,
+    );
 
   it('one message in, one message out, from the real sender; the sequence is dot-stuffed on the wire', async () => {
     // What a smuggling client sends, unstuffed on purpose: a bare-LF "end of data" and a second transaction.
@@ -189,7 +199,12 @@ describe('SMTP smuggling: "<LF>.<CR><LF>" inside a message never reaches the nex
     expect(chain.sink.messages).toHaveLength(2);
     const got2 = chain.sink.messages[1]!;
     expect(got2.from).toBe('alice@example.test');
-    expect(got2.sha256).toBe(createHash('sha256').update(prefix(queryIdOf(got2.head), got2.head)).update(smuggle('.')).digest('hex'));
+    expect(got2.sha256).toBe(
+      createHash('sha256')
+        .update(prefix(queryIdOf(got2.head), got2.head))
+        .update(smuggle('.'))
+        .digest('hex'),
+    );
 
     // On the wire to the next hop, every dot after a line feed is doubled: "\n.\r\n" never appears unstuffed.
     const wire = Buffer.concat(gate.captured()).toString('latin1');

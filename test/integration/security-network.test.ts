@@ -137,7 +137,9 @@ describe('SMTP AUTH (submission): PLAIN and LOGIN, only after TLS', () => {
   beforeAll(async () => {
     const usersFile = join(dir, 'users');
     writeFileSync(usersFile, `alice:${hashPassword('s3cret')}\n`);
-    chain = await startChain({ config: { smtp: { tls: { certFile: pki.certFile, keyFile: pki.keyFile }, auth: { enabled: true, required: true, usersFile } } } });
+    chain = await startChain({
+      config: { smtp: { tls: { certFile: pki.certFile, keyFile: pki.keyFile }, auth: { enabled: true, required: true, usersFile } } },
+    });
   });
   afterAll(async () => {
     await chain.close();
@@ -217,7 +219,9 @@ describe('TLS to the next hop, verified', () => {
       } finally {
         await noCa.close();
       }
-      const withCa = await startChain({ config: { nextHop: { port: sink.port, starttls: 'required', tls: { rejectUnauthorized: true, caFile: pki.caFile } } } });
+      const withCa = await startChain({
+        config: { nextHop: { port: sink.port, starttls: 'required', tls: { rejectUnauthorized: true, caFile: pki.caFile } } },
+      });
       try {
         const a = await attemptOnce(withCa.port, m2!);
         // The secure sink's own final reply, verbatim (smtp-server puts its 2.6.0 before the sink's "2.0.0 Ok: queued").

@@ -66,7 +66,13 @@ describe('secrets never reach the logs', () => {
       config: {
         ...common,
         nextHop,
-        cas: { enabled: true, url: cas.url, exemptDomains: ['ourcorp.test'], outbox: { dir: join(dir, 'cas-outbox'), intervalMs: 100, baseMs: 100 }, retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 2000 } },
+        cas: {
+          enabled: true,
+          url: cas.url,
+          exemptDomains: ['ourcorp.test'],
+          outbox: { dir: join(dir, 'cas-outbox'), intervalMs: 100, baseMs: 100 },
+          retry: { maxAttempts: 1, baseMs: 10, maxMs: 10, totalMs: 2000 },
+        },
         secrets: { ucwiAccessKey: S.ucwiAccessKey, ucwiSecretKey: S.ucwiSecretKey, nextHopPass: S.nextHopPass, adminToken: S.adminToken, casToken: S.casToken },
       },
     });
@@ -137,7 +143,9 @@ describe('secrets never reach the logs', () => {
       smtpWrongPlain: b64(`\0alice\0${S.smtpWrongPass}`),
       ...Object.fromEntries(signatures.map((sig, i) => [`signature${i}`, sig])),
     };
-    const leaks = Object.entries(forbidden).filter(([, v]) => logs.includes(v)).map(([k]) => k);
+    const leaks = Object.entries(forbidden)
+      .filter(([, v]) => logs.includes(v))
+      .map(([k]) => k);
     expect(leaks).toEqual([]);
   });
 });
@@ -152,7 +160,8 @@ describe('the admin endpoints require the token', () => {
     await chain.close();
   });
 
-  const get = (path: string, token?: string) => fetch(`${chain.relay.admin!.url}${path}`, token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } });
+  const get = (path: string, token?: string) =>
+    fetch(`${chain.relay.admin!.url}${path}`, token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } });
 
   it.for(['/metrics', '/api/v1/quarantine'])('%s: 401 without a token and with a wrong one, 200 with it', async (path) => {
     const none = await get(path);

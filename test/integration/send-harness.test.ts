@@ -132,7 +132,14 @@ async function run(paths: string[], extra: Partial<SendOptions> = {}): Promise<{
     ...extra,
   };
   const code = await runSend(opts, out.stream, err.stream);
-  return { code, lines: out.text().split('\n').filter((l) => l !== ''), stderr: err.text() };
+  return {
+    code,
+    lines: out
+      .text()
+      .split('\n')
+      .filter((l) => l !== ''),
+    stderr: err.text(),
+  };
 }
 
 const t = (name: string): string => join(tmp, name);

@@ -64,7 +64,10 @@ async function failure(p: Promise<unknown>): Promise<SmtpClientError> {
   return e as SmtpClientError;
 }
 
-const msg = (s: string): (() => Readable) => () => Readable.from([Buffer.from(s, 'latin1')]);
+const msg =
+  (s: string): (() => Readable) =>
+  () =>
+    Readable.from([Buffer.from(s, 'latin1')]);
 const closeEvent = (c: SmtpClient): Promise<void> => new Promise((resolve) => c.on('close', resolve));
 
 describe('SmtpClient handshake', () => {
@@ -232,9 +235,19 @@ describe('SmtpClient transactions', () => {
     const r = await c.send(
       {
         from: 'a@x.test',
-        mailParams: [['SIZE', '20'], ['BODY', '8BITMIME'], ['ENVID', 'q+2Bid']],
+        mailParams: [
+          ['SIZE', '20'],
+          ['BODY', '8BITMIME'],
+          ['ENVID', 'q+2Bid'],
+        ],
         rcpts: [
-          { address: 'b@x.test', params: [['NOTIFY', 'SUCCESS,FAILURE'], ['ORCPT', 'rfc822;b+40x.test']] },
+          {
+            address: 'b@x.test',
+            params: [
+              ['NOTIFY', 'SUCCESS,FAILURE'],
+              ['ORCPT', 'rfc822;b+40x.test'],
+            ],
+          },
           { address: 'bad@x.test', params: [] },
           { address: 'c@x.test', params: [['NOTIFY', 'NEVER']] },
         ],
@@ -267,7 +280,17 @@ describe('SmtpClient transactions', () => {
   it('without PIPELINING sends one command per reply and no DATA when every recipient is refused', async () => {
     const s = await sim({ ehlo: () => ['250-sim', '250 8BITMIME'] });
     const c = await connect(options(s.port));
-    const r = await c.send({ from: 'a@x.test', mailParams: [], rcpts: [{ address: 'bad1@x.test', params: [] }, { address: 'bad2@x.test', params: [] }] }, msg('x'));
+    const r = await c.send(
+      {
+        from: 'a@x.test',
+        mailParams: [],
+        rcpts: [
+          { address: 'bad1@x.test', params: [] },
+          { address: 'bad2@x.test', params: [] },
+        ],
+      },
+      msg('x'),
+    );
     expect(r.rcpts.map((x) => x.code)).toEqual([550, 550]);
     expect(r.data).toBeNull();
     expect(r.final).toBeNull();

@@ -154,7 +154,14 @@ describe('PROXY protocol', () => {
     const e = await start({ proxyProtocol: { trustedPeers: ['127.0.0.0/8'] } });
     const c = await RawClient.connect(e.port, 'PROXY TCP4 198.51.100.7 203.0.113.25 51234 25\r\n');
     expect(await c.read()).toMatch(/^220 /);
-    expect(e.rec.connects[0]).toEqual({ remoteAddress: '198.51.100.7', remotePort: 51234, localAddress: '203.0.113.25', localPort: 25, peerAddress: '127.0.0.1', proxied: true });
+    expect(e.rec.connects[0]).toEqual({
+      remoteAddress: '198.51.100.7',
+      remotePort: 51234,
+      localAddress: '203.0.113.25',
+      localPort: 25,
+      peerAddress: '127.0.0.1',
+      proxied: true,
+    });
     c.write('EHLO c\r\n');
     expect(await c.read()).toMatch(/^250/);
     c.close();
@@ -259,9 +266,11 @@ describe('clocks', () => {
   it('does not count time inside a slow handler against the client', async () => {
     const e = await start(
       { idleTimeoutMs: 300, minBytesPerSecond: 1000, minRateWindowMs: 200 },
-      { mail: async () => {
-        await new Promise((r) => setTimeout(r, 700));
-      } },
+      {
+        mail: async () => {
+          await new Promise((r) => setTimeout(r, 700));
+        },
+      },
     );
     const s = await SmtpSession.connect(e.port);
     expect(await s.cmd('EHLO c')).toMatch(/^250/);

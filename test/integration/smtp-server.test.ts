@@ -127,7 +127,12 @@ describe('transactions', () => {
     const m = e.rec.mails[0]!.mail;
     expect(m).toEqual({
       address: 'a@x.test',
-      params: [['RET', 'hdrs'], ['ENVID', 'id+2B1'], ['SIZE', '100'], ['BODY', '8BITMIME']],
+      params: [
+        ['RET', 'hdrs'],
+        ['ENVID', 'id+2B1'],
+        ['SIZE', '100'],
+        ['BODY', '8BITMIME'],
+      ],
       smtpUtf8: false,
       ret: 'HDRS',
       envid: 'id+1',
@@ -136,7 +141,10 @@ describe('transactions', () => {
     });
     expect(e.rec.rcpts[0]).toEqual({
       address: 'b@y.test',
-      params: [['NOTIFY', 'success,failure'], ['ORCPT', 'rfc822;a+2Bb@x']],
+      params: [
+        ['NOTIFY', 'success,failure'],
+        ['ORCPT', 'rfc822;a+2Bb@x'],
+      ],
       notify: ['SUCCESS', 'FAILURE'],
       orcpt: 'rfc822;a+b@x',
     });
@@ -215,7 +223,7 @@ describe('DATA', () => {
     const e = await start();
     const s = await SmtpSession.connect(e.port);
     let seed = 7;
-    const rnd = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    const rnd = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
     const alphabet = [13, 10, 46, 46, 0x41, 0xff];
     for (let round = 0; round < 15; round++) {
       await openTx(s);
@@ -225,7 +233,7 @@ describe('DATA', () => {
       msg[msg.length - 1] = 10;
       expect(await s.cmd('DATA')).toMatch(/^354/);
       const w = wire(msg);
-      for (let off = 0; off < w.length; ) {
+      for (let off = 0; off < w.length;) {
         const n = 1 + Math.floor(rnd() * 700);
         s.send(w.subarray(off, off + n));
         off += n;

@@ -158,7 +158,7 @@ describe('kill -9 during outbox writes', () => {
 });
 
 describe('a second relay on the same configuration', () => {
-  it('fails on the busy port, naming the listener, before recovery touches the live relay\'s stores', async () => {
+  it("fails on the busy port, naming the listener, before recovery touches the live relay's stores", async () => {
     const root = testTempDir('dlp-second-');
     const sim = await startUcwiSim({ ...SIM_KEYS, policiesFile: 'fixtures/detectors-test.yaml' });
     const sink = await startSink();

@@ -116,7 +116,15 @@ describe('next hop failover', () => {
     const sinkB = await startSink();
     opened.push(sinkB);
     const chain = await startChain({
-      config: { nextHop: { host: null, endpoints: [{ host: '127.0.0.1', port: sinkA.port, priority: 10 }, { host: '127.0.0.1', port: sinkB.port, priority: 20 }] } },
+      config: {
+        nextHop: {
+          host: null,
+          endpoints: [
+            { host: '127.0.0.1', port: sinkA.port, priority: 10 },
+            { host: '127.0.0.1', port: sinkB.port, priority: 20 },
+          ],
+        },
+      },
     });
     opened.push(chain);
     const r = await sendMessage(chain.port, message('not to be duplicated'));
@@ -131,7 +139,15 @@ describe('next hop failover', () => {
     const sinkB = await startSink();
     opened.push(sinkB);
     const chain = await startChain({
-      config: { nextHop: { host: null, endpoints: [{ host: '127.0.0.1', port: sinkA.port }, { host: '127.0.0.1', port: sinkB.port }] } },
+      config: {
+        nextHop: {
+          host: null,
+          endpoints: [
+            { host: '127.0.0.1', port: sinkA.port },
+            { host: '127.0.0.1', port: sinkB.port },
+          ],
+        },
+      },
     });
     opened.push(chain);
     for (let i = 0; i < 4; i++) expect((await sendMessage(chain.port, message(`shared ${i}`))).data).toMatch(/^250 /);

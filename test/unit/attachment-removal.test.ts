@@ -56,12 +56,18 @@ describe('attachment removal on real shapes', () => {
     o.forEach((seg, i) => {
       if (seg === a[i]) return;
       const t = noteText(seg);
-      expect(t, `segment ${i} changed but is not a note`).toMatch(/^The attachment ".*" \(.*, \d+ bytes\) was removed by the data-loss-prevention policy \(ref ab4d1b3e/);
+      expect(t, `segment ${i} changed but is not a note`).toMatch(
+        /^The attachment ".*" \(.*, \d+ bytes\) was removed by the data-loss-prevention policy \(ref ab4d1b3e/,
+      );
       notes.push(t);
     });
     expect(notes.map((t) => /"(.*)"/.exec(t)?.[1])).toEqual(gone);
     // The delimiters themselves are all still there, in order.
-    const delims = (buf: Buffer) => buf.toString('latin1').match(/\r\n--[^\r\n]*/g)?.filter((l) => b.some((x) => l.startsWith(`\r\n--${x}`)));
+    const delims = (buf: Buffer) =>
+      buf
+        .toString('latin1')
+        .match(/\r\n--[^\r\n]*/g)
+        ?.filter((l) => b.some((x) => l.startsWith(`\r\n--${x}`)));
     expect(delims(out)).toEqual(delims(eml));
   });
 
@@ -82,7 +88,9 @@ describe('attachment removal on real shapes', () => {
   });
 
   it('removes an unnamed non-text part too (leaving the name out does not get a file through)', async () => {
-    const eml = Buffer.from('Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAECAw==\r\n--b--\r\n');
+    const eml = Buffer.from(
+      'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAECAw==\r\n--b--\r\n',
+    );
     const out = (await rewrite(eml)).toString();
     expect(out).not.toContain('AAECAw==');
     expect(out).toContain('The attachment "(unnamed)" (application/octet-stream, 4 bytes)');
@@ -99,12 +107,24 @@ describe('attachment removal on hostile shapes', () => {
   for (let i = 0; i < 20_000; i++) many += `--m\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=f${i}.zip\r\n\r\nUEsDBA==\r\n`;
   many += '--m--\r\n';
   it.each([
-    ['unterminated boundary', 'Content-Type: multipart/mixed; boundary=u\r\n\r\n--u\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=z.zip\r\n\r\nUEsDBA==\r\n', 'unterminated-multipart'],
+    [
+      'unterminated boundary',
+      'Content-Type: multipart/mixed; boundary=u\r\n\r\n--u\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=z.zip\r\n\r\nUEsDBA==\r\n',
+      'unterminated-multipart',
+    ],
     ['200-deep nesting', deep(200), 'too-deep'],
     ['20,000 parts', many, 'too-many-parts'],
-    ['broken headers', 'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/zip\r\nnot a header line\r\n\r\nUEsDBA==\r\n--b--\r\n', 'broken-header'],
+    [
+      'broken headers',
+      'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/zip\r\nnot a header line\r\n\r\nUEsDBA==\r\n--b--\r\n',
+      'broken-header',
+    ],
     ['a message that is itself a file', 'Content-Type: application/pdf; name=x.pdf\r\n\r\n%PDF\r\n', 'top-level-attachment'],
-    ['a delimiter with trailing text', 'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b trailing\r\nContent-Type: application/zip\r\n\r\nUEsDBA==\r\n--b--\r\n', 'ambiguous-delimiter'],
+    [
+      'a delimiter with trailing text',
+      'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b trailing\r\nContent-Type: application/zip\r\n\r\nUEsDBA==\r\n--b--\r\n',
+      'ambiguous-delimiter',
+    ],
   ])('%s → MimeStructureError %s, never a rewritten copy', async (_n, eml, reason) => {
     const err = await planRemoval(Readable.from([Buffer.from(eml)]), { queryId: QID }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(MimeStructureError);
@@ -117,7 +137,9 @@ describe('a 50 MB attachment', () => {
     const SIZE = 50 * 1024 * 1024;
     const line = Buffer.from(`${Buffer.alloc(57, 0x5a).toString('base64')}\r\n`);
     const lines = Math.ceil(SIZE / 57);
-    const head = Buffer.from('From: a@example.test\r\nSubject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=big\r\n\r\n--big\r\nContent-Type: text/plain\r\n\r\nbig file\r\n--big\r\nContent-Type: application/octet-stream; name=big.bin\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=big.bin\r\n\r\n');
+    const head = Buffer.from(
+      'From: a@example.test\r\nSubject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=big\r\n\r\n--big\r\nContent-Type: text/plain\r\n\r\nbig file\r\n--big\r\nContent-Type: application/octet-stream; name=big.bin\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=big.bin\r\n\r\n',
+    );
     const tail = Buffer.from('--big--\r\n');
     function* source(): Generator<Buffer> {
       yield head;

@@ -59,7 +59,21 @@ describe('summarizeProfiles', () => {
 });
 
 function cellFor(system: ThroughputCell['system'], mode: ConnMode, msgPerSec: number, cpu: Record<string, number>, ok = true): ThroughputCell {
-  const run = { system, ucwiLatencyMs: null, mode, sessions: 20, messages: 100, sent: 100, sinkReceived: 100, seconds: 1, msgPerSec, ok, cpuMsPerMsg: cpu, loadAvg: 1, machineIdlePct: 50 };
+  const run = {
+    system,
+    ucwiLatencyMs: null,
+    mode,
+    sessions: 20,
+    messages: 100,
+    sent: 100,
+    sinkReceived: 100,
+    seconds: 1,
+    msgPerSec,
+    ok,
+    cpuMsPerMsg: cpu,
+    loadAvg: 1,
+    machineIdlePct: 50,
+  };
   return { system, ucwiLatencyMs: null, mode, sessions: 20, msgPerSec, min: msgPerSec, max: msgPerSec, runs: [run] };
 }
 

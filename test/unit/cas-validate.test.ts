@@ -137,7 +137,8 @@ describe('batch files', () => {
   });
 
   it('reports unknown CSV columns and rule problems with row indexes', () => {
-    const csv = 'action_type,service,account_provider,mailbox,mail_message_id,colour\nMAIL_DELETE,gmail,google,a@b.example,<x@y>,red\nMAIL_RESTORE,exchange,office365,c@d.example,<x@y>,blue\n';
+    const csv =
+      'action_type,service,account_provider,mailbox,mail_message_id,colour\nMAIL_DELETE,gmail,google,a@b.example,<x@y>,red\nMAIL_RESTORE,exchange,office365,c@d.example,<x@y>,blue\n';
     const r = loadMitigationBatch(csv, 'csv');
     expect(r.items).toEqual([]);
     expect(r.problems).toContainEqual(expect.objectContaining({ index: -1, field: 'colour' }));

@@ -63,7 +63,9 @@ describe('config discovery', () => {
 
 describe('config provenance', () => {
   it('a bad value names the environment variable that set it, with a hint about the URL scheme', () => {
-    const [p] = problemsOf(() => loadConfig({ file: '/dev/null', env: { DLP_RELAY_UCWI_URL: 'host:5443', DLP_RELAY_UCWI_ACCESS_KEY: 'a', DLP_RELAY_UCWI_SECRET_KEY: 'b' } }));
+    const [p] = problemsOf(() =>
+      loadConfig({ file: '/dev/null', env: { DLP_RELAY_UCWI_URL: 'host:5443', DLP_RELAY_UCWI_ACCESS_KEY: 'a', DLP_RELAY_UCWI_SECRET_KEY: 'b' } }),
+    );
     expect(p).toMatchObject({ path: 'ucwi.url', origin: 'DLP_RELAY_UCWI_URL' });
     expect(p!.message).toContain('https://');
     try {

@@ -70,7 +70,10 @@ describe('loadConfig', () => {
   it('reads secrets from *_FILE variables', () => {
     const dir = testTempDir('cfg-');
     writeFileSync(join(dir, 'sk'), 'from-file\n');
-    const c = loadConfig({ file: '/dev/null', env: { DLP_RELAY_UCWI_URL: 'http://127.0.0.1:1', DLP_RELAY_UCWI_ACCESS_KEY: 'ak', DLP_RELAY_UCWI_SECRET_KEY_FILE: join(dir, 'sk') } });
+    const c = loadConfig({
+      file: '/dev/null',
+      env: { DLP_RELAY_UCWI_URL: 'http://127.0.0.1:1', DLP_RELAY_UCWI_ACCESS_KEY: 'ak', DLP_RELAY_UCWI_SECRET_KEY_FILE: join(dir, 'sk') },
+    });
     expect(c.secrets.ucwiSecretKey).toBe('from-file');
   });
 
@@ -123,12 +126,22 @@ describe('loadConfig', () => {
     const cas = { DLP_RELAY_WORKERS: '2', DLP_RELAY_CAS_TOKEN: 't', DLP_RELAY_CAS_URL: 'http://127.0.0.1:1' };
     const file = join(testTempDir('cfg-'), 'c.yaml');
     writeFileSync(file, 'cas:\n  enabled: true\n  exemptDomains: [ourcorp.test]\n');
-    expect(problemsOf(() => loadConfig({ file, env: cas }))).toEqual([{ path: 'smtp.workers', origin: 'DLP_RELAY_WORKERS', message: expect.stringContaining('cas.outbox.backend: pg') }]);
+    expect(problemsOf(() => loadConfig({ file, env: cas }))).toEqual([
+      { path: 'smtp.workers', origin: 'DLP_RELAY_WORKERS', message: expect.stringContaining('cas.outbox.backend: pg') },
+    ]);
     expect(problemsOf(() => loadConfig({ file: '/dev/null', env: { DLP_RELAY_WORKERS: '0' } })).map((p) => p.path)).toEqual(['smtp.workers']);
   });
 
   it('freezes the result and masks secrets for printing', () => {
-    const c = loadConfig({ file: '/dev/null', env: { DLP_RELAY_UCWI_URL: 'http://127.0.0.1:1', DLP_RELAY_UCWI_ACCESS_KEY: 'ak', DLP_RELAY_UCWI_SECRET_KEY: 'very-secret', DLP_RELAY_QUARANTINE_URL: 'postgres://u:pw@db/x' } });
+    const c = loadConfig({
+      file: '/dev/null',
+      env: {
+        DLP_RELAY_UCWI_URL: 'http://127.0.0.1:1',
+        DLP_RELAY_UCWI_ACCESS_KEY: 'ak',
+        DLP_RELAY_UCWI_SECRET_KEY: 'very-secret',
+        DLP_RELAY_QUARANTINE_URL: 'postgres://u:pw@db/x',
+      },
+    });
     expect(Object.isFrozen(c.smtp.allowedClients)).toBe(true);
     expect(() => {
       (c.listen as { port: number }).port = 1;
@@ -141,9 +154,25 @@ describe('loadConfig', () => {
 
   it('reviewer digests need the console and at least one recipient', () => {
     const overrides = { console: { digest: { enabled: true } } };
-    expect(problemsOf(() => loadConfig({ file: '/dev/null', env: {}, overrides })).map((p) => p.path)).toEqual(['console.digest.enabled', 'console.digest.recipients']);
-    const ok = loadConfig({ file: '/dev/null', env: {}, overrides: { console: { enabled: true, digest: { enabled: true, interval: 'hourly', recipients: ['rita@corp.example'] } } } });
-    expect(ok.console.digest).toMatchObject({ enabled: true, interval: 'hourly', dailyHourUtc: 7, recipients: ['rita@corp.example'], publicUrl: null, maxItems: 200 });
-    expect(problemsOf(() => loadConfig({ file: '/dev/null', env: {}, overrides: { console: { digest: { recipients: ['not an address'] } } } })).map((p) => p.path)).toEqual(['console.digest.recipients.0']);
+    expect(problemsOf(() => loadConfig({ file: '/dev/null', env: {}, overrides })).map((p) => p.path)).toEqual([
+      'console.digest.enabled',
+      'console.digest.recipients',
+    ]);
+    const ok = loadConfig({
+      file: '/dev/null',
+      env: {},
+      overrides: { console: { enabled: true, digest: { enabled: true, interval: 'hourly', recipients: ['rita@corp.example'] } } },
+    });
+    expect(ok.console.digest).toMatchObject({
+      enabled: true,
+      interval: 'hourly',
+      dailyHourUtc: 7,
+      recipients: ['rita@corp.example'],
+      publicUrl: null,
+      maxItems: 200,
+    });
+    expect(
+      problemsOf(() => loadConfig({ file: '/dev/null', env: {}, overrides: { console: { digest: { recipients: ['not an address'] } } } })).map((p) => p.path),
+    ).toEqual(['console.digest.recipients.0']);
   });
 });

@@ -38,7 +38,13 @@ describe('console users file', () => {
   it('dlp-relay user add|list|disable edits console.usersFile, reading the password from stdin', () => {
     const dir = testTempDir('dlp-users-cli-');
     const env = { ...process.env, DLP_RELAY_STATE_DIR: dir };
-    const cli = (args: string[], input = '') => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--config', '/dev/null', 'user', ...args], { input, env, encoding: 'utf8', timeout: 60_000 });
+    const cli = (args: string[], input = '') =>
+      spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--config', '/dev/null', 'user', ...args], {
+        input,
+        env,
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
     const add = cli(['add', 'ada', '--role', 'admin'], 'a very long password\n');
     expect(add.stderr).toBe('');
     expect(add.status).toBe(0);

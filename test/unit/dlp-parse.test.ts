@@ -8,7 +8,13 @@ import { checkSkgAuth as verifyUcwiAuth } from '../../src/engine/verify-auth.js'
 describe('parseUcwiResponse', () => {
   const ok: Array<{ name: string; status: number; body: string; actionCode: number; policies?: number }> = [
     { name: 'result 0 shape (seed table)', status: 200, body: '{"result":0,"actionCode":1}', actionCode: 1 },
-    { name: 'responseCode 200 shape (seed sample)', status: 200, body: '{"responseCode":200,"message":"ok","actionCode":2,"incident_info":{"matchedPolicies":[{"name":"PCI","severity":1,"actionSettingName":"Block","numberOfMatches":3}]}}', actionCode: 2, policies: 1 },
+    {
+      name: 'responseCode 200 shape (seed sample)',
+      status: 200,
+      body: '{"responseCode":200,"message":"ok","actionCode":2,"incident_info":{"matchedPolicies":[{"name":"PCI","severity":1,"actionSettingName":"Block","numberOfMatches":3}]}}',
+      actionCode: 2,
+      policies: 1,
+    },
     { name: 'only actionCode', status: 200, body: '{"actionCode":6}', actionCode: 6 },
     { name: 'actionCode as numeric string', status: 200, body: '{"result":0,"actionCode":"5"}', actionCode: 5 },
     { name: 'empty incident_info', status: 200, body: '{"result":0,"actionCode":1,"incident_info":{}}', actionCode: 1, policies: 0 },
@@ -21,7 +27,14 @@ describe('parseUcwiResponse', () => {
   });
 
   it('reads matched policies defensively', () => {
-    const r = parseUcwiResponse(200, JSON.stringify({ result: 0, actionCode: 2, incident_info: { matchedPolicies: [{ name: 'PCI', severity: 1, actionSettingName: 'Block', numberOfMatches: 2 }, { severity: 'x' }, 7, null] } }));
+    const r = parseUcwiResponse(
+      200,
+      JSON.stringify({
+        result: 0,
+        actionCode: 2,
+        incident_info: { matchedPolicies: [{ name: 'PCI', severity: 1, actionSettingName: 'Block', numberOfMatches: 2 }, { severity: 'x' }, 7, null] },
+      }),
+    );
     expect(r).toEqual({
       ok: true,
       actionCode: 2,

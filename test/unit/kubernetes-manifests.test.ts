@@ -21,7 +21,11 @@ const MODELS: Record<string, { validate(doc: unknown): void; type: string; modul
   'v1/Secret': { validate: (d) => new Secret(d as never).validate(), type: 'ISecret', module: 'kubernetes-models/v1/Secret' },
   'v1/Service': { validate: (d) => new Service(d as never).validate(), type: 'IService', module: 'kubernetes-models/v1/Service' },
   'apps/v1/Deployment': { validate: (d) => new Deployment(d as never).validate(), type: 'IDeployment', module: 'kubernetes-models/apps/v1/Deployment' },
-  'policy/v1/PodDisruptionBudget': { validate: (d) => new PodDisruptionBudget(d as never).validate(), type: 'IPodDisruptionBudget', module: 'kubernetes-models/policy/v1/PodDisruptionBudget' },
+  'policy/v1/PodDisruptionBudget': {
+    validate: (d) => new PodDisruptionBudget(d as never).validate(),
+    type: 'IPodDisruptionBudget',
+    module: 'kubernetes-models/policy/v1/PodDisruptionBudget',
+  },
   'autoscaling/v2/HorizontalPodAutoscaler': {
     validate: (d) => new HorizontalPodAutoscaler(d as never).validate(),
     type: 'IHorizontalPodAutoscaler',
@@ -57,7 +61,15 @@ function strictFieldCheck(docs: Doc[]): string[] {
   });
   docs.forEach(({ doc }, i) => lines.push(`export const d${i}: T${i} = ${JSON.stringify(doc)};`));
   const source = lines.join('\n');
-  const options: ts.CompilerOptions = { strict: true, noEmit: true, skipLibCheck: true, module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, target: ts.ScriptTarget.ES2022, types: [] };
+  const options: ts.CompilerOptions = {
+    strict: true,
+    noEmit: true,
+    skipLibCheck: true,
+    module: ts.ModuleKind.NodeNext,
+    moduleResolution: ts.ModuleResolutionKind.NodeNext,
+    target: ts.ScriptTarget.ES2022,
+    types: [],
+  };
   const host = ts.createCompilerHost(options);
   const read = host.readFile.bind(host);
   host.readFile = (f) => (resolve(f) === file ? source : read(f));
@@ -66,13 +78,11 @@ function strictFieldCheck(docs: Doc[]): string[] {
   const getSource = host.getSourceFile.bind(host);
   host.getSourceFile = (f, lang, ...rest) => (resolve(f) === file ? ts.createSourceFile(f, source, lang) : getSource(f, lang, ...rest));
   const program = ts.createProgram([file], options, host);
-  return ts
-    .getPreEmitDiagnostics(program, program.getSourceFile(file))
-    .map((d) => {
-      const at = d.file && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start).line : -1;
-      const which = at >= docs.length ? docs[at - docs.length]?.file : undefined;
-      return `${which ?? '?'}: ${ts.flattenDiagnosticMessageText(d.messageText, ' ')}`;
-    });
+  return ts.getPreEmitDiagnostics(program, program.getSourceFile(file)).map((d) => {
+    const at = d.file && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start).line : -1;
+    const which = at >= docs.length ? docs[at - docs.length]?.file : undefined;
+    return `${which ?? '?'}: ${ts.flattenDiagnosticMessageText(d.messageText, ' ')}`;
+  });
 }
 
 const docs = manifests();
@@ -97,7 +107,7 @@ describe('deploy/kubernetes', () => {
       const typo = strictFieldCheck(manifests(dir));
       expect(typo.join('\n')).toMatch(/readinesProbe/);
       const badType = byKind('Deployment');
-      expect(() => new Deployment({ ...badType, spec: { ...badType['spec'], replicas: 'three' } } as never).validate()).toThrow(/replicas/);
+      expect(() => new Deployment({ ...badType, spec: { ...badType['spec'], replicas: 'three' } }).validate()).toThrow(/replicas/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -131,7 +141,9 @@ describe('deploy/kubernetes', () => {
     expect(hpa['metrics'].map((m: { type: string }) => m.type)).toEqual(['Pods', 'Resource']);
     expect(hpa['metrics'][0]['pods']['metric']['name']).toBe('dlp_relay_smtp_sessions');
     const secret = byKind('Secret');
-    const env = byKind('Deployment')['spec']['template']['spec']['containers'][0]['env'] as Array<{ valueFrom?: { secretKeyRef?: { name: string; key: string } } }>;
+    const env = byKind('Deployment')['spec']['template']['spec']['containers'][0]['env'] as Array<{
+      valueFrom?: { secretKeyRef?: { name: string; key: string } };
+    }>;
     for (const e of env.filter((x) => x.valueFrom?.secretKeyRef)) {
       expect(e.valueFrom!.secretKeyRef!.name).toBe(secret['metadata']['name']);
       expect(Object.keys(secret['stringData'])).toContain(e.valueFrom!.secretKeyRef!.key);

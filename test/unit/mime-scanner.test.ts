@@ -132,12 +132,23 @@ describe('MimeScanner', () => {
       ['header block too large', `Subject: ${'a'.repeat(300_000)}\n\nx\n`, 'header-too-large'],
       ['multipart without boundary', 'Content-Type: multipart/mixed\n\nx\n', 'missing-boundary'],
       ['delimiter with trailing text', 'Content-Type: multipart/mixed; boundary=b\n\n--b\n\nx\n--b junk\n--b--\n', 'ambiguous-delimiter'],
-      ['nested boundary prefixing the outer one', 'Content-Type: multipart/mixed; boundary=ab\n\n--ab\nContent-Type: multipart/mixed; boundary=abc\n\n--abc--\n--ab--\n', 'ambiguous-boundary'],
-      ['duplicate Content-Type', 'Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\nContent-Type: application/zip\n\nx\n--b--\n', 'duplicate-header'],
+      [
+        'nested boundary prefixing the outer one',
+        'Content-Type: multipart/mixed; boundary=ab\n\n--ab\nContent-Type: multipart/mixed; boundary=abc\n\n--abc--\n--ab--\n',
+        'ambiguous-boundary',
+      ],
+      [
+        'duplicate Content-Type',
+        'Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\nContent-Type: application/zip\n\nx\n--b--\n',
+        'duplicate-header',
+      ],
       ['delimiter after the close', 'Content-Type: multipart/mixed; boundary=b\n\n--b\n\nx\n--b--\n--b\n\ny\n', 'delimiter-after-close'],
     ];
     for (const [name, eml, want] of cases) {
-      expect(reason(() => scan(Buffer.from(eml), 4096)), name).toBe(want);
+      expect(
+        reason(() => scan(Buffer.from(eml), 4096)),
+        name,
+      ).toBe(want);
     }
     expect(reason(() => scan(Buffer.from(deep(200)), 4096, { strict: false }))).toBe('too-deep');
     expect(reason(() => scan(Buffer.from(many(20_000)), 4096, { strict: false }))).toBe('too-many-parts');
@@ -186,11 +197,21 @@ describe('walkMessage', () => {
   it('stops on abort and at its deadline, even when the input never ends', async () => {
     const open = () => {
       const input = new Readable({ read() {} });
-      input.push('Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=z.zip\r\n\r\nUEsDBA==\r\n');
+      input.push(
+        'Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/zip\r\nContent-Disposition: attachment; filename=z.zip\r\n\r\nUEsDBA==\r\n',
+      );
       return input;
     };
     const ac = new AbortController();
-    const p = walkMessage(open(), { attachment: async (a) => void (await Readable.prototype.toArray.call(a.content as Readable)) }, { signal: ac.signal });
+    const p = walkMessage(
+      open(),
+      {
+        attachment: async (a) => {
+          await Readable.prototype.toArray.call(a.content as Readable);
+        },
+      },
+      { signal: ac.signal },
+    );
     setTimeout(() => ac.abort(), 20);
     expect((await p).error?.name).toBe('WalkAbortedError');
     const d = await walkMessage(open(), {}, { deadlineMs: 50 });

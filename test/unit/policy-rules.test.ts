@@ -9,7 +9,13 @@ import type { PolicySettings } from '../../src/policy/policy.js';
 import { ruleMatches, selectRule, settingsFor, type PolicyRuleConfig, type RuleContext } from '../../src/policy/rules.js';
 import { policyTest } from '../../src/cli/policy-commands.js';
 
-const ctx = (o: Partial<RuleContext> = {}): RuleContext => ({ sender: 'alice@corp.test', recipients: ['bob@partner.test'], clientAddress: '10.1.2.3', authUser: null, ...o });
+const ctx = (o: Partial<RuleContext> = {}): RuleContext => ({
+  sender: 'alice@corp.test',
+  recipients: ['bob@partner.test'],
+  clientAddress: '10.1.2.3',
+  authUser: null,
+  ...o,
+});
 const rule = (match: PolicyRuleConfig['match']): PolicyRuleConfig => ({ name: 'r', match });
 
 describe('ruleMatches', () => {
@@ -41,7 +47,7 @@ describe('ruleMatches', () => {
 });
 
 function settings(policy: Record<string, unknown>): PolicySettings {
-  return loadConfig({ file: undefined, env: {}, overrides: { policy } }).policy as unknown as PolicySettings;
+  return loadConfig({ file: undefined, env: {}, overrides: { policy } }).policy;
 }
 
 describe('first match wins, and the rule replaces table, mode and headers', () => {
@@ -56,9 +62,24 @@ describe('first match wins, and the rule replaces table, mode and headers', () =
   const rows: Array<[string, Partial<RuleContext>, number, Record<string, unknown>]> = [
     ['first rule', {}, 2, { rule: 'legal-partner', action: 'quarantine' }],
     ['codes the rule does not name keep the default table', {}, 1, { rule: 'legal-partner', action: 'relay', label: 'relay' }],
-    ['second rule, monitor', { sender: 'p@pilot.corp.test', recipients: ['x@other.test'] }, 2, { rule: 'pilot', mode: 'monitor', action: 'relay', label: 'monitor-reject' }],
-    ['no rule: the default table', { recipients: ['x@other.test'] }, 2, { rule: null, action: 'reject', reply: '550 5.7.1 Message rejected by data-loss-prevention policy (ref <queryId>)' }],
-    ['headers off for a network', { recipients: ['x@other.test'], clientAddress: '192.168.1.1' }, 1, { rule: 'quiet', headers: [['X-DLP-Relay-Scanned', '<queryId>']] }],
+    [
+      'second rule, monitor',
+      { sender: 'p@pilot.corp.test', recipients: ['x@other.test'] },
+      2,
+      { rule: 'pilot', mode: 'monitor', action: 'relay', label: 'monitor-reject' },
+    ],
+    [
+      'no rule: the default table',
+      { recipients: ['x@other.test'] },
+      2,
+      { rule: null, action: 'reject', reply: '550 5.7.1 Message rejected by data-loss-prevention policy (ref <queryId>)' },
+    ],
+    [
+      'headers off for a network',
+      { recipients: ['x@other.test'], clientAddress: '192.168.1.1' },
+      1,
+      { rule: 'quiet', headers: [['X-DLP-Relay-Scanned', '<queryId>']] },
+    ],
   ];
   it.each(rows)('%s', (_n, c, code, want) => {
     const full = ctx(c);
@@ -75,7 +96,15 @@ describe('rules in the configuration', () => {
   it.each([
     [{ rules: [{ name: 'a', match: { senders: ['not an address!'] } }] }, /address or a domain/],
     [{ rules: [{ name: 'a', match: { clientNetworks: ['10.0.0.0/99'] } }] }, /prefix/],
-    [{ rules: [{ name: 'a', match: {} }, { name: 'a', match: {} }] }, /used twice/],
+    [
+      {
+        rules: [
+          { name: 'a', match: {} },
+          { name: 'a', match: {} },
+        ],
+      },
+      /used twice/,
+    ],
     [{ rules: [{ name: 'a', match: {}, mode: 'audit' }] }, /mode/],
     [{ rules: [{ name: 'a', match: { bogus: 1 } }] }, /bogus|unrecognized/i],
   ])('refuses %j', (policy, msg) => {

@@ -61,14 +61,65 @@ describe('default verdict table', () => {
 
 describe('configured behaviour', () => {
   const cases: Array<{ name: string; policy: Record<string, unknown>; outcome: DlpOutcome; expect: Record<string, unknown> }> = [
-    { name: 'onDlpError relay marks unscanned', policy: { onDlpError: 'relay' }, outcome: { kind: 'error', errorClass: 'timeout' }, expect: { action: 'relay', label: 'relay-unscanned', headers: verdictHeaders('none', 'relay-unscanned') } },
-    { name: 'onDlpError quarantine', policy: { onDlpError: 'quarantine' }, outcome: { kind: 'error', errorClass: 'auth' }, expect: { action: 'quarantine', reason: 'dlp-error:auth', label: 'quarantine-unscanned' } },
-    { name: 'custom reject code and text', policy: { actions: { '2': { action: 'reject', code: 554, enhanced: '5.7.0', text: 'Blocked, ref {queryId}' } } }, outcome: { kind: 'verdict', actionCode: 2 }, expect: { reply: { code: 554, enhanced: '5.7.0', text: `Blocked, ref ${QID}` } } },
-    { name: 'code 6 remapped to reject keeps others', policy: { actions: { '6': { action: 'reject' } } }, outcome: { kind: 'verdict', actionCode: 6 }, expect: { action: 'reject', reply: { code: 550, enhanced: '5.7.1' } } },
-    { name: 'code 1 remapped to tempfail', policy: { actions: { '1': { action: 'tempfail', code: 450, enhanced: '4.7.0' } } }, outcome: { kind: 'verdict', actionCode: 1 }, expect: { action: 'tempfail', reply: { code: 450, enhanced: '4.7.0' } } },
-    { name: 'unknown action relayed when configured', policy: { unknownAction: { action: 'relay' } }, outcome: { kind: 'error', errorClass: 'unknown_action', actionCode: 77 }, expect: { action: 'relay', label: 'unknown-relay' } },
-    { name: 'renamed verdict headers', policy: { verdictHeaders: { queryId: 'X-Scan-Id', actionCode: 'X-Scan-Code', action: 'X-Scan-Action' }, encryptionHeader: { name: 'X-Encrypt-Route', value: 'tls-gw' } }, outcome: { kind: 'verdict', actionCode: 5 }, expect: { headers: [['X-DLP-Relay-Scanned', QID], ['X-Scan-Id', QID], ['X-Scan-Code', '5'], ['X-Scan-Action', 'relay-encrypt'], ['X-Encrypt-Route', 'tls-gw']] } },
-    { name: 'skipped scan relays without new headers', policy: {}, outcome: { kind: 'skipped' }, expect: { action: 'relay', label: 'relay-loop-skip', headers: [] } },
+    {
+      name: 'onDlpError relay marks unscanned',
+      policy: { onDlpError: 'relay' },
+      outcome: { kind: 'error', errorClass: 'timeout' },
+      expect: { action: 'relay', label: 'relay-unscanned', headers: verdictHeaders('none', 'relay-unscanned') },
+    },
+    {
+      name: 'onDlpError quarantine',
+      policy: { onDlpError: 'quarantine' },
+      outcome: { kind: 'error', errorClass: 'auth' },
+      expect: { action: 'quarantine', reason: 'dlp-error:auth', label: 'quarantine-unscanned' },
+    },
+    {
+      name: 'custom reject code and text',
+      policy: { actions: { '2': { action: 'reject', code: 554, enhanced: '5.7.0', text: 'Blocked, ref {queryId}' } } },
+      outcome: { kind: 'verdict', actionCode: 2 },
+      expect: { reply: { code: 554, enhanced: '5.7.0', text: `Blocked, ref ${QID}` } },
+    },
+    {
+      name: 'code 6 remapped to reject keeps others',
+      policy: { actions: { '6': { action: 'reject' } } },
+      outcome: { kind: 'verdict', actionCode: 6 },
+      expect: { action: 'reject', reply: { code: 550, enhanced: '5.7.1' } },
+    },
+    {
+      name: 'code 1 remapped to tempfail',
+      policy: { actions: { '1': { action: 'tempfail', code: 450, enhanced: '4.7.0' } } },
+      outcome: { kind: 'verdict', actionCode: 1 },
+      expect: { action: 'tempfail', reply: { code: 450, enhanced: '4.7.0' } },
+    },
+    {
+      name: 'unknown action relayed when configured',
+      policy: { unknownAction: { action: 'relay' } },
+      outcome: { kind: 'error', errorClass: 'unknown_action', actionCode: 77 },
+      expect: { action: 'relay', label: 'unknown-relay' },
+    },
+    {
+      name: 'renamed verdict headers',
+      policy: {
+        verdictHeaders: { queryId: 'X-Scan-Id', actionCode: 'X-Scan-Code', action: 'X-Scan-Action' },
+        encryptionHeader: { name: 'X-Encrypt-Route', value: 'tls-gw' },
+      },
+      outcome: { kind: 'verdict', actionCode: 5 },
+      expect: {
+        headers: [
+          ['X-DLP-Relay-Scanned', QID],
+          ['X-Scan-Id', QID],
+          ['X-Scan-Code', '5'],
+          ['X-Scan-Action', 'relay-encrypt'],
+          ['X-Encrypt-Route', 'tls-gw'],
+        ],
+      },
+    },
+    {
+      name: 'skipped scan relays without new headers',
+      policy: {},
+      outcome: { kind: 'skipped' },
+      expect: { action: 'relay', label: 'relay-loop-skip', headers: [] },
+    },
   ];
   it.each(cases)('$name', ({ policy, outcome, expect: e }) => {
     expect(decide(outcome, QID, settings(policy))).toMatchObject(e);
@@ -93,23 +144,78 @@ describe('loop rule', () => {
 
 describe('renderHeaders', () => {
   it('writes CRLF lines and never lets a value break a line', () => {
-    expect(renderHeaders([['X-A', 'one'], ['X-B', 'two\r\nInjected: yes']]).toString()).toBe('X-A: one\r\nX-B: two  Injected: yes\r\n');
+    expect(
+      renderHeaders([
+        ['X-A', 'one'],
+        ['X-B', 'two\r\nInjected: yes'],
+      ]).toString(),
+    ).toBe('X-A: one\r\nX-B: two  Injected: yes\r\n');
   });
 });
 
 describe('monitor mode and verdict headers', () => {
   const loopOnly = [['X-DLP-Relay-Scanned', QID]];
   const rows: Array<{ name: string; policy: Record<string, unknown>; outcome: DlpOutcome; expect: Record<string, unknown> }> = [
-    { name: 'monitor: a block relays, headers off by default', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 2 }, expect: { action: 'relay', label: 'monitor-reject', wouldBe: 'reject', headers: loopOnly } },
-    { name: 'monitor: quarantine relays', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 6 }, expect: { action: 'relay', label: 'monitor-quarantine', wouldBe: 'quarantine' } },
-    { name: 'monitor: attachment removal relays whole', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 4 }, expect: { action: 'relay', label: 'monitor-attachments-removed' } },
-    { name: 'monitor: encryption adds no route header', policy: { mode: 'monitor' }, outcome: { kind: 'verdict', actionCode: 5 }, expect: { action: 'relay', label: 'monitor-relay-encrypt', headers: loopOnly } },
-    { name: 'monitor: a DLP error relays instead of 451', policy: { mode: 'monitor' }, outcome: { kind: 'error', errorClass: 'timeout' }, expect: { action: 'relay', label: 'monitor-tempfail', wouldBe: 'tempfail' } },
-    { name: 'monitor with headers on', policy: { mode: 'monitor', headers: 'on' }, outcome: { kind: 'verdict', actionCode: 2 }, expect: { headers: [...verdictHeaders('2', 'monitor-reject')] } },
-    { name: 'monitor: a loop skip stays a loop skip', policy: { mode: 'monitor' }, outcome: { kind: 'skipped' }, expect: { action: 'relay', label: 'relay-loop-skip', headers: [] } },
-    { name: 'enforce with headers off keeps the loop and encryption headers', policy: { headers: 'off' }, outcome: { kind: 'verdict', actionCode: 8 }, expect: { action: 'relay', label: 'relay-encrypt', headers: [...loopOnly, ['X-DLP-Encrypt', 'required']] } },
-    { name: 'enforce with headers off: no removal count header', policy: { headers: 'off' }, outcome: { kind: 'verdict', actionCode: 4 }, expect: { action: 'remove-attachments', headers: loopOnly, countHeader: null } },
-    { name: 'enforce: removal count header by default', policy: {}, outcome: { kind: 'verdict', actionCode: 4 }, expect: { countHeader: 'X-DLP-Attachments-Removed' } },
+    {
+      name: 'monitor: a block relays, headers off by default',
+      policy: { mode: 'monitor' },
+      outcome: { kind: 'verdict', actionCode: 2 },
+      expect: { action: 'relay', label: 'monitor-reject', wouldBe: 'reject', headers: loopOnly },
+    },
+    {
+      name: 'monitor: quarantine relays',
+      policy: { mode: 'monitor' },
+      outcome: { kind: 'verdict', actionCode: 6 },
+      expect: { action: 'relay', label: 'monitor-quarantine', wouldBe: 'quarantine' },
+    },
+    {
+      name: 'monitor: attachment removal relays whole',
+      policy: { mode: 'monitor' },
+      outcome: { kind: 'verdict', actionCode: 4 },
+      expect: { action: 'relay', label: 'monitor-attachments-removed' },
+    },
+    {
+      name: 'monitor: encryption adds no route header',
+      policy: { mode: 'monitor' },
+      outcome: { kind: 'verdict', actionCode: 5 },
+      expect: { action: 'relay', label: 'monitor-relay-encrypt', headers: loopOnly },
+    },
+    {
+      name: 'monitor: a DLP error relays instead of 451',
+      policy: { mode: 'monitor' },
+      outcome: { kind: 'error', errorClass: 'timeout' },
+      expect: { action: 'relay', label: 'monitor-tempfail', wouldBe: 'tempfail' },
+    },
+    {
+      name: 'monitor with headers on',
+      policy: { mode: 'monitor', headers: 'on' },
+      outcome: { kind: 'verdict', actionCode: 2 },
+      expect: { headers: [...verdictHeaders('2', 'monitor-reject')] },
+    },
+    {
+      name: 'monitor: a loop skip stays a loop skip',
+      policy: { mode: 'monitor' },
+      outcome: { kind: 'skipped' },
+      expect: { action: 'relay', label: 'relay-loop-skip', headers: [] },
+    },
+    {
+      name: 'enforce with headers off keeps the loop and encryption headers',
+      policy: { headers: 'off' },
+      outcome: { kind: 'verdict', actionCode: 8 },
+      expect: { action: 'relay', label: 'relay-encrypt', headers: [...loopOnly, ['X-DLP-Encrypt', 'required']] },
+    },
+    {
+      name: 'enforce with headers off: no removal count header',
+      policy: { headers: 'off' },
+      outcome: { kind: 'verdict', actionCode: 4 },
+      expect: { action: 'remove-attachments', headers: loopOnly, countHeader: null },
+    },
+    {
+      name: 'enforce: removal count header by default',
+      policy: {},
+      outcome: { kind: 'verdict', actionCode: 4 },
+      expect: { countHeader: 'X-DLP-Attachments-Removed' },
+    },
     { name: 'enforce: a block still rejects', policy: { headers: 'on' }, outcome: { kind: 'verdict', actionCode: 2 }, expect: { action: 'reject' } },
   ];
   it.each(rows)('$name', ({ policy, outcome, expect: e }) => {
@@ -121,9 +227,21 @@ describe('monitor mode and verdict headers', () => {
 
 describe('route_to_gateway', () => {
   it('routes to the named gateway with the encryption header unless told not to', () => {
-    const cfg = loadConfig({ file: undefined, env: {}, overrides: { gateways: { gw: { host: 'gw.example.test' } }, policy: { actions: { '5': { action: 'route_to_gateway', gateway: 'gw' }, '7': { action: 'route_to_gateway', gateway: 'gw', header: false } } } } });
+    const cfg = loadConfig({
+      file: undefined,
+      env: {},
+      overrides: {
+        gateways: { gw: { host: 'gw.example.test' } },
+        policy: { actions: { '5': { action: 'route_to_gateway', gateway: 'gw' }, '7': { action: 'route_to_gateway', gateway: 'gw', header: false } } },
+      },
+    });
     const s = cfg.policy as unknown as PolicySettings;
-    expect(decide({ kind: 'verdict', actionCode: 5 }, QID, s)).toEqual({ action: 'gateway', label: 'relay-gateway', gateway: 'gw', headers: [...verdictHeaders('5', 'relay-gateway'), ['X-DLP-Encrypt', 'required']] });
+    expect(decide({ kind: 'verdict', actionCode: 5 }, QID, s)).toEqual({
+      action: 'gateway',
+      label: 'relay-gateway',
+      gateway: 'gw',
+      headers: [...verdictHeaders('5', 'relay-gateway'), ['X-DLP-Encrypt', 'required']],
+    });
     expect(decide({ kind: 'verdict', actionCode: 7 }, QID, s)).toMatchObject({ action: 'gateway', headers: verdictHeaders('7', 'relay-gateway') });
     expect(decide({ kind: 'verdict', actionCode: 5 }, QID, { ...s, mode: 'monitor' })).toMatchObject({ action: 'relay', label: 'monitor-relay-gateway' });
   });

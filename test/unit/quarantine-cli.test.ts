@@ -146,7 +146,9 @@ describe('quarantine CLI', () => {
     expect(await quarantineRelease({ id: rec.id }, ctx)).toBe(0);
     expect(out.text).toBe(`accepted  bob@example.org  250  250 ok\n${rec.id}: released completely\n`);
     expect(await quarantineRelease({ id: rec.id }, ctx)).toBe(1);
-    expect(err.text).toBe(`dlp-relay: quarantine: ${rec.id}: already released at ${(await store.get(rec.id))!.release!.at} by cli:tester [testhost]; not delivered again\n`);
+    expect(err.text).toBe(
+      `dlp-relay: quarantine: ${rec.id}: already released at ${(await store.get(rec.id))!.release!.at} by cli:tester [testhost]; not delivered again\n`,
+    );
     expect(deliveries).toBe(2);
     const audit = await store.listAudit({ target: rec.id, action: 'release' });
     expect(audit.items.map((a) => [a.actor, a.source, a.result])).toEqual([

@@ -39,7 +39,14 @@ function input(over: Partial<NoticeInput> = {}): NoticeInput {
   };
 }
 
-const OPTS = { from: 'dlp-notice@example.com', helpContact: 'helpdesk@example.com', hostname: 'relay.example.com', template: TEMPLATE, now: NOW, messageId: 'fixed' };
+const OPTS = {
+  from: 'dlp-notice@example.com',
+  helpContact: 'helpdesk@example.com',
+  hostname: 'relay.example.com',
+  template: TEMPLATE,
+  now: NOW,
+  messageId: 'fixed',
+};
 
 function split(message: Buffer): { head: string; body: string } {
   const text = message.toString();

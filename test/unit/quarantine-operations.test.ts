@@ -75,7 +75,10 @@ describe('buildPreview', () => {
       'Content-Disposition: attachment; filename="a.pdf"',
       'Content-Transfer-Encoding: base64',
       '',
-      Buffer.alloc(3000, 7).toString('base64').match(/.{1,76}/g)!.join('\r\n'),
+      Buffer.alloc(3000, 7)
+        .toString('base64')
+        .match(/.{1,76}/g)!
+        .join('\r\n'),
       '--outer',
       'Content-Type: image/png',
       'Content-Disposition: inline',
@@ -105,9 +108,19 @@ describe('buildPreview', () => {
       ['--b', `Content-Type: application/octet-stream; name="f${i}.bin"`, 'Content-Disposition: attachment', '', 'data', ''].join('\r\n'),
     );
     const msg = Buffer.from(
-      ['Subject: many', 'MIME-Version: 1.0', 'Content-Type: multipart/mixed; boundary="b"', '', '--b', 'Content-Type: text/plain', '', 'x'.repeat(500), ...parts, '--b--', ''].join(
-        '\r\n',
-      ),
+      [
+        'Subject: many',
+        'MIME-Version: 1.0',
+        'Content-Type: multipart/mixed; boundary="b"',
+        '',
+        '--b',
+        'Content-Type: text/plain',
+        '',
+        'x'.repeat(500),
+        ...parts,
+        '--b--',
+        '',
+      ].join('\r\n'),
     );
     const p = await buildPreview(Readable.from([msg]), { maxTextChars: 100, maxAttachments: 2 });
     expect(p.text).toHaveLength(100);

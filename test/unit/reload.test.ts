@@ -6,7 +6,8 @@ import { createLogger } from '../../src/observability/logger.js';
 import { Reloader } from '../../src/reload.js';
 import type { FrozenConfig } from '../../src/config/load.js';
 
-const cfg = (port: number, level = 'info'): FrozenConfig => loadConfig({ file: '/dev/null', env: {}, overrides: { nextHop: { host: '127.0.0.1', port }, log: { level } } });
+const cfg = (port: number, level = 'info'): FrozenConfig =>
+  loadConfig({ file: '/dev/null', env: {}, overrides: { nextHop: { host: '127.0.0.1', port }, log: { level } } });
 const quiet = createLogger({ level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
 
 describe('Reloader', () => {

@@ -3,7 +3,16 @@ import { describe, it, expect } from 'vitest';
 import { buildDigest, periodBoundary, type DigestSettings } from '../../src/console/reviewer-digest.js';
 import type { QuarantineRecord } from '../../src/quarantine/types.js';
 
-const settings: DigestSettings = { interval: 'daily', dailyHourUtc: 7, recipients: ['rita@corp.example'], from: 'dlp@corp.example', publicUrl: 'https://mail-admin.example/', basePath: '/quarantine', hostname: 'relay.example', maxItems: 2 };
+const settings: DigestSettings = {
+  interval: 'daily',
+  dailyHourUtc: 7,
+  recipients: ['rita@corp.example'],
+  from: 'dlp@corp.example',
+  publicUrl: 'https://mail-admin.example/',
+  basePath: '/quarantine',
+  hostname: 'relay.example',
+  maxItems: 2,
+};
 
 function rec(id: string, subject: string | null, from = 'alice@corp.example'): QuarantineRecord {
   return {
@@ -11,7 +20,11 @@ function rec(id: string, subject: string | null, from = 'alice@corp.example'): Q
     queryId: id,
     receivedAt: '2025-03-01T10:00:00.000Z',
     quarantinedAt: '2025-03-01T10:00:01.000Z',
-    envelope: { from, to: [{ address: 'bob@partner.example' }, { address: 'c@p.example' }, { address: 'd@p.example' }, { address: 'e@p.example' }], smtpUtf8: false },
+    envelope: {
+      from,
+      to: [{ address: 'bob@partner.example' }, { address: 'c@p.example' }, { address: 'd@p.example' }, { address: 'e@p.example' }],
+      smtpUtf8: false,
+    },
     clientAddress: '127.0.0.1',
     heloName: null,
     size: 10,
@@ -44,7 +57,10 @@ describe('buildDigest', () => {
   const win = { since: new Date('2025-03-01T07:00:00Z'), until: new Date('2025-03-02T07:00:00Z'), moreCount: 3, more: false };
 
   it('lists up to maxItems with links under the public URL and counts the rest', () => {
-    const { envelope, message } = buildDigest({ ...win, items: [rec(uuid(1), 'Q3 figures'), rec(uuid(2), null)] }, settings, { now: new Date('2025-03-02T07:01:00Z'), messageId: 'm1' });
+    const { envelope, message } = buildDigest({ ...win, items: [rec(uuid(1), 'Q3 figures'), rec(uuid(2), null)] }, settings, {
+      now: new Date('2025-03-02T07:01:00Z'),
+      messageId: 'm1',
+    });
     const text = message.toString();
     expect(envelope).toEqual({ from: 'dlp@corp.example', to: [{ address: 'rita@corp.example' }], smtpUtf8: false, bodyType: '7bit' });
     expect(text).toMatch(/^Subject: \[dlp-relay\] 5 new held messages \(daily digest\)\r$/m);
@@ -57,7 +73,10 @@ describe('buildDigest', () => {
   });
 
   it('a hostile subject or sender cannot add headers or lines (7bit body, so the check reads the real lines)', () => {
-    const { message } = buildDigest({ ...win, moreCount: 0, items: [rec(uuid(3), 'hi\r\nBcc: victim@x.example\r\n\r\nfake link https://evil.example', 'a\r\nX-Evil: 1@x')] }, settings);
+    const { message } = buildDigest(
+      { ...win, moreCount: 0, items: [rec(uuid(3), 'hi\r\nBcc: victim@x.example\r\n\r\nfake link https://evil.example', 'a\r\nX-Evil: 1@x')] },
+      settings,
+    );
     const text = message.toString();
     expect(text).toContain('Content-Transfer-Encoding: 7bit');
     expect(text).toContain('hi Bcc: victim@x.example fake link');

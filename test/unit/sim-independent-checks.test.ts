@@ -27,14 +27,22 @@ describe('UCWI simulator signature check (ucwi.md §1)', () => {
 
   it('refuses the schemes the vendor prose describes but its code does not use, a flipped digit, skew and a foreign key', () => {
     const keys = { accessKey: AK, secretKey: SK };
-    const prose1 = createHmac('sha256', SK).update(SK + SK + TS).digest('hex');
-    const prose2 = createHmac('sha256', SK).update(AK + SK + TS).digest('hex');
-    for (const mac of [prose1, prose2]) expect(checkSkgAuth({ authorization: `SKG ${AK}:${mac}`, 'x-skg-timestamp': TS }, keys, NOW)).toEqual({ ok: false, reason: 'bad_signature' });
+    const prose1 = createHmac('sha256', SK)
+      .update(SK + SK + TS)
+      .digest('hex');
+    const prose2 = createHmac('sha256', SK)
+      .update(AK + SK + TS)
+      .digest('hex');
+    for (const mac of [prose1, prose2])
+      expect(checkSkgAuth({ authorization: `SKG ${AK}:${mac}`, 'x-skg-timestamp': TS }, keys, NOW)).toEqual({ ok: false, reason: 'bad_signature' });
     const flipped = VECTOR.slice(0, -1) + (VECTOR.endsWith('c') ? 'd' : 'c');
     expect(checkSkgAuth({ authorization: flipped, 'x-skg-timestamp': TS }, keys, NOW)).toEqual({ ok: false, reason: 'bad_signature' });
     expect(checkSkgAuth({ authorization: VECTOR, 'x-skg-timestamp': TS }, keys, NOW + 301_000)).toEqual({ ok: false, reason: 'clock_skew' });
     expect(checkSkgAuth({ authorization: VECTOR, 'x-skg-timestamp': TS }, keys, NOW + 299_000)).toEqual({ ok: true });
-    expect(checkSkgAuth({ authorization: VECTOR, 'x-skg-timestamp': TS }, { accessKey: 'OTHER', secretKey: SK }, NOW)).toEqual({ ok: false, reason: 'unknown_key' });
+    expect(checkSkgAuth({ authorization: VECTOR, 'x-skg-timestamp': TS }, { accessKey: 'OTHER', secretKey: SK }, NOW)).toEqual({
+      ok: false,
+      reason: 'unknown_key',
+    });
     expect(checkSkgAuth({ 'x-skg-timestamp': TS }, keys, NOW)).toEqual({ ok: false, reason: 'missing' });
     expect(checkSkgAuth({ authorization: `Bearer ${VECTOR.slice(4)}`, 'x-skg-timestamp': TS }, keys, NOW)).toEqual({ ok: false, reason: 'malformed' });
   });

@@ -26,10 +26,7 @@ async function scan(eml: string | Buffer, limits: Partial<ScanLimits> = {}, chun
   return { ...report, byName };
 }
 
-const b64 = (s: string | Buffer): string =>
-  (typeof s === 'string' ? Buffer.from(s, 'utf8') : s)
-    .toString('base64')
-    .replace(/.{76}/g, '$&\n');
+const b64 = (s: string | Buffer): string => (typeof s === 'string' ? Buffer.from(s, 'utf8') : s).toString('base64').replace(/.{76}/g, '$&\n');
 
 const clean = { card: 0, cn: 0, iban: 0, ssn: 0, kw: 0 };
 

@@ -101,7 +101,7 @@ describe('DotStuffer', () => {
       const input = Buffer.alloc(len);
       for (let i = 0; i < len; i++) input[i] = alphabet[Math.floor(rand() * alphabet.length)]!;
       const chunks: Buffer[] = [];
-      for (let at = 0; at < len; ) {
+      for (let at = 0; at < len;) {
         const n = 1 + Math.floor(rand() * 7);
         chunks.push(input.subarray(at, at + n));
         at += n;

@@ -22,7 +22,13 @@ describe('parseProxyHeader v1', () => {
   it('parses TCP4 and reports the header length', () => {
     const buf = Buffer.from('PROXY TCP4 198.51.100.7 203.0.113.25 51234 25\r\nEHLO x\r\n');
     const r = parseProxyHeader(buf);
-    expect(r).toEqual({ status: 'ok', version: 1, length: 47, source: { address: '198.51.100.7', port: 51234 }, destination: { address: '203.0.113.25', port: 25 } });
+    expect(r).toEqual({
+      status: 'ok',
+      version: 1,
+      length: 47,
+      source: { address: '198.51.100.7', port: 51234 },
+      destination: { address: '203.0.113.25', port: 25 },
+    });
   });
 
   it('parses TCP6 and UNKNOWN', () => {
@@ -57,7 +63,13 @@ describe('parseProxyHeader v2', () => {
     const tlv = Buffer.from([0x04, 0x00, 0x02, 0xaa, 0xbb]);
     const buf = Buffer.concat([v2(1, 0x11, Buffer.concat([v4body([192, 0, 2, 1], [192, 0, 2, 2], 4000, 25), tlv])), Buffer.from('EHLO')]);
     const r = parseProxyHeader(buf);
-    expect(r).toEqual({ status: 'ok', version: 2, length: 16 + 17, source: { address: '192.0.2.1', port: 4000 }, destination: { address: '192.0.2.2', port: 25 } });
+    expect(r).toEqual({
+      status: 'ok',
+      version: 2,
+      length: 16 + 17,
+      source: { address: '192.0.2.1', port: 4000 },
+      destination: { address: '192.0.2.2', port: 25 },
+    });
   });
 
   it('parses TCP6 and unmaps IPv4-mapped addresses', () => {
@@ -67,7 +79,10 @@ describe('parseProxyHeader v2', () => {
     body.writeUInt16BE(1234, 32);
     body.writeUInt16BE(25, 34);
     const r = parseProxyHeader(v2(1, 0x21, body));
-    expect(r.status === 'ok' && [r.source, r.destination]).toEqual([{ address: '2001:db8::1', port: 1234 }, { address: '192.0.2.2', port: 25 }]);
+    expect(r.status === 'ok' && [r.source, r.destination]).toEqual([
+      { address: '2001:db8::1', port: 1234 },
+      { address: '192.0.2.2', port: 25 },
+    ]);
   });
 
   it('LOCAL keeps the socket addresses and consumes the whole block', () => {

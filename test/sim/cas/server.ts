@@ -225,7 +225,9 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
     const routes: Record<string, Partial<Record<string, () => void>>> = {
       '/v1/remediation/mails': { GET: () => getRules(res, entry), POST: () => postRules(res, entry, body) },
       '/v1/mitigation/mails': { GET: () => getResults(res, entry, url), POST: () => postMitigation(res, entry, body) },
-      '/v1/sweeping/mails': { GET: () => send(res, entry, 200, { current_link: baseUrl + (req.url ?? ''), next_link: null, traceId: randomUUID(), value: [] }) },
+      '/v1/sweeping/mails': {
+        GET: () => send(res, entry, 200, { current_link: baseUrl + (req.url ?? ''), next_link: null, traceId: randomUUID(), value: [] }),
+      },
     };
     const r = routes[route];
     if (!r) return error(res, entry, 404, 'API not found');
@@ -332,7 +334,11 @@ export async function startCasSim(opts: CasSimOptions): Promise<CasSim> {
     else {
       const start = q.get('start');
       const end = q.get('end');
-      for (const [k, v] of [['start', start], ['end', end]] as const) if (v !== null && !isZonedDateTime(v)) return error(res, entry, 400, `${k} must be ISO 8601`);
+      for (const [k, v] of [
+        ['start', start],
+        ['end', end],
+      ] as const)
+        if (v !== null && !isZonedDateTime(v)) return error(res, entry, 400, `${k} must be ISO 8601`);
       const FIVE_MIN = 5 * 60_000;
       const s = start ? Date.parse(start) : end ? Date.parse(end) - FIVE_MIN : now - FIVE_MIN;
       const e = end ? Date.parse(end) : start ? s + FIVE_MIN : now;

@@ -90,7 +90,8 @@ export function mitigationItemProblems(item: unknown): string[] {
   const uniqueId = str('mail_unique_id');
   if (!action || !ACTIONS.includes(action)) out.push('action_type: MAIL_DELETE, MAIL_QUARANTINE or MAIL_RESTORE');
   if (!service || !(service in SERVICE_PROVIDER)) out.push('service: exchange or gmail');
-  if (!provider || (service && service in SERVICE_PROVIDER && SERVICE_PROVIDER[service] !== provider)) out.push('account_provider: office365 for exchange, google for gmail');
+  if (!provider || (service && service in SERVICE_PROVIDER && SERVICE_PROVIDER[service] !== provider))
+    out.push('account_provider: office365 for exchange, google for gmail');
   if (!mailbox || remediationItemProblem('senders', mailbox)) out.push('mailbox: an email address');
   if (!messageId && !uniqueId) out.push('mail_message_id or mail_unique_id required');
   if (service === 'gmail' && action && action !== 'MAIL_DELETE') out.push('action_type: Gmail supports only MAIL_DELETE');
