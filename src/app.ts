@@ -43,7 +43,7 @@ import { startConsole, startReviewerDigest } from './console/index.js';
 import type { ReviewerDigest } from './console/reviewer-digest.js';
 import { ConfirmLinks } from './console/confirm.js';
 import { setLogLevel } from './observability/logger.js';
-import { Reloader, type ReloadReport } from './reload.js';
+import { Reloader, type ReloadReport, cannotReload } from './reload.js';
 import { VERSION } from './version.js';
 
 export interface RunningRelay {
@@ -564,17 +564,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
           logger,
         )
       : null;
-    const reload = (trigger: string): Promise<ReloadReport> =>
-      reloader
-        ? reloader.reload(trigger)
-        : Promise.resolve({
-            ok: false,
-            at: new Date().toISOString(),
-            trigger,
-            applied: [],
-            restartNeeded: [],
-            problems: [{ path: '(reload)', message: 'this process was started without a configuration loader' }],
-          });
+    const reload = (trigger: string): Promise<ReloadReport> => (reloader ? reloader.reload(trigger) : cannotReload(trigger));
     let readinessRef: (() => Promise<ReadyReport>) | null = null;
     const status = (): Promise<StatusReport> =>
       statusOf(startedAt, {

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { FrozenConfig } from './config/load.js';
 import { startRelay, startSupervisor, type RunningRelay, type RunningSupervisor, type StartOptions } from './app.js';
-import { Reloader, type ReloadReport } from './reload.js';
+import { Reloader, type ReloadReport, cannotReload } from './reload.js';
 
 /** Environment variable that tells a forked process which worker slot it fills. */
 export const WORKER_INDEX_ENV = 'DLP_RELAY_WORKER_INDEX';
@@ -81,17 +81,7 @@ export async function startCluster(c: FrozenConfig, logger: Logger, opts: Pick<S
         logger,
       )
     : null;
-  const reload = (trigger: string): Promise<ReloadReport> =>
-    reloader
-      ? reloader.reload(trigger)
-      : Promise.resolve({
-          ok: false,
-          at: new Date().toISOString(),
-          trigger,
-          applied: [],
-          restartNeeded: [],
-          problems: [{ path: '(reload)', message: 'this process was started without a configuration loader' }],
-        });
+  const reload = (trigger: string): Promise<ReloadReport> => (reloader ? reloader.reload(trigger) : cannotReload(trigger));
   const supervisor = await startSupervisor(c, logger, { reload, lastReport: () => reloader?.lastReport ?? null, configFile: opts.configFile });
 
   // The workers must share one loop header key, or a copy relayed by one worker and reflected to another

@@ -114,3 +114,15 @@ export class Reloader {
     return report({ ok: true, applied, restartNeeded: needs, problems: [] });
   }
 }
+
+/** What `reload` answers in a process started without a configuration loader (tests, embedded use). */
+export function cannotReload(trigger: string): Promise<ReloadReport> {
+  return Promise.resolve({
+    ok: false,
+    at: new Date().toISOString(),
+    trigger,
+    applied: [],
+    restartNeeded: [],
+    problems: [{ path: '(reload)', message: 'this process was started without a configuration loader' }],
+  });
+}

@@ -74,6 +74,27 @@ const tlsFiles = z
     if (t.require && t.certFile === null) ctx.addIssue({ code: 'custom', message: 'require needs a certificate (certFile/keyFile)', path: ['require'] });
   });
 
+/** Connections to one SMTP peer (the next hop, an encryption gateway). */
+const smtpPool = (maxConnections: number) =>
+  z
+    .object({
+      maxConnections: z.number().int().min(1).max(1000).default(maxConnections),
+      maxMessagesPerConnection: z.number().int().min(1).max(100_000).default(100),
+      idleTimeoutMs: ms(10_000),
+      /**
+       * A client transaction holds one next-hop connection from MAIL FROM to its end (lockstep, as
+       * Postfix's before-queue proxy): past maxConnections a new MAIL waits this long, then gets 451.
+       */
+      acquireTimeoutMs: ms(5_000),
+    })
+    .strict()
+    .prefault({});
+
+const smtpTimeouts = z
+  .object({ connectMs: ms(10_000), greetingMs: ms(10_000), socketMs: ms(30_000) })
+  .strict()
+  .prefault({});
+
 export const configSchema = z
   .object({
     /**
@@ -362,23 +383,8 @@ export const configSchema = z
         /** AUTH user; the password comes from DLP_RELAY_NEXT_HOP_PASS or passFile. */
         authUser: nullableString,
         passFile: nullableString,
-        pool: z
-          .object({
-            maxConnections: z.number().int().min(1).max(1000).default(20),
-            maxMessagesPerConnection: z.number().int().min(1).max(100_000).default(100),
-            idleTimeoutMs: ms(10_000),
-            /**
-             * A client transaction holds one next-hop connection from MAIL FROM to its end (lockstep, as
-             * Postfix's before-queue proxy): past maxConnections a new MAIL waits this long, then gets 451.
-             */
-            acquireTimeoutMs: ms(5_000),
-          })
-          .strict()
-          .prefault({}),
-        timeouts: z
-          .object({ connectMs: ms(10_000), greetingMs: ms(10_000), socketMs: ms(30_000) })
-          .strict()
-          .prefault({}),
+        pool: smtpPool(20),
+        timeouts: smtpTimeouts,
       })
       .strict()
       .prefault({}),
@@ -398,19 +404,8 @@ export const configSchema = z
             /** AUTH user; the password is read from passFile. */
             authUser: nullableString,
             passFile: nullableString,
-            pool: z
-              .object({
-                maxConnections: z.number().int().min(1).max(1000).default(10),
-                maxMessagesPerConnection: z.number().int().min(1).max(100_000).default(100),
-                idleTimeoutMs: ms(10_000),
-                acquireTimeoutMs: ms(5_000),
-              })
-              .strict()
-              .prefault({}),
-            timeouts: z
-              .object({ connectMs: ms(10_000), greetingMs: ms(10_000), socketMs: ms(30_000) })
-              .strict()
-              .prefault({}),
+            pool: smtpPool(10),
+            timeouts: smtpTimeouts,
           })
           .strict()
           .superRefine((g, ctx) => {

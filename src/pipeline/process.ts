@@ -235,19 +235,8 @@ async function quarantine(
   signal: AbortSignal,
 ): Promise<Partial_> {
   const t0 = performance.now();
-  try {
-    await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, decision.reason, base.policies), () => msg.spool.open({ prepend: msg.trace, skip }));
-  } catch (err) {
-    deps.logger.error({ err, queryId: msg.queryId }, 'quarantine store failed');
-    return {
-      ...base,
-      reply: catalogueReply('QUARANTINE_FAILED', msg.queryId),
-      action: 'tempfail-quarantine-failed',
-      relayMs: null,
-      errorClass: 'quarantine',
-      detail: (err as Error).message,
-    };
-  }
+  const failed = await storeCopy(deps, msg, decision.reason, base, skip, 'quarantine store failed');
+  if (failed) return failed;
   if (signal.aborted) {
     // The deadline answered 451 while the store was still writing: the client keeps the message and
     // will send it again, so this copy would be a second one. Unlike a next hop, our own store can take it back.
@@ -257,6 +246,34 @@ async function quarantine(
     throw signal.reason;
   }
   return { ...base, reply: decision.reply, action: decision.label, relayMs: Math.round(performance.now() - t0) };
+}
+
+/**
+ * Stores the message (our trace line first, a cut-out loop header left out) in the quarantine; on failure the
+ * outcome to answer with (451: we must not say 250 for a message we could not keep), else null.
+ */
+async function storeCopy(
+  deps: PipelineDeps,
+  msg: MessageInput,
+  reason: string,
+  base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>,
+  skip: Array<{ start: number; end: number }>,
+  what: string,
+): Promise<Partial_ | null> {
+  try {
+    await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, reason, base.policies), () => msg.spool.open({ prepend: msg.trace, skip }));
+    return null;
+  } catch (err) {
+    deps.logger.error({ err, queryId: msg.queryId }, what);
+    return {
+      ...base,
+      reply: catalogueReply('QUARANTINE_FAILED', msg.queryId),
+      action: 'tempfail-quarantine-failed',
+      relayMs: null,
+      errorClass: 'quarantine',
+      detail: (err as Error).message,
+    };
+  }
 }
 
 function quarantineRecord(deps: PipelineDeps, msg: MessageInput, actionCode: number | null, reason: string, policies: MatchedPolicy[]): NewQuarantineRecord {
@@ -369,21 +386,8 @@ async function removeAndRelay(
     );
     return { ...held, detail: held.detail ?? err.message };
   }
-  try {
-    await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, `evidence:${decision.reason}`, base.policies), () =>
-      msg.spool.open({ prepend: msg.trace, skip }),
-    );
-  } catch (err) {
-    deps.logger.error({ err, queryId: msg.queryId }, 'quarantine store failed (evidence copy)');
-    return {
-      ...base,
-      reply: catalogueReply('QUARANTINE_FAILED', msg.queryId),
-      action: 'tempfail-quarantine-failed',
-      relayMs: null,
-      errorClass: 'quarantine',
-      detail: (err as Error).message,
-    };
-  }
+  const evidenceFailed = await storeCopy(deps, msg, `evidence:${decision.reason}`, base, skip, 'quarantine store failed (evidence copy)');
+  if (evidenceFailed) return evidenceFailed;
   const headers: Array<[string, string]> = decision.countHeader ? [...decision.headers, [decision.countHeader, String(removed.length)]] : decision.headers;
   let out: Partial_;
   try {
