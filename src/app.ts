@@ -30,6 +30,7 @@ import {
 } from './quarantine/index.js';
 import { decide, type PolicySettings } from './policy/policy.js';
 import { loopGuardFromConfig } from './policy/loop-token.js';
+import { nextHopFor } from './policy/rules.js';
 import type { PipelineDeps, VerdictHook } from './pipeline/process.js';
 import { startUcwiSim, type UcwiSim } from './engine/server.js';
 import { ClusterMetrics, Metrics, type GaugeSources, type MetricsRenderer } from './observability/metrics.js';
@@ -469,6 +470,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
     const hooks: VerdictHook[] = [cas ? (v: Parameters<VerdictHook>[0]) => casRef.current?.hook(v) ?? Promise.resolve() : undefined, opts.onVerdict].filter(
       (h): h is VerdictHook => h !== undefined,
     );
+    const gatewayPools = startGateways(c, logger, stops);
     const deps: PipelineDeps = {
       logger,
       hostname: c.smtp.hostname,
@@ -478,7 +480,7 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
       loopGuard: loopGuardFromConfig({ ...c.policy.loop, key: c.secrets.loopKey, previousKey: c.secrets.loopPreviousKey }, logger),
       dlp: ucwi,
       quarantine,
-      gateways: startGateways(c, logger, stops),
+      gateways: gatewayPools,
       onVerdict: hooks.length
         ? async (v) => {
             await Promise.all(hooks.map((h) => h(v)));
@@ -527,6 +529,11 @@ export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOpt
           ? { users: UserDb.fromFile(c.smtp.auth.usersFile!), required: c.smtp.auth.required, maxFailures: c.smtp.auth.maxFailures }
           : undefined,
         delivery: deliverer.pool ? { pool: deliverer.pool } : { outbox: deliverer.outbox! },
+        // policy.rules[].nextHop: read through deps.policy, so a reload's new rules route the next transaction.
+        routeFor: (ctx) => {
+          const name = nextHopFor(deps.policy.rules ?? [], ctx);
+          return name ? (gatewayPools.get(name) ?? null) : null;
+        },
       },
       deps,
       logger.child({ component: 'smtp' }),

@@ -309,6 +309,12 @@ export const configSchema = z
                 actions: z.record(z.string().regex(/^[1-9]$/, 'action codes are 1..9'), actionSpec).optional(),
                 unknownAction: actionSpec.optional(),
                 onDlpError: z.enum(['tempfail', 'relay', 'quarantine']).optional(),
+                /**
+                 * A gateway (by name, from `gateways`) that takes this rule's mail instead of the default next hop. Chosen at
+                 * MAIL FROM (lockstep: recipients are answered by the next hop itself), so such a rule may match only on
+                 * senders, client networks and AUTH users.
+                 */
+                nextHop: z.string().min(1).optional(),
               })
               .strict(),
           )
@@ -318,6 +324,12 @@ export const configSchema = z
             rules.forEach((r, i) => {
               if (seen.has(r.name)) ctx.addIssue({ code: 'custom', message: `rule name "${r.name}" is used twice`, path: [i, 'name'] });
               seen.add(r.name);
+              if (r.nextHop !== undefined && r.match.recipients)
+                ctx.addIssue({
+                  code: 'custom',
+                  message: 'a rule with nextHop cannot match on recipients: the next hop is chosen at MAIL FROM',
+                  path: [i, 'nextHop'],
+                });
             });
           }),
         /** Our own mail domains; cas.exemptDomains defaults to them, so CAS never blocks our own users. */
@@ -551,6 +563,8 @@ export const configSchema = z
     c.policy.rules.forEach((r, i) => {
       for (const [code, spec] of Object.entries(r.actions ?? {})) check(spec, ['policy', 'rules', i, 'actions', code]);
       check(r.unknownAction, ['policy', 'rules', i, 'unknownAction']);
+      if (r.nextHop !== undefined && !(r.nextHop in c.gateways))
+        ctx.addIssue({ code: 'custom', message: `no gateway "${r.nextHop}" in gateways`, path: ['policy', 'rules', i, 'nextHop'] });
     });
   });
 

@@ -40,6 +40,11 @@ export interface IngressOptions {
   /** SMTP AUTH (PLAIN, LOGIN) after STARTTLS; `required` refuses MAIL FROM without it. */
   auth?: { users: UserDb; required: boolean; maxFailures: number } | undefined;
   spoolDir: string;
+  /**
+   * A policy rule's own next hop for this transaction (policy.rules[].nextHop), decided at MAIL FROM from what is known
+   * then; null: the default next hop. Only consulted when a next hop is configured.
+   */
+  routeFor?: ((ctx: { sender: string; clientAddress: string; authUser: string | null }) => Pick<NextHopGroup, 'begin'> | null) | undefined;
   /** Where relayed mail goes: a next hop in lockstep, or else the local outbox. */
   delivery: { pool: NextHopGroup; outbox?: undefined } | { pool?: undefined; outbox: LocalOutbox };
 }
@@ -156,7 +161,8 @@ export class Ingress {
   private async onMail(s: SmtpSession, m: MailFromCommand): Promise<SmtpReply | void> {
     if (this.isDraining) return catalogueReply('SHUTTING_DOWN');
     const tx: ClientTransaction = { envelope: envelopeFromMail(m), rcptLog: [], nextHop: null, abort: new AbortController() };
-    const pool = this.opts.delivery.pool;
+    const pool =
+      this.opts.delivery.pool && (this.opts.routeFor?.({ sender: m.address, clientAddress: s.remoteAddress, authUser: s.user }) ?? this.opts.delivery.pool);
     if (!pool) {
       this.txs.set(s, tx);
       return;

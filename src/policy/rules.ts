@@ -24,6 +24,8 @@ export interface PolicyRuleConfig {
   actions?: Readonly<Record<string, ActionSpec>> | undefined;
   unknownAction?: ActionSpec | undefined;
   onDlpError?: PolicySettings['onDlpError'] | undefined;
+  /** A gateway name: this rule's mail goes there instead of the default next hop (see nextHopFor). */
+  nextHop?: string | undefined;
 }
 
 /** What a message is matched on. */
@@ -78,6 +80,16 @@ export function ruleMatches(rule: PolicyRuleConfig, ctx: RuleContext): boolean {
 /** The first rule that matches, or null (the default table applies). */
 export function selectRule(rules: readonly PolicyRuleConfig[], ctx: RuleContext): PolicyRuleConfig | null {
   return rules.find((r) => ruleMatches(r, ctx)) ?? null;
+}
+
+/**
+ * The next hop for a transaction, known at MAIL FROM: the first rule that matches on what is known then (sender,
+ * client, AUTH user) decides, by its nextHop or by having none (the default next hop). Rules that match on recipients
+ * are passed over here, since recipients are not known yet (and cannot carry a nextHop).
+ */
+export function nextHopFor(rules: readonly PolicyRuleConfig[], ctx: Omit<RuleContext, 'recipients'>): string | null {
+  const rule = rules.find((r) => !r.match.recipients && ruleMatches(r, { ...ctx, recipients: [] }));
+  return rule?.nextHop ?? null;
 }
 
 /** The settings one message is judged under: the defaults with the first matching rule's settings over them. */
