@@ -82,6 +82,7 @@ beforeAll(async () => {
       });
     },
   });
+  server.on('error', () => {}); // a client that drops mid-session is part of these tests
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   port = (server.server.address() as AddressInfo).port;
 
