@@ -1,51 +1,40 @@
 // Composition root: builds every part from the frozen config, starts them in order, and stops them in reverse.
-import { CATALOGUE } from './errors.js';
-import { randomBytes, randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { readFileSync } from 'node:fs';
-import { access, constants, mkdir } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { FrozenConfig } from './config/load.js';
-import { UcwiClient, type UcwiObserver } from './dlp/client.js';
+import { UcwiClient } from './dlp/client.js';
 import { Ingress } from './ingress/server.js';
 import { UserDb } from './ingress/auth.js';
 import { recoverStores } from './recovery/startup.js';
-import { ensurePortsFree, listenNamed, type PlannedListener } from './util/listeners.js';
-import { NextHopPool, type DeliveryReport, type NextHopOptions } from './egress/pool.js';
-import { NextHopGroup, type NextHopEndpoint } from './egress/next-hops.js';
-import type { UcwiEndpoint } from './dlp/client.js';
-import type { Envelope } from './smtp/envelope.js';
-import { LocalOutbox } from './egress/outbox.js';
-import {
-  createQuarantineStore,
-  startRetention,
-  createNotifier,
-  type QuarantineStore,
-  type OperationsContext,
-  type DeliverFn,
-  type RescanFn,
-  type Notifier,
-} from './quarantine/index.js';
-import { decide, type PolicySettings } from './policy/policy.js';
+import { ensurePortsFree, listenNamed } from './util/listeners.js';
+import { createNotifier, type QuarantineStore, type Notifier } from './quarantine/index.js';
 import { loopGuardFromConfig } from './policy/loop-token.js';
 import { nextHopFor } from './policy/rules.js';
 import type { PipelineDeps, VerdictHook } from './pipeline/process.js';
-import { startUcwiSim, type UcwiSim } from './engine/server.js';
-import { ClusterMetrics, Metrics, type GaugeSources, type MetricsRenderer } from './observability/metrics.js';
-import { createReadiness, type ReadyReport } from './observability/health.js';
-import { createAdminServer } from './admin/server.js';
-import { registerOpsRoutes } from './admin/ops-routes.js';
-import { registerQuarantineRoutes } from './admin/quarantine-routes.js';
+import { ClusterMetrics, Metrics } from './observability/metrics.js';
+import { type ReadyReport } from './observability/health.js';
 import { startCas, type CasParts } from './cas/wiring.js';
-import { registerDaemonRoutes, type DaemonRouteDeps, type StatusReport } from './admin/daemon-routes.js';
-import { startConsole, startReviewerDigest } from './console/index.js';
+import { type DaemonRouteDeps, type StatusReport } from './admin/daemon-routes.js';
+import { startReviewerDigest } from './console/index.js';
 import type { ReviewerDigest } from './console/reviewer-digest.js';
 import { ConfirmLinks } from './console/confirm.js';
 import { setLogLevel } from './observability/logger.js';
 import { Reloader, type ReloadReport, cannotReload } from './reload.js';
-import { VERSION } from './version.js';
+import { openStores, openClients, retentionFor, startAdmin, plannedListeners, statusOf, runStops } from './app-parts.js';
+import { policySettings, startGateways, type AppDeliverer } from './clients.js';
+// Part of this module's API before the outward-facing parts moved to clients.ts.
+export {
+  nextHopEndpoints,
+  ucwiEndpoints,
+  nextHopOptions,
+  gatewayOptions,
+  policySettings,
+  createDeliverer,
+  createUcwiClient,
+  quarantineOps,
+  type AppDeliverer,
+} from './clients.js';
 
 export interface RunningRelay {
   smtp: { host: string; port: number };
@@ -82,348 +71,6 @@ export interface StartOptions {
   worker?: { index: number };
   /** Clock of the reviewer digest's schedule; tests pass a fake one instead of waiting hours. */
   clock?: () => Date;
-}
-
-/** The next hops: nextHop.endpoints, or the single host/port (priority 10); empty when mail goes to the outbox. */
-export function nextHopEndpoints(c: FrozenConfig): NextHopEndpoint[] {
-  const n = c.nextHop;
-  if (n.endpoints.length) return n.endpoints.map((e) => ({ host: e.host, port: e.port ?? n.port, priority: e.priority }));
-  return n.host ? [{ host: n.host, port: n.port, priority: 10 }] : [];
-}
-
-/** ucwi.url as a list of servers (priority 10 where none is given), or null for the embedded engine. */
-export function ucwiEndpoints(c: FrozenConfig): UcwiEndpoint[] | null {
-  const u = c.ucwi.url;
-  if (u === null) return null;
-  return (typeof u === 'string' ? [u] : u).map((e) => (typeof e === 'string' ? { url: e, priority: 10 } : { url: e.url, priority: e.priority }));
-}
-
-export function nextHopOptions(c: FrozenConfig): Omit<NextHopOptions, 'host' | 'port'> {
-  const n = c.nextHop;
-  return {
-    secure: n.secure,
-    starttls: n.starttls,
-    tls: {
-      rejectUnauthorized: n.tls.rejectUnauthorized,
-      ...(n.tls.caFile ? { ca: readFileSync(n.tls.caFile) } : {}),
-      ...(n.tls.servername ? { servername: n.tls.servername } : {}),
-    },
-    ...(n.authUser && c.secrets.nextHopPass ? { auth: { user: n.authUser, pass: c.secrets.nextHopPass } } : {}),
-    heloName: c.smtp.hostname,
-    pool: { ...n.pool },
-    // The final reply is bounded by the message's own deadline (limits.dataDeadlineMs).
-    timeouts: { ...n.timeouts, dataDoneMs: c.limits.dataDeadlineMs },
-  };
-}
-
-/** One NextHopPool per encryption gateway: TLS always required and verified (never a relay in clear). */
-export function gatewayOptions(c: FrozenConfig, name: string): NextHopOptions {
-  const g = c.gateways[name];
-  if (!g) throw new Error(`no gateway "${name}"`);
-  return {
-    host: g.host,
-    port: g.port,
-    secure: g.secure,
-    starttls: g.secure ? 'off' : 'required',
-    tls: {
-      rejectUnauthorized: true,
-      ...(g.tls.caFile ? { ca: readFileSync(g.tls.caFile) } : {}),
-      ...(g.tls.servername ? { servername: g.tls.servername } : {}),
-    },
-    ...(g.authUser && g.passFile ? { auth: { user: g.authUser, pass: readFileSync(g.passFile, 'utf8').trim() } } : {}),
-    heloName: c.smtp.hostname,
-    pool: { ...g.pool },
-    timeouts: { ...g.timeouts, dataDoneMs: c.limits.dataDeadlineMs },
-  };
-}
-
-function startGateways(c: FrozenConfig, logger: Logger, stops: Array<() => Promise<unknown>>): Map<string, NextHopPool> {
-  const pools = new Map<string, NextHopPool>();
-  for (const name of Object.keys(c.gateways)) {
-    const pool = new NextHopPool(gatewayOptions(c, name), logger.child({ component: 'gateway', gateway: name }));
-    pools.set(name, pool);
-    stops.push(() => pool.close());
-  }
-  return pools;
-}
-
-export function policySettings(c: FrozenConfig): PolicySettings {
-  return c.policy;
-}
-
-/**
- * Delivery outside a client session (quarantine releases, notices) and readiness, plus the parts
- * ingress uses for live transactions: the next-hop pool, or the local outbox when none is configured.
- */
-export interface AppDeliverer {
-  kind: 'next-hop' | 'outbox';
-  describe: string;
-  deliver(env: Envelope, open: () => Readable, signal: AbortSignal): Promise<DeliveryReport>;
-  verify(signal: AbortSignal): Promise<void | string>;
-  close(): Promise<void>;
-  pool: NextHopGroup | null;
-  outbox: LocalOutbox | null;
-}
-
-/** The deliverer for accepted mail: the next hop when configured, else the local outbox directory. */
-export function createDeliverer(c: FrozenConfig, logger: Logger): AppDeliverer {
-  const hops = nextHopEndpoints(c);
-  if (hops.length) {
-    const pool = new NextHopGroup(hops, nextHopOptions(c), logger.child({ component: 'egress' }), { ...c.nextHop.backoff });
-    return {
-      kind: 'next-hop',
-      describe: pool.describe,
-      deliver: (env, open, signal) => pool.deliver(env, open, signal),
-      verify: (signal) => pool.verify(signal),
-      close: () => pool.close(),
-      pool,
-      outbox: null,
-    };
-  }
-  const outbox = new LocalOutbox(c.outbox.dir);
-  return {
-    kind: 'outbox',
-    describe: `local outbox ${c.outbox.dir}`,
-    async deliver(env, open, signal): Promise<DeliveryReport> {
-      const { path } = await outbox.deliver(env, open, randomUUID(), signal);
-      const response = `${CATALOGUE.OUTBOX_STORED.code} ${CATALOGUE.OUTBOX_STORED.enhanced} stored ${path}`;
-      return { response, recipients: env.to.map((r) => ({ address: r.address, status: 'accepted', code: 250, response })) };
-    },
-    async verify() {
-      await mkdir(c.outbox.dir, { recursive: true });
-      await access(c.outbox.dir, constants.W_OK);
-    },
-    close: async () => {},
-    pool: null,
-    outbox,
-  };
-}
-
-/** Starts the embedded engine when no UCWI URL is configured, and returns the client either way. */
-export async function createUcwiClient(
-  c: FrozenConfig,
-  logger: Logger,
-  observer?: ConstructorParameters<typeof UcwiClient>[2],
-): Promise<{ client: UcwiClient; sim: UcwiSim | null; baseUrl: string }> {
-  let sim: UcwiSim | null = null;
-  const servers = ucwiEndpoints(c);
-  let baseUrl = servers?.map((e) => e.url).join(', ') ?? null;
-  let accessKey = c.secrets.ucwiAccessKey ?? '';
-  let secretKey = c.secrets.ucwiSecretKey ?? '';
-  if (!baseUrl) {
-    // A key pair made up for this process: the trial path goes through the real client and real auth.
-    accessKey = `embedded-${randomBytes(6).toString('hex')}`;
-    secretKey = randomBytes(24).toString('hex');
-    sim = await startUcwiSim({
-      host: c.embeddedDlp.host,
-      port: c.embeddedDlp.port,
-      accessKey,
-      secretKey,
-      policiesFile: c.embeddedDlp.policiesFile,
-      logger: logger.child({ embeddedDlp: true }),
-    });
-    baseUrl = sim.url;
-  }
-  const client = new UcwiClient(
-    {
-      baseUrl: servers ?? baseUrl,
-      backoff: { ...c.ucwi.backoff },
-      protocol: c.ucwi.protocol,
-      accessKey,
-      secretKey,
-      tls: { ...c.ucwi.tls },
-      timeouts: { ...c.ucwi.timeouts },
-      maxConcurrent: c.ucwi.maxConcurrent,
-      queueTimeoutMs: c.ucwi.queueTimeoutMs,
-      keepAliveMs: c.ucwi.keepAliveMs,
-    },
-    logger.child({ component: 'ucwi' }),
-    observer,
-  );
-  return { client, sim, baseUrl };
-}
-
-/** Release and re-scan for quarantine operations, shared by the admin API and the CLI. */
-export function quarantineOps(c: FrozenConfig, store: QuarantineStore, deliverer: AppDeliverer, ucwi: UcwiClient, logger: Logger): OperationsContext {
-  const deliver: DeliverFn = (env, open, signal) => deliverer.deliver(env, open, signal);
-  // A release re-scan judges as if enforcing: monitor mode must not wave a held message through.
-  const rescan: RescanFn = async (record, open, signal) => {
-    const queryId = randomUUID();
-    const r = await ucwi.inspect(
-      { queryId, sender: record.envelope.from, recipients: record.envelope.to.map((t) => t.address), md5: record.md5, size: record.size, openMessage: open },
-      signal,
-    );
-    const d = decide(
-      r.ok
-        ? { kind: 'verdict', actionCode: r.actionCode }
-        : { kind: 'error', errorClass: r.errorClass, ...(r.actionCode !== undefined ? { actionCode: r.actionCode } : {}) },
-      queryId,
-      { ...policySettings(c), mode: 'enforce' },
-    );
-    return {
-      actionCode: r.ok ? r.actionCode : null,
-      allow: d.action === 'relay',
-      detail: r.ok ? `re-scan ${queryId}: actionCode ${r.actionCode} → ${d.label}` : `re-scan ${queryId} failed: ${r.errorClass}`,
-    };
-  };
-  return { store, logger: logger.child({ component: 'quarantine-ops' }), deliver, rescan };
-}
-
-/** Quarantine store and CAS parts (with their metric sources), shared by a relay and a cluster supervisor. */
-async function openStores(
-  c: FrozenConfig,
-  logger: Logger,
-  stops: Array<() => Promise<unknown>>,
-  opts: { quarantine?: QuarantineStore | undefined; casPusher: boolean },
-): Promise<{ quarantine: QuarantineStore; cas: CasParts | null; casRef: { current: CasParts | null }; sources: GaugeSources }> {
-  const quarantine = opts.quarantine ?? createQuarantineStore({ dir: c.quarantine.dir, url: c.quarantine.url }, logger.child({ component: 'quarantine' }));
-  await quarantine.init();
-  stops.push(() => quarantine.close());
-  const cas = c.cas.enabled ? await startCas(c, logger, { pusher: opts.casPusher }) : null;
-  // A reload may replace the CAS parts; readers go through the reference.
-  const casRef = { current: cas };
-  stops.push(async () => casRef.current?.stop());
-  // The quarantine gauge reads the store at scrape time; cache it so scrapes stay cheap.
-  let heldCache: { at: number; n: number } | null = null;
-  const sources: GaugeSources = {
-    quarantineSize: async () => {
-      if (heldCache && Date.now() - heldCache.at < 30_000) return heldCache.n;
-      let n = 0;
-      let cursor: string | null = null;
-      // Bounded walk: the gauge is an operator's overview, not an audit; 20 pages of 500 at most.
-      for (let i = 0; i < 20; i++) {
-        const page = await quarantine.list({ status: 'held', limit: 500, ...(cursor ? { cursor } : {}) });
-        n += page.items.length;
-        cursor = page.nextCursor;
-        if (!cursor) break;
-      }
-      heldCache = { at: Date.now(), n };
-      return n;
-    },
-    ...(cas ? { casOutbox: () => casRef.current!.outbox.stats() } : {}),
-  };
-  return { quarantine, cas, casRef, sources };
-}
-
-/** UCWI client (and the embedded engine when no URL is set), the deliverer, and the quarantine operations built on them. */
-async function openClients(
-  c: FrozenConfig,
-  logger: Logger,
-  stops: Array<() => Promise<unknown>>,
-  quarantine: QuarantineStore,
-  observer?: UcwiObserver,
-): Promise<{ ucwi: UcwiClient; sim: UcwiSim | null; baseUrl: string; deliverer: AppDeliverer; ops: OperationsContext }> {
-  const { client: ucwi, sim, baseUrl } = await createUcwiClient(c, logger, observer);
-  stops.push(() => ucwi.close());
-  if (sim) stops.push(() => sim.close());
-  const deliverer = createDeliverer(c, logger);
-  stops.push(() => deliverer.close());
-  // One operations context (delivery + re-scan) for sender notices and the admin API.
-  const ops = quarantineOps(c, quarantine, deliverer, ucwi, logger);
-  return { ucwi, sim, baseUrl, deliverer, ops };
-}
-
-function retentionFor(c: FrozenConfig, quarantine: QuarantineStore, logger: Logger): () => Promise<void> {
-  return startRetention(
-    quarantine,
-    { days: c.quarantine.retentionDays, intervalMs: c.quarantine.retentionIntervalMs },
-    logger.child({ component: 'retention' }),
-  );
-}
-
-/** The admin listener: health, readiness, metrics and the quarantine API. */
-async function startAdmin(
-  c: FrozenConfig,
-  logger: Logger,
-  stops: Array<() => Promise<unknown>>,
-  parts: {
-    metrics: MetricsRenderer;
-    ucwi: UcwiClient;
-    deliverer: AppDeliverer;
-    quarantine: QuarantineStore;
-    ops: OperationsContext;
-    draining: () => boolean;
-    spoolDir: string;
-    daemon: (readiness: () => Promise<ReadyReport>) => DaemonRouteDeps;
-    confirm?: ConfirmLinks | null;
-  },
-): Promise<RunningRelay['admin']> {
-  if (!c.admin.enabled) return null;
-  const token = c.secrets.adminToken;
-  // Without a configured token the API answers 401 to everyone (nobody knows this random one); health still works.
-  const admin = createAdminServer({
-    host: c.admin.host,
-    port: c.admin.port,
-    token: token ?? randomBytes(32).toString('hex'),
-    logger: logger.child({ component: 'admin' }),
-  });
-  const { ucwi, deliverer, quarantine } = parts;
-  const readiness = createReadiness({
-    ucwi: (signal) => ucwi.probe(signal),
-    [deliverer.kind === 'next-hop' ? 'nextHop' : 'outbox']: (signal) => deliverer.verify(signal),
-    quarantine: () => quarantine.checkWritable(),
-    spool: async () => {
-      await access(parts.spoolDir, constants.W_OK);
-    },
-  });
-  registerOpsRoutes(admin, { metrics: parts.metrics, readiness, draining: parts.draining });
-  registerQuarantineRoutes(admin, parts.ops);
-  registerDaemonRoutes(admin, parts.daemon(readiness));
-  startConsole(admin, c, parts.ops, logger.child({ component: 'console' }), parts.confirm);
-  const a = await listenNamed('admin', c.admin.host, c.admin.port, () => admin.listen());
-  parts.confirm?.useOrigin(a.url);
-  stops.push(() => admin.close());
-  return { ...a, apiEnabled: token !== null };
-}
-
-/** The fixed ports this process will bind, named as in the bind errors. */
-function plannedListeners(c: FrozenConfig): PlannedListener[] {
-  return [{ name: 'SMTP', host: c.listen.host, port: c.listen.port }, ...(c.admin.enabled ? [{ name: 'admin', host: c.admin.host, port: c.admin.port }] : [])];
-}
-
-/** The status report's parts common to a relay and a cluster supervisor. */
-async function statusOf(
-  startedAt: Date,
-  parts: {
-    configFile: string | undefined;
-    draining: boolean;
-    sessions: number | null;
-    ucwi: UcwiClient;
-    ucwiUrl: string;
-    readiness: () => Promise<ReadyReport>;
-    sources: GaugeSources;
-    lastReload: ReloadReport | null;
-  },
-): Promise<StatusReport> {
-  const { quarantineSize, casOutbox: casStats } = parts.sources;
-  const [readiness, held, casOutbox] = await Promise.all([
-    parts.readiness(),
-    quarantineSize ? Promise.resolve(quarantineSize()).catch(() => null) : null,
-    casStats
-      ? Promise.resolve(casStats())
-          .then((s) => ({ done: 0, ...s }))
-          .catch(() => null)
-      : null,
-  ]);
-  return {
-    version: VERSION,
-    pid: process.pid,
-    startedAt: startedAt.toISOString(),
-    uptimeS: Math.round((Date.now() - startedAt.getTime()) / 1000),
-    configFile: parts.configFile ?? null,
-    draining: parts.draining,
-    sessions: parts.sessions,
-    ucwi: { url: parts.ucwiUrl, inFlight: parts.ucwi.inFlight, waiting: parts.ucwi.waiting, outage: parts.ucwi.outageState },
-    readiness,
-    held,
-    casOutbox,
-    lastReload: parts.lastReload,
-  };
-}
-
-/** Undoes what was started, newest first, logging (not throwing) what fails. */
-async function runStops(stops: Array<() => Promise<unknown>>, logger: Logger | null): Promise<void> {
-  for (const stop of stops.reverse()) await stop().catch((err: unknown) => logger?.warn({ err }, 'error while stopping'));
 }
 
 export async function startRelay(c: FrozenConfig, logger: Logger, opts: StartOptions = {}): Promise<RunningRelay> {
