@@ -4,6 +4,8 @@ import { createServer, type Server, type Socket } from 'node:net';
 export interface HopScript {
   /** Reply to MAIL FROM; default '250 2.1.0 Ok'. */
   mail?: (line: string) => string;
+  /** Delay before the reply to MAIL FROM (a slow next hop). */
+  mailDelayMs?: number;
   /** Reply to a RCPT TO line; default '250 2.1.5 Ok'. A reply starting with 421 also closes the connection. */
   rcpt?: (address: string, line: string) => string;
   /** Reply after the final dot; default '250 2.0.0 Ok: queued as HOP<n>'. */
@@ -68,7 +70,11 @@ export async function startScriptHop(script: HopScript = {}): Promise<ScriptHop>
           const kw = hop.script.ehlo ?? ['PIPELINING', '8BITMIME', 'SMTPUTF8', 'DSN', 'ENHANCEDSTATUSCODES', 'SIZE 104857600'];
           sock.write(['hop.test', ...kw].map((k, i, a) => `250${i === a.length - 1 ? ' ' : '-'}${k}`).join('\r\n') + '\r\n');
         } else if (verb === 'HELO') sock.write('250 hop.test\r\n');
-        else if (verb === 'MAIL') sock.write(`${hop.script.mail?.(line) ?? '250 2.1.0 Ok'}\r\n`);
+        else if (verb === 'MAIL') {
+          const reply = `${hop.script.mail?.(line) ?? '250 2.1.0 Ok'}\r\n`;
+          if (hop.script.mailDelayMs) setTimeout(() => sock.write(reply), hop.script.mailDelayMs);
+          else sock.write(reply);
+        }
         else if (verb === 'RCPT') {
           const address = /<([^>]*)>/.exec(line)?.[1] ?? '';
           const reply = hop.script.rcpt?.(address, line) ?? '250 2.1.5 Ok';

@@ -120,6 +120,18 @@ describe('the next hop never sees DATA unless the verdict is relay', () => {
     expect(hop.count('DATA')).toBe(0);
   });
 
+  it('a client that leaves while the next hop is still answering MAIL leaves no transaction open there', async () => {
+    const { chain, hop } = await withHop({ mailDelayMs: 300 });
+    const s = await SmtpSession.connect(chain.port);
+    await s.cmd('EHLO client.example.test');
+    s.send('MAIL FROM:<alice@example.test>\r\n');
+    s.close();
+    // The hop's 250 arrives after the client is gone: the relay must reset the transaction it just opened.
+    await eventually(() => hop.count('RSET') === 1);
+    expect(hop.count('RCPT')).toBe(0);
+    expect(chain.relay.deliverer.pool?.busy ?? 0).toBe(0);
+  });
+
   it('a DLP reject (actionCode 2) resets the next hop: 550 to the client, DATA never sent', async () => {
     const { chain, hop } = await withHop();
     const s = await SmtpSession.connect(chain.port);
