@@ -74,8 +74,7 @@ export async function startScriptHop(script: HopScript = {}): Promise<ScriptHop>
           const reply = `${hop.script.mail?.(line) ?? '250 2.1.0 Ok'}\r\n`;
           if (hop.script.mailDelayMs) setTimeout(() => sock.write(reply), hop.script.mailDelayMs);
           else sock.write(reply);
-        }
-        else if (verb === 'RCPT') {
+        } else if (verb === 'RCPT') {
           const address = /<([^>]*)>/.exec(line)?.[1] ?? '';
           const reply = hop.script.rcpt?.(address, line) ?? '250 2.1.5 Ok';
           sock.write(`${reply}\r\n`);
