@@ -12,11 +12,15 @@ export function ucwiSignature(secretKey: string, timestamp: string): string {
     .digest('hex');
 }
 
-/** The two headers every UCWI call carries, computed fresh for `nowMs`. */
+/** The last signature made: the timestamp has one-second resolution, so a busy relay signs once a second, not once a message. */
+let last: { secretKey: string; timestamp: string; signature: string } | null = null;
+
+/** The two headers every UCWI call carries, for `nowMs` (the signature is reused within the same second). */
 export function ucwiAuthHeaders(accessKey: string, secretKey: string, nowMs = Date.now()): Record<string, string> {
   const timestamp = Math.floor(nowMs / 1000).toString();
+  if (last?.timestamp !== timestamp || last.secretKey !== secretKey) last = { secretKey, timestamp, signature: ucwiSignature(secretKey, timestamp) };
   return {
     'x-skg-timestamp': timestamp,
-    authorization: `SKG ${accessKey}:${ucwiSignature(secretKey, timestamp)}`,
+    authorization: `SKG ${accessKey}:${last.signature}`,
   };
 }

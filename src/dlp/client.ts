@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { ucwiAuthHeaders } from './auth.js';
 import { parseUcwiResponse, type DlpParsed, type DlpErrorClass } from './parse.js';
 import { Semaphore } from '../util/semaphore.js';
+import { deadline } from '../util/deadline.js';
 import { OutageLog, type OutageState } from '../observability/outage.js';
 import { EndpointSet, type BackoffOptions, type Endpoint, type EndpointStatus } from '../egress/endpoints.js';
 
@@ -135,8 +136,8 @@ export class UcwiClient {
   /** Asks UCWI for a verdict. Resolves with either a verdict or a classified failure, within the deadline. */
   async inspect(req: InspectRequest, outer?: AbortSignal): Promise<InspectResult> {
     const started = performance.now();
-    const deadline = AbortSignal.timeout(this.opts.timeouts.deadlineMs);
-    const signal = outer ? AbortSignal.any([outer, deadline]) : deadline;
+    const limit = deadline(this.opts.timeouts.deadlineMs, outer);
+    const signal = limit.signal;
     this.observer.onStart?.();
     let result: InspectResult;
     try {
@@ -144,6 +145,8 @@ export class UcwiClient {
       result = { ...parsed, elapsedMs: Math.round(performance.now() - started) };
     } catch (err) {
       result = { ...this.classify(err, signal), elapsedMs: Math.round(performance.now() - started) };
+    } finally {
+      limit.dispose();
     }
     if (result.ok) this.outage.success();
     else if (OUTAGE_CLASSES.has(result.errorClass)) this.outage.failure(result.errorClass, result.detail);
@@ -152,13 +155,18 @@ export class UcwiClient {
   }
 
   private async call(req: InspectRequest, signal: AbortSignal): Promise<DlpParsed> {
-    let release: () => void;
-    try {
-      // The queue wait has its own bound, so an overload shows up as "saturated", not as a timeout of the call.
-      const queueSignal = this.opts.queueTimeoutMs ? AbortSignal.any([signal, AbortSignal.timeout(this.opts.queueTimeoutMs)]) : signal;
-      release = await this.slots.acquire(queueSignal);
-    } catch {
-      return { ok: false, errorClass: 'saturated', detail: `no free UCWI slot within the deadline (${this.opts.maxConcurrent} in flight)` };
+    // A free slot is taken at once; only a real wait pays for its own bound. The queue wait has its own bound,
+    // so an overload shows up as "saturated", not as a timeout of the call.
+    let release = this.slots.tryAcquire();
+    if (!release) {
+      const queue = deadline(this.opts.queueTimeoutMs || null, signal);
+      try {
+        release = await this.slots.acquire(queue.signal);
+      } catch {
+        return { ok: false, errorClass: 'saturated', detail: `no free UCWI slot within the deadline (${this.opts.maxConcurrent} in flight)` };
+      } finally {
+        queue.dispose();
+      }
     }
     try {
       return await this.callServers(req, signal);

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { SmtpClient, SmtpClientError, type Reply, type SmtpClientOptions } from '../smtp/client.js';
 import type { Envelope } from '../smtp/envelope.js';
 import { OutageLog } from '../observability/outage.js';
+import { deadline, type Deadline } from '../util/deadline.js';
 import { DeliveryError, fromClientError, mailParamsFor, rcptParamsFor } from './next-hop-errors.js';
 
 export interface NextHopOptions {
@@ -343,8 +344,8 @@ export class NextHopPool {
 export class NextHopTransaction {
   /** 'sending': data() is running (DATA, the message, the final reply); only abort() may cut in. */
   private state: 'open' | 'broken' | 'sending' | 'done' = 'open';
-  /** Fired by abort() while data() runs: the message transfer stops and the connection is dropped. */
-  private readonly stop = new AbortController();
+  /** Made by data(), fired by abort() while it runs: the message transfer stops and the connection is dropped. */
+  private stop: Deadline | null = null;
   accepted = 0;
 
   constructor(
@@ -382,8 +383,9 @@ export class NextHopTransaction {
       throw new DeliveryError('next-hop transaction is no longer open', { kind: 'transient', phase: 'data' });
     }
     this.state = 'sending';
+    const stop = (this.stop = deadline(null, signal));
     try {
-      const { dataReply, final } = await this.conn.client.data(open(), AbortSignal.any([signal, this.stop.signal]));
+      const { dataReply, final } = await this.conn.client.data(open(), stop.signal);
       this.state = 'done';
       if (final === null && dataReply.code !== 421) {
         // DATA refused: the next hop still holds MAIL and RCPT; RSET before the connection serves again.
@@ -397,6 +399,8 @@ export class NextHopTransaction {
       this.state = 'done';
       this.pool.release(this.conn, false);
       throw fromClientError(err, 'data');
+    } finally {
+      stop.dispose();
     }
   }
 
@@ -418,7 +422,7 @@ export class NextHopTransaction {
     if (this.state === 'done') return;
     if (this.state === 'sending') {
       // data() is waiting on the connection: the abort makes it fail, drop the socket and release it.
-      this.stop.abort();
+      this.stop?.abort();
       return;
     }
     this.state = 'done';

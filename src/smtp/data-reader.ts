@@ -69,8 +69,23 @@ export class DataDecoder {
       this.violation = kind;
     };
 
+    // Where the next CR and LF are: ordinary runs between them are counted in one step (see skipRun).
+    let nextCR = -1;
+    let nextLF = -1;
     for (let i = 0; i < chunk.length; i++) {
       const b = chunk[i]!;
+      if (this.dotState === 0 && b !== CR && b !== LF && this.p1 !== START && this.p1 !== CR && this.p1 !== LF) {
+        // Mid-line: nothing but the size and line limits can happen before the next CR or LF, so the whole
+        // run up to it is accounted at once instead of byte by byte (most of a message's bytes).
+        if (nextCR < i) nextCR = indexOrEnd(chunk, CR, i);
+        if (nextLF < i) nextLF = indexOrEnd(chunk, LF, i);
+        const end = nextCR < nextLF ? nextCR : nextLF;
+        this.countRun(i, end, violate);
+        this.p2 = end - i >= 2 ? chunk[end - 2]! : this.p1;
+        this.p1 = chunk[end - 1]!;
+        i = end - 1;
+        continue;
+      }
       if (this.rejectBare && ((this.p1 === CR && b !== LF) || (b === LF && this.p1 !== CR))) violate('bare', i);
 
       if (this.dotState === 2) {
@@ -111,6 +126,18 @@ export class DataDecoder {
     return { data: out, ended: false, rest: null };
   }
 
+  /** Accounts the ordinary bytes [from, to) of a line (no CR or LF among them), exactly as count() would one by one. */
+  private countRun(from: number, to: number, violate: (kind: DataViolation, at: number) => void): void {
+    const n = to - from;
+    // The first byte that breaks each limit; the earlier one wins (size on a tie, as in count()).
+    const sizeAt = this.maxBytes > 0 && this.bytes + n > this.maxBytes ? from + Math.max(0, this.maxBytes - this.bytes) : to;
+    const lineAt = this.maxLine > 0 && this.lineLen + n > this.maxLine ? from + Math.max(0, this.maxLine - this.lineLen) : to;
+    if (sizeAt < to && sizeAt <= lineAt) violate('size', sizeAt);
+    else if (lineAt < to) violate('line', lineAt);
+    this.bytes += n;
+    this.lineLen += n;
+  }
+
   /** Accounts one emitted byte against the size and line limits. */
   private count(b: number, at: number, violate: (kind: DataViolation, at: number) => void): void {
     this.bytes++;
@@ -121,6 +148,12 @@ export class DataDecoder {
       violate('line', at);
     }
   }
+}
+
+/** Position of the next `byte` at or after `from`, or the chunk's length when there is none. */
+function indexOrEnd(chunk: Buffer, byte: number, from: number): number {
+  const at = chunk.indexOf(byte, from);
+  return at < 0 ? chunk.length : at;
 }
 
 /** Client-side transparency matching DataDecoder exactly: doubles every '.' after CR, LF or at the start. */

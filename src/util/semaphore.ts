@@ -11,6 +11,13 @@ export class Semaphore {
     return this.waiters.length;
   }
 
+  /** A slot now, or null when all are taken (no waiting, no allocation beyond the releaser). */
+  tryAcquire(): (() => void) | null {
+    if (this.active >= this.max) return null;
+    this.active++;
+    return this.releaser();
+  }
+
   async acquire(signal?: AbortSignal): Promise<() => void> {
     if (signal?.aborted) throw signal.reason ?? new Error('aborted');
     if (this.active < this.max) {

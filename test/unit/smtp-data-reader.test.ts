@@ -102,6 +102,31 @@ describe('DataDecoder', () => {
     }
   });
 
+  it('counts long lines in one step exactly as byte by byte: same bytes, limit, violation and rest under any chunking', () => {
+    // One byte per write never takes the run fast path past its first byte, so it is the byte-by-byte reference.
+    const alphabet = [13, 10, 46, 65, 66, 32];
+    for (let seed = 1; seed <= 600; seed++) {
+      const r = rng(seed);
+      const len = Math.floor(r() * 400);
+      const raw = Buffer.alloc(len);
+      // Mostly long ordinary runs, with line endings, dots and bare CR/LF sprinkled in.
+      for (let i = 0; i < len; i++) raw[i] = r() < 0.1 ? alphabet[Math.floor(r() * alphabet.length)]! : 97 + Math.floor(r() * 26);
+      const wire = Buffer.concat([raw, Buffer.from(r() < 0.7 ? '\r\n.\r\nQUIT\r\n' : '')]);
+      const opts: Partial<DataDecoderOptions> = {
+        maxMessageBytes: r() < 0.5 ? 0 : Math.floor(r() * 300),
+        maxLineBytes: r() < 0.5 ? 0 : 1 + Math.floor(r() * 60),
+        rejectBareLineEndings: r() < 0.3,
+      };
+      const ref = decode(wire, [1], opts);
+      const sizes = Array.from({ length: 5 }, () => 1 + Math.floor(r() * 200));
+      const got = decode(wire, sizes, opts);
+      const at = `seed ${seed}`;
+      expect(got.message.equals(ref.message), at).toBe(true);
+      expect(got.after.equals(ref.after), at).toBe(true);
+      expect([got.d.violation, got.d.bytes, got.d.ended], at).toEqual([ref.d.violation, ref.d.bytes, ref.d.ended]);
+    }
+  });
+
   it('stops emitting past maxMessageBytes but still finds the end', () => {
     const body = Buffer.from('x'.repeat(100) + '\r\n');
     const { message, after, d } = decode(Buffer.concat([body, Buffer.from('.\r\nRSET\r\n')]), [7], { maxMessageBytes: 50 });
