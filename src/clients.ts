@@ -79,6 +79,7 @@ export function startGateways(c: FrozenConfig, logger: Logger, stops: Array<() =
   return pools;
 }
 
+/** The policy layer's settings are the config's policy part as the schema parsed it: no conversion, no cast. */
 export function policySettings(c: FrozenConfig): PolicySettings {
   return c.policy;
 }
