@@ -2,7 +2,14 @@
 import { Pool } from 'undici';
 import { setTimeout as sleepTimer } from 'node:timers/promises';
 import type { Logger } from '../observability/logger.js';
-import { CAS_REGION_HOSTS, type CasRegion, type CasRateSettings, type CasRetrySettings, type CasTimeoutSettings } from '../config/cas-schema.js';
+import {
+  CAS_REGION_HOSTS,
+  DEFAULT_CAS_SETTINGS,
+  type CasRegion,
+  type CasRateSettings,
+  type CasRetrySettings,
+  type CasTimeoutSettings,
+} from '../config/cas-schema.js';
 import type { CasRuleAction, CasRules, CasList } from './items.js';
 import { CAS_LISTS } from './items.js';
 import type { MitigationItem } from './validate.js';
@@ -54,9 +61,6 @@ export interface CasClientOptions {
   maxResponseBytes?: number;
 }
 
-const DEFAULT_RETRY: CasRetrySettings = { maxAttempts: 5, baseMs: 2_000, maxMs: 32_000, totalMs: 180_000 };
-const DEFAULT_TIMEOUTS: CasTimeoutSettings = { connectMs: 10_000, headersMs: 30_000, bodyMs: 30_000, requestMs: 60_000 };
-
 /** Base URL from an explicit URL or a region; `/api/` is deliberately absent (cas.md §1). */
 export function casBaseUrl(opts: { region?: CasRegion | null; url?: string | null }): string {
   if (opts.url) {
@@ -102,9 +106,10 @@ export class CasClient implements CasApi {
     const u = new URL(this.baseUrl);
     this.origin = u.origin;
     this.basePath = u.pathname === '/' ? '' : u.pathname;
-    this.retry = { ...DEFAULT_RETRY, ...opts.retry };
-    this.timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
-    this.limiter = opts.limiter ?? new CasRateLimiter(opts.rate ?? { limit: 20, windowMs: 60_000 });
+    // What the caller leaves out is the config schema's default (cas.retry, cas.timeouts, cas.rate): one set of numbers.
+    this.retry = { ...DEFAULT_CAS_SETTINGS.retry, ...opts.retry };
+    this.timeouts = { ...DEFAULT_CAS_SETTINGS.timeouts, ...opts.timeouts };
+    this.limiter = opts.limiter ?? new CasRateLimiter(opts.rate ?? DEFAULT_CAS_SETTINGS.rate);
     this.logger = opts.logger;
     this.random = opts.random ?? Math.random;
     this.maxResponseBytes = opts.maxResponseBytes ?? 16 * 1024 * 1024;
