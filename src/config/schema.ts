@@ -6,8 +6,9 @@ import { policySchema } from './policy-schema.js';
 
 const hostPort = z.object({ host: z.string().min(1), port }).strict();
 const ucwiUrl = z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL with the scheme written out, e.g. https://ucwi.example:5443' });
-/** MX-style preference of an upstream endpoint. */
-const priority = z.number().int().min(0).max(65535).default(10);
+/** MX-style preference of an upstream endpoint; also what a server given without one (a bare URL, nextHop.host) gets. */
+export const DEFAULT_PRIORITY = 10;
+const priority = z.number().int().min(0).max(65535).default(DEFAULT_PRIORITY);
 const backoff = () =>
   z
     .object({ initialMs: ms(5_000, 600_000), maxMs: ms(60_000, 3_600_000) })
