@@ -6,6 +6,7 @@ import { access, constants, mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { FrozenConfig } from './config/load.js';
+import { DEFAULT_PRIORITY } from './config/schema.js';
 import { UcwiClient } from './dlp/client.js';
 import { NextHopPool, type DeliveryReport, type NextHopOptions } from './egress/pool.js';
 import { NextHopGroup, type NextHopEndpoint } from './egress/next-hops.js';
@@ -16,18 +17,18 @@ import { type QuarantineStore, type OperationsContext, type DeliverFn, type Resc
 import { decide, type PolicySettings } from './policy/policy.js';
 import { startUcwiSim, type UcwiSim } from './engine/server.js';
 
-/** The next hops: nextHop.endpoints, or the single host/port (priority 10); empty when mail goes to the outbox. */
+/** The next hops: nextHop.endpoints, or the single host/port (the default priority); empty when mail goes to the outbox. */
 export function nextHopEndpoints(c: FrozenConfig): NextHopEndpoint[] {
   const n = c.nextHop;
   if (n.endpoints.length) return n.endpoints.map((e) => ({ host: e.host, port: e.port ?? n.port, priority: e.priority }));
-  return n.host ? [{ host: n.host, port: n.port, priority: 10 }] : [];
+  return n.host ? [{ host: n.host, port: n.port, priority: DEFAULT_PRIORITY }] : [];
 }
 
-/** ucwi.url as a list of servers (priority 10 where none is given), or null for the embedded engine. */
+/** ucwi.url as a list of servers (the default priority where none is given), or null for the embedded engine. */
 export function ucwiEndpoints(c: FrozenConfig): UcwiEndpoint[] | null {
   const u = c.ucwi.url;
   if (u === null) return null;
-  return (typeof u === 'string' ? [u] : u).map((e) => (typeof e === 'string' ? { url: e, priority: 10 } : { url: e.url, priority: e.priority }));
+  return (typeof u === 'string' ? [u] : u).map((e) => (typeof e === 'string' ? { url: e, priority: DEFAULT_PRIORITY } : { url: e.url, priority: e.priority }));
 }
 
 export function nextHopOptions(c: FrozenConfig): Omit<NextHopOptions, 'host' | 'port'> {
@@ -79,6 +80,7 @@ export function startGateways(c: FrozenConfig, logger: Logger, stops: Array<() =
   return pools;
 }
 
+/** The policy layer's settings are the config's policy part as the schema parsed it: no conversion, no cast. */
 export function policySettings(c: FrozenConfig): PolicySettings {
   return c.policy;
 }

@@ -1,198 +1,40 @@
 // Trend Micro Cloud App Security REST client: bearer auth, one shared rate limiter, bounded retries, typed errors.
 import { Pool } from 'undici';
-import type { Readable } from 'node:stream';
 import { setTimeout as sleepTimer } from 'node:timers/promises';
 import type { Logger } from '../observability/logger.js';
-import { CAS_REGION_HOSTS, type CasRegion, type CasRateSettings, type CasRetrySettings, type CasTimeoutSettings } from '../config/cas-schema.js';
+import {
+  CAS_REGION_HOSTS,
+  DEFAULT_CAS_SETTINGS,
+  type CasRegion,
+  type CasRateSettings,
+  type CasRetrySettings,
+  type CasTimeoutSettings,
+} from '../config/cas-schema.js';
 import type { CasRuleAction, CasRules, CasList } from './items.js';
 import { CAS_LISTS } from './items.js';
 import type { MitigationItem } from './validate.js';
 import { maskUrl } from '../util/mask.js';
 import type { CasLimiter } from './shared-rate.js';
-import { DlpError } from '../errors.js';
+import { CasRateLimiter } from './rate-limiter.js';
+import {
+  CAS_THROTTLE_CODE,
+  CasError,
+  CasPollTimeoutError,
+  classify,
+  isTerminal,
+  messageOf,
+  numOr,
+  readCapped,
+  strOrNull,
+  transportError,
+  type Json,
+  type MitigationAction,
+  type RawResponse,
+} from './responses.js';
 
-/** Body `code` of the documented throttle answer (cas.md §2); seen on 429, honoured on any status. */
-export const CAS_THROTTLE_CODE = -4290001;
-
-/** Action states after which nothing changes any more (cas.md §6). */
-export const TERMINAL_STATUSES = ['Success', 'Skipped', 'Failed'] as const;
-
-/**
- * A failed CAS call. `status` is the HTTP status (0 when no response arrived: timeout, reset,
- * refused); `code`, `msg` and `traceId` come from the vendor's error body when there was one, so an
- * operator can quote the traceId to Trend Micro support.
- */
-export class CasError extends DlpError {
-  readonly errorCode = 'DLP_ERR_CAS' as const;
-  readonly status: number;
-  readonly code: number | null;
-  readonly msg: string;
-  readonly traceId: string | null;
-  readonly retryable: boolean;
-  /** Attempts made before giving up (1 when the error was not retryable). */
-  attempts = 1;
-  /** Server's Retry-After, if it ever sends one (not documented); used to pause the limiter. */
-  retryAfterMs: number | null = null;
-  constructor(what: string, f: { status: number; code: number | null; msg: string; traceId: string | null; retryable: boolean }, opts?: { cause?: unknown }) {
-    const parts = [`CAS ${what} failed:`, f.status ? `HTTP ${f.status}` : 'no response'];
-    if (f.code !== null) parts.push(`code ${f.code}`);
-    if (f.msg) parts.push(`- ${f.msg}`);
-    if (f.traceId) parts.push(`(traceId ${f.traceId})`);
-    const hint = HINTS[f.status];
-    if (hint) parts.push(`- ${hint}`);
-    super(parts.join(' '), opts?.cause === undefined ? undefined : { cause: opts.cause });
-    this.name = 'CasError';
-    this.status = f.status;
-    this.code = f.code;
-    this.msg = f.msg;
-    this.traceId = f.traceId;
-    this.retryable = f.retryable;
-  }
-}
-
-const HINTS: Record<number, string> = {
-  400: 'the request was rejected as malformed; it will not be retried',
-  401: 'the token is missing, wrong, expired (365 days) or deleted; create or refresh it in the CAS console',
-  403: 'the token lacks the API type this call needs (Threat Mitigation / Threat Remediation)',
-  404: 'unknown API path or batch',
-  429: 'throttled: more than the allowed requests per minute for this token',
-};
-
-/** `pollMitigation` ran out of time; `actions` is the last state seen so the caller can still report it. */
-export class CasPollTimeoutError extends DlpError {
-  readonly errorCode = 'DLP_ERR_CAS_POLL_TIMEOUT' as const;
-  readonly actions: MitigationAction[];
-  constructor(batchId: string, timeoutMs: number, actions: MitigationAction[]) {
-    const open = actions.filter((a) => !isTerminal(a.status)).length;
-    super(`CAS results for batch ${batchId} not final after ${timeoutMs} ms (${open} of ${actions.length} actions still open)`);
-    this.name = 'CasPollTimeoutError';
-    this.actions = actions;
-  }
-}
-
-/**
- * Fixed-window throttle on our side of the wire. Each of the `limit` slots is held while its request
- * is in flight and becomes free again `windowMs` after the response (or failure) arrived. Counting
- * from the response rather than the send means that, whatever the network delay, the server cannot
- * see more than `limit` arrivals in any `windowMs` span: a slot's next request leaves only after the
- * previous one has certainly arrived plus a full window. That holds for the vendor's window opened by
- * the first request (cas.md §2) wherever that window starts, which a client-side clock-aligned window
- * cannot promise. One instance must be shared by every call made with one token.
- */
-export class CasRateLimiter implements CasLimiter {
-  readonly limit: number;
-  readonly windowMs: number;
-  private readonly slots: number[];
-  private readonly waiters: Array<{ grant: (release: () => void) => void }> = [];
-  private pausedUntil = 0;
-  private timer: NodeJS.Timeout | null = null;
-  private readonly now: () => number;
-
-  constructor(rate: CasRateSettings, now: () => number = Date.now) {
-    if (!(rate.limit >= 1) || !(rate.windowMs >= 1)) throw new RangeError('rate limit and window must be positive');
-    this.limit = Math.floor(rate.limit);
-    this.windowMs = rate.windowMs;
-    this.slots = new Array<number>(this.limit).fill(0);
-    this.now = now;
-  }
-
-  /** Resolves with a release function once a request may be sent; rejects if `signal` aborts first. */
-  acquire(signal?: AbortSignal): Promise<() => void> {
-    if (signal?.aborted) return Promise.reject(abortReason(signal));
-    return new Promise((resolve, reject) => {
-      const waiter = {
-        grant: (release: () => void) => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve(release);
-        },
-      };
-      const onAbort = () => {
-        const i = this.waiters.indexOf(waiter);
-        if (i >= 0) this.waiters.splice(i, 1);
-        reject(abortReason(signal!));
-        this.pump();
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.waiters.push(waiter);
-      this.pump();
-    });
-  }
-
-  /** After a 429 nobody sends until the server's window has surely passed: the quota is per token, not per call. */
-  pauseFor(ms: number): void {
-    this.pausedUntil = Math.max(this.pausedUntil, this.now() + ms);
-    this.pump();
-  }
-
-  /** Requests waiting for a slot (for metrics and tests). */
-  get queued(): number {
-    return this.waiters.length;
-  }
-
-  private pump(): void {
-    if (this.timer) {
-      clearTimeout(this.timer);
-      this.timer = null;
-    }
-    // Bounded: each pass either grants a waiter or arms one timer and leaves.
-    while (this.waiters.length > 0) {
-      const t = this.now();
-      if (t < this.pausedUntil) return this.arm(this.pausedUntil - t);
-      let idx = 0;
-      for (let i = 1; i < this.slots.length; i++) if (this.slots[i]! < this.slots[idx]!) idx = i;
-      const freeAt = this.slots[idx]!;
-      if (freeAt === Infinity) return; // all held; a release will pump again
-      if (freeAt > t) return this.arm(freeAt - t);
-      this.slots[idx] = Infinity;
-      const waiter = this.waiters.shift()!;
-      let released = false;
-      waiter.grant(() => {
-        if (released) return;
-        released = true;
-        this.slots[idx] = this.now() + this.windowMs;
-        this.pump();
-      });
-    }
-  }
-
-  private arm(ms: number): void {
-    // Referenced on purpose: a CLI process waiting only on the limiter must not exit early.
-    this.timer = setTimeout(
-      () => {
-        this.timer = null;
-        this.pump();
-      },
-      Math.max(1, ms),
-    );
-  }
-}
-
-function abortReason(signal: AbortSignal): unknown {
-  return signal.reason ?? new Error('aborted');
-}
-
-/** One action of a mitigation batch as GET /v1/mitigation/mails returns it (cas.md §6); unknown fields are kept. */
-export interface MitigationAction {
-  action_id: string;
-  batch_id: string;
-  action_type: string;
-  status: string;
-  service?: string;
-  account_provider?: string;
-  account_user_email?: string;
-  mailbox?: string;
-  mail_message_id?: string;
-  mail_unique_id?: string;
-  action_requested_at?: string;
-  action_executed_at?: string;
-  error_code?: number;
-  error_message?: string;
-  [key: string]: unknown;
-}
-
-export function isTerminal(status: string): boolean {
-  return (TERMINAL_STATUSES as readonly string[]).includes(status);
-}
+// Callers import these from here, where they were first defined.
+export { CasRateLimiter } from './rate-limiter.js';
+export { CAS_THROTTLE_CODE, CasError, CasPollTimeoutError, TERMINAL_STATUSES, isTerminal, type MitigationAction } from './responses.js';
 
 export type BlockedLists = Record<CasList, string[]>;
 
@@ -219,9 +61,6 @@ export interface CasClientOptions {
   maxResponseBytes?: number;
 }
 
-const DEFAULT_RETRY: CasRetrySettings = { maxAttempts: 5, baseMs: 2_000, maxMs: 32_000, totalMs: 180_000 };
-const DEFAULT_TIMEOUTS: CasTimeoutSettings = { connectMs: 10_000, headersMs: 30_000, bodyMs: 30_000, requestMs: 60_000 };
-
 /** Base URL from an explicit URL or a region; `/api/` is deliberately absent (cas.md §1). */
 export function casBaseUrl(opts: { region?: CasRegion | null; url?: string | null }): string {
   if (opts.url) {
@@ -236,13 +75,6 @@ export function casBaseUrl(opts: { region?: CasRegion | null; url?: string | nul
   }
   throw new Error('CAS needs a region or a URL');
 }
-
-interface RawResponse {
-  status: number;
-  body: Record<string, unknown> | null;
-}
-
-type Json = Record<string, unknown>;
 
 /** The subset of the client the outbox pusher and the CLI need; tests may stub it. */
 export interface CasApi {
@@ -274,9 +106,10 @@ export class CasClient implements CasApi {
     const u = new URL(this.baseUrl);
     this.origin = u.origin;
     this.basePath = u.pathname === '/' ? '' : u.pathname;
-    this.retry = { ...DEFAULT_RETRY, ...opts.retry };
-    this.timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
-    this.limiter = opts.limiter ?? new CasRateLimiter(opts.rate ?? { limit: 20, windowMs: 60_000 });
+    // What the caller leaves out is the config schema's default (cas.retry, cas.timeouts, cas.rate): one set of numbers.
+    this.retry = { ...DEFAULT_CAS_SETTINGS.retry, ...opts.retry };
+    this.timeouts = { ...DEFAULT_CAS_SETTINGS.timeouts, ...opts.timeouts };
+    this.limiter = opts.limiter ?? new CasRateLimiter(opts.rate ?? DEFAULT_CAS_SETTINGS.rate);
     this.logger = opts.logger;
     this.random = opts.random ?? Math.random;
     this.maxResponseBytes = opts.maxResponseBytes ?? 16 * 1024 * 1024;
@@ -474,89 +307,4 @@ export class CasClient implements CasApi {
     const raSec = typeof ra === 'string' && /^\d{1,5}$/.test(ra.trim()) ? Number(ra) : null;
     return { status: res.statusCode, body: parsed, text, retryAfterMs: raSec === null ? null : raSec * 1000 };
   }
-}
-
-/** null for success; otherwise the error to throw or retry. */
-function classify(res: RawResponse & { text: string; retryAfterMs: number | null }, what: string, method: string): CasError | null {
-  const code = typeof res.body?.['code'] === 'number' ? res.body['code'] : null;
-  const traceId = strOrNull(res.body?.['traceId']);
-  const msg = res.body ? messageOf(res.body) : snippet(res.text);
-  let err: CasError;
-  if (res.status >= 200 && res.status < 300) {
-    if (res.body && (code === null || code === 0)) return null;
-    if (!res.body) {
-      // A 2xx we cannot read: safe to repeat a GET; a POST may have taken effect, so report instead.
-      err = new CasError(what, {
-        status: res.status,
-        code: null,
-        msg: `unreadable success body: ${snippet(res.text)}`,
-        traceId: null,
-        retryable: method === 'GET',
-      });
-    } else {
-      err = new CasError(what, { status: res.status, code, msg, traceId, retryable: code === CAS_THROTTLE_CODE });
-    }
-  } else {
-    const retryable = res.status === 429 || res.status === 408 || res.status >= 500 || code === CAS_THROTTLE_CODE;
-    err = new CasError(what, { status: res.status, code, msg: msg || `HTTP ${res.status}`, traceId, retryable });
-  }
-  err.retryAfterMs = res.retryAfterMs;
-  return err;
-}
-
-function transportError(cause: unknown, what: string, closed: boolean): CasError {
-  if (closed) return new CasError(what, { status: 0, code: null, msg: 'client closed', traceId: null, retryable: false }, { cause });
-  const e = cause as { code?: string; name?: string; message?: string };
-  const kind =
-    e?.name === 'TimeoutError' || e?.name === 'AbortError' || e?.code === 'UND_ERR_ABORTED'
-      ? 'request deadline exceeded'
-      : e?.code === 'UND_ERR_CONNECT_TIMEOUT'
-        ? 'connect timeout'
-        : e?.code === 'UND_ERR_HEADERS_TIMEOUT'
-          ? 'response headers timeout'
-          : e?.code === 'UND_ERR_BODY_TIMEOUT'
-            ? 'response body timeout'
-            : `${e?.code ?? e?.name ?? 'error'}: ${e?.message ?? String(cause)}`;
-  // Every transport failure is worth another attempt: resets, refusals and timeouts are what outages look like.
-  return new CasError(what, { status: 0, code: null, msg: kind, traceId: null, retryable: true }, { cause });
-}
-
-async function readCapped(body: Readable, max: number): Promise<string> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const chunk of body) {
-    const b = chunk as Buffer;
-    n += b.length;
-    if (n > max) {
-      body.destroy();
-      throw Object.assign(new Error(`response larger than ${max} bytes`), { code: 'CAS_RESPONSE_TOO_LARGE' });
-    }
-    chunks.push(b);
-  }
-  return Buffer.concat(chunks).toString('utf8');
-}
-
-/** Error and success bodies use `msg` or `message` depending on the endpoint (cas.md §2); read both. */
-function messageOf(body: Json | null | undefined): string {
-  const msg = body?.['msg'];
-  const message = body?.['message'];
-  if (typeof msg === 'string' && msg) return msg;
-  return typeof message === 'string' ? message : '';
-}
-
-function strOrNull(v: unknown): string | null {
-  return typeof v === 'string' && v.length > 0 ? v : null;
-}
-
-function numOr(v: unknown, d: number): number {
-  return typeof v === 'number' ? v : d;
-}
-
-/** A short, tag-free excerpt of a non-JSON body (an HTML 502 page) for the error message. */
-function snippet(text: string): string {
-  const t = text
-    .replace(/<[^>]*>/g, ' ')
-    .replace(/\s+/g, ' ')
-    .trim();
-  return t.length > 160 ? `${t.slice(0, 157)}...` : t;
 }

@@ -3,6 +3,7 @@ import { createReadStream } from 'node:fs';
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { walkMessage } from '../mime/walker.js';
+import { DEFAULT_CAS_SETTINGS } from '../config/cas-schema.js';
 import { isEmailAddress, isHttpUrl, normalizeItem } from './items.js';
 import type { CasOutboxItem } from './outbox.js';
 import { isExemptSender } from './trigger.js';
@@ -15,7 +16,7 @@ export interface ExtractOptions {
   pushUrls: boolean;
   exemptDomains: string[];
   exemptSenders: string[];
-  /** Cap on URLs per message (default 50): one newsletter must not fill the 2,048-item list. */
+  /** Cap on URLs per message (default cas.push.maxUrls): one newsletter must not fill the 2,048-item list. */
   maxUrls?: number;
   /** Reason stored with each outbox entry. */
   reason?: string;
@@ -67,7 +68,7 @@ export async function extractPushItems(emlPath: string, opts: ExtractOptions): P
   }
   if (!opts.pushAttachmentHashes && !opts.pushUrls) return { items, attachments: 0, urlsTruncated: false };
 
-  const maxUrls = opts.maxUrls ?? 50;
+  const maxUrls = opts.maxUrls ?? DEFAULT_CAS_SETTINGS.push.maxUrls;
   const maxHtml = opts.maxHtmlChars ?? 2_000_000;
   const sha1s = new Set<string>();
   const sha256s = new Set<string>();

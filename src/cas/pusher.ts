@@ -1,5 +1,6 @@
 // The CAS pusher: drains an outbox to the blocked lists in chunked, throttled requests, with backoff and capacity holds.
 import type { Logger } from '../observability/logger.js';
+import { DEFAULT_CAS_SETTINGS } from '../config/cas-schema.js';
 import { CasError, type CasApi, type BlockedLists } from './client.js';
 import { ListCapacity, LIST_FULL_RECHECK_MS, countByList, isListFullError, listsNamed } from './capacity.js';
 import { CAS_LISTS, MAX_ITEMS_PER_LIST, compareKey, type CasList, type CasRuleAction, type CasRules } from './items.js';
@@ -93,8 +94,10 @@ export class CasPusher {
   constructor(opts: CasPusherOptions) {
     this.outbox = opts.outbox;
     this.client = opts.client;
-    this.schedule = { maxAttempts: 20, baseMs: 30_000, maxMs: 3_600_000, ...opts.schedule };
-    this.intervalMs = opts.intervalMs ?? 5_000;
+    // Unset knobs take the config schema's defaults (cas.outbox), so both stay one set of numbers.
+    const { maxAttempts, baseMs, maxMs, intervalMs } = DEFAULT_CAS_SETTINGS.outbox;
+    this.schedule = { maxAttempts, baseMs, maxMs, ...opts.schedule };
+    this.intervalMs = opts.intervalMs ?? intervalMs;
     this.claimLimit = opts.claimLimit ?? 4 * MAX_ITEMS_PER_LIST;
     this.leaseMs = opts.leaseMs ?? 15 * 60_000;
     this.ttlMs = opts.ttlDays == null ? null : opts.ttlDays * 86_400_000;

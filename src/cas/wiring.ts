@@ -7,7 +7,6 @@ import { PgCasRateLimiter, casBucketFor, type CasLimiter } from './shared-rate.j
 import { FsCasOutbox, PgCasOutbox, CasPusher, type CasOutbox } from './outbox.js';
 import { extractPushItems } from './extract.js';
 import { shouldPush } from './trigger.js';
-import type { CasSettings } from '../config/cas-schema.js';
 import type { VerdictHook } from '../pipeline/process.js';
 
 /** Bound on one CAS extraction (side work after the reply; it only holds the spool file). */
@@ -25,7 +24,7 @@ export interface CasParts {
 }
 
 export function casClientFromConfig(c: FrozenConfig, logger: Logger, limiter?: CasLimiter): CasClient {
-  const s = c.cas as CasSettings;
+  const s = c.cas;
   return new CasClient({
     token: c.secrets.casToken ?? '',
     region: s.region,
@@ -39,7 +38,7 @@ export function casClientFromConfig(c: FrozenConfig, logger: Logger, limiter?: C
 }
 
 export async function casOutboxFromConfig(c: FrozenConfig, logger: Logger, pool?: Pool): Promise<CasOutbox> {
-  const s = c.cas as CasSettings;
+  const s = c.cas;
   const log = logger.child({ component: 'cas-outbox' });
   let outbox: CasOutbox;
   if (s.outbox.backend === 'pg') {
@@ -70,7 +69,7 @@ export async function casPoolFromConfig(c: FrozenConfig, logger: Logger): Promis
  * cannot overlap the next request's window.
  */
 export async function casSharedLimiterFromConfig(c: FrozenConfig, pool: Pool, logger: Logger): Promise<PgCasRateLimiter> {
-  const s = c.cas as CasSettings;
+  const s = c.cas;
   const limiter = new PgCasRateLimiter(pool, {
     bucket: casBucketFor(c.secrets.casToken ?? ''),
     rate: { ...s.rate },
@@ -87,7 +86,7 @@ export async function casSharedLimiterFromConfig(c: FrozenConfig, pool: Pool, lo
  * CAS on its own schedule, so neither a CAS outage nor a slow parse can delay or change a reply.
  */
 export async function startCas(c: FrozenConfig, logger: Logger, opts: { pusher?: boolean } = {}): Promise<CasParts> {
-  const s = c.cas as CasSettings;
+  const s = c.cas;
   const pool = s.outbox.backend === 'pg' ? await casPoolFromConfig(c, logger) : null;
   let sharedLimiter: PgCasRateLimiter | null = null;
   let outbox: CasOutbox;

@@ -15,104 +15,50 @@ export const CAS_REGION_HOSTS = {
 export type CasRegion = keyof typeof CAS_REGION_HOSTS;
 export const CAS_REGIONS = Object.keys(CAS_REGION_HOSTS) as CasRegion[];
 
-export interface CasRateSettings {
-  /** Requests allowed per window; the vendor's documented throttle is 20 per minute per token. */
-  limit: number;
-  windowMs: number;
-}
-
-export interface CasRetrySettings {
-  /** Attempts per API call, the first one included. */
-  maxAttempts: number;
-  /** Exponential backoff base and cap (full jitter is applied on top). */
-  baseMs: number;
-  maxMs: number;
-  /** Budget for one call including limiter waits and retries; the call fails once it is spent. */
-  totalMs: number;
-}
-
-export interface CasTimeoutSettings {
-  connectMs: number;
-  headersMs: number;
-  bodyMs: number;
-  /** Deadline for one HTTP attempt, from send to the last body byte. */
-  requestMs: number;
-}
-
-export interface CasOutboxSettings {
-  backend: 'fs' | 'pg';
-  /** Journal directory for the fs backend. */
-  dir: string;
-  /** Push attempts per outbox entry before it is marked `failed` (then only the CLI retries it). */
-  maxAttempts: number;
-  baseMs: number;
-  maxMs: number;
-  /** How often the pusher looks for due entries. */
-  intervalMs: number;
-}
-
-export interface CasSettings {
-  /** Off by default: pushing to a tenant-wide block list is a decision an operator makes explicitly. */
-  enabled: boolean;
-  /** UCWI actionCodes that cause a push; 2 = block. */
-  triggers: number[];
-  push: {
-    sender: boolean;
-    attachmentHashes: boolean;
-    urls: boolean;
-    /** Cap on URLs taken from one message: a newsletter must not fill the 2,048-item list. */
-    maxUrls: number;
-  };
-  /** Senders in these domains (and their subdomains) are never pushed: our own users. Default: policy.localDomains. */
-  exemptDomains: string[];
-  exemptSenders: string[];
-  /** Sender pushing with no exempt domain is refused at start unless this says it is meant. */
-  allowEmptyExemptions: boolean;
-  /** Items the relay may have on one blocked list at a time; creates past it are held back (CAS's cap is 2,048). */
-  maxListItems: number;
-  /** Days after which what the relay added is removed again; null keeps it forever. */
-  ttlDays: number | null;
-  rate: CasRateSettings;
-  retry: CasRetrySettings;
-  region: CasRegion | null;
-  /** Explicit base URL (e.g. a proxy or the simulator); wins over `region`. */
-  url: string | null;
-  /** File holding the bearer token; DLP_RELAY_CAS_TOKEN wins when set. */
-  tokenFile: string | null;
-  timeouts: CasTimeoutSettings;
-  outbox: CasOutboxSettings;
-}
-
 const positiveInt = z.number().int().positive();
 
 /** Schema with every default filled in, so `{}` (or a partial YAML block) yields complete settings. */
 export const casSettingsSchema = z
   .object({
+    /** Off by default: pushing to a tenant-wide block list is a decision an operator makes explicitly. */
     enabled: z.boolean().default(false),
+    /** UCWI actionCodes that cause a push; 2 = block. */
     triggers: z.array(z.number().int().min(1).max(9)).default([2]),
     push: z
       .object({
         sender: z.boolean().default(true),
         attachmentHashes: z.boolean().default(false),
         urls: z.boolean().default(false),
+        /** Cap on URLs taken from one message: a newsletter must not fill the 2,048-item list. */
         maxUrls: positiveInt.max(2048).default(50),
       })
       .strict()
       .prefault({}),
+    /** Senders in these domains (and their subdomains) are never pushed: our own users. Default: policy.localDomains. */
     exemptDomains: z.array(z.string().min(1)).default([]),
     exemptSenders: z.array(z.string().min(1)).default([]),
+    /** Sender pushing with no exempt domain is refused at start unless this says it is meant. */
     allowEmptyExemptions: z.boolean().default(false),
+    /** Items the relay may have on one blocked list at a time; creates past it are held back (CAS's cap is 2,048). */
     maxListItems: positiveInt.max(2048).default(2048),
+    /** Days after which what the relay added is removed again; null keeps it forever. */
     ttlDays: z.number().positive().nullable().default(null),
     rate: z
-      .object({ limit: positiveInt.default(20), windowMs: positiveInt.default(60_000) })
+      .object({
+        /** Requests allowed per window; the vendor's documented throttle is 20 per minute per token. */
+        limit: positiveInt.default(20),
+        windowMs: positiveInt.default(60_000),
+      })
       .strict()
       .prefault({}),
     retry: z
       .object({
+        /** Attempts per API call, the first one included. */
         maxAttempts: positiveInt.max(20).default(5),
+        /** Exponential backoff base and cap (full jitter is applied on top). */
         baseMs: positiveInt.default(2_000),
         maxMs: positiveInt.default(32_000),
+        /** Budget for one call including limiter waits and retries; the call fails once it is spent. */
         totalMs: positiveInt.default(180_000),
       })
       .strict()
@@ -121,16 +67,19 @@ export const casSettingsSchema = z
       .enum(CAS_REGIONS as [CasRegion, ...CasRegion[]])
       .nullable()
       .default(null),
+    /** Explicit base URL (e.g. a proxy or the simulator); wins over `region`. */
     url: z
       .url({ protocol: /^https?$/ })
       .nullable()
       .default(null),
+    /** File holding the bearer token; DLP_RELAY_CAS_TOKEN wins when set. */
     tokenFile: z.string().min(1).nullable().default(null),
     timeouts: z
       .object({
         connectMs: positiveInt.default(10_000),
         headersMs: positiveInt.default(30_000),
         bodyMs: positiveInt.default(30_000),
+        /** Deadline for one HTTP attempt, from send to the last body byte. */
         requestMs: positiveInt.default(60_000),
       })
       .strict()
@@ -138,16 +87,24 @@ export const casSettingsSchema = z
     outbox: z
       .object({
         backend: z.enum(['fs', 'pg']).default('fs'),
+        /** Journal directory for the fs backend. */
         dir: z.string().min(1).default('var/cas-outbox'),
+        /** Push attempts per outbox entry before it is marked `failed` (then only the CLI retries it). */
         maxAttempts: positiveInt.default(20),
         baseMs: positiveInt.default(30_000),
         maxMs: positiveInt.default(3_600_000),
+        /** How often the pusher looks for due entries. */
         intervalMs: positiveInt.default(5_000),
       })
       .strict()
       .prefault({}),
   })
   .strict();
+
+export type CasSettings = z.output<typeof casSettingsSchema>;
+export type CasRateSettings = CasSettings['rate'];
+export type CasRetrySettings = CasSettings['retry'];
+export type CasTimeoutSettings = CasSettings['timeouts'];
 
 /** Parses a (partial) settings object; throws a ZodError naming every bad key. */
 export function parseCasSettings(input: unknown): CasSettings {

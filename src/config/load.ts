@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { resolve, dirname, join, isAbsolute } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { configSchema, type Config, type FrozenConfig } from './schema.js';
-import { effectiveActions } from '../policy/policy.js';
+import { effectiveActions } from './policy-schema.js';
 import { maskDeep, maskSecrets } from '../util/mask.js';
 import {
   findConfigFile,

@@ -1,65 +1,19 @@
-// The configuration schema: every key, its default and its limits, in one place. config/default.yaml documents the same keys.
+// The configuration schema: every key, its default and its limits (the policy part in policy-schema.ts, CAS in cas-schema.ts). config/default.yaml documents the same keys.
 import { z } from 'zod';
-import { parseCidr } from '../util/cidr.js';
 import { casSettingsSchema } from './cas-schema.js';
+import { cidr, ms, nullableString, port } from './fields.js';
+import { policySchema } from './policy-schema.js';
 
-const ms = (def: number, max = 3_600_000) => z.number().int().min(1).max(max).default(def);
-const port = z.number().int().min(0).max(65535);
 const hostPort = z.object({ host: z.string().min(1), port }).strict();
 const ucwiUrl = z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL with the scheme written out, e.g. https://ucwi.example:5443' });
-/** MX-style preference of an upstream endpoint. */
-const priority = z.number().int().min(0).max(65535).default(10);
+/** MX-style preference of an upstream endpoint; also what a server given without one (a bare URL, nextHop.host) gets. */
+export const DEFAULT_PRIORITY = 10;
+const priority = z.number().int().min(0).max(65535).default(DEFAULT_PRIORITY);
 const backoff = () =>
   z
     .object({ initialMs: ms(5_000, 600_000), maxMs: ms(60_000, 3_600_000) })
     .strict()
     .prefault({});
-const nullableString = z.string().min(1).nullable().default(null);
-
-/** What the relay does with a message; see src/policy for the semantics. */
-export const actionName = z.enum(['relay', 'relay_with_headers', 'reject', 'tempfail', 'quarantine', 'remove_attachments', 'route_to_gateway']);
-
-const actionSpec = z
-  .object({
-    action: actionName,
-    /** reject/tempfail only: basic code, enhanced code and text (placeholders: {queryId}). */
-    code: z.number().int().min(400).max(599).optional(),
-    enhanced: z
-      .string()
-      .regex(/^[45]\.\d{1,3}\.\d{1,3}$/, 'must look like 5.7.1')
-      .optional(),
-    text: z.string().min(1).max(400).optional(),
-    /** route_to_gateway only: the name of an entry in `gateways` (an encryption gateway next hop). */
-    gateway: z.string().min(1).optional(),
-    /** route_to_gateway only: also stamp the encryption header (default true). */
-    header: z.boolean().optional(),
-  })
-  .strict()
-  .superRefine((a, ctx) => {
-    if (a.action === 'route_to_gateway' && a.gateway === undefined)
-      ctx.addIssue({ code: 'custom', message: 'route_to_gateway needs a gateway name', path: ['gateway'] });
-    if (a.action !== 'route_to_gateway' && (a.gateway !== undefined || a.header !== undefined))
-      ctx.addIssue({ code: 'custom', message: `gateway and header apply only to route_to_gateway, not ${a.action}`, path: ['gateway'] });
-    if (a.code !== undefined && a.action !== 'reject' && a.action !== 'tempfail')
-      ctx.addIssue({ code: 'custom', message: `code applies only to reject or tempfail, not ${a.action}`, path: ['code'] });
-    if (a.action === 'reject' && a.code !== undefined && a.code < 500) ctx.addIssue({ code: 'custom', message: 'a reject needs a 5xx code', path: ['code'] });
-    if (a.action === 'tempfail' && a.code !== undefined && a.code >= 500)
-      ctx.addIssue({ code: 'custom', message: 'a tempfail needs a 4xx code', path: ['code'] });
-    if (a.code !== undefined && a.enhanced !== undefined && a.enhanced[0] !== String(a.code)[0])
-      ctx.addIssue({ code: 'custom', message: 'enhanced code class must match the basic code', path: ['enhanced'] });
-  });
-export type ActionSpec = z.infer<typeof actionSpec>;
-
-/** "user@example.com", or a domain as "example.com", "@example.com" or ".example.com" (it and its subdomains). */
-const addressOrDomain = z.string().regex(/^(?:[^@\s]+@[A-Za-z0-9.-]+|[@.]?[A-Za-z0-9.-]+)$/, 'must be an address or a domain');
-
-/** An address or CIDR; checked here so it is reported together with every other problem. */
-const cidr = z.string().superRefine((v, ctx) => {
-  const p = parseCidr(v);
-  if (typeof p === 'string') ctx.addIssue({ code: 'custom', message: p });
-});
-
-const headerName = z.string().regex(/^[!-9;-~]+$/, 'must be a valid header field name');
 
 const tlsFiles = z
   .object({
@@ -251,122 +205,8 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
-    policy: z
-      .object({
-        /** enforce: act on the verdict; monitor: relay everything, log and count the would-be action, no CAS push. */
-        mode: z.enum(['enforce', 'monitor']).default('enforce'),
-        /** Verdict headers on relayed copies: auto = on when enforcing, off in monitor mode. The loop header is always added. */
-        headers: z.enum(['auto', 'on', 'off']).default('auto'),
-        /** actionCode → action. Codes 1..9 as documented by UCWI. */
-        actions: z.record(z.string().regex(/^[1-9]$/, 'action codes are 1..9'), actionSpec).default({}),
-        unknownAction: actionSpec.prefault({ action: 'quarantine' }),
-        /** What a DLP failure (down, timeout, 401, garbage) does. */
-        onDlpError: z.enum(['tempfail', 'relay', 'quarantine']).default('tempfail'),
-        rejectText: z.string().min(1).max(400).default('Message rejected by data-loss-prevention policy (ref {queryId})'),
-        quarantineText: z.string().min(1).max(400).default('Ok: message held for review (ref {queryId})'),
-        verdictHeaders: z
-          .object({
-            queryId: headerName.default('X-DLP-Query-ID'),
-            actionCode: headerName.default('X-DLP-Action-Code'),
-            action: headerName.default('X-DLP-Action'),
-            /** remove_attachments: how many attachments were replaced by a note. */
-            removedCount: headerName.default('X-DLP-Attachments-Removed'),
-          })
-          .strict()
-          .prefault({}),
-        encryptionHeader: z
-          .object({ name: headerName.default('X-DLP-Encrypt'), value: z.string().min(1).default('required') })
-          .strict()
-          .prefault({}),
-        /** remove_attachments (actionCode 4 by default). */
-        attachments: z
-          .object({
-            /** Images an HTML body shows inline (multipart/related, Content-ID) are removed too. */
-            removeInlineImages: z.boolean().default(false),
-            /** A message deeper or with more parts than this cannot be rewritten and is quarantined instead. */
-            maxParts: z.number().int().min(1).max(100_000).default(1000),
-            maxDepth: z.number().int().min(1).max(1000).default(32),
-          })
-          .strict()
-          .prefault({}),
-        /** Ordered rules, first match wins; each replaces mode, headers and actions for the messages it matches. */
-        rules: z
-          .array(
-            z
-              .object({
-                name: z.string().min(1).max(100),
-                match: z
-                  .object({
-                    senders: z.array(addressOrDomain).min(1).optional(),
-                    recipients: z.array(addressOrDomain).min(1).optional(),
-                    allRecipients: z.boolean().optional(),
-                    clientNetworks: z.array(cidr).min(1).optional(),
-                    authUsers: z.array(z.string().min(1)).min(1).optional(),
-                  })
-                  .strict(),
-                mode: z.enum(['enforce', 'monitor']).optional(),
-                headers: z.enum(['auto', 'on', 'off']).optional(),
-                actions: z.record(z.string().regex(/^[1-9]$/, 'action codes are 1..9'), actionSpec).optional(),
-                unknownAction: actionSpec.optional(),
-                onDlpError: z.enum(['tempfail', 'relay', 'quarantine']).optional(),
-                /**
-                 * A gateway (by name, from `gateways`) that takes this rule's mail instead of the default next hop. Chosen at
-                 * MAIL FROM (lockstep: recipients are answered by the next hop itself), so such a rule may match only on
-                 * senders, client networks and AUTH users.
-                 */
-                nextHop: z.string().min(1).optional(),
-              })
-              .strict(),
-          )
-          .default([])
-          .superRefine((rules, ctx) => {
-            const seen = new Set<string>();
-            rules.forEach((r, i) => {
-              if (seen.has(r.name)) ctx.addIssue({ code: 'custom', message: `rule name "${r.name}" is used twice`, path: [i, 'name'] });
-              seen.add(r.name);
-              if (r.nextHop !== undefined && r.match.recipients)
-                ctx.addIssue({
-                  code: 'custom',
-                  message: 'a rule with nextHop cannot match on recipients: the next hop is chosen at MAIL FROM',
-                  path: [i, 'nextHop'],
-                });
-            });
-          }),
-        /** Our own mail domains; cas.exemptDomains defaults to them, so CAS never blocks our own users. */
-        localDomains: z
-          .array(
-            z
-              .string()
-              .min(1)
-              .regex(/^[@.]?[A-Za-z0-9.-]+$/, 'must be a domain name'),
-          )
-          .default([]),
-        loop: z
-          .object({
-            /** Marks a message we already scanned; trusted networks may send it back without a second scan. */
-            header: headerName.default('X-DLP-Relay-Scanned'),
-            trustedNetworks: z.array(cidr).default([]),
-            /**
-             * The header's value is signed (HMAC-SHA-256) with this key; relays that reflect mail to each
-             * other share it. DLP_RELAY_LOOP_KEY (or its _FILE) wins. None: a random key per process.
-             */
-            keyFile: nullableString,
-            /** Key rotation: the key before the current one, accepted for incoming values until previousKeyUntil. */
-            previousKeyFile: nullableString,
-            previousKeyUntil: z.iso.datetime({ offset: true }).or(z.iso.date()).nullable().default(null),
-            /** A signed value older than this is not trusted: the copy is scanned again. */
-            maxAgeSeconds: z
-              .number()
-              .int()
-              .min(60)
-              .max(30 * 86_400)
-              .default(3600),
-          })
-          .strict()
-          .prefault({}),
-      })
-      .strict()
-      .prefault({}),
+    /** Verdict → action: mode, action table, rules, verdict and loop headers (policy-schema.ts). */
+    policy: policySchema.prefault({}),
     nextHop: z
       .object({
         /** null: no next hop, accepted mail goes to the local outbox directory (unless endpoints are listed). */

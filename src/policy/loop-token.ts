@@ -2,6 +2,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { HeaderField } from '../spool/spool.js';
+import type { PolicySettings } from './policy.js';
 
 /** Keys and freshness for minting and checking loop header values. */
 export interface LoopKeys {
@@ -110,14 +111,8 @@ export class LoopGuard {
   }
 }
 
-/** The loop settings and secrets as the config holds them. */
-export interface LoopConfig {
-  header: string;
-  maxAgeSeconds: number;
-  previousKeyUntil: string | null;
-  key: string | null;
-  previousKey: string | null;
-}
+/** The loop settings as the config schema gives them (policy.loop), with the keys read from secrets. */
+export type LoopConfig = Pick<PolicySettings['loop'], 'header' | 'maxAgeSeconds' | 'previousKeyUntil'> & { key: string | null; previousKey: string | null };
 
 /**
  * Builds the guard from the configuration. Without a configured key a random one is made for this

@@ -1,8 +1,8 @@
 // The verdict policy: turns a UCWI verdict or DLP failure into one action and its SMTP reply. Pure: no I/O, no clock, table-driven tests.
-import type { ActionSpec } from '../config/schema.js';
+import type { ActionSpec, PolicyConfig } from '../config/policy-schema.js';
+import type { DeepReadonly } from '../config/schema.js';
 import type { DlpErrorClass } from '../dlp/parse.js';
 import { CATALOGUE, type SmtpReply } from '../errors.js';
-import type { PolicyRuleConfig } from './rules.js';
 
 /** What UCWI told us, or why it could not. */
 export type DlpOutcome =
@@ -22,50 +22,11 @@ export type Decision =
   | { action: 'gateway'; label: string; gateway: string; headers: Array<[string, string]> }
   | { action: 'remove-attachments'; label: string; headers: Array<[string, string]>; reason: string; quarantineReply: SmtpReply; countHeader: string | null };
 
-/** enforce: act on the verdict; monitor: relay everything and only record what would have been done. */
-export type PolicyMode = 'enforce' | 'monitor';
-/** Verdict headers on relayed copies: auto = on when enforcing, off in monitor mode. */
-export type HeaderSetting = 'auto' | 'on' | 'off';
-
-export interface PolicySettings {
-  mode: PolicyMode;
-  headers: HeaderSetting;
-  actions: Readonly<Record<string, ActionSpec>>;
-  unknownAction: ActionSpec;
-  onDlpError: 'tempfail' | 'relay' | 'quarantine';
-  rejectText: string;
-  quarantineText: string;
-  verdictHeaders: { queryId: string; actionCode: string; action: string; removedCount: string };
-  attachments: { removeInlineImages: boolean; maxParts: number; maxDepth: number };
-  encryptionHeader: { name: string; value: string };
-  loop: { header: string };
-  /** Ordered; the first rule matching a message replaces these settings for it (rules.ts settingsFor). */
-  rules?: readonly PolicyRuleConfig[];
-}
-
 /**
- * The defaults of the action table (UCWI codes: 1 allow, 2 block, 3 confirm, 4 delete attachment,
- * 5 mail encryption, 6 quarantine, 7 endpoint system encryption, 8 mail content encryption,
- * 9 endpoint personal-key encryption). 3 needs a human, so it waits in quarantine; 4 relays a copy
- * without its attachments; 5, 7, 8 and 9 (all encryption actions) are handed to a downstream
- * encryption gateway by header, or routed to one (route_to_gateway).
+ * The settings one message is judged under, as the config schema gives them (defaults filled in, the action
+ * table complete) and frozen; rules.ts settingsFor lays the first matching rule's settings over them.
  */
-export const DEFAULT_ACTIONS: Readonly<Record<string, ActionSpec>> = Object.freeze({
-  '1': { action: 'relay' },
-  '2': { action: 'reject', code: CATALOGUE.POLICY_REJECT.code, enhanced: CATALOGUE.POLICY_REJECT.enhanced },
-  '3': { action: 'quarantine' },
-  '4': { action: 'remove_attachments' },
-  '5': { action: 'relay_with_headers' },
-  '6': { action: 'quarantine' },
-  '7': { action: 'relay_with_headers' },
-  '8': { action: 'relay_with_headers' },
-  '9': { action: 'relay_with_headers' },
-});
-
-/** The configured table over the defaults: a code the admin did not mention keeps its default. */
-export function effectiveActions(configured: Readonly<Record<string, ActionSpec>>): Record<string, ActionSpec> {
-  return { ...DEFAULT_ACTIONS, ...configured };
-}
+export type PolicySettings = DeepReadonly<PolicyConfig>;
 
 function fill(template: string, queryId: string): string {
   // Reply text is one line of printable ASCII; the template is admin-controlled, the queryId ours.
@@ -155,13 +116,12 @@ export function decide(outcome: DlpOutcome, queryId: string, s: PolicySettings):
 }
 
 function enforce(outcome: DlpOutcome, queryId: string, s: PolicySettings): Decision {
-  const table = effectiveActions(s.actions);
   switch (outcome.kind) {
     case 'skipped':
       // Already scanned by us on its way out; the trusted MTA sent it back. Relay as is, no new verdict headers.
       return { action: 'relay', label: 'relay-loop-skip', headers: [] };
     case 'verdict': {
-      const spec = table[String(outcome.actionCode)];
+      const spec = s.actions[String(outcome.actionCode)];
       if (spec) return applySpec(spec, s, queryId, String(outcome.actionCode), labelOf(spec), `dlp:${outcome.actionCode}`);
       return applySpec(s.unknownAction, s, queryId, String(outcome.actionCode), `unknown-${s.unknownAction.action}`, `unknown-action:${outcome.actionCode}`);
     }

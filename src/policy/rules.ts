@@ -1,32 +1,9 @@
 // Policy rules: an ordered list, first match wins, each with its own action table, mode and header setting. Pure: no I/O, table-driven tests.
-import type { ActionSpec } from '../config/schema.js';
 import { NetworkList } from '../util/cidr.js';
-import type { HeaderSetting, PolicyMode, PolicySettings } from './policy.js';
+import type { PolicySettings } from './policy.js';
 
-/** A rule as configured (policy.rules[]). */
-export interface PolicyRuleConfig {
-  name: string;
-  match: {
-    /** Envelope sender: "user@example.com" exactly, or a domain ("example.com", "@example.com") and its subdomains. */
-    senders?: readonly string[] | undefined;
-    /** Envelope recipients, same forms; see allRecipients. */
-    recipients?: readonly string[] | undefined;
-    /** false (default): one matching recipient is enough; true: every recipient must match. */
-    allRecipients?: boolean | undefined;
-    /** The client's address inside one of these networks. */
-    clientNetworks?: readonly string[] | undefined;
-    /** The SMTP AUTH user, exactly (case-insensitive). */
-    authUsers?: readonly string[] | undefined;
-  };
-  mode?: PolicyMode | undefined;
-  headers?: HeaderSetting | undefined;
-  /** Codes given here replace the default table's; the others keep policy.actions. */
-  actions?: Readonly<Record<string, ActionSpec>> | undefined;
-  unknownAction?: ActionSpec | undefined;
-  onDlpError?: PolicySettings['onDlpError'] | undefined;
-  /** A gateway name: this rule's mail goes there instead of the default next hop (see nextHopFor). */
-  nextHop?: string | undefined;
-}
+/** A rule as configured (policy.rules[]); its shape and the meaning of each field are in config/policy-schema.ts. */
+export type PolicyRuleConfig = PolicySettings['rules'][number];
 
 /** What a message is matched on. */
 export interface RuleContext {
@@ -94,7 +71,7 @@ export function nextHopFor(rules: readonly PolicyRuleConfig[], ctx: Omit<RuleCon
 
 /** The settings one message is judged under: the defaults with the first matching rule's settings over them. */
 export function settingsFor(base: PolicySettings, ctx: RuleContext): { settings: PolicySettings; rule: string | null } {
-  const rule = selectRule(base.rules ?? [], ctx);
+  const rule = selectRule(base.rules, ctx);
   if (!rule) return { settings: base, rule: null };
   return {
     rule: rule.name,

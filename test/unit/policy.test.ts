@@ -235,7 +235,7 @@ describe('route_to_gateway', () => {
         policy: { actions: { '5': { action: 'route_to_gateway', gateway: 'gw' }, '7': { action: 'route_to_gateway', gateway: 'gw', header: false } } },
       },
     });
-    const s = cfg.policy as unknown as PolicySettings;
+    const s = cfg.policy;
     expect(decide({ kind: 'verdict', actionCode: 5 }, QID, s)).toEqual({
       action: 'gateway',
       label: 'relay-gateway',
