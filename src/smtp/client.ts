@@ -4,6 +4,7 @@ import { formatParams, type EsmtpParam } from './envelope.js';
 import { DotStuffer } from './dot-stuff.js';
 import { parseExtensions, ReplyReader, type Reply } from './reply.js';
 import { describeError, openSocket, SmtpClientError, upgrade, type AnySocket, type ClientPhase, type SmtpClientOptions } from './client-socket.js';
+import { attachHandlers, detachHandlers } from '../util/event-handlers.js';
 
 export type { Reply } from './reply.js';
 export { parseReply, ReplySyntaxError } from './reply.js';
@@ -59,6 +60,7 @@ export class SmtpClient {
     this.lastSocketError = err;
   };
   private readonly onSockClose = (): void => this.socketGone();
+  private readonly sockHandlers = { data: this.onData, error: this.onSockError, close: this.onSockClose };
 
   private constructor(
     private readonly opts: SmtpClientOptions,
@@ -427,15 +429,11 @@ export class SmtpClient {
   }
 
   private attach(sock: AnySocket): void {
-    sock.on('data', this.onData);
-    sock.on('error', this.onSockError);
-    sock.on('close', this.onSockClose);
+    attachHandlers(sock, this.sockHandlers);
   }
 
   private detach(sock: AnySocket): void {
-    sock.off('data', this.onData);
-    sock.off('error', this.onSockError);
-    sock.off('close', this.onSockClose);
+    detachHandlers(sock, this.sockHandlers);
   }
 
   /**

@@ -7,6 +7,7 @@ import { catalogueReply, type SmtpReply, DlpError } from '../errors.js';
 import { formatReplyLines } from './command.js';
 import type { DataDecoder, DataViolation } from './data-reader.js';
 import { DataPhaseError, type ResetReason } from './types.js';
+import { attachHandlers, detachHandlers } from '../util/event-handlers.js';
 
 /** Thrown out of every wait once the session is over; carries the reset reason for the open transaction. */
 export class SessionEnded extends DlpError {
@@ -280,16 +281,14 @@ export class SessionIO {
     this.end(null, 'close');
   };
 
+  private readonly handlers = { data: this.onData, end: this.onEnd, error: this.onError };
+
   private attach(s: Socket): void {
-    s.on('data', this.onData);
-    s.on('end', this.onEnd);
-    s.on('error', this.onError);
+    attachHandlers(s, this.handlers);
   }
 
   private detach(s: Socket): void {
-    s.off('data', this.onData);
-    s.off('end', this.onEnd);
-    s.off('error', this.onError);
+    detachHandlers(s, this.handlers);
   }
 
   private wakeUp(): void {
