@@ -2,23 +2,47 @@
 import type { Readable } from 'node:stream';
 import { renderHeaders, type Decision } from '../policy/policy.js';
 import { catalogueReply, nextHopFailureReply, type SmtpReply } from '../errors.js';
-import type { MatchedPolicy, NewQuarantineRecord } from '../quarantine/types.js';
+import type { NewQuarantineRecord } from '../quarantine/types.js';
 import { DeliveryError } from '../egress/next-hop-errors.js';
 import type { DeliveryReport } from '../egress/pool.js';
 import { MimeStructureError } from '../mime/scanner.js';
 import { planRemoval, removeAttachments, type RemovalOptions, type RemovedAttachment } from '../mime/strip.js';
-import type { MessageInput, Partial_, PipelineDeps } from './process.js';
+import type { MessageInput, OutcomeFields, PipelineDeps } from './process.js';
 
-export async function quarantine(
-  deps: PipelineDeps,
-  msg: MessageInput,
-  decision: { label: string; reply: SmtpReply; reason: string },
-  base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>,
-  skip: Array<{ start: number; end: number }>,
-  signal: AbortSignal,
-): Promise<Partial_> {
+/**
+ * What every action works from, so each one takes the message once rather than five loose arguments: the
+ * pipeline's parts, the message, the outcome fields the verdict already fixed, the byte ranges cut out of
+ * the message (a loop header that did not let it skip the scan) and the deadline's signal.
+ */
+export interface Step {
+  deps: PipelineDeps;
+  msg: MessageInput;
+  base: Omit<OutcomeFields, 'reply' | 'action' | 'relayMs'>;
+  skip: Array<{ start: number; end: number }>;
+  signal: AbortSignal;
+}
+
+/** Carries out the decision; reject and tempfail need nothing beyond their reply. */
+export function act(step: Step, decision: Decision): Promise<OutcomeFields> | OutcomeFields {
+  switch (decision.action) {
+    case 'reject':
+    case 'tempfail':
+      return { ...step.base, reply: decision.reply, action: decision.label, relayMs: null };
+    case 'quarantine':
+      return quarantine(step, decision);
+    case 'relay':
+      return relay(step, decision);
+    case 'remove-attachments':
+      return removeAndRelay(step, decision);
+    case 'gateway':
+      return gatewayRelay(step, decision);
+  }
+}
+
+async function quarantine(step: Step, decision: { label: string; reply: SmtpReply; reason: string }): Promise<OutcomeFields> {
+  const { deps, msg, base, signal } = step;
   const t0 = performance.now();
-  const failed = await storeCopy(deps, msg, decision.reason, base, skip, 'quarantine store failed');
+  const failed = await storeCopy(step, decision.reason, 'quarantine store failed');
   if (failed) return failed;
   if (signal.aborted) {
     // The deadline answered 451 while the store was still writing: the client keeps the message and
@@ -35,16 +59,9 @@ export async function quarantine(
  * Stores the message (our trace line first, a cut-out loop header left out) in the quarantine; on failure the
  * outcome to answer with (451: we must not say 250 for a message we could not keep), else null.
  */
-async function storeCopy(
-  deps: PipelineDeps,
-  msg: MessageInput,
-  reason: string,
-  base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>,
-  skip: Array<{ start: number; end: number }>,
-  what: string,
-): Promise<Partial_ | null> {
+async function storeCopy({ deps, msg, base, skip }: Step, reason: string, what: string): Promise<OutcomeFields | null> {
   try {
-    await deps.quarantine.put(quarantineRecord(deps, msg, base.actionCode, reason, base.policies), () => msg.spool.open({ prepend: msg.trace, skip }));
+    await deps.quarantine.put(quarantineRecord(deps, msg, base, reason), () => msg.spool.open({ prepend: msg.trace, skip }));
     return null;
   } catch (err) {
     deps.logger.error({ err, queryId: msg.queryId }, what);
@@ -59,7 +76,7 @@ async function storeCopy(
   }
 }
 
-function quarantineRecord(deps: PipelineDeps, msg: MessageInput, actionCode: number | null, reason: string, policies: MatchedPolicy[]): NewQuarantineRecord {
+function quarantineRecord(deps: PipelineDeps, msg: MessageInput, base: Step['base'], reason: string): NewQuarantineRecord {
   const header = (n: string) => msg.spool.headers.find((h) => h.name === n)?.value ?? null;
   return {
     id: msg.queryId,
@@ -73,24 +90,26 @@ function quarantineRecord(deps: PipelineDeps, msg: MessageInput, actionCode: num
     md5: msg.spool.md5,
     subject: header('subject'),
     messageId: header('message-id'),
-    actionCode,
+    actionCode: base.actionCode,
     reason,
-    policies,
+    policies: base.policies,
     instance: deps.instance,
   };
 }
 
-export async function relay(
-  deps: PipelineDeps,
-  msg: MessageInput,
+/** What goes before the spooled bytes on every relayed copy: our trace line, then the verdict headers with the signed loop header. */
+function relayPrepend({ deps, msg }: Step, headers: Array<[string, string]>): Buffer {
+  const sealed = deps.loopGuard.seal(headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId);
+  return Buffer.concat([msg.trace, renderHeaders(sealed)]);
+}
+
+async function relay(
+  step: Step,
   decision: { label: string; headers: Array<[string, string]> },
-  base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>,
-  skip: Array<{ start: number; end: number }>,
-  signal: AbortSignal,
   rewrite?: (source: Readable) => Readable,
-): Promise<Partial_> {
-  const sealed = deps.loopGuard.seal(decision.headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId);
-  const prepend = Buffer.concat([msg.trace, renderHeaders(sealed)]);
+): Promise<OutcomeFields> {
+  const { deps, msg, base, skip, signal } = step;
+  const prepend = relayPrepend(step, decision.headers);
   const t0 = performance.now();
   const isLocal = msg.sink.kind === 'outbox';
   const open = (): Readable => {
@@ -133,14 +152,8 @@ export async function relay(
  * If the relay does not end in 2xx the client keeps the message and will retry, so the evidence copy is
  * taken back, as a quarantine written after the deadline is.
  */
-export async function removeAndRelay(
-  deps: PipelineDeps,
-  msg: MessageInput,
-  decision: Extract<Decision, { action: 'remove-attachments' }>,
-  base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>,
-  skip: Array<{ start: number; end: number }>,
-  signal: AbortSignal,
-): Promise<Partial_> {
+async function removeAndRelay(step: Step, decision: Extract<Decision, { action: 'remove-attachments' }>): Promise<OutcomeFields> {
+  const { deps, msg, base, skip, signal } = step;
   const opts: RemovalOptions = { queryId: msg.queryId, ...deps.policy.attachments };
   let removed: RemovedAttachment[];
   try {
@@ -159,22 +172,19 @@ export async function removeAndRelay(
       };
     }
     // Never let an attachment through: what we cannot rewrite is held whole.
-    const held = await quarantine(
-      deps,
-      msg,
-      { label: 'quarantine-unremovable', reply: decision.quarantineReply, reason: `attachments-unremovable:${err.reason}` },
-      base,
-      skip,
-      signal,
-    );
+    const held = await quarantine(step, {
+      label: 'quarantine-unremovable',
+      reply: decision.quarantineReply,
+      reason: `attachments-unremovable:${err.reason}`,
+    });
     return { ...held, detail: held.detail ?? err.message };
   }
-  const evidenceFailed = await storeCopy(deps, msg, `evidence:${decision.reason}`, base, skip, 'quarantine store failed (evidence copy)');
+  const evidenceFailed = await storeCopy(step, `evidence:${decision.reason}`, 'quarantine store failed (evidence copy)');
   if (evidenceFailed) return evidenceFailed;
   const headers: Array<[string, string]> = decision.countHeader ? [...decision.headers, [decision.countHeader, String(removed.length)]] : decision.headers;
-  let out: Partial_;
+  let out: OutcomeFields;
   try {
-    out = await relay(deps, msg, { label: decision.label, headers }, base, skip, signal, (source) => removeAttachments(source, opts));
+    out = await relay(step, { label: decision.label, headers }, (source) => removeAttachments(source, opts));
   } catch (err) {
     await dropEvidence(deps, msg.queryId);
     throw err;
@@ -215,14 +225,8 @@ function parseReplyLine(line: string, fallback: SmtpReply): SmtpReply {
  * recipient the gateway accepted in a mixed outcome may then get the message twice: a duplicate rather
  * than a loss, and never a copy relayed in clear.
  */
-export async function gatewayRelay(
-  deps: PipelineDeps,
-  msg: MessageInput,
-  decision: Extract<Decision, { action: 'gateway' }>,
-  base: Omit<Partial_, 'reply' | 'action' | 'relayMs'>,
-  skip: Array<{ start: number; end: number }>,
-  signal: AbortSignal,
-): Promise<Partial_> {
+async function gatewayRelay(step: Step, decision: Extract<Decision, { action: 'gateway' }>): Promise<OutcomeFields> {
+  const { deps, msg, base, skip, signal } = step;
   const t0 = performance.now();
   const retry = (why: string): SmtpReply => ({ code: 451, enhanced: '4.4.0', text: `Encryption gateway ${why}, try again later (ref ${msg.queryId})` });
   const pool = deps.gateways?.get(decision.gateway);
@@ -237,8 +241,7 @@ export async function gatewayRelay(
       detail: decision.gateway,
     };
   }
-  const sealed = deps.loopGuard.seal(decision.headers, msg.spool.headers.find((h) => h.name === 'message-id')?.value ?? null, msg.queryId);
-  const prepend = Buffer.concat([msg.trace, renderHeaders(sealed)]);
+  const prepend = relayPrepend(step, decision.headers);
   let report: DeliveryReport;
   try {
     report = await pool.deliver(msg.envelope, () => msg.spool.open({ prepend, skip }), signal);

@@ -10,7 +10,7 @@ import { catalogueReply, RelayError, type SmtpReply } from '../errors.js';
 import type { MatchedPolicy, QuarantineStore } from '../quarantine/types.js';
 import type { Envelope } from '../smtp/envelope.js';
 import type { DeliveryReport } from '../egress/pool.js';
-import { gatewayRelay, quarantine, relay, removeAndRelay } from './actions.js';
+import { act } from './actions.js';
 
 /**
  * Where this one message goes when the policy says relay: the next-hop transaction the session holds
@@ -93,7 +93,8 @@ export interface Outcome {
   settled: Promise<void>;
 }
 
-export type Partial_ = Omit<Outcome, 'settled'>;
+/** The outcome before `settled` is known: the reply and what the log and metrics record. */
+export type OutcomeFields = Omit<Outcome, 'settled'>;
 
 /**
  * Runs the message through the pipeline. The deadline covers UCWI and the next hop together: when it
@@ -105,7 +106,7 @@ export function processMessage(deps: PipelineDeps, msg: MessageInput): Promise<O
   const side: Array<Promise<unknown>> = [];
   const work = run(deps, msg, ac.signal, side);
   let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<Partial_>((resolve) => {
+  const deadline = new Promise<OutcomeFields>((resolve) => {
     timer = setTimeout(() => {
       ac.abort(new RelayError('DEADLINE_EXCEEDED'));
       resolve({
@@ -151,7 +152,7 @@ export function processMessage(deps: PipelineDeps, msg: MessageInput): Promise<O
   );
 }
 
-async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, side: Array<Promise<unknown>>): Promise<Partial_> {
+async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, side: Array<Promise<unknown>>): Promise<OutcomeFields> {
   const { spool, queryId } = msg;
   // A loop header that does not let the message skip the scan is cut out of the bytes we scan and deliver.
   const { rule, strip: skip } = deps.loopGuard.judge(spool.headers, msg.clientTrusted, { queryId, clientAddress: msg.clientAddress });
@@ -209,17 +210,5 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
   }
 
   if (signal.aborted) throw signal.reason;
-  switch (decision.action) {
-    case 'reject':
-    case 'tempfail':
-      return { ...base, reply: decision.reply, action: decision.label, relayMs: null };
-    case 'quarantine':
-      return quarantine(deps, msg, decision, base, skip, signal);
-    case 'relay':
-      return relay(deps, msg, decision, base, skip, signal);
-    case 'remove-attachments':
-      return removeAndRelay(deps, msg, decision, base, skip, signal);
-    case 'gateway':
-      return gatewayRelay(deps, msg, decision, base, skip, signal);
-  }
+  return act({ deps, msg, base, skip, signal }, decision);
 }
