@@ -4,7 +4,7 @@
 //   <id>.eml       the message bytes exactly as received
 //   <id>.json      metadata (QuarantineRecord); its presence is what makes a message visible
 //   <id>.release   release claim, created with O_EXCL before delivery; rewritten with done=true after it and kept as a guard
-//   audit.jsonl    append-only audit trail, one JSON object per line, fsync'd per entry
+//   audit.jsonl    append-only audit trail, one JSON object per line, fsync'd per entry (fs-audit.ts)
 //   .tmp-*         unfinished writes, swept at init
 //
 // Limits of this backend, by design (use the postgres store beyond them): list() and purge() read every
@@ -12,7 +12,6 @@
 // audit file (memory stays at one page, time grows with the file; rotate it if it gets large); claims rely on O_EXCL/rename being atomic, which holds on local filesystems (and NFSv3+),
 // so several relays may share the directory only on such a filesystem.
 import { mkdir, readdir, unlink, stat, access, constants, open, readFile, rename, link } from 'node:fs/promises';
-import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -27,14 +26,13 @@ import {
   isAfterCursor,
   matchesFilter,
   failedStream,
-  clip,
   errCode,
-  QuarantineInputError,
   instanceName,
   DEFAULT_CLAIM_TTL_MS,
 } from './common.js';
 import { QuarantineNotFoundError } from './errors.js';
 import { ByteDigest, throughDigest } from './digest.js';
+import { FsAuditLog } from './fs-audit.js';
 import type {
   AuditEntry,
   AuditFilter,
@@ -56,7 +54,6 @@ export { SAFE_ID } from './common.js';
 const META_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.json$/;
 const EML_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.eml$/;
 const MARKER_SUFFIX = '.release';
-const AUDIT_FILE = 'audit.jsonl';
 /** Parallel metadata reads during a scan: enough to hide latency, few enough not to exhaust file descriptors. */
 const SCAN_CONCURRENCY = 32;
 
@@ -92,13 +89,14 @@ export class FsQuarantineStore implements QuarantineStore {
   readonly kind = 'fs' as const;
   private readonly claimTtlMs: number;
   private readonly instance = instanceName();
-  private auditDirSynced = false;
+  private readonly auditLog: FsAuditLog;
 
   constructor(
     readonly dir: string,
     opts: FsStoreOptions = {},
   ) {
     this.claimTtlMs = opts.claimTtlMs ?? DEFAULT_CLAIM_TTL_MS;
+    this.auditLog = new FsAuditLog(dir, this.instance);
   }
 
   async init(): Promise<void> {
@@ -120,9 +118,6 @@ export class FsQuarantineStore implements QuarantineStore {
   private markerPath(id: string): string {
     if (!SAFE_ID.test(id)) throw new Error('invalid quarantine id');
     return join(this.dir, `${id}${MARKER_SUFFIX}`);
-  }
-  private get auditPath(): string {
-    return join(this.dir, AUDIT_FILE);
   }
 
   async put(record: NewQuarantineRecord, openMessage: () => Readable): Promise<void> {
@@ -419,81 +414,12 @@ export class FsQuarantineStore implements QuarantineStore {
 
   // ---- audit ----
 
-  async audit(entry: AuditEntry): Promise<AuditRecord> {
-    const rec: AuditRecord = {
-      id: randomUUID(),
-      at: new Date().toISOString(),
-      instance: this.instance,
-      actor: entry.actor,
-      action: entry.action,
-      target: entry.target,
-      result: entry.result,
-      ...(entry.detail !== undefined ? { detail: clip(entry.detail)! } : {}),
-      ...(entry.source !== undefined ? { source: entry.source } : {}),
-    };
-    // One write() per line on an O_APPEND descriptor: concurrent appenders never interleave within a line.
-    const fh = await open(this.auditPath, 'a', 0o600);
-    try {
-      await fh.write(JSON.stringify(rec) + '\n');
-      await fh.sync();
-    } finally {
-      await fh.close().catch(() => {});
-    }
-    if (!this.auditDirSynced) {
-      await fsyncDir(this.dir);
-      this.auditDirSynced = true;
-    }
-    return rec;
+  audit(entry: AuditEntry): Promise<AuditRecord> {
+    return this.auditLog.append(entry);
   }
 
-  async listAudit(filter: AuditFilter = {}): Promise<AuditPage> {
-    const limit = clampLimit(filter.limit);
-    // Order is the file's own (append order), not the timestamp: entries written within one millisecond
-    // keep their sequence. The cursor is the line number, stable because the file is only ever appended to.
-    let before = Infinity;
-    if (filter.cursor) {
-      const c = decodeCursor(filter.cursor);
-      if (!/^\d{1,15}$/.test(c.id)) throw new QuarantineInputError('invalid cursor');
-      before = Number(c.id);
-    }
-    const matching: Array<{ line: number; rec: AuditRecord }> = [];
-    let input;
-    try {
-      const fh = await open(this.auditPath, 'r');
-      input = fh.createReadStream();
-    } catch (err) {
-      if (errCode(err) === 'ENOENT') return { items: [], nextCursor: null };
-      throw err;
-    }
-    let lineNo = -1;
-    for await (const line of createInterface({ input, crlfDelay: Infinity })) {
-      lineNo++;
-      if (lineNo >= before) break;
-      if (!line) continue;
-      let r: AuditRecord;
-      try {
-        r = JSON.parse(line) as AuditRecord;
-      } catch {
-        continue; // a torn last line after a crash
-      }
-      const t = Date.parse(r.at);
-      if (filter.from && t < filter.from.getTime()) continue;
-      if (filter.to && t >= filter.to.getTime()) continue;
-      if (filter.actor !== undefined && r.actor !== filter.actor) continue;
-      if (filter.action !== undefined && r.action !== filter.action) continue;
-      if (filter.target !== undefined && r.target !== filter.target) continue;
-      matching.push({ line: lineNo, rec: r });
-      // Only the newest limit+1 are needed: memory stays bounded whatever the file size.
-      if (matching.length > limit + 1) matching.shift();
-    }
-    input.destroy();
-    matching.reverse();
-    const page = matching.slice(0, limit);
-    const last = page[page.length - 1];
-    return {
-      items: page.map((m) => m.rec),
-      nextCursor: matching.length > limit && last ? encodeCursor({ t: last.rec.at, id: String(last.line) }) : null,
-    };
+  listAudit(filter: AuditFilter = {}): Promise<AuditPage> {
+    return this.auditLog.list(filter);
   }
 }
 
