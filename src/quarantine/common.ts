@@ -1,7 +1,7 @@
 // Helpers both store backends share (id check, paging cursors, filter semantics), so fs and postgres answer the same questions the same way.
 import { hostname } from 'node:os';
 import { Readable } from 'node:stream';
-import { DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, type QuarantineFilter, type QuarantineRecord } from './types.js';
+import { DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, type AuditEntry, type AuditRecord, type QuarantineFilter, type QuarantineRecord } from './types.js';
 import { DlpError } from '../errors.js';
 
 /** Ids are UUIDs we generate; anything else is refused so an id can never become a path or reach a query. */
@@ -97,6 +97,21 @@ export function failedStream(err: Error): Readable {
 export function clip(s: string | undefined, max = 2000): string | undefined {
   if (s === undefined) return undefined;
   return s.length > max ? `${s.slice(0, max)}…` : s;
+}
+
+/** The record both stores return for an entry once they have given it an id and a time: detail clipped, absent fields left out. */
+export function auditRecord(entry: AuditEntry, id: string, at: string, instance: string): AuditRecord {
+  return {
+    id,
+    at,
+    instance,
+    actor: entry.actor,
+    action: entry.action,
+    target: entry.target,
+    result: entry.result,
+    ...(entry.detail !== undefined ? { detail: clip(entry.detail)! } : {}),
+    ...(entry.source !== undefined ? { source: entry.source } : {}),
+  };
 }
 
 /** Node/pg error code if any (ENOENT, EEXIST, 08006 …). */

@@ -4,7 +4,7 @@ import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { fsyncDir } from '../util/durable-file.js';
-import { clampLimit, decodeCursor, encodeCursor, clip, errCode, QuarantineInputError } from './common.js';
+import { auditRecord, clampLimit, decodeCursor, encodeCursor, errCode, QuarantineInputError } from './common.js';
 import type { AuditEntry, AuditFilter, AuditPage, AuditRecord } from './types.js';
 
 const AUDIT_FILE = 'audit.jsonl';
@@ -26,17 +26,7 @@ export class FsAuditLog {
   }
 
   async append(entry: AuditEntry): Promise<AuditRecord> {
-    const rec: AuditRecord = {
-      id: randomUUID(),
-      at: new Date().toISOString(),
-      instance: this.instance,
-      actor: entry.actor,
-      action: entry.action,
-      target: entry.target,
-      result: entry.result,
-      ...(entry.detail !== undefined ? { detail: clip(entry.detail)! } : {}),
-      ...(entry.source !== undefined ? { source: entry.source } : {}),
-    };
+    const rec = auditRecord(entry, randomUUID(), new Date().toISOString(), this.instance);
     // One write() per line on an O_APPEND descriptor: concurrent appenders never interleave within a line.
     const fh = await open(this.path, 'a', 0o600);
     try {

@@ -188,14 +188,30 @@ export function rowToRecord(r: MessageRow): QuarantineRecord {
   };
 }
 
-/** Numbered query parameters: p(value) records the value and returns its "$n" placeholder. */
-export function sqlParams(): { values: unknown[]; p: (v: unknown) => string } {
-  const values: unknown[] = [];
-  return {
-    values,
-    p: (v) => {
-      values.push(v);
-      return `$${values.length}`;
-    },
+/**
+ * A WHERE clause built one condition at a time, for the list queries: p(value) records a value and returns its
+ * "$n" placeholder, so values and placeholders cannot drift apart; the text is empty when nothing was added.
+ */
+export class SqlWhere {
+  readonly values: unknown[] = [];
+  private readonly conditions: string[] = [];
+
+  readonly p = (v: unknown): string => {
+    this.values.push(v);
+    return `$${this.values.length}`;
   };
+
+  and(condition: string): void {
+    this.conditions.push(condition);
+  }
+
+  /** from inclusive, to exclusive: the same window the fs store's filters use. */
+  timeRange(column: string, range: { from?: Date | undefined; to?: Date | undefined }): void {
+    if (range.from) this.and(`${column} >= ${this.p(range.from)}`);
+    if (range.to) this.and(`${column} < ${this.p(range.to)}`);
+  }
+
+  toString(): string {
+    return this.conditions.length ? `WHERE ${this.conditions.join(' AND ')}` : '';
+  }
 }

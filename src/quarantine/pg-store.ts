@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../observability/logger.js';
 import { migrate } from '../util/pg-migrate.js';
-import { isSafeId, clampLimit, decodeCursor, encodeCursor, failedStream, clip, instanceName, normAddress, DEFAULT_CLAIM_TTL_MS, QuarantineInputError } from './common.js';
+import { isSafeId, auditRecord, clampLimit, decodeCursor, encodeCursor, failedStream, clip, instanceName, normAddress, DEFAULT_CLAIM_TTL_MS, QuarantineInputError } from './common.js';
 import { QuarantineNotFoundError, QuarantineUnavailableError } from './errors.js';
 import { ByteDigest } from './digest.js';
 import {
@@ -25,7 +25,7 @@ import {
   createQuarantinePool,
   isConnectivityError,
   rowToRecord,
-  sqlParams,
+  SqlWhere,
   toStoreError,
   type MessageRow,
 } from './pg-schema.js';
@@ -226,18 +226,17 @@ export class PgQuarantineStore implements QuarantineStore {
 
   async list(filter: QuarantineFilter = {}): Promise<QuarantinePage> {
     const limit = clampLimit(filter.limit);
-    const where: string[] = [];
-    const { values, p } = sqlParams();
-    if (filter.from) where.push(`quarantined_at >= ${p(filter.from)}`);
-    if (filter.to) where.push(`quarantined_at < ${p(filter.to)}`);
-    if (filter.sender !== undefined) where.push(`sender_lc = ${p(normAddress(filter.sender))}`);
-    if (filter.recipient !== undefined) where.push(`recipients_lc @> ARRAY[${p(normAddress(filter.recipient))}]::text[]`);
-    if (filter.actionCode === null) where.push('action_code IS NULL');
-    else if (filter.actionCode !== undefined) where.push(`action_code = ${p(filter.actionCode)}`);
-    if (filter.policy !== undefined) where.push(`policy_names @> ARRAY[${p(filter.policy)}]::text[]`);
+    const where = new SqlWhere();
+    const { p } = where;
+    where.timeRange('quarantined_at', filter);
+    if (filter.sender !== undefined) where.and(`sender_lc = ${p(normAddress(filter.sender))}`);
+    if (filter.recipient !== undefined) where.and(`recipients_lc @> ARRAY[${p(normAddress(filter.recipient))}]::text[]`);
+    if (filter.actionCode === null) where.and('action_code IS NULL');
+    else if (filter.actionCode !== undefined) where.and(`action_code = ${p(filter.actionCode)}`);
+    if (filter.policy !== undefined) where.and(`policy_names @> ARRAY[${p(filter.policy)}]::text[]`);
     if (filter.status !== undefined) {
       // Same rule as rowToRecord: a finished claim counts as released.
-      where.push(
+      where.and(
         filter.status === 'released'
           ? `(status = 'released' OR claim_done)`
           : filter.status === 'held'
@@ -248,11 +247,11 @@ export class PgQuarantineStore implements QuarantineStore {
     if (filter.cursor) {
       const c = decodeCursor(filter.cursor);
       if (!isSafeId(c.id)) throw new QuarantineInputError('invalid cursor');
-      where.push(`(quarantined_at, id) < (${p(new Date(c.t))}, ${p(c.id)}::uuid)`);
+      where.and(`(quarantined_at, id) < (${p(new Date(c.t))}, ${p(c.id)}::uuid)`);
     }
-    const sql = `SELECT ${ROW_COLUMNS} FROM quarantine_messages ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+    const sql = `SELECT ${ROW_COLUMNS} FROM quarantine_messages ${where.toString()}
       ORDER BY quarantined_at DESC, id DESC LIMIT ${p(limit + 1)}`;
-    const { rows } = await this.q<MessageRow>('list', sql, values);
+    const { rows } = await this.q<MessageRow>('list', sql, where.values);
     const items = rows.slice(0, limit).map(rowToRecord);
     const last = items[items.length - 1];
     return { items, nextCursor: rows.length > limit && last ? encodeCursor({ t: last.quarantinedAt, id: last.id }) : null };
@@ -377,33 +376,24 @@ export class PgQuarantineStore implements QuarantineStore {
       [this.instance, entry.actor, entry.action, entry.target, entry.result, clip(entry.detail) ?? null, entry.source ?? null],
     );
     const row = rows[0]!;
-    return {
-      id: String(row.id),
-      at: row.at.toISOString(),
-      instance: this.instance,
-      actor: entry.actor,
-      action: entry.action,
-      target: entry.target,
-      result: entry.result,
-      ...(entry.detail !== undefined ? { detail: clip(entry.detail)! } : {}),
-      ...(entry.source !== undefined ? { source: entry.source } : {}),
-    };
+    return auditRecord(entry, String(row.id), row.at.toISOString(), this.instance);
   }
 
   async listAudit(filter: AuditFilter = {}): Promise<AuditPage> {
     const limit = clampLimit(filter.limit);
-    const where: string[] = [];
-    const { values, p } = sqlParams();
-    if (filter.from) where.push(`at >= ${p(filter.from)}`);
-    if (filter.to) where.push(`at < ${p(filter.to)}`);
-    if (filter.actor !== undefined) where.push(`actor = ${p(filter.actor)}`);
-    if (filter.action !== undefined) where.push(`action = ${p(filter.action)}`);
-    if (filter.target !== undefined) where.push(`target = ${p(filter.target)}`);
+    const where = new SqlWhere();
+    const { p } = where;
+    where.timeRange('at', filter);
+    // The filter keys are the column names.
+    for (const column of ['actor', 'action', 'target'] as const) {
+      const v = filter[column];
+      if (v !== undefined) where.and(`${column} = ${p(v)}`);
+    }
     if (filter.cursor) {
       // The serial id orders entries across instances; the cursor carries it (time is informational).
       const c = decodeCursor(filter.cursor);
       if (!/^\d{1,19}$/.test(c.id)) throw new QuarantineInputError('invalid cursor');
-      where.push(`id < ${p(c.id)}::bigint`);
+      where.and(`id < ${p(c.id)}::bigint`);
     }
     const { rows } = await this.q<{
       id: string;
@@ -418,8 +408,8 @@ export class PgQuarantineStore implements QuarantineStore {
     }>(
       'list audit',
       `SELECT id, at, instance, actor, action, target, result, detail, source FROM quarantine_audit
-        ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ${p(limit + 1)}`,
-      values,
+        ${where.toString()} ORDER BY id DESC LIMIT ${p(limit + 1)}`,
+      where.values,
     );
     const items: AuditRecord[] = rows.slice(0, limit).map((r) => ({
       id: String(r.id),
