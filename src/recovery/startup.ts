@@ -1,10 +1,11 @@
 // Start-up recovery of every on-disk store (spool, local outbox, fs quarantine, fs CAS outbox): removes what a crash left unfinished and logs one line per store with counts.
-import { readdir, stat, unlink, readFile } from 'node:fs/promises';
+import { readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { FrozenConfig } from '../config/load.js';
 import { prepareSpoolDir } from '../spool/spool.js';
 import { TEMP_PREFIX } from '../util/durable-file.js';
+import { casOutboxHolder } from '../cas/outbox/fs.js';
 
 /** What one store's sweep did. */
 export interface RecoveryReport {
@@ -106,22 +107,13 @@ export async function recoverCasOutbox(dir: string): Promise<RecoveryReport> {
   const r: RecoveryReport = { store: 'cas-outbox', dir, tempRemoved: 0, orphansRemoved: 0, kept: [] };
   const names = await list(dir);
   if (!names) return r;
-  const pid = Number((await readFile(join(dir, 'outbox.lock'), 'utf8').catch(() => '')).trim());
-  if (pid > 0 && pid !== process.pid && alive(pid)) {
-    r.skipped = `in use by process ${pid}`;
+  const holder = await casOutboxHolder(dir);
+  if (holder !== null) {
+    r.skipped = `in use by process ${holder}`;
     return r;
   }
   r.tempRemoved = await removeTemps(dir, names);
   return r;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function log(logger: Logger, r: RecoveryReport): void {

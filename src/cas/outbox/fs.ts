@@ -6,18 +6,9 @@ import { writeDurably } from '../../util/durable-file.js';
 import { type CasList, type CasRuleAction } from '../items.js';
 import { k2, k3, opposite, prepare, outboxBackoffMs, type CasOutbox, type CasOutboxEntry, type CasOutboxItem, type CasOutboxOptions, type CasOutboxStats, type CasOutboxStatus, type CasListItem, type CasRetrySchedule } from './types.js';
 
-interface FsEntry {
+/** An entry as the journal keeps it: a numeric id (the journal's sequence) and a lease held in memory only. */
+interface FsEntry extends Omit<CasOutboxEntry, 'id'> {
   id: number;
-  list: CasList;
-  value: string;
-  action: CasRuleAction;
-  reason: string;
-  status: CasOutboxStatus;
-  attempts: number;
-  lastError: string | null;
-  nextAttemptAt: number;
-  createdAt: number;
-  updatedAt: number;
   leaseUntil: number;
 }
 
@@ -33,6 +24,17 @@ type FsRecord =
 
 /** Directories held by this process, so two instances in one process cannot share a journal either. */
 const heldDirs = new Set<string>();
+
+const LOCK_FILE = 'outbox.lock';
+
+/**
+ * The pid in a directory's lock file when it is another process that is still alive, else null (no lock, or a
+ * stale one): the outbox refuses to open such a directory, and start-up recovery leaves it alone.
+ */
+export async function casOutboxHolder(dir: string): Promise<number | null> {
+  const pid = Number((await readFile(join(dir, LOCK_FILE), 'utf8').catch(() => '')).trim());
+  return pid > 0 && pid !== process.pid && pidAlive(pid) ? pid : null;
+}
 
 /**
  * Single-process outbox in one append-only journal (`journal.jsonl`) per directory.
@@ -76,7 +78,7 @@ export class FsCasOutbox implements CasOutbox {
     this.logger = opts.logger;
     this.suppressRepeatMs = opts.suppressRepeatMs ?? 3_600_000;
     this.journalPath = join(dir, 'journal.jsonl');
-    this.lockPath = join(dir, 'outbox.lock');
+    this.lockPath = join(dir, LOCK_FILE);
   }
 
   /** Opens (or creates) the journal; called implicitly by every method, explicit for a fail-fast start. */
@@ -134,8 +136,8 @@ export class FsCasOutbox implements CasOutbox {
         return;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-        const pid = Number((await readFile(this.lockPath, 'utf8').catch(() => '')).trim());
-        if (pid > 0 && pid !== process.pid && pidAlive(pid)) throw new Error(`CAS outbox ${this.dir} is in use by process ${pid}`, { cause: err });
+        const holder = await casOutboxHolder(this.dir);
+        if (holder !== null) throw new Error(`CAS outbox ${this.dir} is in use by process ${holder}`, { cause: err });
         // Stale lock of a process that is gone (or of an earlier life of this pid): take it over.
         await unlink(this.lockPath).catch(() => {});
       }
@@ -443,17 +445,6 @@ function pidAlive(pid: number): boolean {
 }
 
 function view(e: FsEntry): CasOutboxEntry {
-  return {
-    id: String(e.id),
-    list: e.list,
-    value: e.value,
-    action: e.action,
-    reason: e.reason,
-    status: e.status,
-    attempts: e.attempts,
-    lastError: e.lastError,
-    nextAttemptAt: e.nextAttemptAt,
-    createdAt: e.createdAt,
-    updatedAt: e.updatedAt,
-  };
+  const { leaseUntil: _lease, ...entry } = e;
+  return { ...entry, id: String(e.id) };
 }

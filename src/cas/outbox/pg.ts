@@ -2,7 +2,7 @@
 import type { Pool } from 'pg';
 import type { Logger } from '../../observability/logger.js';
 import { migrate, type Migration } from '../../util/pg-migrate.js';
-import { type CasList, type CasRuleAction } from '../items.js';
+import type { CasList } from '../items.js';
 import { prepare, type CasOutbox, type CasOutboxEntry, type CasOutboxItem, type CasOutboxOptions, type CasOutboxStats, type CasOutboxStatus, type CasListItem, type CasRetrySchedule } from './types.js';
 
 export const CAS_OUTBOX_MIGRATIONS: readonly Migration[] = [
@@ -44,14 +44,9 @@ export const CAS_OUTBOX_MIGRATIONS: readonly Migration[] = [
   },
 ];
 
-interface PgRow {
+/** A cas_outbox row: the item's columns and status/attempts keep their names, the rest are snake_case. */
+interface PgRow extends CasOutboxItem, Pick<CasOutboxEntry, 'status' | 'attempts'> {
   id: string;
-  list: CasList;
-  value: string;
-  action: CasRuleAction;
-  reason: string;
-  status: CasOutboxStatus;
-  attempts: number;
   last_error: string | null;
   next_attempt_at: Date;
   created_at: Date;
