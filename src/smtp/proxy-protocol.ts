@@ -81,32 +81,28 @@ function parseV2(buf: Buffer): ProxyParseResult {
   if (buf.length < length) return { status: 'incomplete' };
   // LOCAL: the proxy's own connection (health check); the address block, if any, is skipped.
   if (cmd === 0) return { status: 'ok', version: 2, length, source: null, destination: null };
+  // UNSPEC: the receiver uses the real connection endpoints.
+  if (famProto === 0x00) return { status: 'ok', version: 2, length, source: null, destination: null };
+  const family = V2_TCP_FAMILIES.get(famProto);
+  if (!family) return { status: 'invalid', reason: `v2 family/transport 0x${famProto.toString(16)} not supported for SMTP` };
+  // Source address, destination address, source port, destination port; anything after them (TLVs) is skipped.
+  const n = family.addressBytes;
+  if (len < 2 * n + 4) return { status: 'invalid', reason: `v2 ${family.name} address block too short` };
   const body = buf.subarray(16, length);
-  switch (famProto) {
-    case 0x00: // UNSPEC: the receiver uses the real connection endpoints
-      return { status: 'ok', version: 2, length, source: null, destination: null };
-    case 0x11: // TCP over IPv4
-      if (len < 12) return { status: 'invalid', reason: 'v2 IPv4 address block too short' };
-      return {
-        status: 'ok',
-        version: 2,
-        length,
-        source: { address: ipv4(body.subarray(0, 4)), port: body.readUInt16BE(8) },
-        destination: { address: ipv4(body.subarray(4, 8)), port: body.readUInt16BE(10) },
-      };
-    case 0x21: // TCP over IPv6
-      if (len < 36) return { status: 'invalid', reason: 'v2 IPv6 address block too short' };
-      return {
-        status: 'ok',
-        version: 2,
-        length,
-        source: { address: unmapIPv4(ipv6(body.subarray(0, 16))), port: body.readUInt16BE(32) },
-        destination: { address: unmapIPv4(ipv6(body.subarray(16, 32))), port: body.readUInt16BE(34) },
-      };
-    default:
-      return { status: 'invalid', reason: `v2 family/transport 0x${famProto.toString(16)} not supported for SMTP` };
-  }
+  return {
+    status: 'ok',
+    version: 2,
+    length,
+    source: { address: family.text(body.subarray(0, n)), port: body.readUInt16BE(2 * n) },
+    destination: { address: family.text(body.subarray(n, 2 * n)), port: body.readUInt16BE(2 * n + 2) },
+  };
 }
+
+/** The v2 address families SMTP can use (TCP over IPv4, TCP over IPv6): address size and text form. */
+const V2_TCP_FAMILIES = new Map<number, { name: string; addressBytes: number; text: (b: Buffer) => string }>([
+  [0x11, { name: 'IPv4', addressBytes: 4, text: (b) => ipv4(b) }],
+  [0x21, { name: 'IPv6', addressBytes: 16, text: (b) => unmapIPv4(ipv6(b)) }],
+]);
 
 function ipv4(b: Buffer): string {
   return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
