@@ -111,35 +111,47 @@ export const CATALOGUE = {
 
 export type ErrorCode = keyof typeof CATALOGUE;
 
+/** What one stable error code becomes on each surface, and what it means. */
+export interface ErrorCodeRow {
+  reply: ErrorCode;
+  http: number;
+  exit: 0 | 1 | 2;
+  what: string;
+}
+
+/** A row: an unexpected error's 451 INTERNAL, HTTP 500 and exit 1, except where `differs` says otherwise. */
+function codeRow(what: string, differs: Partial<Omit<ErrorCodeRow, 'what'>> = {}): ErrorCodeRow {
+  return { reply: 'INTERNAL', http: 500, exit: 1, ...differs, what };
+}
+
+/** The next hop failed us: 451 NEXT_HOP_UNAVAILABLE on SMTP, 502 Bad Gateway on the admin API. */
+const NEXT_HOP_DOWN = { reply: 'NEXT_HOP_UNAVAILABLE', http: 502 } as const;
+
 /**
  * Stable error codes (like fastify's FST_ERR_*): every error class of ours carries one, and this one table says
  * what each becomes on every surface: the SMTP reply (a CATALOGUE key; `(ref …)` is added by the caller), the
  * admin API's HTTP status and the CLI's exit code (0 ok, 1 failure, 2 bad input). Codes never change meaning;
  * new failures get a new row. Anything unknown is DLP_ERR_INTERNAL: 451 4.3.0, never a 5xx by accident.
+ * Each row gives what the code means and only where it differs from DLP_ERR_INTERNAL's reply, status and exit code.
  */
 export const ERROR_CODES = {
-  DLP_ERR_INTERNAL: { reply: 'INTERNAL', http: 500, exit: 1, what: 'unexpected error (bug or unknown failure)' },
-  DLP_ERR_CONFIG: { reply: 'INTERNAL', http: 500, exit: 1, what: 'configuration invalid (config/load.ts ConfigError)' },
-  DLP_ERR_CLI: { reply: 'INTERNAL', http: 500, exit: 1, what: 'admin CLI call failed; the instance may carry its own exit code (CliError)' },
-  DLP_ERR_USAGE: {
-    reply: 'INTERNAL',
-    http: 400,
-    exit: 2,
-    what: 'bad command line or option value (quarantine/cli.ts BadInput; cli/send.ts UsageError after the merge)',
-  },
-  DLP_ERR_HTTP: { reply: 'INTERNAL', http: 500, exit: 1, what: 'admin API answer other than 200; the instance carries its status (HttpError)' },
-  DLP_ERR_DEADLINE: { reply: 'DEADLINE_EXCEEDED', http: 504, exit: 1, what: 'end-of-DATA budget ran out (RelayError)' },
-  DLP_ERR_NEXT_HOP: { reply: 'NEXT_HOP_UNAVAILABLE', http: 502, exit: 1, what: 'next-hop delivery failed; its own 5xx passes through (DeliveryError)' },
-  DLP_ERR_SMTP_CLIENT: { reply: 'NEXT_HOP_UNAVAILABLE', http: 502, exit: 1, what: 'SMTP client connection/protocol failure (SmtpClientError)' },
-  DLP_ERR_REPLY_SYNTAX: { reply: 'NEXT_HOP_UNAVAILABLE', http: 502, exit: 1, what: 'malformed SMTP reply from a server (ReplySyntaxError)' },
-  DLP_ERR_SESSION_ENDED: { reply: 'SESSION_FAILED', http: 500, exit: 1, what: 'SMTP session over while a handler waited (SessionEnded)' },
-  DLP_ERR_DATA_PHASE: { reply: 'INTERNAL', http: 500, exit: 1, what: 'DATA phase broken; the instance carries the exact reply (DataPhaseError)' },
-  DLP_ERR_CAS: { reply: 'INTERNAL', http: 502, exit: 1, what: 'CAS API call failed (CasError)' },
-  DLP_ERR_CAS_POLL_TIMEOUT: { reply: 'INTERNAL', http: 504, exit: 1, what: 'CAS results not final in time (CasPollTimeoutError)' },
-  DLP_ERR_QUARANTINE_INPUT: { reply: 'INTERNAL', http: 400, exit: 2, what: 'bad quarantine filter or cursor (QuarantineInputError)' },
-  DLP_ERR_QUARANTINE_NOT_FOUND: { reply: 'INTERNAL', http: 404, exit: 1, what: 'unknown quarantine id (QuarantineNotFoundError)' },
-  DLP_ERR_QUARANTINE_UNAVAILABLE: { reply: 'QUARANTINE_FAILED', http: 503, exit: 1, what: 'quarantine store unreachable (QuarantineUnavailableError)' },
-} as const satisfies Record<string, { reply: ErrorCode; http: number; exit: 0 | 1 | 2; what: string }>;
+  DLP_ERR_INTERNAL: codeRow('unexpected error (bug or unknown failure)'),
+  DLP_ERR_CONFIG: codeRow('configuration invalid (config/load.ts ConfigError)'),
+  DLP_ERR_CLI: codeRow('admin CLI call failed; the instance may carry its own exit code (CliError)'),
+  DLP_ERR_USAGE: codeRow('bad command line or option value (quarantine/cli.ts BadInput; cli/send.ts UsageError after the merge)', { http: 400, exit: 2 }),
+  DLP_ERR_HTTP: codeRow('admin API answer other than 200; the instance carries its status (HttpError)'),
+  DLP_ERR_DEADLINE: codeRow('end-of-DATA budget ran out (RelayError)', { reply: 'DEADLINE_EXCEEDED', http: 504 }),
+  DLP_ERR_NEXT_HOP: codeRow('next-hop delivery failed; its own 5xx passes through (DeliveryError)', NEXT_HOP_DOWN),
+  DLP_ERR_SMTP_CLIENT: codeRow('SMTP client connection/protocol failure (SmtpClientError)', NEXT_HOP_DOWN),
+  DLP_ERR_REPLY_SYNTAX: codeRow('malformed SMTP reply from a server (ReplySyntaxError)', NEXT_HOP_DOWN),
+  DLP_ERR_SESSION_ENDED: codeRow('SMTP session over while a handler waited (SessionEnded)', { reply: 'SESSION_FAILED' }),
+  DLP_ERR_DATA_PHASE: codeRow('DATA phase broken; the instance carries the exact reply (DataPhaseError)'),
+  DLP_ERR_CAS: codeRow('CAS API call failed (CasError)', { http: 502 }),
+  DLP_ERR_CAS_POLL_TIMEOUT: codeRow('CAS results not final in time (CasPollTimeoutError)', { http: 504 }),
+  DLP_ERR_QUARANTINE_INPUT: codeRow('bad quarantine filter or cursor (QuarantineInputError)', { http: 400, exit: 2 }),
+  DLP_ERR_QUARANTINE_NOT_FOUND: codeRow('unknown quarantine id (QuarantineNotFoundError)', { http: 404 }),
+  DLP_ERR_QUARANTINE_UNAVAILABLE: codeRow('quarantine store unreachable (QuarantineUnavailableError)', { reply: 'QUARANTINE_FAILED', http: 503 }),
+} as const satisfies Record<string, ErrorCodeRow>;
 
 export type DlpErrorCode = keyof typeof ERROR_CODES;
 
