@@ -84,6 +84,25 @@ export function isCardNumber(s: string): boolean {
 }
 
 /**
+ * Counts the matches in a run split into groups, left to right and never overlapping: `lastOfMatchAt(i)` is
+ * the index of the last group of the match that starts at group i, or -1 when none starts there.
+ */
+function countFromLeft(groups: number, lastOfMatchAt: (i: number) => number): number {
+  let count = 0;
+  let i = 0;
+  while (i < groups) {
+    const end = lastOfMatchAt(i);
+    if (end >= 0) {
+      count++;
+      i = end + 1;
+    } else {
+      i++;
+    }
+  }
+  return count;
+}
+
+/**
  * Cards in one run of digit groups. A run such as "4111111111111111 5500000000000004" holds two cards,
  * so groups are combined greedily: from each group, the longest combination of following groups that is
  * a valid card wins, and the search resumes after it.
@@ -92,9 +111,7 @@ function cardsInRun(run: string, next: string): number {
   const groups = run.split(/[ -]/);
   // A last group glued to a letter ("…1111abc") is part of a word, not a number.
   if (isWordChar(next)) groups.pop();
-  let count = 0;
-  let i = 0;
-  while (i < groups.length) {
+  return countFromLeft(groups.length, (i) => {
     let best = -1;
     let digits = '';
     for (let j = i; j < groups.length; j++) {
@@ -102,14 +119,8 @@ function cardsInRun(run: string, next: string): number {
       if (digits.length > 19) break;
       if (digits.length >= 13 && cardBrand(digits) !== null && luhnValid(digits)) best = j;
     }
-    if (best >= 0) {
-      count++;
-      i = best + 1;
-    } else {
-      i++;
-    }
-  }
-  return count;
+    return best;
+  });
 }
 
 export const cardDetector: Detector = {
@@ -222,9 +233,7 @@ export function isIban(s: string): boolean {
 function ibansInRun(run: string, next: string): number {
   const tokens = run.split(' ');
   const glued = isWordChar(next);
-  let count = 0;
-  let i = 0;
-  while (i < tokens.length) {
+  return countFromLeft(tokens.length, (i) => {
     const tok = tokens[i]!;
     const len = /^[A-Z]{2}\d{2}/.test(tok) ? IBAN_LENGTHS[tok.slice(0, 2)] : undefined;
     let end = -1; // index of the last token of a valid IBAN starting at i
@@ -242,14 +251,8 @@ function ibansInRun(run: string, next: string): number {
       }
     }
     // An IBAN whose last group runs into a word ("…3000abc") is not a standalone IBAN.
-    if (end >= 0 && !(glued && end === tokens.length - 1)) {
-      count++;
-      i = end + 1;
-    } else {
-      i++;
-    }
-  }
-  return count;
+    return glued && end === tokens.length - 1 ? -1 : end;
+  });
 }
 
 export const ibanDetector: Detector = {
