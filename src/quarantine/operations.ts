@@ -220,20 +220,24 @@ export async function buildPreview(source: Readable, limits: PreviewLimits = {})
   return preview;
 }
 
+/** The record an id names, or null once the miss is audited under `action` (a malformed id is simply not found). */
+async function findRecord(ctx: OperationsContext, actor: Actor, action: 'show' | 'download', id: string): Promise<QuarantineRecord | null> {
+  id = normalizeId(id);
+  const target = auditTarget(id);
+  const record = await guard(ctx, actor, action, target, () => ctx.store.get(id));
+  if (!record) await audited(ctx, actor, action, target, 'not-found', target ? undefined : 'malformed id');
+  return record;
+}
+
 export async function showMessage(
   ctx: OperationsContext,
   actor: Actor,
   id: string,
   limits?: PreviewLimits,
 ): Promise<{ record: QuarantineRecord; preview: MessagePreview } | null> {
-  id = normalizeId(id);
-  const target = auditTarget(id);
-  const record = await guard(ctx, actor, 'show', target, () => ctx.store.get(id));
-  if (!record) {
-    await audited(ctx, actor, 'show', target, 'not-found', target ? undefined : 'malformed id');
-    return null;
-  }
-  const preview = await guard(ctx, actor, 'show', target, () => buildPreview(ctx.store.openMessage(record.id), limits));
+  const record = await findRecord(ctx, actor, 'show', id);
+  if (!record) return null;
+  const preview = await guard(ctx, actor, 'show', record.id, () => buildPreview(ctx.store.openMessage(record.id), limits));
   await audited(ctx, actor, 'show', record.id, 'ok');
   return { record, preview };
 }
@@ -244,13 +248,8 @@ export async function downloadMessage(
   actor: Actor,
   id: string,
 ): Promise<{ record: QuarantineRecord; stream: Readable } | null> {
-  id = normalizeId(id);
-  const target = auditTarget(id);
-  const record = await guard(ctx, actor, 'download', target, () => ctx.store.get(id));
-  if (!record) {
-    await audited(ctx, actor, 'download', target, 'not-found', target ? undefined : 'malformed id');
-    return null;
-  }
+  const record = await findRecord(ctx, actor, 'download', id);
+  if (!record) return null;
   await audited(ctx, actor, 'download', record.id, 'ok');
   return { record, stream: ctx.store.openMessage(record.id) };
 }
