@@ -219,16 +219,24 @@ function parseLimit(v: string | number | undefined): number | undefined {
 /** "deleted" is not listable: our stores delete for real, and the audit trail keeps the fact. */
 const STATUSES: readonly QuarantineStatus[] = ['held', 'released'];
 
-function listFilter(o: ListCliOptions): QuarantineFilter {
-  const f: QuarantineFilter = {};
+/** --from and --to as a listing's time window; an option not given stays out of the filter. */
+function timeWindow(o: { from?: string; to?: string }): { from?: Date; to?: Date } {
   const from = parseDate('from', o.from);
   const to = parseDate('to', o.to);
-  if (from) f.from = from;
-  if (to) f.to = to;
-  if (o.sender !== undefined) f.sender = o.sender;
-  if (o.recipient !== undefined) f.recipient = o.recipient;
-  if (o.policy !== undefined) f.policy = o.policy;
-  if (o.cursor !== undefined) f.cursor = o.cursor;
+  return { ...(from ? { from } : {}), ...(to ? { to } : {}) };
+}
+
+/** Copies the text options that were given, under the same names, into a filter. */
+function copyGiven<K extends string>(into: Partial<Record<K, string>>, o: Partial<Record<K, string>>, keys: readonly K[]): void {
+  for (const k of keys) {
+    const v = o[k];
+    if (v !== undefined) into[k] = v;
+  }
+}
+
+function listFilter(o: ListCliOptions): QuarantineFilter {
+  const f: QuarantineFilter = timeWindow(o);
+  copyGiven(f, o, ['sender', 'recipient', 'policy', 'cursor']);
   if (o.actionCode !== undefined) {
     const s = String(o.actionCode);
     if (s === 'none' || s === 'null') f.actionCode = null;
@@ -257,6 +265,17 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
 }
 
+/** A listing's page: as JSON, or as a table under its header row, then the option that fetches the next page. */
+function printPage<T>(ctx: CliContext, json: boolean | undefined, page: { items: T[]; nextCursor: string | null }, header: string[], row: (item: T) => string[]): number {
+  if (json) {
+    ctx.out.write(JSON.stringify(page, null, 2) + '\n');
+    return EXIT_OK;
+  }
+  ctx.out.write(table([header, ...page.items.map(row)]));
+  if (page.nextCursor) ctx.out.write(`more: --cursor ${page.nextCursor}\n`);
+  return EXIT_OK;
+}
+
 function humanSize(n: number): string {
   if (n < 1024) return `${n} B`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
@@ -272,30 +291,20 @@ export async function quarantineList(opts: ListCliOptions, ctx: CliContext): Pro
   return run(ctx, async () => {
     const filter = listFilter(opts);
     const page = await backendOf(ctx).list(filter);
-    if (opts.json) {
-      ctx.out.write(JSON.stringify(page, null, 2) + '\n');
-      return EXIT_OK;
-    }
-    if (page.items.length === 0) {
+    if (!opts.json && page.items.length === 0) {
       ctx.out.write('no quarantined messages match\n');
       return EXIT_OK;
     }
-    const rows = [['ID', 'QUARANTINED', 'STATUS', 'ACTION', 'FROM', 'TO', 'SIZE', 'SUBJECT']];
-    for (const r of page.items) {
-      rows.push([
-        r.id,
-        r.quarantinedAt.replace(/\.\d{3}Z$/, 'Z'),
-        r.releaseClaim ? 'releasing' : r.status,
-        r.actionCode === null ? '-' : String(r.actionCode),
-        cell(r.envelope.from || '<>', 40),
-        cell(recipientsCell(r), 40),
-        humanSize(r.size),
-        cell(r.subject ?? '', 50),
-      ]);
-    }
-    ctx.out.write(table(rows));
-    if (page.nextCursor) ctx.out.write(`more: --cursor ${page.nextCursor}\n`);
-    return EXIT_OK;
+    return printPage(ctx, opts.json, page, ['ID', 'QUARANTINED', 'STATUS', 'ACTION', 'FROM', 'TO', 'SIZE', 'SUBJECT'], (r) => [
+      r.id,
+      r.quarantinedAt.replace(/\.\d{3}Z$/, 'Z'),
+      r.releaseClaim ? 'releasing' : r.status,
+      r.actionCode === null ? '-' : String(r.actionCode),
+      cell(r.envelope.from || '<>', 40),
+      cell(recipientsCell(r), 40),
+      humanSize(r.size),
+      cell(r.subject ?? '', 50),
+    ]);
   });
 }
 
@@ -433,27 +442,18 @@ export async function quarantineDownload(opts: DownloadCliOptions, ctx: CliConte
 
 export async function quarantineAudit(opts: AuditCliOptions, ctx: CliContext): Promise<number> {
   return run(ctx, async () => {
-    const f: AuditFilter = {};
-    const from = parseDate('from', opts.from);
-    const to = parseDate('to', opts.to);
-    if (from) f.from = from;
-    if (to) f.to = to;
-    if (opts.actor !== undefined) f.actor = opts.actor;
-    if (opts.action !== undefined) f.action = opts.action;
-    if (opts.target !== undefined) f.target = opts.target;
-    if (opts.cursor !== undefined) f.cursor = opts.cursor;
+    const f: AuditFilter = timeWindow(opts);
+    copyGiven(f, opts, ['actor', 'action', 'target', 'cursor']);
     const limit = parseLimit(opts.limit);
     if (limit !== undefined) f.limit = limit;
-    const page = await backendOf(ctx).audit(f);
-    if (opts.json) {
-      ctx.out.write(JSON.stringify(page, null, 2) + '\n');
-      return EXIT_OK;
-    }
-    const rows = [['AT', 'ACTOR', 'SOURCE', 'ACTION', 'TARGET', 'RESULT', 'DETAIL']];
-    for (const a of page.items)
-      rows.push([a.at, cell(a.actor, 40), cell(a.source ?? '-', 40), a.action, a.target ?? '-', a.result, cell(a.detail ?? '', 80)]);
-    ctx.out.write(table(rows));
-    if (page.nextCursor) ctx.out.write(`more: --cursor ${page.nextCursor}\n`);
-    return EXIT_OK;
+    return printPage(ctx, opts.json, await backendOf(ctx).audit(f), ['AT', 'ACTOR', 'SOURCE', 'ACTION', 'TARGET', 'RESULT', 'DETAIL'], (a) => [
+      a.at,
+      cell(a.actor, 40),
+      cell(a.source ?? '-', 40),
+      a.action,
+      a.target ?? '-',
+      a.result,
+      cell(a.detail ?? '', 80),
+    ]);
   });
 }
