@@ -62,16 +62,20 @@ function limit(q: URLSearchParams): number | undefined {
 
 const STATUSES: readonly QuarantineStatus[] = ['held', 'released', 'deleted'];
 
-export function parseListQuery(q: URLSearchParams): QuarantineFilter {
-  const f: QuarantineFilter = {};
+/** What both listings take first: the time window, then the named text parameters, each at most its length. */
+function windowAndText<K extends string>(q: URLSearchParams, maxLength: Record<K, number>): { from?: Date; to?: Date } & Partial<Record<K, string>> {
   const from = date(q, 'from');
   const to = date(q, 'to');
-  if (from) f.from = from;
-  if (to) f.to = to;
-  for (const k of ['sender', 'recipient', 'policy', 'cursor'] as const) {
-    const v = str(q, k, k === 'cursor' ? 512 : 320);
-    if (v !== undefined) f[k] = v;
+  const text: Partial<Record<K, string>> = {};
+  for (const k of Object.keys(maxLength) as K[]) {
+    const v = str(q, k, maxLength[k]);
+    if (v !== undefined) text[k] = v;
   }
+  return { ...(from ? { from } : {}), ...(to ? { to } : {}), ...text };
+}
+
+export function parseListQuery(q: URLSearchParams): QuarantineFilter {
+  const f: QuarantineFilter = windowAndText(q, { sender: 320, recipient: 320, policy: 320, cursor: 512 });
   const ac = str(q, 'actionCode', 10);
   if (ac !== undefined) {
     if (ac === 'none' || ac === 'null') f.actionCode = null;
@@ -89,15 +93,7 @@ export function parseListQuery(q: URLSearchParams): QuarantineFilter {
 }
 
 function parseAuditQuery(q: URLSearchParams): AuditFilter {
-  const f: AuditFilter = {};
-  const from = date(q, 'from');
-  const to = date(q, 'to');
-  if (from) f.from = from;
-  if (to) f.to = to;
-  for (const k of ['actor', 'action', 'target', 'cursor'] as const) {
-    const v = str(q, k, 512);
-    if (v !== undefined) f[k] = v;
-  }
+  const f: AuditFilter = windowAndText(q, { actor: 512, action: 512, target: 512, cursor: 512 });
   const l = limit(q);
   if (l !== undefined) f.limit = l;
   return f;
@@ -128,113 +124,80 @@ function parseReleaseBody(body: unknown): ReleaseOptions {
 }
 
 export function registerQuarantineRoutes(server: AdminServer, ctx: OperationsContext, base = QUARANTINE_BASE): void {
-  const auth = { auth: true };
+  // Every route needs the token, and every failure of the store or the filter becomes its status code (wrap).
+  const route = (method: string, path: string, handler: (req: AdminRequest) => Promise<AdminResponse>): void =>
+    server.addRoute(method, path, wrap(handler), { auth: true });
 
-  server.addRoute(
-    'GET',
-    base,
-    wrap(async (req): Promise<AdminResponse> => {
-      const page = await listMessages(ctx, actorOf(req), parseListQuery(req.query));
-      return { status: 200, json: page };
-    }),
-    auth,
-  );
+  route('GET', base, async (req) => {
+    const page = await listMessages(ctx, actorOf(req), parseListQuery(req.query));
+    return { status: 200, json: page };
+  });
 
-  server.addRoute(
-    'GET',
-    `${base}/audit`,
-    wrap(async (req): Promise<AdminResponse> => {
-      const page = await listAuditEntries(ctx, actorOf(req), parseAuditQuery(req.query));
-      return { status: 200, json: page };
-    }),
-    auth,
-  );
+  route('GET', `${base}/audit`, async (req) => {
+    const page = await listAuditEntries(ctx, actorOf(req), parseAuditQuery(req.query));
+    return { status: 200, json: page };
+  });
 
-  server.addRoute(
-    'POST',
-    `${base}/purge`,
-    wrap(async (req): Promise<AdminResponse> => {
-      const body = await req.json();
-      const days = typeof body === 'object' && body !== null ? (body as Record<string, unknown>).olderThanDays : undefined;
-      if (typeof days !== 'number') throw new HttpError(400, 'olderThanDays (number of days) is required');
-      const result = await purgeMessages(ctx, actorOf(req), { olderThanDays: days });
-      return { status: 200, json: result };
-    }),
-    auth,
-  );
+  route('POST', `${base}/purge`, async (req) => {
+    const body = await req.json();
+    const days = typeof body === 'object' && body !== null ? (body as Record<string, unknown>).olderThanDays : undefined;
+    if (typeof days !== 'number') throw new HttpError(400, 'olderThanDays (number of days) is required');
+    const result = await purgeMessages(ctx, actorOf(req), { olderThanDays: days });
+    return { status: 200, json: result };
+  });
 
-  server.addRoute(
-    'GET',
-    `${base}/:id`,
-    wrap(async (req): Promise<AdminResponse> => {
-      const shown = await showMessage(ctx, actorOf(req), req.params.id ?? '');
-      if (!shown) throw NOT_FOUND();
-      return { status: 200, json: shown };
-    }),
-    auth,
-  );
+  route('GET', `${base}/:id`, async (req) => {
+    const shown = await showMessage(ctx, actorOf(req), req.params.id ?? '');
+    if (!shown) throw NOT_FOUND();
+    return { status: 200, json: shown };
+  });
 
-  server.addRoute(
-    'GET',
-    `${base}/:id/eml`,
-    wrap(async (req): Promise<AdminResponse> => {
-      const dl = await downloadMessage(ctx, actorOf(req), req.params.id ?? '');
-      if (!dl) throw NOT_FOUND();
-      return {
-        status: 200,
-        stream: dl.stream,
-        headers: {
-          'content-type': 'message/rfc822',
-          // The id is a checked UUID, so it is safe inside the header.
-          'content-disposition': `attachment; filename="${dl.record.id}.eml"`,
-        },
-      };
-    }),
-    auth,
-  );
+  route('GET', `${base}/:id/eml`, async (req) => {
+    const dl = await downloadMessage(ctx, actorOf(req), req.params.id ?? '');
+    if (!dl) throw NOT_FOUND();
+    return {
+      status: 200,
+      stream: dl.stream,
+      headers: {
+        'content-type': 'message/rfc822',
+        // The id is a checked UUID, so it is safe inside the header.
+        'content-disposition': `attachment; filename="${dl.record.id}.eml"`,
+      },
+    };
+  });
 
-  server.addRoute(
-    'POST',
-    `${base}/:id/release`,
-    wrap(async (req): Promise<AdminResponse> => {
-      const opts = parseReleaseBody(await req.json());
-      const out = await releaseMessage(ctx, actorOf(req), req.params.id ?? '', opts);
-      switch (out.status) {
-        // One answer per recipient in every case; the status says how it went as a whole: all accepted 200,
-        // some 207 (the rest stay held and can be released again), none 502 (nothing was delivered).
-        case 'released':
-          return { status: 200, json: out };
-        case 'partial':
-          return { status: 207, json: out };
-        case 'undelivered':
-          return { status: 502, json: out };
-        case 'not-found':
-          throw NOT_FOUND();
-        case 'already-released':
-          throw new HttpError(409, 'already released', { release: out.release });
-        case 'in-progress':
-          throw new HttpError(409, 'release in progress', { claim: out.claim });
-        case 'blocked':
-          throw new HttpError(422, 'release blocked by rescan', { rescan: out.rescan });
-        case 'invalid':
-          throw new HttpError(400, out.message);
-        case 'failed':
-          throw new HttpError(502, 'release failed', { detail: out.message });
-      }
-    }),
-    auth,
-  );
+  route('POST', `${base}/:id/release`, async (req) => {
+    const opts = parseReleaseBody(await req.json());
+    const out = await releaseMessage(ctx, actorOf(req), req.params.id ?? '', opts);
+    switch (out.status) {
+      // One answer per recipient in every case; the status says how it went as a whole: all accepted 200,
+      // some 207 (the rest stay held and can be released again), none 502 (nothing was delivered).
+      case 'released':
+        return { status: 200, json: out };
+      case 'partial':
+        return { status: 207, json: out };
+      case 'undelivered':
+        return { status: 502, json: out };
+      case 'not-found':
+        throw NOT_FOUND();
+      case 'already-released':
+        throw new HttpError(409, 'already released', { release: out.release });
+      case 'in-progress':
+        throw new HttpError(409, 'release in progress', { claim: out.claim });
+      case 'blocked':
+        throw new HttpError(422, 'release blocked by rescan', { rescan: out.rescan });
+      case 'invalid':
+        throw new HttpError(400, out.message);
+      case 'failed':
+        throw new HttpError(502, 'release failed', { detail: out.message });
+    }
+  });
 
-  server.addRoute(
-    'DELETE',
-    `${base}/:id`,
-    wrap(async (req): Promise<AdminResponse> => {
-      const id = req.params.id ?? '';
-      const result = await deleteMessage(ctx, actorOf(req), id);
-      if (result === 'not-found') throw NOT_FOUND();
-      if (result === 'in-progress') throw new HttpError(409, 'release in progress');
-      return { status: 200, json: { status: 'deleted', id } };
-    }),
-    auth,
-  );
+  route('DELETE', `${base}/:id`, async (req) => {
+    const id = req.params.id ?? '';
+    const result = await deleteMessage(ctx, actorOf(req), id);
+    if (result === 'not-found') throw NOT_FOUND();
+    if (result === 'in-progress') throw new HttpError(409, 'release in progress');
+    return { status: 200, json: { status: 'deleted', id } };
+  });
 }
