@@ -136,6 +136,32 @@ function digest(s: string): Buffer {
   return createHash('sha256').update(s, 'utf8').digest();
 }
 
+/**
+ * A request body of at most `max` bytes; past that, HttpError 413 with `tooLarge`. Event-based rather than
+ * for-await: leaving a for-await early destroys the socket, and the client would see a reset instead of our
+ * 413. Past the limit the rest is discarded (bounded by requestTimeout).
+ */
+export async function readBody(req: IncomingMessage, max: number, tooLarge: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  await new Promise<void>((resolve, reject) => {
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > max) {
+        req.off('data', onData);
+        req.resume();
+        reject(new HttpError(413, tooLarge));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    req.on('data', onData);
+    req.once('end', () => resolve());
+    req.once('error', reject);
+  });
+  return Buffer.concat(chunks, size);
+}
+
 export function createAdminServer(opts: AdminServerOptions): AdminServer {
   if (!opts.token) throw new Error('the admin API needs a token');
   const logger = opts.logger;
@@ -175,29 +201,11 @@ export function createAdminServer(opts: AdminServerOptions): AdminServer {
     const declared = Number(req.headers['content-length'] ?? '0');
     if (Number.isFinite(declared) && declared > maxBody) throw new HttpError(413, 'request body too large');
     const ct = req.headers['content-type'];
-    const chunks: Buffer[] = [];
-    let size = 0;
-    // Event-based rather than for-await: leaving a for-await early destroys the socket, and the client
-    // would see a reset instead of our 413. Past the limit the rest is discarded (bounded by requestTimeout).
-    await new Promise<void>((resolve, reject) => {
-      const onData = (chunk: Buffer): void => {
-        size += chunk.length;
-        if (size > maxBody) {
-          req.off('data', onData);
-          req.resume();
-          reject(new HttpError(413, 'request body too large'));
-          return;
-        }
-        chunks.push(chunk);
-      };
-      req.on('data', onData);
-      req.once('end', () => resolve());
-      req.once('error', reject);
-    });
-    if (size === 0) return undefined;
+    const body = await readBody(req, maxBody, 'request body too large');
+    if (body.length === 0) return undefined;
     if (ct !== undefined && !/^application\/json\s*(;|$)/i.test(ct)) throw new HttpError(415, 'content-type must be application/json');
     try {
-      return JSON.parse(Buffer.concat(chunks, size).toString('utf8')) as unknown;
+      return JSON.parse(body.toString('utf8')) as unknown;
     } catch {
       throw new HttpError(400, 'invalid JSON body');
     }

@@ -16,7 +16,7 @@ import {
   type ReleaseOutcome,
 } from '../quarantine/operations.js';
 import { parseListQuery } from '../admin/quarantine-routes.js';
-import { HttpError, type AdminRequest, type AdminResponse, type AdminServer } from '../admin/server.js';
+import { HttpError, readBody, type AdminRequest, type AdminResponse, type AdminServer } from '../admin/server.js';
 import { CSS, SECURITY_HEADERS, html, page, redirect, type Html, type LayoutUser } from './html.js';
 import { auditPage, errorPage, listPage, loginPage, messagePage, resultsPage, type ActionResult } from './pages.js';
 import { LoginThrottle, SessionStore, parseCookies, cookieName, sameToken, setCookie, type CookiePolicy, type Session } from './sessions.js';
@@ -48,24 +48,7 @@ const MAX_FORM_BYTES = 64 * 1024;
 export async function readForm(req: AdminRequest, max = MAX_FORM_BYTES): Promise<URLSearchParams> {
   const ct = req.headers['content-type'] ?? '';
   if (!/^application\/x-www-form-urlencoded\s*(;|$)/i.test(ct)) throw new HttpError(415, 'expected a form');
-  const chunks: Buffer[] = [];
-  let size = 0;
-  await new Promise<void>((resolve, reject) => {
-    const onData = (c: Buffer): void => {
-      size += c.length;
-      if (size > max) {
-        req.raw.off('data', onData);
-        req.raw.resume();
-        reject(new HttpError(413, 'form too large'));
-        return;
-      }
-      chunks.push(c);
-    };
-    req.raw.on('data', onData);
-    req.raw.once('end', () => resolve());
-    req.raw.once('error', reject);
-  });
-  return new URLSearchParams(Buffer.concat(chunks, size).toString('utf8'));
+  return new URLSearchParams((await readBody(req.raw, max, 'form too large')).toString('utf8'));
 }
 
 export interface ConsoleContext {
@@ -187,6 +170,23 @@ export function registerConsoleRoutes(server: AdminServer, deps: ConsoleDeps): C
     return { s, form };
   };
   const isResponse = (v: unknown): v is AdminResponse => typeof v === 'object' && v !== null && 'status' in v;
+  /** A route for a signed-in user whose role `can` (`what` names the right in a refusal); a POST is a change and is CSRF-checked. */
+  const signedIn = (
+    method: 'GET' | 'POST',
+    path: string,
+    can: (r: Session['role']) => boolean,
+    what: string,
+    handler: (req: AdminRequest, g: { s: Session; form: URLSearchParams | null }) => Promise<AdminResponse>,
+  ): void =>
+    server.addRoute(
+      method,
+      path,
+      pages(c, async (req) => {
+        const g = await guard(req, can, what, method === 'POST');
+        return isResponse(g) ? g : handler(req, g);
+      }),
+      open,
+    );
 
   server.addRoute('GET', base, () => redirect(`${base}/messages`), open);
   server.addRoute(
@@ -242,164 +242,108 @@ export function registerConsoleRoutes(server: AdminServer, deps: ConsoleDeps): C
     open,
   );
 
-  server.addRoute(
-    'POST',
-    `${base}/logout`,
-    pages(c, async (req) => {
-      const g = await guard(req, CAN.view, 'sign out', true);
-      if (isResponse(g)) return g;
-      c.sessions.destroy(g.s.id);
-      await audited(ops, c.actor(req, g.s), 'sign-out', null, 'ok');
-      return redirect(`${base}/login`, { 'set-cookie': setCookie('session', '', c.cookiePolicy(req), 0) });
-    }),
-    open,
-  );
+  signedIn('POST', `${base}/logout`, CAN.view, 'sign out', async (req, g) => {
+    c.sessions.destroy(g.s.id);
+    await audited(ops, c.actor(req, g.s), 'sign-out', null, 'ok');
+    return redirect(`${base}/login`, { 'set-cookie': setCookie('session', '', c.cookiePolicy(req), 0) });
+  });
 
-  server.addRoute(
-    'GET',
-    `${base}/messages`,
-    pages(c, async (req) => {
-      const g = await guard(req, CAN.view, 'list messages', false);
-      if (isResponse(g)) return g;
-      const shown: Record<string, string> = {};
-      const q = new URLSearchParams();
-      for (const [k, v] of req.query) {
-        const t = v.trim();
-        if (!t || shown[k] !== undefined) continue;
-        shown[k] = t;
-        q.set(k, k === 'from' || k === 'to' ? utc(t) : t);
+  signedIn('GET', `${base}/messages`, CAN.view, 'list messages', async (req, g) => {
+    const shown: Record<string, string> = {};
+    const q = new URLSearchParams();
+    for (const [k, v] of req.query) {
+      const t = v.trim();
+      if (!t || shown[k] !== undefined) continue;
+      shown[k] = t;
+      q.set(k, k === 'from' || k === 'to' ? utc(t) : t);
+    }
+    let filter;
+    try {
+      filter = parseListQuery(q);
+    } catch (err) {
+      if (err instanceof HttpError)
+        return page(400, listPage(base, c.who(g.s), { items: [], nextCursor: null, query: shown, canDecide: false }, errorNotice(err.message)));
+      throw err;
+    }
+    const res = await listMessages(ops, c.actor(req, g.s), filter);
+    return page(200, listPage(base, c.who(g.s), { items: res.items, nextCursor: res.nextCursor, query: shown, canDecide: CAN.decide(g.s.role) }));
+  });
+
+  signedIn('POST', `${base}/messages/bulk`, CAN.decide, 'release or delete messages', async (req, g) => {
+    const ids = [...new Set(g.form!.getAll('id'))];
+    const action = g.form!.get('action');
+    if (action !== 'release' && action !== 'delete') throw new HttpError(400, 'choose release or delete');
+    if (ids.length === 0) throw new HttpError(400, 'select at least one message');
+    if (ids.length > MAX_BULK) throw new HttpError(400, `select at most ${MAX_BULK} messages at once`);
+    const actor = c.actor(req, g.s);
+    const results: ActionResult[] = [];
+    // One by one: each is audited on its own and a failure stops nothing but itself.
+    for (const id of ids) {
+      if (req.signal.aborted) break;
+      results.push(
+        action === 'release' ? { id, ...releaseText(await releaseMessage(ops, actor, id, {})) } : { id, ...deleteText(await deleteMessage(ops, actor, id)) },
+      );
+    }
+    return page(200, resultsPage(base, c.who(g.s), action === 'release' ? 'Bulk release' : 'Bulk delete', results));
+  });
+
+  signedIn('GET', `${base}/messages/:id`, CAN.view, 'view messages', async (req, g) => {
+    // The HTML part is kept (bounded) so the page can offer the sandboxed view; text stays the default.
+    const shown = await showMessage(ops, c.actor(req, g.s), req.params.id ?? '', { maxHtmlChars: 500_000 });
+    if (!shown) throw new HttpError(404, 'No such message (it may have been deleted or purged).');
+    const view = req.query.get('view') === 'html' ? 'html' : 'text';
+    return page(200, messagePage(base, c.who(g.s), { ...shown, canDecide: CAN.decide(g.s.role), view }));
+  });
+
+  signedIn('GET', `${base}/messages/:id/eml`, CAN.decide, 'download messages', async (req, g) => {
+    const dl = await downloadMessage(ops, c.actor(req, g.s), req.params.id ?? '');
+    if (!dl) throw new HttpError(404, 'No such message.');
+    return {
+      status: 200,
+      stream: dl.stream,
+      // Generic type and attachment: the browser saves it, never renders hostile content as a page of ours.
+      headers: { ...SECURITY_HEADERS, 'content-type': 'application/octet-stream', 'content-disposition': `attachment; filename="${dl.record.id}.eml"` },
+    };
+  });
+
+  signedIn('POST', `${base}/messages/:id/release`, CAN.decide, 'release messages', async (req, g) => {
+    const id = req.params.id ?? '';
+    const form = g.form!;
+    const opts: ReleaseOptions = {};
+    if (form.get('rescan')) opts.rescan = true;
+    const redirectTo = (form.get('redirectTo') ?? '').trim();
+    if (redirectTo) opts.redirectTo = redirectTo;
+    else {
+      const chosen = form.getAll('recipient');
+      const record = await ops.store.get(id);
+      // All boxes ticked is a plain release (which also retries deferred ones); fewer is a subset.
+      if (record && chosen.length < record.envelope.to.length) {
+        if (chosen.length === 0) throw new HttpError(400, 'tick at least one recipient, or give a redirect address');
+        opts.recipients = chosen;
       }
-      let filter;
-      try {
-        filter = parseListQuery(q);
-      } catch (err) {
-        if (err instanceof HttpError)
-          return page(400, listPage(base, c.who(g.s), { items: [], nextCursor: null, query: shown, canDecide: false }, errorNotice(err.message)));
-        throw err;
+    }
+    const out = await releaseMessage(ops, c.actor(req, g.s), id, opts);
+    return page(200, resultsPage(base, c.who(g.s), 'Release', [{ id, ...releaseText(out) }]));
+  });
+
+  signedIn('POST', `${base}/messages/:id/delete`, CAN.decide, 'delete messages', async (req, g) => {
+    const id = req.params.id ?? '';
+    return page(200, resultsPage(base, c.who(g.s), 'Delete', [{ id, ...deleteText(await deleteMessage(ops, c.actor(req, g.s), id)) }]));
+  });
+
+  signedIn('GET', `${base}/audit`, CAN.administer, 'read the audit', async (req, g) => {
+    const query: Record<string, string> = {};
+    const f: Parameters<typeof listAuditEntries>[2] = { limit: 100 };
+    for (const k of ['actor', 'action', 'target', 'cursor'] as const) {
+      const v = req.query.get(k)?.trim().slice(0, 512);
+      if (v) {
+        query[k] = v;
+        f[k] = v;
       }
-      const res = await listMessages(ops, c.actor(req, g.s), filter);
-      return page(200, listPage(base, c.who(g.s), { items: res.items, nextCursor: res.nextCursor, query: shown, canDecide: CAN.decide(g.s.role) }));
-    }),
-    open,
-  );
-
-  server.addRoute(
-    'POST',
-    `${base}/messages/bulk`,
-    pages(c, async (req) => {
-      const g = await guard(req, CAN.decide, 'release or delete messages', true);
-      if (isResponse(g)) return g;
-      const ids = [...new Set(g.form!.getAll('id'))];
-      const action = g.form!.get('action');
-      if (action !== 'release' && action !== 'delete') throw new HttpError(400, 'choose release or delete');
-      if (ids.length === 0) throw new HttpError(400, 'select at least one message');
-      if (ids.length > MAX_BULK) throw new HttpError(400, `select at most ${MAX_BULK} messages at once`);
-      const actor = c.actor(req, g.s);
-      const results: ActionResult[] = [];
-      // One by one: each is audited on its own and a failure stops nothing but itself.
-      for (const id of ids) {
-        if (req.signal.aborted) break;
-        results.push(
-          action === 'release' ? { id, ...releaseText(await releaseMessage(ops, actor, id, {})) } : { id, ...deleteText(await deleteMessage(ops, actor, id)) },
-        );
-      }
-      return page(200, resultsPage(base, c.who(g.s), action === 'release' ? 'Bulk release' : 'Bulk delete', results));
-    }),
-    open,
-  );
-
-  server.addRoute(
-    'GET',
-    `${base}/messages/:id`,
-    pages(c, async (req) => {
-      const g = await guard(req, CAN.view, 'view messages', false);
-      if (isResponse(g)) return g;
-      // The HTML part is kept (bounded) so the page can offer the sandboxed view; text stays the default.
-      const shown = await showMessage(ops, c.actor(req, g.s), req.params.id ?? '', { maxHtmlChars: 500_000 });
-      if (!shown) throw new HttpError(404, 'No such message (it may have been deleted or purged).');
-      const view = req.query.get('view') === 'html' ? 'html' : 'text';
-      return page(200, messagePage(base, c.who(g.s), { ...shown, canDecide: CAN.decide(g.s.role), view }));
-    }),
-    open,
-  );
-
-  server.addRoute(
-    'GET',
-    `${base}/messages/:id/eml`,
-    pages(c, async (req) => {
-      const g = await guard(req, CAN.decide, 'download messages', false);
-      if (isResponse(g)) return g;
-      const dl = await downloadMessage(ops, c.actor(req, g.s), req.params.id ?? '');
-      if (!dl) throw new HttpError(404, 'No such message.');
-      return {
-        status: 200,
-        stream: dl.stream,
-        // Generic type and attachment: the browser saves it, never renders hostile content as a page of ours.
-        headers: { ...SECURITY_HEADERS, 'content-type': 'application/octet-stream', 'content-disposition': `attachment; filename="${dl.record.id}.eml"` },
-      };
-    }),
-    open,
-  );
-
-  server.addRoute(
-    'POST',
-    `${base}/messages/:id/release`,
-    pages(c, async (req) => {
-      const g = await guard(req, CAN.decide, 'release messages', true);
-      if (isResponse(g)) return g;
-      const id = req.params.id ?? '';
-      const form = g.form!;
-      const opts: ReleaseOptions = {};
-      if (form.get('rescan')) opts.rescan = true;
-      const redirectTo = (form.get('redirectTo') ?? '').trim();
-      if (redirectTo) opts.redirectTo = redirectTo;
-      else {
-        const chosen = form.getAll('recipient');
-        const record = await ops.store.get(id);
-        // All boxes ticked is a plain release (which also retries deferred ones); fewer is a subset.
-        if (record && chosen.length < record.envelope.to.length) {
-          if (chosen.length === 0) throw new HttpError(400, 'tick at least one recipient, or give a redirect address');
-          opts.recipients = chosen;
-        }
-      }
-      const out = await releaseMessage(ops, c.actor(req, g.s), id, opts);
-      return page(200, resultsPage(base, c.who(g.s), 'Release', [{ id, ...releaseText(out) }]));
-    }),
-    open,
-  );
-
-  server.addRoute(
-    'POST',
-    `${base}/messages/:id/delete`,
-    pages(c, async (req) => {
-      const g = await guard(req, CAN.decide, 'delete messages', true);
-      if (isResponse(g)) return g;
-      const id = req.params.id ?? '';
-      return page(200, resultsPage(base, c.who(g.s), 'Delete', [{ id, ...deleteText(await deleteMessage(ops, c.actor(req, g.s), id)) }]));
-    }),
-    open,
-  );
-
-  server.addRoute(
-    'GET',
-    `${base}/audit`,
-    pages(c, async (req) => {
-      const g = await guard(req, CAN.administer, 'read the audit', false);
-      if (isResponse(g)) return g;
-      const query: Record<string, string> = {};
-      const f: Parameters<typeof listAuditEntries>[2] = { limit: 100 };
-      for (const k of ['actor', 'action', 'target', 'cursor'] as const) {
-        const v = req.query.get(k)?.trim().slice(0, 512);
-        if (v) {
-          query[k] = v;
-          f[k] = v;
-        }
-      }
-      const res = await listAuditEntries(ops, c.actor(req, g.s), f);
-      return page(200, auditPage(base, c.who(g.s), res.items, res.nextCursor, query));
-    }),
-    open,
-  );
+    }
+    const res = await listAuditEntries(ops, c.actor(req, g.s), f);
+    return page(200, auditPage(base, c.who(g.s), res.items, res.nextCursor, query));
+  });
 
   return c;
 }
