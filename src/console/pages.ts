@@ -26,6 +26,34 @@ function recipients(r: QuarantineRecord): string {
   return all.length > 3 ? `${all.slice(0, 3).join(', ')} +${all.length - 3}` : all.join(', ');
 }
 
+/** One column of a table: its heading and how an item fills its cell (text is escaped, Html kept). */
+type Column<T> = readonly [heading: string, cell: (item: T) => unknown];
+
+/**
+ * A table: a heading row, then a row per item, or one full-width row saying `empty` when there are none.
+ * A column given as `false` is left out (one only some roles see); `rowClass` styles a row by its item (ok/err).
+ */
+function table<T>(
+  items: readonly T[],
+  columns: ReadonlyArray<Column<T> | false>,
+  opts: { id?: string; rowClass?: (item: T) => string; empty?: string } = {},
+): Html {
+  const cols = columns.filter((c): c is Column<T> => c !== false);
+  const rows = items.map((x) => html`<tr${opts.rowClass ? html` class="${opts.rowClass(x)}"` : ''}>${cols.map(([, cell]) => html`<td>${cell(x)}</td>`)}</tr>`);
+  const none =
+    opts.empty !== undefined && rows.length === 0
+      ? html`<tr>
+          <td colspan="${cols.length}" class="muted">${opts.empty}</td>
+        </tr>`
+      : '';
+  return html`<table${opts.id ? html` id="${opts.id}"` : ''}>
+    <thead>
+      <tr>${cols.map(([heading]) => html`<th>${heading}</th>`)}</tr>
+    </thead>
+    <tbody>${rows}${none}</tbody>
+  </table>`;
+}
+
 export function loginPage(base: string, loginToken: string, error: string | null, name = ''): Html {
   return layout(
     base,
@@ -62,19 +90,20 @@ export function listPage(base: string, who: LayoutUser, v: ListView, notice: Htm
       <button type="submit">Apply</button> <a href="${base}/messages">Clear</a>
     </fieldset>
   </form>`;
-  const rows = v.items.map(
-    (r) =>
-      html`<tr>
-        ${v.canDecide ? html`<td><input type="checkbox" name="id" value="${r.id}" form="bulk" aria-label="select ${r.id}" /></td>` : ''}
-        <td>${fmtTime(r.quarantinedAt)}</td>
-        <td>${r.envelope.from || '<>'}</td>
-        <td>${recipients(r)}</td>
-        <td><a href="${base}/messages/${r.id}">${r.subject ?? '(no subject)'}</a></td>
-        <td>${r.policies.map((p) => p.name).join(', ')}</td>
-        <td>${r.actionCode ?? '—'}</td>
-        <td>${r.status}</td>
-        <td>${size(r.size)}</td>
-      </tr>`,
+  const messages = table(
+    v.items,
+    [
+      v.canDecide && ['Select', (r) => html`<input type="checkbox" name="id" value="${r.id}" form="bulk" aria-label="select ${r.id}" />`],
+      ['Quarantined', (r) => fmtTime(r.quarantinedAt)],
+      ['Sender', (r) => r.envelope.from || '<>'],
+      ['Recipients', recipients],
+      ['Subject', (r) => html`<a href="${base}/messages/${r.id}">${r.subject ?? '(no subject)'}</a>`],
+      ['Policies', (r) => r.policies.map((p) => p.name).join(', ')],
+      ['actionCode', (r) => r.actionCode ?? '—'],
+      ['Status', (r) => r.status],
+      ['Size', (r) => size(r.size)],
+    ],
+    { id: 'messages', empty: 'No messages match.' },
   );
   const keep = new URLSearchParams();
   for (const k of FILTERS) if (q[k]) keep.set(k, q[k]);
@@ -93,31 +122,7 @@ export function listPage(base: string, who: LayoutUser, v: ListView, notice: Htm
   return layout(
     base,
     'Quarantined messages',
-    html`${notice ?? ''}${filterForm}${bulk}
-      <table id="messages">
-        <thead>
-          <tr>
-            ${v.canDecide ? html`<th>Select</th>` : ''}
-            <th>Quarantined</th>
-            <th>Sender</th>
-            <th>Recipients</th>
-            <th>Subject</th>
-            <th>Policies</th>
-            <th>actionCode</th>
-            <th>Status</th>
-            <th>Size</th>
-          </tr>
-        </thead>
-        <tbody>
-          ${
-            rows.length
-              ? rows
-              : html`<tr>
-                  <td colspan="9" class="muted">No messages match.</td>
-                </tr>`
-          }
-        </tbody>
-      </table>
+    html`${notice ?? ''}${filterForm}${bulk} ${messages}
       <p class="pager">
         ${v.items.length} shown.
         ${keep.size || q['cursor'] ? html`<a href="${base}/messages?${keep.toString()}">First page</a> ` : ''}${next ? html`<a href="${base}/messages?${next.toString()}" rel="next">Next page</a>` : ''}
@@ -209,74 +214,37 @@ export function messagePage(base: string, who: LayoutUser, v: MessageView): Html
     }
   </dl>`;
   const policies = r.policies.length
-    ? html`<table id="policies">
-        <thead>
-          <tr>
-            <th>Policy</th>
-            <th>Severity</th>
-            <th>Action setting</th>
-            <th>Matches</th>
-          </tr>
-        </thead>
-        <tbody>
-          ${r.policies.map(
-            (x) =>
-              html`<tr>
-                <td>${x.name}</td>
-                <td>${x.severity ?? ''}</td>
-                <td>${x.actionSettingName ?? ''}</td>
-                <td>${x.numberOfMatches ?? ''}</td>
-              </tr>`,
-          )}
-        </tbody>
-      </table>`
+    ? table(
+        r.policies,
+        [
+          ['Policy', (x) => x.name],
+          ['Severity', (x) => x.severity ?? ''],
+          ['Action setting', (x) => x.actionSettingName ?? ''],
+          ['Matches', (x) => x.numberOfMatches ?? ''],
+        ],
+        { id: 'policies' },
+      )
     : html`<p class="muted">No policy names were reported.</p>`;
   const results = r.recipientResults?.length
     ? html`<h2>Delivery results</h2>
-        <table>
-          <thead>
-            <tr>
-              <th>Recipient</th>
-              <th>Status</th>
-              <th>Reply</th>
-              <th>When</th>
-              <th>By</th>
-            </tr>
-          </thead>
-          <tbody>
-            ${r.recipientResults.map(
-              (x) =>
-                html`<tr>
-                  <td>${x.address}</td>
-                  <td>${x.status}</td>
-                  <td>${x.response}</td>
-                  <td>${fmtTime(x.at)}</td>
-                  <td>${x.by}</td>
-                </tr>`,
-            )}
-          </tbody>
-        </table>`
+        ${table(r.recipientResults, [
+          ['Recipient', (x) => x.address],
+          ['Status', (x) => x.status],
+          ['Reply', (x) => x.response],
+          ['When', (x) => fmtTime(x.at)],
+          ['By', (x) => x.by],
+        ])}`
     : '';
   const attachments = p.attachments.length
-    ? html`<table id="attachments">
-        <thead>
-          <tr>
-            <th>Name</th>
-            <th>Type</th>
-            <th>Size</th>
-          </tr>
-        </thead>
-        <tbody>
-          ${p.attachments.map(
-            (a) =>
-              html`<tr>
-                <td>${a.filename ?? '(unnamed)'}</td>
-                <td>${a.contentType}</td>
-                <td>${size(a.size)}</td>
-              </tr>`,
-          )}
-        </tbody>
-      </table>`
+    ? table(
+        p.attachments,
+        [
+          ['Name', (a) => a.filename ?? '(unnamed)'],
+          ['Type', (a) => a.contentType],
+          ['Size', (a) => size(a.size)],
+        ],
+        { id: 'attachments' },
+      )
     : html`<p class="muted">None.</p>`;
   const held = r.status === 'held';
   const actions =
@@ -338,23 +306,14 @@ export function resultsPage(base: string, who: LayoutUser, title: string, result
     base,
     title,
     html`<p class="notice ${ok === results.length ? 'ok' : 'err'}" role="status" id="summary">${ok} of ${results.length} done.</p>
-      <table id="results">
-        <thead>
-          <tr>
-            <th>Message</th>
-            <th>Outcome</th>
-          </tr>
-        </thead>
-        <tbody>
-          ${results.map(
-            (r) =>
-              html`<tr class="${r.ok ? 'ok' : 'err'}">
-                <td><a href="${base}/messages/${r.id}">${r.id}</a></td>
-                <td>${r.text}</td>
-              </tr>`,
-          )}
-        </tbody>
-      </table>
+      ${table(
+        results,
+        [
+          ['Message', (r) => html`<a href="${base}/messages/${r.id}">${r.id}</a>`],
+          ['Outcome', (r) => r.text],
+        ],
+        { id: 'results', rowClass: (r) => (r.ok ? 'ok' : 'err') },
+      )}
       <p><a href="${base}/messages">Back to the list</a></p>`,
     who,
   );
@@ -377,33 +336,19 @@ export function auditPage(base: string, who: LayoutUser, items: AuditRecord[], n
           <button type="submit">Apply</button>
         </fieldset>
       </form>
-      <table id="audit">
-        <thead>
-          <tr>
-            <th>When</th>
-            <th>Actor</th>
-            <th>Source</th>
-            <th>Action</th>
-            <th>Message</th>
-            <th>Result</th>
-            <th>Detail</th>
-          </tr>
-        </thead>
-        <tbody>
-          ${items.map(
-            (a) =>
-              html`<tr>
-                <td>${fmtTime(a.at)}</td>
-                <td>${a.actor}</td>
-                <td>${a.source ?? ''}</td>
-                <td>${a.action}</td>
-                <td>${a.target ?? ''}</td>
-                <td>${a.result}</td>
-                <td>${a.detail ?? ''}</td>
-              </tr>`,
-          )}
-        </tbody>
-      </table>
+      ${table(
+        items,
+        [
+          ['When', (a) => fmtTime(a.at)],
+          ['Actor', (a) => a.actor],
+          ['Source', (a) => a.source ?? ''],
+          ['Action', (a) => a.action],
+          ['Message', (a) => a.target ?? ''],
+          ['Result', (a) => a.result],
+          ['Detail', (a) => a.detail ?? ''],
+        ],
+        { id: 'audit' },
+      )}
       ${next ? html`<p class="pager"><a href="${base}/audit?${next.toString()}" rel="next">Next page</a></p>` : ''}`,
     who,
   );
