@@ -1,8 +1,7 @@
 // Reviewer digests: an hourly or daily mail listing the messages newly held since the last digest, with links to their console pages; its progress is a mark kept in the quarantine store's audit, so restarts neither repeat nor skip.
-import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Logger } from '../observability/logger.js';
-import { encodeHeaderValue, oneLine, rfc5322Date } from '../quarantine/notify.js';
+import { generatedMail, oneLine } from '../quarantine/notify.js';
 import type { DeliverFn } from '../quarantine/operations.js';
 import type { QuarantineRecord, QuarantineStore, StoredEnvelope } from '../quarantine/types.js';
 
@@ -86,35 +85,24 @@ export function buildDigest(w: DigestWindow, s: DigestSettings, opts: { now?: Da
   lines.push('This digest is sent by dlp-relay; it lists metadata only, never message content.');
   const body = lines.join('\r\n') + '\r\n';
   const ascii = /^[\x00-\x7f]*$/.test(body);
-  const now = opts.now ?? new Date();
-  const host = oneLine(s.hostname, 200).replace(/[^A-Za-z0-9.-]/g, '') || 'localhost';
   const from = oneLine(s.from, 254);
   const to = s.recipients.map((r) => oneLine(r, 254));
-  const headers = [
-    `From: <${from}>`,
-    `To: ${to.map((r) => `<${r}>`).join(',\r\n ')}`,
-    `Subject: ${encodeHeaderValue(`[dlp-relay] ${total}${w.more ? '+' : ''} new held message${total === 1 ? '' : 's'} (${s.interval} digest)`)}`,
-    `Date: ${rfc5322Date(now)}`,
-    `Message-ID: <${opts.messageId ?? randomUUID()}@${host}>`,
-    'MIME-Version: 1.0',
-    'Content-Type: text/plain; charset=utf-8',
-    `Content-Transfer-Encoding: ${ascii ? '7bit' : 'base64'}`,
-    // Generated, not a reply: auto-responders (out-of-office) stay quiet (RFC 3834).
-    'Auto-Submitted: auto-generated',
-    'X-Auto-Response-Suppress: All',
-    `X-DLP-Digest: until=${iso(w.until)}`,
-  ];
-  const encoded = ascii
-    ? body
-    : (
-        Buffer.from(body)
-          .toString('base64')
-          .match(/.{1,76}/g) ?? []
-      ).join('\r\n') + '\r\n';
+  const message = generatedMail({
+    from,
+    to,
+    subject: `[dlp-relay] ${total}${w.more ? '+' : ''} new held message${total === 1 ? '' : 's'} (${s.interval} digest)`,
+    autoSubmitted: 'auto-generated',
+    ownHeader: `X-DLP-Digest: until=${iso(w.until)}`,
+    body,
+    ascii,
+    hostname: s.hostname,
+    now: opts.now,
+    messageId: opts.messageId,
+  });
   const smtpUtf8 = [from, ...to].some((a) => /[^\x00-\x7f]/.test(a));
   return {
     envelope: { from, to: to.map((address) => ({ address })), smtpUtf8, ...(smtpUtf8 ? {} : { bodyType: '7bit' as const }) },
-    message: Buffer.from(`${headers.join('\r\n')}\r\n\r\n${encoded}`),
+    message,
   };
 }
 

@@ -127,6 +127,50 @@ export function rfc5322Date(d: Date): string {
   )}:${p(d.getUTCSeconds())} +0000`;
 }
 
+/** A text/plain mail the relay itself writes (a sender notice, a reviewer digest). */
+export interface GeneratedMail {
+  /** From: and To: addresses, each already one printable line (oneLine). */
+  from: string;
+  to: readonly string[];
+  /** Encoded here when it is not plain ASCII. */
+  subject: string;
+  /** RFC 3834: auto-replied for an answer to a message (a notice), auto-generated for anything else (a digest). */
+  autoSubmitted: 'auto-replied' | 'auto-generated';
+  /** Our own last header, naming what the mail is (X-DLP-Notice, X-DLP-Digest). */
+  ownHeader: string;
+  /** CRLF line endings. */
+  body: string;
+  /** Whether the body may go as 7bit; otherwise it is sent base64. */
+  ascii: boolean;
+  /** Right-hand side of the Message-ID. */
+  hostname: string;
+  now?: Date | undefined;
+  messageId?: string | undefined;
+}
+
+/**
+ * The headers and body of a mail we generate. It is marked automatic so that auto-responders (out-of-office)
+ * stay quiet (RFC 3834) and Exchange suppresses its OOF replies.
+ */
+export function generatedMail(m: GeneratedMail): Buffer {
+  const host = oneLine(m.hostname, 200).replace(/[^A-Za-z0-9.-]/g, '') || 'localhost';
+  const headers = [
+    `From: <${m.from}>`,
+    `To: ${m.to.map((r) => `<${r}>`).join(',\r\n ')}`,
+    `Subject: ${encodeHeaderValue(m.subject)}`,
+    `Date: ${rfc5322Date(m.now ?? new Date())}`,
+    `Message-ID: <${m.messageId ?? randomUUID()}@${host}>`,
+    'MIME-Version: 1.0',
+    'Content-Type: text/plain; charset=utf-8',
+    `Content-Transfer-Encoding: ${m.ascii ? '7bit' : 'base64'}`,
+    `Auto-Submitted: ${m.autoSubmitted}`,
+    'X-Auto-Response-Suppress: All',
+    m.ownHeader,
+  ];
+  const encoded = m.ascii ? m.body : (Buffer.from(m.body).toString('base64').match(/.{1,76}/g) ?? []).join('\r\n') + '\r\n';
+  return Buffer.from(`${headers.join('\r\n')}\r\n\r\n${encoded}`);
+}
+
 /**
  * Builds the notice (pure: pass `now` and `messageId` for a deterministic result). Returns null when the
  * sender must not be notified (null sender, MAILER-DAEMON/postmaster and other automated senders, lists).
@@ -149,30 +193,19 @@ export function buildNotice(input: NoticeInput, opts: NoticeOptions): Notice | n
     : '';
   const body = (fill(tpl.body, values) + confirm).replace(/\n/g, '\r\n');
   const ascii = /^[\x00-\x7f]*$/.test(body) && body.split('\r\n').every((l) => l.length <= 998);
-  const now = opts.now ?? new Date();
-  const host = oneLine(opts.hostname, 200).replace(/[^A-Za-z0-9.-]/g, '') || 'localhost';
   const from = oneLine(opts.from, 254);
-  const headers = [
-    `From: <${from}>`,
-    `To: <${sender}>`,
-    `Subject: ${encodeHeaderValue(subject)}`,
-    `Date: ${rfc5322Date(now)}`,
-    `Message-ID: <${opts.messageId ?? randomUUID()}@${host}>`,
-    'MIME-Version: 1.0',
-    'Content-Type: text/plain; charset=utf-8',
-    `Content-Transfer-Encoding: ${ascii ? '7bit' : 'base64'}`,
-    // Marks the notice as automatic so other responders stay quiet (RFC 3834) and Exchange suppresses OOF replies.
-    'Auto-Submitted: auto-replied',
-    'X-Auto-Response-Suppress: All',
-    `X-DLP-Notice: ${input.kind}; ref=${values.queryId.replace(/[^\x21-\x7e]/g, '?')}`,
-  ];
-  const encodedBody = ascii
-    ? body
-    : (Buffer.from(body)
-        .toString('base64')
-        .match(/.{1,76}/g) ?? []
-      ).join('\r\n') + '\r\n';
-  const message = Buffer.from(`${headers.join('\r\n')}\r\n\r\n${encodedBody}`);
+  const message = generatedMail({
+    from,
+    to: [sender],
+    subject,
+    autoSubmitted: 'auto-replied',
+    ownHeader: `X-DLP-Notice: ${input.kind}; ref=${values.queryId.replace(/[^\x21-\x7e]/g, '?')}`,
+    body,
+    ascii,
+    hostname: opts.hostname,
+    now: opts.now,
+    messageId: opts.messageId,
+  });
   const smtpUtf8 = /[^\x00-\x7f]/.test(sender) || /[^\x00-\x7f]/.test(from);
   return {
     envelope: { from: opts.envelopeFrom ?? '', to: [{ address: sender }], smtpUtf8, ...(smtpUtf8 ? {} : { bodyType: '7bit' as const }) },
