@@ -80,6 +80,14 @@ function hostPortAt(section: string): (raw: Raw, v: string) => string | void {
   };
 }
 
+/** "a, b,,c" → ['a', 'b', 'c']: the list form of an environment value. */
+function commaList(v: string): string[] {
+  return v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
 /**
  * Environment variables and the config path they override. Each entry parses its text; a parse
  * failure becomes a problem naming both the variable and the path.
@@ -89,20 +97,7 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
   { name: 'DLP_RELAY_NEXT_HOP', apply: hostPortAt('nextHop') },
   { name: 'DLP_RELAY_NEXT_HOP_USER', apply: (raw, v) => setPath(raw, ['nextHop', 'authUser'], v) },
   // Several UCWI servers from the environment: comma-separated, equal priority (shared).
-  {
-    name: 'DLP_RELAY_UCWI_URL',
-    apply: (raw, v) =>
-      setPath(
-        raw,
-        ['ucwi', 'url'],
-        v.includes(',')
-          ? v
-              .split(',')
-              .map((u) => u.trim())
-              .filter(Boolean)
-          : v,
-      ),
-  },
+  { name: 'DLP_RELAY_UCWI_URL', apply: (raw, v) => setPath(raw, ['ucwi', 'url'], v.includes(',') ? commaList(v) : v) },
   { name: 'DLP_RELAY_UCWI_TIMEOUT_MS', apply: (raw, v) => num(raw, ['ucwi', 'timeouts', 'deadlineMs'], v) },
   { name: 'DLP_RELAY_DRAIN_DELAY_MS', apply: (raw, v) => num(raw, ['limits', 'drainDelayMs'], v) },
   { name: 'DLP_RELAY_DATA_DEADLINE_MS', apply: (raw, v) => num(raw, ['limits', 'dataDeadlineMs'], v) },
@@ -111,18 +106,7 @@ const ENV_OVERRIDES: Array<{ name: string; apply: (raw: Raw, v: string) => strin
   { name: 'DLP_RELAY_QUARANTINE_URL', apply: (raw, v) => setPath(raw, ['quarantine', 'url'], v) },
   { name: 'DLP_RELAY_OUTBOX_DIR', apply: (raw, v) => setPath(raw, ['outbox', 'dir'], v) },
   { name: 'DLP_RELAY_SPOOL_DIR', apply: (raw, v) => setPath(raw, ['spool', 'dir'], v) },
-  {
-    name: 'DLP_RELAY_ALLOWED_CLIENTS',
-    apply: (raw, v) =>
-      setPath(
-        raw,
-        ['smtp', 'allowedClients'],
-        v
-          .split(',')
-          .map((s) => s.trim())
-          .filter(Boolean),
-      ),
-  },
+  { name: 'DLP_RELAY_ALLOWED_CLIENTS', apply: (raw, v) => setPath(raw, ['smtp', 'allowedClients'], commaList(v)) },
   { name: 'DLP_RELAY_MAX_MESSAGE_BYTES', apply: (raw, v) => num(raw, ['smtp', 'maxMessageBytes'], v) },
   { name: 'DLP_RELAY_WORKERS', apply: (raw, v) => num(raw, ['smtp', 'workers'], v) },
   { name: 'DLP_RELAY_WORKER_BALANCING', apply: (raw, v) => setPath(raw, ['smtp', 'workerBalancing'], v) },
