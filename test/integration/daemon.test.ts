@@ -5,7 +5,7 @@ import { createServer } from 'node:net';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { sendMessage, message } from '../helpers/chain.js';
+import { sendMessage, message, eventually } from '../helpers/chain.js';
 
 const TSX = import.meta.resolve('tsx');
 const MAIN = resolve('src/cli/main.ts');
@@ -159,11 +159,14 @@ describe('dlp-relay as a daemon', () => {
     const load = Array.from({ length: 4 }, async (_, i) => {
       for (let n = 0; n < 25 && !stop; n++) replies.push((await sendMessage(port, message(`load ${i}.${n}`))).data);
     });
-    await new Promise((r) => setTimeout(r, 200));
+    // The reload lands in the middle of the load: some replies before it, more after it (counts, not a timer).
+    await eventually(() => replies.length >= 4, 20_000);
     writeFileSync(confFile, configText(adminPort, 'policy:\n  actions:\n    "6": { action: reject, code: 550, enhanced: "5.7.1" }'));
     proc.kill('SIGHUP');
     await waitLog((l) => l['event'] === 'reloaded');
     expect((await sendMessage(port, IBAN_MAIL)).data).toMatch(/^550 5\.7\.1 /);
+    const atReload = replies.length;
+    await eventually(() => replies.length >= Math.min(atReload + 4, 100), 20_000);
     stop = true;
     await Promise.all(load);
     expect(replies.length).toBeGreaterThan(4);

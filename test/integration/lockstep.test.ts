@@ -129,6 +129,8 @@ describe('the next hop never sees DATA unless the verdict is relay', () => {
     // The hop's 250 arrives after the client is gone: the relay must reset the transaction it just opened.
     await eventually(() => hop.count('RSET') === 1);
     expect(hop.count('RCPT')).toBe(0);
+    // The connection goes back to the pool once the hop's answer to that RSET has been read, a moment after the hop saw it.
+    await eventually(() => (chain.relay.deliverer.pool?.busy ?? 0) === 0);
     expect(chain.relay.deliverer.pool?.busy ?? 0).toBe(0);
   });
 
