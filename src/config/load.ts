@@ -3,7 +3,6 @@ import { readFileSync } from 'node:fs';
 import { resolve, dirname, join, isAbsolute } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { configSchema, type Config, type FrozenConfig } from './schema.js';
-import { effectiveActions } from './policy-schema.js';
 import { maskDeep, maskSecrets } from '../util/mask.js';
 import {
   findConfigFile,
@@ -274,8 +273,6 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
     const c = result.data;
     c.stateDir = c.stateDir ?? defaultStateDir(PACKAGE_ROOT);
     resolveDefaults(c, c.stateDir);
-    // Codes the file does not mention keep their defaults; the effective table is what check-config prints.
-    c.policy.actions = effectiveActions(c.policy.actions);
     // Our own domains are never pushed to a tenant-wide block list unless the admin lists exemptions explicitly.
     // An empty list counts as unset (config/default.yaml spells it out as []).
     if (c.cas.exemptDomains.length === 0) c.cas.exemptDomains = [...c.policy.localDomains];
@@ -360,7 +357,7 @@ export function loadConfigDetailed(opts: LoadOptions = {}): LoadedConfig {
  */
 export function loadForAdmin(opts: LoadOptions, problems: readonly ConfigProblem[]): LoadedConfig | null {
   if (problems.some((p) => p.path.startsWith('admin') || p.path.startsWith('secrets'))) return null;
-  const defaults = configSchema.parse({}) as unknown as Raw;
+  const defaults: Raw = configSchema.parse({});
   const overrides: Raw = JSON.parse(JSON.stringify(opts.overrides ?? {})) as Raw;
   for (const p of problems) {
     const path = p.path.split('.');
@@ -377,7 +374,6 @@ export function loadForAdmin(opts: LoadOptions, problems: readonly ConfigProblem
 
 export function changedValues(loaded: LoadedConfig): Array<{ path: string; value: unknown; origin: string }> {
   const defaults = configSchema.parse({});
-  defaults.policy.actions = effectiveActions(defaults.policy.actions);
   defaults.stateDir = loaded.config.stateDir;
   resolveDefaults(defaults, defaults.stateDir!);
   const base = flatten(defaults);

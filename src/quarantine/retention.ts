@@ -6,8 +6,8 @@ import type { QuarantineStore } from './types.js';
 export interface RetentionSettings {
   /** Messages older than this many days are deleted. 0 or less disables retention. */
   days: number;
-  /** How often to run (default 1 hour). */
-  intervalMs?: number;
+  /** How often to run (quarantine.retentionIntervalMs; its default lives in the config schema). */
+  intervalMs: number;
   /** Run once right away as well (default true), so a relay that restarts often still purges. */
   runAtStart?: boolean;
   now?: () => Date;
@@ -45,7 +45,7 @@ export function startRetention(store: QuarantineStore, settings: RetentionSettin
       running = null;
     });
   };
-  const timer = setInterval(tick, settings.intervalMs ?? 3_600_000);
+  const timer = setInterval(tick, settings.intervalMs);
   timer.unref();
   if (settings.runAtStart ?? true) tick();
   return async () => {

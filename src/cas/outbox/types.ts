@@ -1,6 +1,7 @@
 // The CAS push outbox contract: items, entries, stats, the backend interface, and the pure helpers both backends share.
 import type { Logger } from '../../observability/logger.js';
 import { isCasList, itemProblem, normalizeItem, type CasList, type CasRuleAction } from '../items.js';
+import type { CasSettings } from '../../config/cas-schema.js';
 
 export type CasOutboxStatus = 'pending' | 'inflight' | 'done' | 'failed';
 
@@ -37,12 +38,8 @@ export interface CasOutboxStats {
   done: number;
 }
 
-export interface CasRetrySchedule {
-  /** Attempts after which an entry becomes `failed`. */
-  maxAttempts: number;
-  baseMs: number;
-  maxMs: number;
-}
+/** The retry part of cas.outbox (attempts before `failed`, backoff base and cap), typed by the schema that defaults it. */
+export type CasRetrySchedule = Pick<CasSettings['outbox'], 'maxAttempts' | 'baseMs' | 'maxMs'>;
 
 /**
  * The durable queue between the SMTP path and CAS. `enqueue` is the only method the relay's mail
