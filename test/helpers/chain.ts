@@ -1,15 +1,15 @@
-// Test chain: a real sink SMTP server (the next hop), the UCWI simulator over HTTP, and the relay between them, all on 127.0.0.1 port 0.
+// Test chain: a sink SMTP server (the next hop, on the test SMTP peer), the UCWI simulator over HTTP, and the relay between them, all on 127.0.0.1 port 0.
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, readdirSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { loadConfig, deepMerge } from '../../src/config/load.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { startRelay, type RunningRelay, type StartOptions } from '../../src/app.js';
 import { startUcwiSim, type UcwiSim } from '../../src/engine/server.js';
 import { SmtpSession } from './raw-smtp.js';
+import { later, mtaReplies, mtaReply, startSmtpPeer, type Decision, type PathArgs, type PeerMessage } from './smtp-peer.js';
 
 export interface SinkMessage {
   from: string;
@@ -41,83 +41,71 @@ export interface Sink {
   close(): Promise<void>;
 }
 
-function smtpError(code: number, text: string): Error & { responseCode: number } {
-  const e = new Error(text) as Error & { responseCode: number };
-  e.responseCode = code;
-  return e;
+/** smtp-server decoded xtext (RFC 3461 "+XX") in every parameter value; the sink's records keep doing so. */
+function decodeArgs(args: PathArgs): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(args))
+    out[k] = typeof v === 'string' ? v.replace(/\+([0-9A-F]{2})/g, (_m, h: string) => String.fromCharCode(parseInt(h, 16))) : v;
+  return out;
 }
 
-export async function startSink(behaviour: SinkBehaviour = {}): Promise<Sink> {
-  const sink: Sink = { port: 0, messages: [], connections: 0, behaviour, close: async () => {} };
-  const options: SMTPServerOptions & Record<string, unknown> = {
-    authOptional: true,
-    disabledCommands: ['AUTH', 'STARTTLS'],
-    hideDSN: false,
-    hideENHANCEDSTATUSCODES: false,
-    logger: false,
-    onConnect: (_s, cb) => {
-      sink.connections++;
-      cb();
-    },
-    onRcptTo: (addr, _s, cb) => {
-      const r = sink.behaviour.rcpt?.(addr.address);
-      cb(r ? smtpError(r[0], r[1]) : undefined);
-    },
-    onData: (stream, session, cb) => {
-      const hash = createHash('sha256');
-      const chunks: Buffer[] = [];
-      let size = 0;
-      stream.on('data', (c: Buffer) => {
-        hash.update(c);
-        size += c.length;
-        if (size <= 2 * 1024 * 1024) chunks.push(c);
-      });
-      stream.on('end', () => {
-        const env = session.envelope as unknown as {
-          mailFrom: { address: string; args: Record<string, unknown> };
-          rcptTo: Array<{ address: string; args: Record<string, unknown>; dsn?: unknown }>;
-        };
-        const msg: SinkMessage = {
-          from: env.mailFrom.address,
-          mailArgs: env.mailFrom.args ?? {},
-          to: env.rcptTo.map((r) => ({ address: r.address, args: r.args ?? {}, ...(r.dsn ? { dsn: r.dsn } : {}) })),
-          envelope: session.envelope as unknown as Record<string, unknown>,
-          sha256: hash.digest('hex'),
-          size,
-          data: size <= 2 * 1024 * 1024 ? Buffer.concat(chunks) : null,
-          head: Buffer.concat(chunks).subarray(0, 64 * 1024),
-        };
-        const answer = () => {
-          const r = sink.behaviour.data?.(msg);
-          if (r) return cb(smtpError(r[0], r[1]));
-          sink.messages.push(msg);
-          cb(null, `Ok: queued as SINK${sink.messages.length}`);
-        };
-        if (sink.behaviour.dataDelayMs) setTimeout(answer, sink.behaviour.dataDelayMs);
-        else answer();
-      });
-    },
-  };
-  const { port, close } = await listenSmtp(new SMTPServer(options));
-  sink.port = port;
-  sink.close = close;
-  return sink;
-}
-
-/** Listens on 127.0.0.1 port 0; close() also ends open sessions, which pooled relay connections would keep alive for closeTimeout. */
-export async function listenSmtp(server: SMTPServer): Promise<{ port: number; close(): Promise<void> }> {
-  // smtp-server re-emits a client's socket error (ECONNRESET when a relay is SIGKILLed mid-transfer) on the server:
-  // without a listener that is an uncaught exception in the test process. A peer vanishing is part of these tests.
-  server.on('error', () => {});
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+function sinkMessage(m: PeerMessage): SinkMessage {
+  const to = m.to.map((r) => {
+    const args = decodeArgs(r.args);
+    const notify = typeof args['NOTIFY'] === 'string' ? { notify: args['NOTIFY'].toUpperCase().split(',') } : {};
+    const orcpt = typeof args['ORCPT'] === 'string' ? { orcpt: args['ORCPT'] } : {};
+    return { address: r.address, args, ...(args['NOTIFY'] || args['ORCPT'] ? { dsn: { ...notify, ...orcpt } } : {}) };
+  });
+  const mailArgs = decodeArgs(m.mailArgs);
   return {
-    port: (server.server.address() as { port: number }).port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const c of (server as unknown as { connections: Set<{ close(): void }> }).connections) c.close();
-      }),
+    from: m.from,
+    mailArgs,
+    to,
+    envelope: { mailFrom: { address: m.from, args: mailArgs }, rcptTo: to },
+    sha256: m.sha256,
+    size: m.size,
+    data: m.size <= 2 * 1024 * 1024 ? m.data : null,
+    head: m.data.subarray(0, 64 * 1024),
   };
+}
+
+/**
+ * The next hop of the chain: the SMTP peer speaking smtp-server's replies (the sink ran on that package before,
+ * and tests assert its exact lines: "250 2.1.5 Accepted", "250 2.6.0 Ok: queued as SINK<n>", a refusal's text after
+ * the enhanced code smtp-server chose for its basic code).
+ */
+export async function startSink(behaviour: SinkBehaviour = {}): Promise<Sink> {
+  const refusal = (r: [number, string]): string => mtaReply(r[0], r[1], { enhanced: true });
+  const records = new WeakMap<PeerMessage, SinkMessage>();
+  const record = (m: PeerMessage): SinkMessage => records.get(m) ?? records.set(m, sinkMessage(m)).get(m)!;
+  const peer = await startSmtpPeer({
+    name: hostname(),
+    replies: mtaReplies({ enhanced: true, queued: (n) => `Ok: queued as SINK${n}` }),
+    script: {
+      rcpt: (r) => {
+        const refused = sink.behaviour.rcpt?.(r.address);
+        return refused ? refusal(refused) : undefined;
+      },
+      message: (m) => {
+        const answer = (): Decision => {
+          const refused = sink.behaviour.data?.(record(m));
+          return refused ? refusal(refused) : undefined;
+        };
+        return sink.behaviour.dataDelayMs ? later(sink.behaviour.dataDelayMs).then(answer) : answer();
+      },
+      accepted: (m) => void sink.messages.push(record(m)),
+    },
+  });
+  const sink: Sink = {
+    port: peer.port,
+    messages: [],
+    get connections() {
+      return peer.connections;
+    },
+    behaviour,
+    close: () => peer.close(),
+  };
+  return sink;
 }
 
 export const SIM_KEYS = { accessKey: 'test-access-key', secretKey: 'test-secret-key-0123456789' };

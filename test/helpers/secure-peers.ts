@@ -1,10 +1,9 @@
-// Peers that speak TLS or want credentials: a next-hop SMTP sink with STARTTLS and/or AUTH, and an HTTPS front for the UCWI simulator. For the TLS-verification and secrets tests.
-import { listenSmtp } from './chain.js';
-import { createHash } from 'node:crypto';
+// Peers that speak TLS or want credentials: a next-hop SMTP sink with STARTTLS and/or AUTH (the test SMTP peer), and an HTTPS front for the UCWI simulator. For the TLS-verification and secrets tests.
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
+import { hostname } from 'node:os';
+import { mtaReplies, mtaReply, startSmtpPeer } from './smtp-peer.js';
 
 export interface SecureSink {
   port: number;
@@ -21,44 +20,24 @@ export interface SecureSinkOptions {
   auth?: { user: string; pass: string };
 }
 
+/** smtp-server's replies as this sink had them (DSN not offered, enhanced codes on), since tests assert its final reply. */
 export async function startSecureSink(o: SecureSinkOptions): Promise<SecureSink> {
-  const sink: SecureSink = { port: 0, messages: [], auths: [], close: async () => {} };
-  const options: SMTPServerOptions & Record<string, unknown> = {
-    logger: false,
-    hideENHANCEDSTATUSCODES: false,
-    disabledCommands: [...(o.tls ? [] : ['STARTTLS']), ...(o.auth ? [] : ['AUTH'])],
-    authOptional: !o.auth,
-    authMethods: ['PLAIN', 'LOGIN'],
+  const peer = await startSmtpPeer({
+    name: hostname(),
+    replies: {
+      ...mtaReplies({ enhanced: true, queued: () => '2.0.0 Ok: queued' }),
+      authFailed: mtaReply(535, '5.7.8 Authentication credentials invalid', { enhanced: true }),
+    },
+    extensions: { dsn: false },
+    ...(o.tls ? { tls: { key: readFileSync(o.tls.keyFile), cert: readFileSync(o.tls.certFile) } } : {}),
     // Loopback test peer: AUTH without TLS is allowed here so the secrets test can run it in clear too.
-    allowInsecureAuth: true,
-    ...(o.tls ? { key: readFileSync(o.tls.keyFile), cert: readFileSync(o.tls.certFile) } : {}),
-    onAuth: (auth, _session, cb) => {
-      const ok = !!o.auth && auth.username === o.auth.user && auth.password === o.auth.pass;
-      sink.auths.push({ user: auth.username ?? '', ok });
-      if (ok) cb(null, { user: auth.username });
-      else cb(Object.assign(new Error('5.7.8 Authentication credentials invalid'), { responseCode: 535 }));
+    ...(o.auth ? { auth: o.auth, authRequired: true } : {}),
+    script: {
+      accepted: (m) =>
+        void sink.messages.push({ from: m.from, to: m.to.map((r) => r.address), data: m.data, sha256: m.sha256, secure: m.secure, user: m.user }),
     },
-    onData: (stream, session, cb) => {
-      const chunks: Buffer[] = [];
-      stream.on('data', (c: Buffer) => chunks.push(c));
-      stream.on('end', () => {
-        const data = Buffer.concat(chunks);
-        const env = session.envelope as unknown as { mailFrom: { address: string }; rcptTo: Array<{ address: string }> };
-        sink.messages.push({
-          from: env.mailFrom.address,
-          to: env.rcptTo.map((r) => r.address),
-          data,
-          sha256: createHash('sha256').update(data).digest('hex'),
-          secure: session.secure,
-          user: typeof session.user === 'string' ? session.user : null,
-        });
-        cb(null, '2.0.0 Ok: queued');
-      });
-    },
-  };
-  const { port, close } = await listenSmtp(new SMTPServer(options));
-  sink.port = port;
-  sink.close = close;
+  });
+  const sink: SecureSink = { port: peer.port, messages: [], auths: peer.auths, close: () => peer.close() };
   return sink;
 }
 

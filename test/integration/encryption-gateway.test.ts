@@ -2,10 +2,10 @@
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SMTPServer } from 'smtp-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listenSmtp, message, sendMessage, startChain, type Chain } from '../helpers/chain.js';
+import { message, sendMessage, startChain, type Chain } from '../helpers/chain.js';
 import { startSecureSink, type SecureSink } from '../helpers/secure-peers.js';
+import { mtaReplies, mtaReply, startSmtpPeer } from '../helpers/smtp-peer.js';
 import { makeTestPki, type TestPki } from '../helpers/tls-certs.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'gw-'));
@@ -20,30 +20,20 @@ beforeAll(async () => {
   writeFileSync(join(dir, 'gw.pass'), 's3cret\n');
   tlsGw = await startSecureSink({ tls: { keyFile: pki.keyFile, certFile: pki.certFile }, auth: { user: 'relay', pass: 's3cret' } });
   clearGw = await startSecureSink({});
-  // A TLS gateway that refuses some recipients: "no-*" with 550, "later-*" with 451.
+  // A TLS gateway that refuses some recipients: "no-*" with 550, "later-*" with 451 (smtp-server's replies, which it ran on before).
   const got: string[][] = [];
-  const server = new SMTPServer({
-    logger: false,
-    authOptional: true,
-    disabledCommands: ['AUTH'],
-    hideENHANCEDSTATUSCODES: false,
-    key: readFileSync(pki.keyFile),
-    cert: readFileSync(pki.certFile),
-    onRcptTo: (a, _s, cb) => {
-      if (a.address.startsWith('no-')) return cb(Object.assign(new Error('5.1.1 no such user here'), { responseCode: 550 }));
-      if (a.address.startsWith('later-')) return cb(Object.assign(new Error('4.2.1 mailbox busy'), { responseCode: 451 }));
-      cb();
-    },
-    onData: (stream, session, cb) => {
-      stream.resume();
-      stream.on('end', () => {
-        got.push((session.envelope.rcptTo ?? []).map((r) => r.address));
-        cb(null);
-      });
+  const refuse = (code: number, text: string): string => mtaReply(code, text, { enhanced: true });
+  const server = await startSmtpPeer({
+    replies: mtaReplies({ enhanced: true, queued: () => 'OK: message queued' }),
+    extensions: { dsn: false },
+    tls: { key: readFileSync(pki.keyFile), cert: readFileSync(pki.certFile) },
+    script: {
+      rcpt: (a) =>
+        a.address.startsWith('no-') ? refuse(550, '5.1.1 no such user here') : a.address.startsWith('later-') ? refuse(451, '4.2.1 mailbox busy') : undefined,
+      accepted: (m) => void got.push(m.to.map((r) => r.address)),
     },
   });
-  const l = await listenSmtp(server);
-  picky = { ...l, got };
+  picky = { port: server.port, close: () => server.close(), got };
   const gw = (port: number, extra: Record<string, unknown> = {}) => ({
     host: '127.0.0.1',
     port,
