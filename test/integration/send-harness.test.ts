@@ -1,17 +1,18 @@
-// The EML harness (`dlp-relay send`), the raw SMTP helper and the big-message generator against a real smtp-server on 127.0.0.1.
+// The EML harness (`dlp-relay send`), the raw SMTP helper and the big-message generator against the test SMTP peer on 127.0.0.1.
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer, type AddressInfo } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { simpleParser } from 'mailparser';
-import { SMTPServer, type SMTPServerAddressArgs } from 'smtp-server';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseServer, readHeaderEnvelope, runSend, UsageError, type SendOptions } from '../../src/cli/send.js';
 import { writeBigMessage } from '../helpers/big-message.js';
 import { SmtpSession, smtpDialog, lastLine, replyCode } from '../helpers/raw-smtp.js';
+import { mtaReplies, startSmtpPeer, type PathArgs, type SmtpPeer } from '../helpers/smtp-peer.js';
+import { makeTestPki } from '../helpers/tls-certs.js';
 
 const FIXTURES = fileURLToPath(new URL('../../fixtures', import.meta.url));
 const SIZE_LIMIT = 256 * 1024;
@@ -20,73 +21,49 @@ const TEMPFAIL_REPLY = '451 4.3.0 Temporary failure requested by message';
 
 interface Received {
   from: string;
-  mailArgs: SMTPServerAddressArgs | false;
+  mailArgs: PathArgs;
   to: string[];
   sha256: string;
   bytes: number;
   secure: boolean;
-  helo: string;
-}
-
-function smtpError(code: number, message: string): Error {
-  return Object.assign(new Error(message), { responseCode: code });
+  helo: string | null;
 }
 
 const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 
-let server: SMTPServer;
+let server: SmtpPeer;
 let port: number;
 let tmp: string;
 const received: Received[] = [];
-let queued = 0;
 
 beforeAll(async () => {
-  server = new SMTPServer({
-    authOptional: true,
-    disabledCommands: ['AUTH'],
-    disableReverseLookup: true,
-    // Replies are written with their enhanced codes in the text, so the assertions see exact lines.
-    hideENHANCEDSTATUSCODES: true,
-    size: SIZE_LIMIT,
-    logger: false,
-    onRcptTo(address, _session, cb) {
-      if (address.address.toLowerCase().startsWith('reject')) return cb(smtpError(550, REJECT_REPLY.slice(4)));
-      cb();
-    },
-    onData(stream, session, cb) {
-      const hash = createHash('sha256');
-      let bytes = 0;
-      let tail = '';
-      let tempfail = false;
-      stream.on('data', (chunk: Buffer) => {
-        hash.update(chunk);
-        bytes += chunk.length;
-        // Keep a short tail so a marker split across chunks is still seen.
-        const text = tail + chunk.toString('latin1');
-        if (text.includes('TEMPFAIL')) tempfail = true;
-        tail = text.slice(-8);
-      });
-      stream.on('end', () => {
-        const mailFrom = session.envelope.mailFrom;
+  tmp = await mkdtemp(join(tmpdir(), 'dlp-send-'));
+  const pki = makeTestPki(tmp);
+  // smtp-server's replies without enhanced codes (the harness ran against that package before): the assertions see
+  // exact lines such as "250 Accepted" and its 552 for a declared SIZE over the limit.
+  server = await startSmtpPeer({
+    name: hostname(),
+    replies: mtaReplies({ enhanced: false, queued: (n) => `2.0.0 Ok: queued as T${n}` }),
+    extensions: { dsn: false, enhancedStatusCodes: false, size: SIZE_LIMIT },
+    tls: { key: await readFile(pki.keyFile), cert: await readFile(pki.certFile) },
+    script: {
+      rcpt: (address) => (address.address.toLowerCase().startsWith('reject') ? REJECT_REPLY : undefined),
+      message: (m) => {
         received.push({
-          from: mailFrom ? mailFrom.address : '',
-          mailArgs: mailFrom ? mailFrom.args : false,
-          to: session.envelope.rcptTo.map((r) => r.address),
-          sha256: hash.digest('hex'),
-          bytes,
-          secure: session.secure,
-          helo: session.hostNameAppearsAs,
+          from: m.from,
+          mailArgs: m.mailArgs,
+          to: m.to.map((r) => r.address),
+          sha256: m.sha256,
+          bytes: m.size,
+          secure: m.secure,
+          helo: m.helo,
         });
-        if (tempfail) return cb(smtpError(451, TEMPFAIL_REPLY.slice(4)));
-        cb(null, `2.0.0 Ok: queued as T${++queued}`);
-      });
+        return m.data.includes('TEMPFAIL') ? TEMPFAIL_REPLY : undefined;
+      },
     },
   });
-  server.on('error', () => {}); // a client that drops mid-session is part of these tests
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  port = (server.server.address() as AddressInfo).port;
+  port = server.port;
 
-  tmp = await mkdtemp(join(tmpdir(), 'dlp-send-'));
   const msg = (headers: string[], body: string[]): string => [...headers, 'Subject: test', '', ...body].join('\r\n') + '\r\n';
   await writeFile(join(tmp, 'ok.eml'), msg(['From: Sender <sender@example.test>', 'To: ok@example.test'], ['hello']));
   await writeFile(join(tmp, 'rcpt-rejected.eml'), msg(['From: sender@example.test', 'To: reject-me@example.test'], ['hello']));
@@ -101,7 +78,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await new Promise<void>((resolve) => server.close(() => resolve()));
+  await server.close();
   await rm(tmp, { recursive: true, force: true });
 });
 
@@ -413,51 +390,24 @@ describe('raw SMTP helper', () => {
   });
 
   it('fails a wait with a clear error instead of hanging when the server stays silent', async () => {
-    const silent: Server = createServer(() => {});
-    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const silent = await startSmtpPeer({ greeting: null });
     try {
-      const silentPort = (silent.address() as AddressInfo).port;
-      await expect(SmtpSession.connect(silentPort, { timeoutMs: 200 })).rejects.toThrow(/no complete reply to greeting/);
+      await expect(SmtpSession.connect(silent.port, { timeoutMs: 200 })).rejects.toThrow(/no complete reply to greeting/);
     } finally {
-      silent.close();
+      await silent.close();
     }
   });
 });
 
-/** A line-based fake server for replies smtp-server will not produce; `hangUp` closes right after the greeting. */
-async function scriptedServer(
-  greeting: string,
-  answer: (line: string) => string | undefined,
-  hangUp = false,
-): Promise<{ port: number; close: () => Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const srv = createServer((sock) => {
-    sockets.add(sock);
-    sock.on('close', () => sockets.delete(sock));
-    sock.on('error', () => {});
-    sock.write(greeting + '\r\n');
-    if (hangUp) return void sock.end();
-    let buf = '';
-    sock.on('data', (chunk: Buffer) => {
-      buf += chunk.toString('latin1');
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl).replace(/\r$/, '');
-        buf = buf.slice(nl + 1);
-        const reply = answer(line);
-        if (reply !== undefined) sock.write(reply + '\r\n');
-      }
-    });
+/** A line-scripted server for replies smtp-server will not produce: no reply where `answer` gives none, never one to a final dot; `hangUp` closes right after the greeting. */
+async function scriptedServer(greeting: string, answer: (line: string) => string | undefined, hangUp = false): Promise<SmtpPeer> {
+  return startSmtpPeer({
+    script: {
+      greeting: () => ({ reply: greeting, ...(hangUp ? { close: 'end' as const } : {}) }),
+      command: (line) => answer(line) ?? null,
+      message: () => null,
+    },
   });
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (srv.address() as AddressInfo).port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        srv.close(() => resolve());
-      }),
-  };
 }
 
 function escapeRe(s: string): string {
