@@ -21,8 +21,8 @@ export interface PeerAction {
 
 /** A reply (string), no reply at all (null), the default handling (undefined) or an action. */
 export type Decision = string | null | undefined | PeerAction;
-/** A promise holds the reply and everything the client sends after the command until it settles. */
-export type Answer = Decision | Promise<Decision>;
+/** A promise (or a Pending) holds the reply and everything the client sends after the command until it settles. */
+export type Answer = Decision | Promise<Decision> | Pending;
 
 export interface PeerPath {
   /** Address between the angle brackets ('' for the null sender), UTF-8 decoded. */
@@ -161,15 +161,35 @@ export function later(ms: number, decision?: Decision): Promise<Decision> {
   return new Promise((resolve) => setTimeout(() => resolve(decision), ms));
 }
 
-/** Replies held until release(): return `hold.until(...)` from a hook, a next hop stalling at that step. */
+/** A decision given later, and applied the moment it is given (not a turn later, as a promise's would be). */
+export class Pending {
+  private given: { d: Decision } | null = null;
+  private apply: ((d: Decision) => void) | null = null;
+  give(d: Decision): void {
+    if (this.given) return;
+    this.given = { d };
+    this.apply?.(d);
+  }
+  onGiven(apply: (d: Decision) => void): void {
+    if (this.given) apply(this.given.d);
+    else this.apply = apply;
+  }
+}
+
+/**
+ * Replies held until release(): return `hold.until(...)` from a hook, a next hop stalling at that step. By the time
+ * release() returns, every held decision has been applied (a held message is committed, its reply queued).
+ */
 export class Hold {
   private readonly waiting: Array<() => void> = [];
   get held(): number {
     return this.waiting.length;
   }
-  /** Settles with `decide()` once released; decide runs at release time (a commit at release, say). */
-  until(decide: () => Decision = () => undefined): Promise<Decision> {
-    return new Promise((resolve) => this.waiting.push(() => resolve(decide())));
+  /** Gives `decide()` once released; decide runs at release time (undefined: the default reply). */
+  until(decide: () => Decision = () => undefined): Pending {
+    const p = new Pending();
+    this.waiting.push(() => p.give(decide()));
+    return p;
   }
   release(): void {
     for (const go of this.waiting.splice(0)) go();
@@ -211,7 +231,6 @@ export async function startSmtpPeer(o: PeerOptions = {}): Promise<SmtpPeer> {
   return peer;
 }
 
-const isPromise = (a: Answer): a is Promise<Decision> => typeof (a as Promise<Decision> | null)?.then === 'function';
 const toAction = (d: Exclude<Decision, undefined>): PeerAction => (d === null ? {} : typeof d === 'string' ? { reply: d } : d);
 const b64 = (s: string): string => Buffer.from(s, 'base64').toString('utf8');
 
@@ -239,11 +258,12 @@ class Conn implements PeerSession {
   private received = 0;
   private bdat: { left: number; last: boolean; chunks: Buffer[] } | null = null;
   private authStep: ((line: string) => string) | null = null;
-  private out: Array<string | 'end' | 'destroy'> = [];
   private heldBack: string[] = [];
-  private unanswered = 0;
-  private flushing = false;
+  /** Bytes received so far, and how many of them had arrived when the last reply was written. */
+  private receivedTotal = 0;
+  private repliedAt = 0;
   private readonly onData = (chunk: Buffer): void => {
+    this.receivedTotal += chunk.length;
     this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
     this.pump();
   };
@@ -293,60 +313,50 @@ class Conn implements PeerSession {
         const end = nl > 0 && this.buf[nl - 1] === 0x0d ? nl - 1 : nl;
         const line = Buffer.from(this.buf.subarray(0, end));
         this.buf = this.buf.subarray(nl + 1);
-        this.onLine(line);
+        this.onLine(line, this.receivedTotal - this.buf.length);
       }
     }
   }
 
   /** Runs `apply` on the decision now, or once a promise settles (input waiting meanwhile). */
   private settle(answer: Answer, apply: (d: Decision) => void): void {
-    if (!isPromise(answer)) return apply(answer);
+    if (!(answer instanceof Promise) && !(answer instanceof Pending)) return apply(answer);
     this.busy = true;
-    answer.then(
-      (d) => {
-        this.busy = false;
-        apply(d);
-        this.pump();
-      },
-      () => this.sock.destroy(),
-    );
+    const go = (d: Decision): void => {
+      this.busy = false;
+      apply(d);
+      this.pump();
+    };
+    if (answer instanceof Pending) answer.onGiven(go);
+    else answer.then(go, () => this.sock.destroy());
   }
 
-  /** Queues a reply (and close); everything goes out on the next turn, so pipelined commands are seen as overlapping. */
+  /** Writes a reply (unless held back for the next one), then closes if asked to or after a 421. */
   private emit(a: PeerAction): boolean {
     const alive = this.alive;
     if (a.reply !== undefined) {
-      this.unanswered++;
       this.heldBack.push(a.reply + '\r\n');
-      if (!a.withNext) this.out.push(this.heldBack.splice(0).join(''));
+      if (!a.withNext) {
+        this.write(this.heldBack.splice(0).join(''));
+        this.repliedAt = this.receivedTotal;
+      }
     }
     const close = a.close ?? (a.reply?.startsWith('421') ? 'end' : undefined);
     if (close) {
-      this.out.push(close);
       this.mode = 'closed';
-    }
-    if (this.out.length && !this.flushing) {
-      this.flushing = true;
-      setImmediate(() => this.flush());
+      if (close === 'end') this.sock.end();
+      else this.sock.destroy();
     }
     return alive;
   }
 
-  private flush(): void {
-    this.flushing = false;
-    this.unanswered = 0;
-    for (const item of this.out.splice(0)) {
-      if (item === 'end') this.sock.end();
-      else if (item === 'destroy') this.sock.destroy();
-      else this.write(item);
-    }
-  }
-
-  private onLine(raw: Buffer): void {
+  /** `end`: where the line ended in the received byte stream. */
+  private onLine(raw: Buffer, end: number): void {
     const line = raw.toString('utf8');
     this.lines.push(raw);
     this.commands.push(line);
-    if (this.unanswered > 0) this.overlapped++;
+    // Pipelined: the line was already here when the last reply went out, or a reply before it is still held back.
+    if (end <= this.repliedAt || this.heldBack.length > 0) this.overlapped++;
     const step = this.authStep;
     if (step) {
       this.authStep = null;
@@ -413,6 +423,8 @@ class Conn implements PeerSession {
 
   /** What the reply actually said decides the state, whoever wrote it (default or script): like a real MTA. */
   private after(verb: string, line: string, a: PeerAction): void {
+    // A reply decided after the client left (a slow step) changes nothing: no DATA is started on a dead connection.
+    if (this.mode === 'closed') return;
     const code = a.reply?.slice(0, 3) ?? '';
     const ok = code.startsWith('2');
     if (verb === 'STARTTLS' && code === '220' && this.o.tls && !this.secure) return this.upgrade(a.reply!);
@@ -491,7 +503,6 @@ class Conn implements PeerSession {
 
   /** STARTTLS accepted: the 220 goes out in clear, everything the client pipelined after it is dropped (RFC 3207). */
   private upgrade(reply: string): void {
-    this.flush();
     this.write(reply + '\r\n' + (this.o.afterStarttls ?? ''));
     this.sock.off('data', this.onData);
     this.buf = Buffer.alloc(0);
