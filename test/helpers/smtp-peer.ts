@@ -343,6 +343,8 @@ class Conn implements PeerSession {
     }
     const close = a.close ?? (a.reply?.startsWith('421') ? 'end' : undefined);
     if (close) {
+      // Replies held back for this one still go out before the connection ends.
+      if (this.heldBack.length) this.write(this.heldBack.splice(0).join(''));
       this.mode = 'closed';
       if (close === 'end') this.sock.end();
       else this.sock.destroy();
@@ -425,6 +427,8 @@ class Conn implements PeerSession {
   private after(verb: string, line: string, a: PeerAction): void {
     // A reply decided after the client left (a slow step) changes nothing: no DATA is started on a dead connection.
     if (this.mode === 'closed') return;
+    // The client said goodbye: the connection ends after whatever reply it gets.
+    if (verb === 'QUIT' && a.reply !== undefined) a = { close: 'end', ...a };
     const code = a.reply?.slice(0, 3) ?? '';
     const ok = code.startsWith('2');
     if (verb === 'STARTTLS' && code === '220' && this.o.tls && !this.secure) return this.upgrade(a.reply!);
