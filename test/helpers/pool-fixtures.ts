@@ -7,7 +7,7 @@ import { NextHopPool, type NextHopOptions } from '../../src/egress/pool.js';
 import { DeliveryError } from '../../src/egress/next-hop-errors.js';
 import type { Envelope, Recipient } from '../../src/smtp/envelope.js';
 import { nextHopTestOptions } from './next-hop.js';
-import { startSim, unstuffWire, type Sim, type SimOptions, type SimSession } from './scripted-smtp.js';
+import { startSim, unstuffWire, type Sim, type SimOptions } from './scripted-smtp.js';
 
 const logger = pino({ level: 'silent' });
 
@@ -108,30 +108,20 @@ export async function closedPort(): Promise<number> {
 
 /**
  * A next hop that keeps transaction state the way Postfix does: MAIL while a transaction is open is
- * "503 nested MAIL"; only RSET or a message's final reply ends one (a refused DATA does not).
+ * "503 nested MAIL"; only RSET or a message's final reply ends one (a refused DATA does not). `nested` counts those.
  */
 export async function startStrictHop(o: SimOptions = {}): Promise<Sim & { nested: number }> {
-  const open = new WeakMap<SimSession, boolean>();
   let nested = 0;
   const server = await startSim({
     ...o,
+    nestedMail: 'refuse',
     onCommand: (line, s) => {
-      const verb = line.split(' ')[0]!.toUpperCase();
-      if (verb === 'MAIL') {
-        if (open.get(s)) {
-          nested++;
-          return '503 5.5.1 Error: nested MAIL command';
-        }
-        const r = o.onCommand?.(line, s);
-        if (r === undefined || r?.startsWith('2')) open.set(s, true);
-        return r;
+      // The peer refuses this MAIL itself (its transaction state), whatever the script would say.
+      if (/^MAIL\b/i.test(line) && s.tx) {
+        nested++;
+        return undefined;
       }
-      if (verb === 'RSET') open.set(s, false);
       return o.onCommand?.(line, s);
-    },
-    onMessage: (data, s) => {
-      open.set(s, false);
-      return o.onMessage ? o.onMessage(data, s) : '250 2.0.0 queued';
     },
   });
   const hop = server as Sim & { nested: number };
