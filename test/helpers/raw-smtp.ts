@@ -1,7 +1,7 @@
-// A tiny raw-socket SMTP client for tests that assert exact reply lines; every wait has a timeout so a test can fail but never hang.
-import { connect as netConnect, type Socket } from 'node:net';
-import { StringDecoder } from 'node:string_decoder';
-import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
+// The SMTP client of tests that assert exact reply lines (over the test SMTP peer's client, smtp-peer-client.ts); every wait has a timeout so a test can fail but never hang.
+import type { ConnectionOptions } from 'node:tls';
+import { PeerClient } from './smtp-peer-client.js';
+import { dotStuff } from './smtp-peer-wire.js';
 
 export interface SmtpSessionOptions {
   /** Default 127.0.0.1: tests never leave the loopback interface. */
@@ -33,49 +33,28 @@ export function lastLine(reply: Reply): string {
   return reply.slice(reply.lastIndexOf('\n') + 1);
 }
 
-/**
- * RFC 5321 4.5.2 transparency: a line starting with '.' gets a second '.'. A line starts after LF (so after CRLF
- * and a bare LF) and, with `afterBareCr`, after a bare CR too (our engine's rule; see DataOptions.afterBareCr).
- */
-export function dotStuff(payload: string | Buffer, opts: { afterBareCr?: boolean } = {}): Buffer {
-  const buf = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload;
-  const out: number[] = [];
-  let atLineStart = true;
-  for (const b of buf) {
-    if (atLineStart && b === 0x2e) out.push(0x2e);
-    out.push(b);
-    // A CR followed by LF is no line start yet, but then the next byte is the LF, which makes one anyway.
-    atLineStart = b === 0x0a || (opts.afterBareCr === true && b === 0x0d);
-  }
-  return Buffer.from(out);
-}
+export { dotStuff };
 
 export class SmtpSession {
   /** The 220 (or 421/554) greeting read by connect(). */
   greeting: Reply = '';
-  /** Every reply in order, greeting first, for debugging a failed assertion. */
+  /** Every reply read, in order, greeting first, for debugging a failed assertion. */
   readonly transcript: Reply[] = [];
 
-  private socket: Socket | TLSSocket;
-  private buffered = '';
-  private pendingLines: string[] = [];
-  private readonly replies: Reply[] = [];
-  private waiter: { resolve: (r: Reply) => void; reject: (e: Error) => void } | undefined;
-  private closedError: Error | undefined;
-  private readonly timeoutMs: number;
+  private reading = false;
 
-  private constructor(socket: Socket, timeoutMs: number) {
-    this.socket = socket;
-    this.timeoutMs = timeoutMs;
-    this.attach(socket);
-  }
+  private constructor(
+    private readonly client: PeerClient,
+    private readonly timeoutMs: number,
+  ) {}
 
   /** Connects to host:port and reads the greeting (whatever its code: a 421/554 greeting is a valid test result). */
   static async connect(port: number, opts: SmtpSessionOptions = {}): Promise<SmtpSession> {
-    const host = opts.host ?? '127.0.0.1';
     const timeoutMs = opts.timeoutMs ?? 10_000;
-    const socket = netConnect({ host, port });
-    const session = new SmtpSession(socket, timeoutMs);
+    const client = await PeerClient.open(port, { ...(opts.host ? { host: opts.host } : {}), encoding: 'utf8' }).catch((e: unknown) => {
+      throw new Error(`waiting for greeting: ${e instanceof Error ? e.message : String(e)}`);
+    });
+    const session = new SmtpSession(client, timeoutMs);
     try {
       session.greeting = await session.read('greeting');
     } catch (e) {
@@ -87,7 +66,7 @@ export class SmtpSession {
 
   /** True once the server (or close()) ended the connection. */
   get closed(): boolean {
-    return this.closedError !== undefined;
+    return this.client.closed;
   }
 
   /** Sends one command line (CRLF appended) and returns its complete reply. */
@@ -102,27 +81,22 @@ export class SmtpSession {
   }
 
   /** Waits for the next complete reply. */
-  read(what = 'reply'): Promise<Reply> {
-    const next = this.replies.shift();
-    if (next !== undefined) return Promise.resolve(next);
-    if (this.closedError) return Promise.reject(new Error(`waiting for ${what}: ${this.closedError.message}`));
-    if (this.waiter) return Promise.reject(new Error('read() called while another read is pending'));
-    return new Promise<Reply>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiter = undefined;
-        reject(new Error(`no complete reply to ${what} within ${this.timeoutMs} ms (partial: ${JSON.stringify(this.buffered)})`));
-      }, this.timeoutMs);
-      this.waiter = {
-        resolve: (r) => {
-          clearTimeout(timer);
-          resolve(r);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(new Error(`waiting for ${what}: ${e.message}`));
-        },
-      };
-    });
+  async read(what = 'reply'): Promise<Reply> {
+    if (this.reading) throw new Error('read() called while another read is pending');
+    this.reading = true;
+    let reply: Reply | null;
+    try {
+      reply = await this.client.next(this.timeoutMs);
+    } finally {
+      this.reading = false;
+    }
+    if (reply === null) {
+      const gone = this.client.closedError;
+      if (gone) throw new Error(`waiting for ${what}: ${gone.message}`);
+      throw new Error(`no complete reply to ${what} within ${this.timeoutMs} ms (partial: ${JSON.stringify(this.client.pending)})`);
+    }
+    this.transcript.push(reply);
+    return reply;
   }
 
   /**
@@ -146,24 +120,7 @@ export class SmtpSession {
   async startTls(options: ConnectionOptions = {}): Promise<Reply> {
     const reply = await this.cmd('STARTTLS');
     if (replyCode(reply) !== 220) return reply;
-    const plain = this.socket;
-    plain.removeAllListeners('data');
-    plain.removeAllListeners('close');
-    plain.removeAllListeners('error');
-    const secure = tlsConnect({ socket: plain, rejectUnauthorized: false, ...options });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`TLS handshake did not finish within ${this.timeoutMs} ms`)), this.timeoutMs);
-      secure.once('secureConnect', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      secure.once('error', (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
-    });
-    this.socket = secure;
-    this.attach(secure);
+    await this.client.startTls({ rejectUnauthorized: false, ...options }, this.timeoutMs);
     return reply;
   }
 
@@ -181,51 +138,13 @@ export class SmtpSession {
 
   /** Drops the connection at once. */
   close(): void {
-    this.socket.destroy();
-    this.onClosed(new Error('connection closed by client'));
+    this.client.destroy();
   }
 
   private write(data: string | Buffer): void {
-    if (this.closedError) throw new Error(`cannot send: ${this.closedError.message}`);
-    this.socket.write(data);
-  }
-
-  private attach(socket: Socket | TLSSocket): void {
-    // A decoder per socket so a UTF-8 sequence split across packets is not mangled.
-    const decoder = new StringDecoder('utf8');
-    socket.on('data', (chunk: Buffer) => this.onData(decoder.write(chunk)));
-    socket.on('error', (e) => this.onClosed(e));
-    socket.on('close', () => this.onClosed(new Error('connection closed by server')));
-  }
-
-  private onData(chunk: string): void {
-    this.buffered += chunk;
-    let nl: number;
-    while ((nl = this.buffered.indexOf('\n')) >= 0) {
-      const line = this.buffered.slice(0, nl).replace(/\r$/, '');
-      this.buffered = this.buffered.slice(nl + 1);
-      this.pendingLines.push(line);
-      // "250-" continues a multi-line reply; "250 " or a bare "250" ends it (RFC 5321 4.2.1).
-      if (/^\d{3}-/.test(line)) continue;
-      const reply = this.pendingLines.join('\n');
-      this.pendingLines = [];
-      this.transcript.push(reply);
-      const w = this.waiter;
-      if (w) {
-        this.waiter = undefined;
-        w.resolve(reply);
-      } else {
-        this.replies.push(reply);
-      }
-    }
-  }
-
-  private onClosed(e: Error): void {
-    if (this.closedError) return;
-    this.closedError = e;
-    const w = this.waiter;
-    this.waiter = undefined;
-    w?.reject(e);
+    const gone = this.client.closedError;
+    if (gone) throw new Error(`cannot send: ${gone.message}`);
+    this.client.write(data);
   }
 }
 

@@ -1,6 +1,4 @@
-// Test harness for the SMTP engine: starts an SmtpServer on 127.0.0.1 port 0 with recording handlers, plus a raw line client for PROXY headers and STARTTLS injection.
-import { connect as netConnect, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
+// Test harness for the SMTP engine: starts an SmtpServer on 127.0.0.1 port 0 with recording handlers, plus a raw line client (the test SMTP peer's) for PROXY headers and STARTTLS injection.
 import type { Readable } from 'node:stream';
 import { pino } from 'pino';
 import type { SmtpReply } from '../../src/errors.js';
@@ -14,6 +12,7 @@ import {
   type SmtpSession,
   type SmtpTransaction,
 } from '../../src/smtp/server.js';
+import { PeerClient } from './smtp-peer-client.js';
 
 export const QUEUED: SmtpReply = { code: 250, enhanced: '2.0.0', text: 'Queued' };
 
@@ -110,107 +109,45 @@ export async function eventually(cond: () => boolean, ms = 5000): Promise<boolea
 }
 
 /**
- * A bare line client: writes raw bytes (a PROXY header, pipelined STARTTLS injection) and reads complete
- * replies. Every wait is bounded.
+ * A bare line client (the test SMTP peer's client, reading latin1): writes raw bytes (a PROXY header, pipelined
+ * STARTTLS injection) and reads complete replies. Every wait is bounded.
  */
 export class RawClient {
-  private buf = '';
-  private socket: Socket;
-  private waiters: Array<() => void> = [];
-  closed = false;
+  private constructor(private readonly c: PeerClient) {}
 
-  private constructor(socket: Socket) {
-    this.socket = socket;
-    this.attach(socket);
-  }
-
-  static connect(port: number, preamble?: Buffer | string): Promise<RawClient> {
-    return new Promise((resolve, reject) => {
-      const s = netConnect({ host: '127.0.0.1', port }, () => {
-        if (preamble !== undefined) s.write(preamble);
-        resolve(new RawClient(s));
-      });
-      s.once('error', reject);
-    });
+  static async connect(port: number, preamble?: Buffer | string): Promise<RawClient> {
+    return new RawClient(await PeerClient.open(port, { encoding: 'latin1', ...(preamble !== undefined ? { preamble } : {}) }));
   }
 
   write(data: string | Buffer): void {
-    this.socket.write(data);
+    this.c.write(data);
   }
 
   /** The next complete (possibly multi-line) reply; null when the server closed first or nothing came in `ms`. */
-  async read(ms = 5000): Promise<string | null> {
-    const end = Date.now() + ms;
-    for (;;) {
-      const m = /^(?:\d{3}-[^\n]*\n)*\d{3}(?: [^\n]*)?\n/.exec(this.buf);
-      if (m) {
-        this.buf = this.buf.slice(m[0].length);
-        return m[0].replace(/\r\n/g, '\n').trimEnd();
-      }
-      const left = end - Date.now();
-      if (this.closed || left <= 0) return null;
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
+  read(ms = 5000): Promise<string | null> {
+    return this.c.next(ms);
   }
 
   /** Whatever arrived and was not read as a reply. */
   get pending(): string {
-    return this.buf;
+    return this.c.pending;
+  }
+
+  get closed(): boolean {
+    return this.c.closed;
   }
 
   /** True once the server closed the connection (within `ms`). */
-  async waitClosed(ms = 5000): Promise<boolean> {
-    const end = Date.now() + ms;
-    while (!this.closed && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
-    return this.closed;
+  waitClosed(ms = 5000): Promise<boolean> {
+    return this.c.waitClosed(ms);
   }
 
   /** TLS handshake over the current connection (after the server's 220). */
-  async upgrade(): Promise<void> {
-    const plain = this.socket;
-    plain.removeAllListeners('data');
-    plain.removeAllListeners('close');
-    const secure = tlsConnect({ socket: plain, rejectUnauthorized: false });
-    await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('TLS handshake timeout')), 5000);
-      secure.once('secureConnect', () => {
-        clearTimeout(t);
-        resolve();
-      });
-      secure.once('error', (e) => {
-        clearTimeout(t);
-        reject(e);
-      });
-    });
-    this.socket = secure;
-    this.attach(secure);
+  upgrade(): Promise<void> {
+    return this.c.startTls({ rejectUnauthorized: false }, 5000);
   }
 
   close(): void {
-    this.socket.destroy();
-  }
-
-  private attach(s: Socket): void {
-    s.on('data', (c: Buffer) => {
-      this.buf += c.toString('latin1');
-      this.notify();
-    });
-    s.on('error', () => undefined);
-    s.on('close', () => {
-      this.closed = true;
-      this.notify();
-    });
-  }
-
-  private notify(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
+    this.c.destroy();
   }
 }
