@@ -1,8 +1,10 @@
 // HAProxy in front of relays for tests: a real `haproxy` process (mode tcp, send-proxy-v2, httpchk on /readyz), free loopback ports, and an MTA-like client that retries 4xx.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { createServer, connect, type Socket } from 'node:net';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { PeerClient } from './smtp-peer-client.js';
+import { dotStuff } from './smtp-peer-wire.js';
 
 export function haproxyAvailable(): boolean {
   return spawnSync('haproxy', ['-v'], { stdio: 'ignore' }).status === 0;
@@ -87,42 +89,14 @@ export type Attempt = { kind: 'accepted' | 'rejected' | 'deferred'; reply: strin
  * HAProxy's own). Any 4xx, timeout or lost connection is `deferred` (the caller retries, as an MTA does).
  */
 export async function mtaAttempt(port: number, localAddress: string, from: string, to: string, data: string, stepMs = 15_000): Promise<Attempt> {
-  let sock: Socket | null = null;
+  let c: PeerClient | null = null;
   let dotSent = false;
   try {
-    sock = connect({ port, host: '127.0.0.1', localAddress });
-    const s = sock;
-    let buf = '';
-    let closed = false;
-    let wake: (() => void) | null = null;
-    s.on('data', (c: Buffer) => {
-      buf += c.toString('latin1');
-      wake?.();
-    });
-    s.on('close', () => {
-      closed = true;
-      wake?.();
-    });
-    s.on('error', () => {});
-    const reply = async (): Promise<string> => {
-      const until = Date.now() + stepMs;
-      for (;;) {
-        const m = /(^|\r\n)(\d{3}) [^\r\n]*\r\n/.exec(buf);
-        if (m) {
-          const end = m.index + m[0].length;
-          const r = buf.slice(0, end).split('\r\n').filter(Boolean).pop()!;
-          buf = buf.slice(end);
-          return r;
-        }
-        if (closed || Date.now() > until) return '';
-        await new Promise<void>((r) => {
-          wake = r;
-          setTimeout(r, 200);
-        });
-        wake = null;
-      }
-    };
-    const step = async (line: string | null, ok: RegExp): Promise<Attempt | null> => {
+    c = await PeerClient.open(port, { localAddress, encoding: 'latin1' });
+    const s = c;
+    /** The last line of the next reply; '' when none came (closed or timed out). */
+    const reply = async (): Promise<string> => (await s.next(stepMs))?.split('\n').pop() ?? '';
+    const step = async (line: string | Buffer | null, ok: RegExp): Promise<Attempt | null> => {
       if (line !== null) s.write(line);
       const r = await reply();
       if (ok.test(r)) return null;
@@ -142,13 +116,13 @@ export async function mtaAttempt(port: number, localAddress: string, from: strin
       if (a) return a;
     }
     dotSent = true;
-    const final = await step(data.replace(/(^|\r\n)\./g, '$1..') + '\r\n.\r\n', /^250 /);
+    const final = await step(Buffer.concat([dotStuff(data), Buffer.from('\r\n.\r\n')]), /^250 /);
     if (final) return final;
     s.write('QUIT\r\n');
     return { kind: 'accepted', reply: '250', ambiguous: false };
   } catch (err) {
     return { kind: 'deferred', reply: (err as Error).message, ambiguous: dotSent };
   } finally {
-    sock?.destroy();
+    c?.destroy();
   }
 }

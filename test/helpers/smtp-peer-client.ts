@@ -10,13 +10,15 @@ export interface PeerClientOptions {
   encoding?: 'utf8' | 'latin1';
   /** Written as soon as the connection is up, before anything is read (a PROXY header, a client talking first). */
   preamble?: string | Buffer;
+  /** Local address to connect from (a loopback alias standing for another client). */
+  localAddress?: string;
 }
 
 export class PeerClient {
   /** Why the connection is over (closed by either side, or a socket error); undefined while it is open. */
   closedError: Error | undefined;
 
-  private socket: Socket | TLSSocket;
+  private sock: Socket | TLSSocket;
   private text = '';
   private lines: string[] = [];
   private readonly replies: string[] = [];
@@ -26,14 +28,14 @@ export class PeerClient {
     socket: Socket,
     private readonly encoding: 'utf8' | 'latin1',
   ) {
-    this.socket = socket;
+    this.sock = socket;
     this.attach(socket);
   }
 
   /** Resolves once the TCP connection is up (the greeting is read like any reply). */
   static open(port: number, o: PeerClientOptions = {}): Promise<PeerClient> {
     return new Promise((resolve, reject) => {
-      const socket = netConnect({ host: o.host ?? '127.0.0.1', port });
+      const socket = netConnect({ host: o.host ?? '127.0.0.1', port, ...(o.localAddress ? { localAddress: o.localAddress } : {}) });
       // Buffered until connected, so replies arriving with the connection are never missed.
       const client = new PeerClient(socket, o.encoding ?? 'utf8');
       socket.once('connect', () => {
@@ -48,13 +50,18 @@ export class PeerClient {
     return this.closedError !== undefined;
   }
 
+  /** The current socket (a TLSSocket after startTls), for tests that check or break the connection itself. */
+  get socket(): Socket {
+    return this.sock;
+  }
+
   /** Unread replies and any partial line: everything that arrived and was not read. */
   get pending(): string {
     return [...this.replies.map((r) => r + '\n'), ...this.lines.map((l) => l + '\n'), this.text].join('');
   }
 
   write(data: string | Buffer): void {
-    this.socket.write(data);
+    this.sock.write(data);
   }
 
   /** The next complete (possibly multi-line) reply; null when the connection closed first or nothing came in `ms`. */
@@ -84,7 +91,7 @@ export class PeerClient {
 
   /** The TLS handshake over the current connection, after the server's 220 to STARTTLS. */
   async startTls(options: ConnectionOptions, ms: number): Promise<void> {
-    const plain = this.socket;
+    const plain = this.sock;
     plain.removeAllListeners('data');
     plain.removeAllListeners('close');
     plain.removeAllListeners('error');
@@ -100,13 +107,13 @@ export class PeerClient {
         reject(e);
       });
     });
-    this.socket = secure;
+    this.sock = secure;
     this.attach(secure);
   }
 
   /** Drops the connection at once. */
   destroy(): void {
-    this.socket.destroy();
+    this.sock.destroy();
     this.onClosed(new Error('connection closed by client'));
   }
 

@@ -1,7 +1,8 @@
 // PROXY protocol at the relay: the address a configured load balancer gives is the one checked, logged and traced; nobody else may send a header.
 import { afterEach, describe, expect, it } from 'vitest';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { startChain, message, type Chain } from '../helpers/chain.js';
+import { PeerClient } from '../helpers/smtp-peer-client.js';
 
 let chain: Chain | undefined;
 afterEach(async () => {
@@ -9,42 +10,21 @@ afterEach(async () => {
   chain = undefined;
 });
 
-/** A raw client that first writes `preamble`, then speaks line by line; every wait is bounded. */
+/** A raw client (the test SMTP peer's) that first writes `preamble`, then speaks line by line; every wait is bounded ('' when no reply came). */
 async function rawSession(
   port: number,
   preamble: Buffer,
 ): Promise<{ sock: Socket; read(): Promise<string>; send(line: string): Promise<string>; closed: Promise<void> }> {
-  const sock = connect(port, '127.0.0.1');
-  await new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject));
-  sock.write(preamble);
-  let buf = '';
-  const waiters: Array<() => void> = [];
-  sock.on('data', (c: Buffer) => {
-    buf += c.toString('latin1');
-    for (const w of waiters.splice(0)) w();
-  });
-  const closed = new Promise<void>((resolve) => sock.once('close', () => resolve()));
-  void closed.then(() => {
-    for (const w of waiters.splice(0)) w();
-  });
-  const read = async (): Promise<string> => {
-    const until = Date.now() + 5000;
-    for (;;) {
-      const m = /(^|\r\n)(\d{3}) [^\r\n]*\r\n/.exec(buf);
-      if (m) {
-        const end = m.index + m[0].length;
-        const reply = buf.slice(0, end).trimEnd();
-        buf = buf.slice(end);
-        return reply;
-      }
-      if (sock.destroyed || Date.now() > until) return '';
-      await new Promise<void>((r) => {
-        waiters.push(r);
-        setTimeout(r, 100);
-      });
-    }
+  const c = await PeerClient.open(port, { preamble, encoding: 'latin1' });
+  const read = async (): Promise<string> => (await c.next(5000)) ?? '';
+  return {
+    sock: c.socket,
+    read,
+    send: async (line) => (c.write(line + '\r\n'), read()),
+    get closed() {
+      return c.waitClosed(10_000).then(() => undefined);
+    },
   };
-  return { sock, read, send: async (line) => (sock.write(line + '\r\n'), read()), closed };
 }
 
 describe('PROXY protocol from a configured load balancer', () => {
