@@ -153,4 +153,21 @@ describe('transaction state', () => {
     await p.sessions[0]!.closed;
     expect(p).toMatchObject({ dots: 0, partial: 1, dataStarted: 1, messages: [] });
   });
+
+  it('CHUNKING, when offered: BDAT chunks are taken byte for byte (no stuffing), the LAST one ends the message', async () => {
+    const p = await peer({ extensions: { chunking: true } });
+    const s = await SmtpSession.connect(p.port);
+    try {
+      expect(await s.cmd('EHLO c.test')).toMatch(/^250[- ]CHUNKING$/m);
+      await s.cmd('MAIL FROM:<a@x.test>');
+      await s.cmd('RCPT TO:<b@x.test>');
+      s.send('BDAT 5\r\n.a\r\nb');
+      expect(await s.read()).toBe('250 2.0.0 5 octets received');
+      s.send('BDAT 3 LAST\r\nc\r\n');
+      expect(await s.read()).toBe('250 2.0.0 Ok: queued as PEER1');
+    } finally {
+      await s.quit();
+    }
+    expect(p.messages[0]!.data.toString()).toBe('.a\r\nbc\r\n');
+  });
 });
