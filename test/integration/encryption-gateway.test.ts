@@ -47,9 +47,9 @@ beforeAll(async () => {
         secure: gw(tlsGw.port, { authUser: 'relay', passFile: join(dir, 'gw.pass') }),
         clear: gw(clearGw.port),
         untrusted: { host: '127.0.0.1', port: tlsGw.port, timeouts: { connectMs: 2000, greetingMs: 2000, socketMs: 5000 } },
-        // No connection reuse here: NextHopPool.deliver() parks a connection whose DATA was refused (all
-        // recipients refused) without RSET, so the next MAIL on it gets "503 nested MAIL" (reported, pool.ts).
-        picky: gw(picky.port, { pool: { idleTimeoutMs: 1 } }),
+        // Connections are reused: after DATA was refused (every recipient refused) NextHopPool.deliver() resets
+        // the transaction before the connection serves again, or this picky next hop would answer "503 nested MAIL".
+        picky: gw(picky.port),
       },
       policy: {
         actions: {
