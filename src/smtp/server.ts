@@ -26,16 +26,17 @@ export class SmtpServer {
     this.cfg = {
       opts,
       banner: opts.banner ?? 'dlp-relay',
-      greetingDelayMs: opts.greetingDelayMs ?? 0,
+      greetingDelayMs: opts.greetingDelayMs,
       maxCommandLineBytes: opts.maxCommandLineBytes ?? 512,
-      maxAuthFailures: opts.auth?.maxFailures ?? 3,
+      // Without opts.auth the AUTH command is unknown, so the limit is never consulted.
+      maxAuthFailures: opts.auth?.maxFailures ?? 0,
       proxyTrusted: opts.proxyProtocol ? new NetworkList(opts.proxyProtocol.trustedPeers) : null,
       proxyTimeoutMs: opts.proxyProtocol?.timeoutMs ?? 3000,
       tlsContext: opts.tls ? createSecureContext({ key: opts.tls.key, cert: opts.tls.cert }) : null,
       clocks: {
         idleTimeoutMs: opts.idleTimeoutMs,
-        sessionTimeoutMs: opts.sessionTimeoutMs ?? 30 * 60_000,
-        minBytesPerSecond: opts.minBytesPerSecond ?? 256,
+        sessionTimeoutMs: opts.sessionTimeoutMs,
+        minBytesPerSecond: opts.minBytesPerSecond,
         minRateWindowMs: opts.minRateWindowMs ?? 30_000,
       },
     };

@@ -9,35 +9,36 @@ export interface SmtpServerOptions {
   hostname: string;
   /** Greeting is `220 <hostname> ESMTP <banner>`; default banner 'dlp-relay'. Never says ESMTP twice. */
   banner?: string;
-  /** Early-talker pause before the greeting, default 0 (greet at once). A client that talks before a delayed
-   *  greeting gets `554 5.5.0` (catalogue) and is disconnected (Postfix's smtpd_forbid_unauth_pipelining idea). */
-  greetingDelayMs?: number;
+  /** Early-talker pause before the greeting (0: greet at once). A client that talks before a delayed
+   *  greeting gets `554 5.5.0` (catalogue) and is disconnected (Postfix's smtpd_forbid_unauth_pipelining idea).
+   *  This and the other settings that are config keys have no default here: the config schema holds it. */
+  greetingDelayMs: number;
   /** Advertised as SIZE; DATA over it → read to the end, then 552 5.3.4. */
   maxMessageBytes: number;
   /** Past it RCPT gets 452 4.5.3. */
   maxRecipients: number;
   /** No byte from the client for this long → 421 4.4.2 and close. */
   idleTimeoutMs: number;
-  /** Whole session cap, default 30 min → 421 4.4.2 and close (checked between commands and in DATA). */
-  sessionTimeoutMs?: number;
+  /** Whole session cap → 421 4.4.2 and close (checked between commands and in DATA). */
+  sessionTimeoutMs: number;
   /** Slowloris guard: a command line, and DATA, must progress at least this many bytes/s averaged over
-   *  `minRateWindowMs` (default 30 s); default 256 B/s; 0 = off. Violation → 421 4.4.2 and close. A waiting
+   *  `minRateWindowMs` (default 30 s); 0 = off. Violation → 421 4.4.2 and close. A waiting
    *  server (handler running) never counts against the client. */
-  minBytesPerSecond?: number;
+  minBytesPerSecond: number;
   minRateWindowMs?: number;
   /** Default 512 incl CRLF (RFC 5321 4.5.3.1.4) → 500 5.5.6 Line too long. */
   maxCommandLineBytes?: number;
   /** DATA text lines longer than this (excluding CRLF) → read to the end, then 552 5.3.4; default 0 = no limit. */
   maxDataLineBytes?: number;
-  /** 'accept' (default): bare CR / bare LF in DATA pass through as data; 'reject': read to the end, then 550 5.5.2. */
-  bareLineEndings?: 'accept' | 'reject';
+  /** 'accept': bare CR / bare LF in DATA pass through as data; 'reject': read to the end, then 550 5.5.2. */
+  bareLineEndings: 'accept' | 'reject';
   /** Advertise DSN and parse RET/ENVID/NOTIFY/ORCPT. */
   dsn: boolean;
   /** STARTTLS when set; `require`: MAIL before STARTTLS → 530 5.7.0. */
   tls?: { key: Buffer | string; cert: Buffer | string; require: boolean } | undefined;
   /** AUTH PLAIN and LOGIN, advertised and accepted ONLY on a TLS session (in clear: 538 5.7.11 / not advertised).
-   *  `required`: MAIL before AUTH → 530 5.7.0. After `maxFailures` (default 3) failed attempts → 421 4.7.0 and close. */
-  auth?: { required: boolean; maxFailures?: number } | undefined;
+   *  `required`: MAIL before AUTH → 530 5.7.0. After `maxFailures` failed attempts → 421 4.7.0 and close. */
+  auth?: { required: boolean; maxFailures: number } | undefined;
   /** PROXY protocol v1/v2, only from these peers (CIDR list). When set, EVERY connection must start with a PROXY
    *  header; a peer outside the list, a malformed header or no complete header within `timeoutMs` (default 3000)
    *  → socket closed without a greeting (log at warn). v1 UNKNOWN / v2 LOCAL keep the socket's own addresses. */

@@ -58,6 +58,11 @@ export const baseOptions: SmtpServerOptions = {
   maxRecipients: 100,
   idleTimeoutMs: 10_000,
   dsn: true,
+  // The engine takes these from the config schema in the relay; the tests spell out the relay's defaults.
+  greetingDelayMs: 0,
+  sessionTimeoutMs: 30 * 60_000,
+  minBytesPerSecond: 256,
+  bareLineEndings: 'accept',
 };
 
 /** A server with recording handlers; `handlers` replace the defaults (which accept everything). */

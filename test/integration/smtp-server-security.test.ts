@@ -33,7 +33,7 @@ const checkUser = async (_s: unknown, u: string, p: string): Promise<boolean> =>
 
 describe('STARTTLS and AUTH', () => {
   it('offers AUTH only after STARTTLS and refuses it in clear with 538 5.7.11', async () => {
-    const e = await start({ tls, auth: { required: true } }, { auth: checkUser });
+    const e = await start({ tls, auth: { required: true, maxFailures: 3 } }, { auth: checkUser });
     const s = await SmtpSession.connect(e.port);
     const ehlo = await s.cmd('EHLO c');
     expect(ehlo).toContain('250-ENHANCEDSTATUSCODES');
@@ -63,7 +63,7 @@ describe('STARTTLS and AUTH', () => {
   });
 
   it('accepts AUTH PLAIN (initial response and after 334) and AUTH LOGIN over TLS', async () => {
-    const e = await start({ tls, auth: { required: true } }, { auth: checkUser });
+    const e = await start({ tls, auth: { required: true, maxFailures: 3 } }, { auth: checkUser });
     for (const dialog of [
       async (s: SmtpSession) => s.cmd(`AUTH PLAIN ${b64('\0alice\0s3cret')}`),
       async (s: SmtpSession) => {
@@ -94,7 +94,7 @@ describe('STARTTLS and AUTH', () => {
 
   it('takes an AUTH PLAIN line longer than 512 bytes (RFC 4954: up to 12288)', async () => {
     const long = 'p'.repeat(800);
-    const e = await start({ tls, auth: { required: false } }, { auth: async (_s, u, p) => u === 'alice' && p === long });
+    const e = await start({ tls, auth: { required: false, maxFailures: 3 } }, { auth: async (_s, u, p) => u === 'alice' && p === long });
     const s = await SmtpSession.connect(e.port);
     await s.startTls();
     expect(await s.cmd('EHLO c')).toMatch(/^250/);
@@ -103,7 +103,7 @@ describe('STARTTLS and AUTH', () => {
   });
 
   it('cancels with *, and closes with 421 4.7.0 after 3 failed attempts', async () => {
-    const e = await start({ tls, auth: { required: false } }, { auth: checkUser });
+    const e = await start({ tls, auth: { required: false, maxFailures: 3 } }, { auth: checkUser });
     const s = await SmtpSession.connect(e.port);
     await s.startTls();
     expect(await s.cmd('EHLO c')).toMatch(/^250/);
