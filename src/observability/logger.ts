@@ -91,7 +91,9 @@ export function createLogger(settings: LoggerSettings): Logger {
     },
   };
   const dest = settings.destination ?? 1;
-  let stream: pino.DestinationStream = typeof dest === 'number' ? pino.destination({ dest, sync: false }) : dest;
+  // Synchronous on purpose: the summary line is written before the client hears its reply, so a relay killed
+  // (SIGKILL, OOM) right after a 250 still has the line on record; an async buffer would lose the last lines.
+  let stream: pino.DestinationStream = typeof dest === 'number' ? pino.destination({ dest, sync: true }) : dest;
   if (settings.format === 'text') {
     const inner = stream as pino.DestinationStream & { flush?: (cb?: (err?: Error) => void) => void };
     stream = {
