@@ -1,5 +1,4 @@
 // UCWI client: streams the spooled EML to the sync email endpoint as multipart/form-data and returns a verdict or a classified error; never throws for DLP failures.
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { Pool, errors as undiciErrors } from 'undici';
@@ -10,6 +9,7 @@ import { Semaphore } from '../util/semaphore.js';
 import { deadline } from '../util/deadline.js';
 import { OutageLog, type OutageState } from '../observability/outage.js';
 import { EndpointSet, type BackoffOptions, type Endpoint, type EndpointStatus } from '../egress/endpoints.js';
+import { randomHex } from '../util/random-id.js';
 
 /** Failures that mean UCWI (or our credentials or clock) is broken, as opposed to one odd message. */
 const OUTAGE_CLASSES: ReadonlySet<DlpErrorClass> = new Set(['auth', 'server_error', 'timeout', 'unreachable', 'bad_response']);
@@ -207,7 +207,7 @@ export class UcwiClient {
 
   private async callOne(server: Server, req: InspectRequest, signal: AbortSignal): Promise<DlpParsed> {
     {
-      const boundary = `----dlp-relay-${randomBytes(12).toString('hex')}`;
+      const boundary = `----dlp-relay-${randomHex(12)}`;
       // An md5 that does not describe the uploaded bytes would be worse than none, so an unknown one is left out, never sent as "".
       const metadata = JSON.stringify({ sender: req.sender, recipients: req.recipients, queryID: req.queryId, ...(req.md5 ? { md5: req.md5 } : {}) });
       const head = Buffer.from(

@@ -6,6 +6,8 @@ import type { MailFromCommand, RcptToCommand } from './types.js';
 /** Writes a reply as wire lines: `code-...` continuation lines, then `code ...`; the enhanced code on every line. */
 export function formatReplyLines(reply: SmtpReply, enhanced = true): string {
   const prefix = enhanced && reply.enhanced ? `${reply.enhanced} ` : '';
+  // One line, the usual case: no regex and no split on the per-command path.
+  if (!reply.text.includes('\n') && !reply.text.includes('\r')) return `${reply.code} ${prefix}${reply.text}\r\n`;
   // CR is stripped so a text can never break the reply framing.
   const lines = reply.text.replace(/\r/g, '').split('\n');
   let out = '';

@@ -13,7 +13,12 @@ import { attachHandlers, detachHandlers } from '../util/event-handlers.js';
 export class SessionEnded extends DlpError {
   readonly errorCode = 'DLP_ERR_SESSION_ENDED' as const;
   constructor(readonly reason: ResetReason) {
+    // Made once per session as a signal, never reported with a stack: capturing one cost more than the rest of a
+    // connection's teardown in the profile.
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(`session ended (${reason})`);
+    Error.stackTraceLimit = limit;
     this.name = 'SessionEnded';
   }
 }
@@ -89,7 +94,8 @@ export class SessionIO {
   constructor(
     socket: Socket,
     private readonly clocks: ClockOptions,
-    private readonly log: Logger,
+    /** The session's logger, made on first use. */
+    private readonly log: () => Logger,
   ) {
     this.socket = socket;
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
@@ -277,7 +283,7 @@ export class SessionIO {
   };
 
   private readonly onError = (e: Error): void => {
-    this.log.debug({ err: e.message }, 'socket error');
+    this.log().debug({ err: e.message }, 'socket error');
     this.end(null, 'close');
   };
 
@@ -424,7 +430,7 @@ export class SessionIO {
     this.rateTimer = null;
     const required = (this.clocks.minBytesPerSecond * this.clocks.minRateWindowMs) / 1000;
     if (this.rateBytes < required) {
-      this.log.info({ bytes: this.rateBytes, windowMs: this.clocks.minRateWindowMs }, 'client below the minimum data rate');
+      this.log().info({ bytes: this.rateBytes, windowMs: this.clocks.minRateWindowMs }, 'client below the minimum data rate');
       this.end(catalogueReply('SLOW_CLIENT'), 'timeout');
       return;
     }

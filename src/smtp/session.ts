@@ -1,5 +1,4 @@
 // Per-connection SMTP state machine: PROXY header, greeting, then one command at a time (pipelined replies in order), handing MAIL/RCPT/DATA/AUTH to the handlers.
-import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import type { SecureContext } from 'node:tls';
@@ -10,6 +9,7 @@ import { decodeBase64, isPositive, parseMailFrom, parseRcptTo, splitCommand, typ
 import { DataDecoder } from './data-reader.js';
 import { parseProxyHeader, unmapIPv4 } from './proxy-protocol.js';
 import { SessionEnded, SessionIO, type Line } from './session-io.js';
+import { randomHex } from '../util/random-id.js';
 import type { MailFromCommand, RcptToCommand, ResetReason, SmtpHandlers, SmtpServerOptions, SmtpSession, SmtpTransaction } from './types.js';
 
 /** Options with every default filled in, shared by all sessions of one server. */
@@ -50,7 +50,7 @@ interface OpenTransaction {
 }
 
 export class Session implements SmtpSession {
-  readonly id = randomBytes(5).toString('hex');
+  readonly id = randomHex(5);
   readonly openedAt = Date.now();
   remoteAddress: string;
   remotePort: number;
@@ -64,7 +64,8 @@ export class Session implements SmtpSession {
   user: string | null = null;
 
   private readonly io: SessionIO;
-  private readonly log: Logger;
+  /** Made on first use: most sessions never log, and a pino child per connection showed in the profile. */
+  private logChild: Logger | null = null;
   private tx: OpenTransaction | null = null;
   /** Refused by connect() with a 554 greeting: only QUIT is served (RFC 5321 3.1). */
   private refused = false;
@@ -78,7 +79,7 @@ export class Session implements SmtpSession {
     socket: Socket,
     private readonly cfg: SessionConfig,
     private readonly handlers: SmtpHandlers,
-    logger: Logger,
+    private readonly logger: Logger,
   ) {
     socket.setNoDelay(true);
     this.peerAddress = unmapIPv4(socket.remoteAddress ?? '');
@@ -86,8 +87,11 @@ export class Session implements SmtpSession {
     this.remotePort = socket.remotePort ?? 0;
     this.localAddress = unmapIPv4(socket.localAddress ?? '');
     this.localPort = socket.localPort ?? 0;
-    this.log = logger.child({ session: this.id });
-    this.io = new SessionIO(socket, cfg.clocks, this.log);
+    this.io = new SessionIO(socket, cfg.clocks, () => this.log);
+  }
+
+  private get log(): Logger {
+    return (this.logChild ??= this.logger.child({ session: this.id }));
   }
 
   get transmissionType(): string {

@@ -13,6 +13,9 @@ export function parseCidr(s: string): { address: string; prefix: number; family:
   return { address: addr, prefix, family: v === 4 ? 'ipv4' : 'ipv6' };
 }
 
+/** Addresses whose answer is remembered before the memory starts over. */
+const SEEN_MAX = 4096;
+
 export class NetworkList {
   private readonly list = new BlockList();
   readonly entries: readonly string[];
@@ -24,9 +27,25 @@ export class NetworkList {
       this.list.addSubnet(p.address, p.prefix, p.family);
     }
   }
+  /**
+   * Answers per address, remembered: BlockList.check builds a SocketAddress per call, which showed in the
+   * per-connection profile, while a relay sees the same few MTAs over and over. The list never changes (a
+   * reload builds a new one), so a remembered answer stays right; the memory is bounded by clearing it.
+   */
+  private readonly seen = new Map<string, boolean>();
+
   /** True when the remote address is inside one of the networks; IPv4-mapped IPv6 (::ffff:a.b.c.d) counts as IPv4. */
   has(address: string | undefined): boolean {
     if (!address) return false;
+    const known = this.seen.get(address);
+    if (known !== undefined) return known;
+    const answer = this.check(address);
+    if (this.seen.size >= SEEN_MAX) this.seen.clear();
+    this.seen.set(address, answer);
+    return answer;
+  }
+
+  private check(address: string): boolean {
     const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
     const a = mapped ? mapped[1]! : address;
     const v = isIP(a);
