@@ -49,6 +49,8 @@ export interface InspectRequest {
   /** Byte count of what openMessage() yields (it becomes the Content-Length). */
   size: number;
   openMessage: () => Readable;
+  /** The same bytes in one buffer when the message is small (see SpooledMessage.readSmall); null or absent: stream them. */
+  readSmall?: () => Buffer | null;
 }
 
 export type InspectResult = DlpParsed & { elapsedMs: number };
@@ -216,6 +218,10 @@ export class UcwiClient {
           `Content-Type: message/rfc822\r\n\r\n`,
       );
       const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
+      // A message that fits in one read chunk goes as one buffer: no stream, generator and async iterator per
+      // request (about 5 % of the relay's CPU per message in the profile). Bigger ones stream from the spool.
+      const read = req.readSmall?.() ?? null;
+      const small = read && read.length === req.size ? read : null;
       const res = await server.pool.request({
         path: server.path,
         method: 'POST',
@@ -225,7 +231,7 @@ export class UcwiClient {
           'content-length': String(head.length + req.size + tail.length),
           accept: 'application/json',
         },
-        body: Readable.from(multipartBody(head, req.openMessage(), tail), { objectMode: false }),
+        body: small ? Buffer.concat([head, small, tail]) : Readable.from(multipartBody(head, req.openMessage(), tail), { objectMode: false }),
         signal,
       });
       const max = this.opts.maxResponseBytes ?? 1024 * 1024;

@@ -30,7 +30,7 @@ export interface GatewayDeliverer {
 export interface Inspector {
   inspect(
     /** md5 is left out when the bytes UCWI gets differ from the spooled ones (a header was cut out). */
-    req: { queryId: string; sender: string; recipients: string[]; md5?: string; size: number; openMessage: () => Readable },
+    req: { queryId: string; sender: string; recipients: string[]; md5?: string; size: number; openMessage: () => Readable; readSmall?: () => Buffer | null },
     signal?: AbortSignal,
   ): Promise<InspectResult>;
 }
@@ -179,6 +179,7 @@ async function run(deps: PipelineDeps, msg: MessageInput, signal: AbortSignal, s
         ...(skip.length ? {} : { md5: spool.md5 }),
         size: spool.size - strippedBytes,
         openMessage: () => spool.open({ skip }),
+        readSmall: () => spool.readSmall({ skip }),
       },
       signal,
     );

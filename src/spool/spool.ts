@@ -33,6 +33,11 @@ export interface SpooledMessage {
   readHeaderBlock(): Promise<Buffer>;
   /** Streams the message with `prepend` in front and the byte ranges in `skip` left out. */
   open(opts?: { prepend?: Buffer; skip?: Array<{ start: number; end: number }> }): Readable;
+  /**
+   * The same bytes as open({ skip }) in one buffer, when they fit in one read chunk (64 KiB, what the
+   * stream would hand out at once anyway); null for bigger messages, which must be streamed.
+   */
+  readSmall(opts?: { skip?: Array<{ start: number; end: number }> }): Buffer | null;
   remove(): Promise<void>;
 }
 
@@ -303,6 +308,23 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
     },
     open(o = {}) {
       return new SpoolReader(file, rangesWithout(stored, o.skip ?? []), o.prepend, small);
+    },
+    readSmall(o = {}) {
+      if (file.closed) throw spoolClosed();
+      const ranges = rangesWithout(stored, o.skip ?? []);
+      const total = ranges.reduce((n, [a, b]) => n + b - a, 0);
+      if (total > READ_CHUNK) return null;
+      const buf = Buffer.allocUnsafe(total);
+      let at = 0;
+      for (const [a, b] of ranges) {
+        for (let pos = a; pos < b; ) {
+          const n = readSync(file.fd, buf, at, b - pos, pos);
+          if (n === 0) throw new Error('spool file shorter than expected');
+          at += n;
+          pos += n;
+        }
+      }
+      return buf;
     },
     remove() {
       return release(small);

@@ -55,6 +55,23 @@ describe('spoolMessage', () => {
     expect((await s.readHeaderBlock()).toString()).toBe(MSG.slice(0, s.headerEnd));
   });
 
+  it('readSmall gives the bytes open() streams, skips included, up to one 64 KiB chunk, and refuses after remove()', async () => {
+    const s = await spoolMessage(chunked(MSG, 5), { dir: dir(), maxBytes: 1 << 20 });
+    const loop = s.headers.find((h) => h.name === 'x-loop')!;
+    const skip = [{ start: loop.start, end: loop.end }];
+    expect(s.readSmall({ skip })!.toString('latin1')).toBe(await text(s.open({ skip })));
+    expect(s.readSmall()!.toString('latin1')).toBe(MSG);
+    const edge = Buffer.alloc(64 * 1024, 0x61);
+    const at = await spoolMessage(Readable.from([edge]), { dir: dir(), maxBytes: 1 << 20 });
+    expect(at.readSmall()!.equals(edge)).toBe(true);
+    const over = await spoolMessage(Readable.from([edge, Buffer.from('b')]), { dir: dir(), maxBytes: 1 << 20 });
+    expect(over.readSmall()).toBeNull();
+    await s.remove();
+    expect(() => s.readSmall()).toThrow(/already removed/);
+    await at.remove();
+    await over.remove();
+  });
+
   it('a message past SYNC_LIMIT (async reads and writes) round-trips with prepend, skips and 64 KiB reads', async () => {
     // Distinct bytes at every offset, so a chunk read from the wrong position cannot go unnoticed.
     const body = Buffer.alloc(SYNC_LIMIT * 3 + 12_345);
