@@ -1,7 +1,9 @@
 // The one hardened walk over a message's decoded MIME tree (mailparser), used by the quarantine preview, the CAS extraction and the embedded engine: abortable, deadlined, limited, never hangs.
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { MailParser, type AttachmentStream, type MailParserOptions, type MessageText } from 'mailparser';
+import { finished } from 'node:stream/promises';
 import { DEFAULT_MIME_LIMITS, MimeScanner, type MimeLimits } from './scanner.js';
+import { PlainBodySplitter } from './plain-body.js';
 
 export interface WalkHandlers {
   /** Top-level header lines as received (for display). */
@@ -23,6 +25,12 @@ export interface WalkOptions {
   limits?: Partial<MimeLimits> | undefined;
   /** mailparser switches (skipHtmlToText …); the limits are ours. */
   parser?: MailParserOptions | undefined;
+  /**
+   * A top-level message whose header has no Content-* field has its body decoded by PlainBodySplitter
+   * rather than MailParser (same text, far less CPU). The text item then carries no `textAsHtml`; callers
+   * that read it must leave this off.
+   */
+  plainTextBody?: boolean | undefined;
 }
 
 export interface WalkResult {
@@ -81,6 +89,11 @@ async function drain(att: AttachmentStream): Promise<void> {
   }
 }
 
+/** The caller's mailparser switches with mailsplit's limits set above ours (see StructureGuard): the guard must be the one that trips. */
+function parserOptions(limits: MimeLimits, parser: MailParserOptions | undefined): MailParserOptions & { maxChildNodes: number; maxHeadSize: number } {
+  return { ...parser, maxChildNodes: limits.maxParts * 2 + 16, maxHeadSize: limits.maxHeaderBytes * 2 + 1024 };
+}
+
 /**
  * Walks one message. Resolves (never rejects) once the parser is done or has failed, with the reason
  * it stopped early if it did; everything the handlers saw up to then stands. The input is read to its
@@ -89,20 +102,16 @@ async function drain(att: AttachmentStream): Promise<void> {
 export async function walkMessage(input: Readable, handlers: WalkHandlers, opts: WalkOptions = {}): Promise<WalkResult> {
   // Depth is bounded by the part count already; a lower depth cap would end walks mailparser can finish.
   const limits: MimeLimits = { ...DEFAULT_MIME_LIMITS, maxDepth: opts.limits?.maxParts ?? DEFAULT_MIME_LIMITS.maxParts, ...opts.limits };
-  const options: MailParserOptions & { maxChildNodes: number; maxHeadSize: number } = {
-    ...opts.parser,
-    // Above ours (see StructureGuard): the guard must be the one that trips.
-    maxChildNodes: limits.maxParts * 2 + 16,
-    maxHeadSize: limits.maxHeaderBytes * 2 + 1024,
-  };
-  const parser = new MailParser(options);
+  const parser = new MailParser(parserOptions(limits, opts.parser));
   const guard = new StructureGuard(limits);
+  const plain = opts.plainTextBody ? new PlainBodySplitter(parser) : null;
   let current: Readable | null = null;
   let firstError: Error | null = null;
   let inputFailed = false;
   const stop = (err: Error): void => {
     firstError ??= err;
     parser.destroy(err);
+    plain?.destroy(err);
     // A parser that dies mid-attachment leaves that attachment's stream open forever.
     current?.destroy(err);
   };
@@ -120,6 +129,7 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   parser.on('error', (err: Error) => stop(err));
   parser.once('close', () => current?.destroy());
   guard.on('error', (err: Error) => stop(err));
+  plain?.on('error', (err: Error) => stop(err));
   input.on('error', (err: Error) => {
     inputFailed = true;
     stop(err);
@@ -129,11 +139,12 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   });
   if (handlers.headerLines) parser.on('headerLines', handlers.headerLines);
   if (handlers.headers) parser.on('headers', handlers.headers);
-  input.pipe(guard).pipe(parser);
+  input.pipe(guard).pipe(plain ?? parser);
   try {
     for await (const item of parser as AsyncIterable<AttachmentStream | MessageText>) {
       if (item.type === 'text') {
-        handlers.text?.(item);
+        // With the body kept by the splitter, MailParser only saw the header block: its text item is empty.
+        if (!plain?.diverted) handlers.text?.(item);
         continue;
       }
       const content = item.content as Readable;
@@ -147,6 +158,11 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
         item.release();
       }
     }
+    if (plain?.diverted) {
+      // MailParser ended at the header block; the body is complete once the splitter has taken all of it.
+      await finished(plain);
+      if (!firstError) handlers.text?.(plain.textItem());
+    }
   } catch (err) {
     firstError ??= err as Error;
   } finally {
@@ -156,7 +172,7 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   if (firstError) {
     // Keep reading the source so whatever it comes from can finish.
     input.unpipe(guard);
-    guard.unpipe(parser);
+    guard.unpipe(plain ?? parser);
     if (!input.destroyed) input.resume();
   }
   return { error: firstError, inputFailed, parts: guard.scanner.partCount };
