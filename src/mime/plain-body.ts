@@ -37,7 +37,8 @@ export class PlainBodySplitter extends Writable {
 
   /** MailParser's text item for the kept body (call once the splitter has finished). */
   textItem(): MessageText {
-    const text = Buffer.concat(this.body, this.bodyBytes).toString().replace(/\r?\n/g, '\n');
+    // replaceAll of CRLF is MailParser's /\r?\n/ → LF (a bare LF becomes itself), without the regex.
+    const text = Buffer.concat(this.body, this.bodyBytes).toString().replaceAll('\r\n', '\n');
     // MailParser sets `text` only for a non-empty text and `html` only when an HTML part exists.
     return text ? { type: 'text', text } : { type: 'text' };
   }
