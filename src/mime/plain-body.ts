@@ -19,6 +19,30 @@ import type { MessageText } from 'mailparser';
  * event is unchanged. Any other header block sends every byte on to MailParser as before.
  */
 const CONTENT_FIELD = /content-/i;
+/**
+ * One header field line MailParser would hand over unchanged: a name without spaces or controls, printable
+ * ASCII after the colon, CRLF or LF. A block of only such lines has no folding, no mbox "From " line and
+ * no 8-bit bytes; with no "=?" in a Subject either, MailParser's Subject is the field's value trimmed
+ * (decodeHeader trims, decodeWords finds no encoded word, latin1 → UTF-8 changes no ASCII byte), the last
+ * non-empty one when there are several (Subject is one of its single-value keys, and it drops empty values).
+ */
+const SIMPLE_FIELD = /([\x21-\x39\x3b-\x7e]+):([\x20-\x7e]*)\r?\n/y;
+
+/** What MailParser's headers would give the engine for a simple header block: its Subject; null when the block is not simple. */
+export function simpleHeaderSubject(fields: string): { subject: string | undefined } | null {
+  let subject: string | undefined;
+  SIMPLE_FIELD.lastIndex = 0;
+  while (SIMPLE_FIELD.lastIndex < fields.length) {
+    const m = SIMPLE_FIELD.exec(fields);
+    if (!m) return null;
+    if (m[1]!.toLowerCase() !== 'subject') continue;
+    const value = m[2]!.trim();
+    if (value.includes('=?')) return null;
+    if (value) subject = value;
+  }
+  return { subject };
+}
+
 /** A header block still without its blank line past this size is left to MailParser (the walk's header limit trips well before). */
 const MAX_HELD_HEAD = 1024 * 1024;
 
@@ -30,8 +54,17 @@ export class PlainBodySplitter extends Writable {
   private lineStart = 0;
   private readonly body: Buffer[] = [];
   private bodyBytes = 0;
+  private settle: (headOnly: { subject: string | undefined } | null) => void = () => {};
+  /**
+   * Settles once the header block has ended (or the stream has): with the Subject when the block is simple
+   * and `skipParser` allows it, MailParser then getting nothing at all; with null when MailParser has it.
+   */
+  readonly decided = new Promise<{ subject: string | undefined } | null>((resolve) => (this.settle = resolve));
 
-  constructor(private readonly parser: Writable) {
+  constructor(
+    private readonly parser: Writable,
+    private readonly skipParser: boolean,
+  ) {
     super();
   }
 
@@ -54,18 +87,24 @@ export class PlainBodySplitter extends Writable {
     if (end < 0) {
       if (this.head.length <= MAX_HELD_HEAD) return cb();
       this.diverted = false;
+      this.settle(null);
       return this.forward(this.takeHead(this.head.length), cb);
     }
+    const fieldsEnd = this.lineStart;
     const head = this.takeHead(end);
     const rest = this.head;
     this.head = Buffer.alloc(0);
-    if (CONTENT_FIELD.test(head.toString('latin1'))) {
+    const text = head.toString('latin1');
+    if (CONTENT_FIELD.test(text)) {
       this.diverted = false;
+      this.settle(null);
       return this.forward(rest.length ? Buffer.concat([head, rest]) : head, cb);
     }
     this.diverted = true;
     this.keep(rest);
-    if (!this.parser.destroyed) this.parser.end(head);
+    const headOnly = this.skipParser ? simpleHeaderSubject(text.slice(0, fieldsEnd)) : null;
+    if (!headOnly && !this.parser.destroyed) this.parser.end(head);
+    this.settle(headOnly);
     cb();
   }
 
@@ -73,10 +112,16 @@ export class PlainBodySplitter extends Writable {
     // No blank line at all: every byte is header for mailsplit too, so MailParser gets them all.
     if (this.diverted === null) {
       this.diverted = false;
+      this.settle(null);
       if (this.head.length && !this.parser.destroyed) this.parser.write(this.takeHead(this.head.length));
     }
     if (!this.diverted && !this.parser.destroyed) this.parser.end();
     cb();
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.settle(null);
+    cb(err);
   }
 
   /** Offset just past mailsplit's end of the header block (the first line that is exactly LF or CRLF), or -1 when not seen yet. */

@@ -27,8 +27,9 @@ export interface WalkOptions {
   parser?: MailParserOptions | undefined;
   /**
    * A top-level message whose header has no Content-* field has its body decoded by PlainBodySplitter
-   * rather than MailParser (same text, far less CPU). The text item then carries no `textAsHtml`; callers
-   * that read it must leave this off.
+   * rather than MailParser (same text, far less CPU). The text item then carries no `textAsHtml`, and when
+   * the header block is simple (simpleHeaderSubject) and there is no `headerLines` handler, MailParser is
+   * not run at all and `headers` gets a Map holding only `subject`. Callers that read either must leave this off.
    */
   plainTextBody?: boolean | undefined;
 }
@@ -94,6 +95,21 @@ function parserOptions(limits: MimeLimits, parser: MailParserOptions | undefined
   return { ...parser, maxChildNodes: limits.maxParts * 2 + 16, maxHeadSize: limits.maxHeaderBytes * 2 + 1024 };
 }
 
+/** Waits for the end of the header block; when MailParser is spared it altogether, reports the Subject (all its headers would have given our callers) and says so. */
+async function plainHead(plain: PlainBodySplitter, parser: MailParser, handlers: WalkHandlers, failed: () => boolean): Promise<boolean> {
+  const headOnly = await plain.decided;
+  if (!headOnly) return false;
+  parser.destroy(); // never given a byte
+  if (!failed()) handlers.headers?.(new Map(headOnly.subject === undefined ? [] : [['subject', headOnly.subject]]));
+  return true;
+}
+
+/** MailParser ended at the header block (or never ran); the body is complete once the splitter has taken all of it. */
+async function plainBody(plain: PlainBodySplitter, handlers: WalkHandlers, failed: () => boolean): Promise<void> {
+  await finished(plain);
+  if (!failed()) handlers.text?.(plain.textItem());
+}
+
 /**
  * Walks one message. Resolves (never rejects) once the parser is done or has failed, with the reason
  * it stopped early if it did; everything the handlers saw up to then stands. The input is read to its
@@ -104,7 +120,8 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   const limits: MimeLimits = { ...DEFAULT_MIME_LIMITS, maxDepth: opts.limits?.maxParts ?? DEFAULT_MIME_LIMITS.maxParts, ...opts.limits };
   const parser = new MailParser(parserOptions(limits, opts.parser));
   const guard = new StructureGuard(limits);
-  const plain = opts.plainTextBody ? new PlainBodySplitter(parser) : null;
+  // MailParser can be left out altogether only when nobody wants the raw header lines.
+  const plain = opts.plainTextBody ? new PlainBodySplitter(parser, !handlers.headerLines) : null;
   let current: Readable | null = null;
   let firstError: Error | null = null;
   let inputFailed = false;
@@ -141,7 +158,8 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   if (handlers.headers) parser.on('headers', handlers.headers);
   input.pipe(guard).pipe(plain ?? parser);
   try {
-    for await (const item of parser as AsyncIterable<AttachmentStream | MessageText>) {
+    const headOnly = plain ? await plainHead(plain, parser, handlers, () => firstError !== null) : false;
+    for await (const item of (headOnly ? [] : parser) as AsyncIterable<AttachmentStream | MessageText>) {
       if (item.type === 'text') {
         // With the body kept by the splitter, MailParser only saw the header block: its text item is empty.
         if (!plain?.diverted) handlers.text?.(item);
@@ -158,11 +176,7 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
         item.release();
       }
     }
-    if (plain?.diverted) {
-      // MailParser ended at the header block; the body is complete once the splitter has taken all of it.
-      await finished(plain);
-      if (!firstError) handlers.text?.(plain.textItem());
-    }
+    if (plain?.diverted) await plainBody(plain, handlers, () => firstError !== null);
   } catch (err) {
     firstError ??= err as Error;
   } finally {

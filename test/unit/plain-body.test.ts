@@ -44,6 +44,18 @@ const HEADER_VARIANTS = [
   'From \r\n',
   'Received: from vm\n\tby host; Sat, 28 Nov 2026\n',
   'Broken header line without colon\r\n',
+  'Subject:\r\n',
+  'SUBJECT:   TOP SECRET   \r\n',
+  'subject: 4111111111111111\n',
+  'Subject: a =? b\r\n',
+  'Subject: tab\there TOP SECRET\r\n',
+  'Subject : spaced name 123-45-6789\r\n',
+  'Subject: caf\xc3\xa9 TOP SECRET\r\n',
+  'Subject: __JOIN__ 4111 1111 1111 1111\r\n',
+  'X-Empty:\r\n',
+  'Subject: ends with cr only\r',
+  'From: "A, B" <a@b.c>, =?utf-8?Q?x?= <d@e.f>\r\n',
+  'Date: not a date\r\n',
 ];
 
 const BODY_PIECES = [
@@ -86,13 +98,13 @@ function chunked(buf: Buffer, r: () => number): Readable {
 
 /** What a walk hands its caller: the headers MailParser decoded, the text item's text and html, whether it failed. */
 async function walkView(buf: Buffer, seed: number, plainTextBody: boolean) {
-  const view: { subject: unknown; headerKeys: string[]; texts: unknown[]; error: boolean } = { subject: undefined, headerKeys: [], texts: [], error: false };
+  // Only the Subject is promised for a header block MailParser is spared (see WalkOptions.plainTextBody).
+  const view: { subject: unknown; texts: unknown[]; error: boolean } = { subject: undefined, texts: [], error: false };
   const result = await walkMessage(
     chunked(buf, rng(seed)),
     {
       headers: (h) => {
         view.subject = h.get('subject');
-        view.headerKeys = [...h.keys()];
       },
       text: (t) => view.texts.push({ text: t.text, html: t.html }),
     },
@@ -126,6 +138,15 @@ describe('plain-body shortcut', () => {
     }
     const view = await walkView(eml, 1, true);
     expect(view.texts).toEqual([{ text: 'Card 4111 1111 1111\n 1111 ok\nTOP\nSECRET\n', html: undefined }]);
+  });
+
+  it('keeps MailParser for the header block when the caller wants the raw header lines', async () => {
+    const eml = Buffer.from('From: <a@example.com>\r\nSubject: hi\r\n\r\nbody\r\n');
+    const keys: string[] = [];
+    let lines = 0;
+    await walkMessage(Readable.from([eml]), { headers: (h) => keys.push(...h.keys()), headerLines: (l) => (lines = l.length) }, { plainTextBody: true });
+    expect(keys).toEqual(['from', 'subject']);
+    expect(lines).toBe(2);
   });
 
   it('still reports a failed walk (abort) with no text', async () => {
