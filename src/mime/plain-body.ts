@@ -62,7 +62,8 @@ export class PlainBodySplitter extends Writable {
   readonly decided = new Promise<{ subject: string | undefined } | null>((resolve) => (this.settle = resolve));
 
   constructor(
-    private readonly parser: Writable,
+    /** MailParser, made on first use by the walk. */
+    private readonly parser: () => Writable,
     private readonly skipParser: boolean,
   ) {
     super();
@@ -103,7 +104,7 @@ export class PlainBodySplitter extends Writable {
     this.diverted = true;
     this.keep(rest);
     const headOnly = this.skipParser ? simpleHeaderSubject(text.slice(0, fieldsEnd)) : null;
-    if (!headOnly && !this.parser.destroyed) this.parser.end(head);
+    if (!headOnly) this.toParser(head, true);
     this.settle(headOnly);
     cb();
   }
@@ -113,9 +114,9 @@ export class PlainBodySplitter extends Writable {
     if (this.diverted === null) {
       this.diverted = false;
       this.settle(null);
-      if (this.head.length && !this.parser.destroyed) this.parser.write(this.takeHead(this.head.length));
+      if (this.head.length) this.toParser(this.takeHead(this.head.length), false);
     }
-    if (!this.diverted && !this.parser.destroyed) this.parser.end();
+    if (!this.diverted) this.toParser(null, true);
     cb();
   }
 
@@ -154,15 +155,27 @@ export class PlainBodySplitter extends Writable {
     this.bodyBytes += chunk.length;
   }
 
+  /** Writes to MailParser, or ends it; a parser destroyed by the walk's stop() takes nothing more (the walk is ending anyway). */
+  private toParser(chunk: Buffer | null, end: boolean): boolean {
+    const parser = this.parser();
+    if (parser.destroyed) return true;
+    if (end) {
+      if (chunk) parser.end(chunk);
+      else parser.end();
+      return true;
+    }
+    return chunk ? parser.write(chunk) : true;
+  }
+
   private forward(chunk: Buffer, cb: (err?: Error | null) => void): void {
-    // A parser destroyed by the walk's stop() takes nothing more; the walk is ending anyway.
-    if (this.parser.destroyed || this.parser.write(chunk)) return cb();
+    if (this.toParser(chunk, false)) return cb();
+    const parser = this.parser();
     const onDrain = (): void => {
-      this.parser.off('close', onDrain);
-      this.parser.off('drain', onDrain);
+      parser.off('close', onDrain);
+      parser.off('drain', onDrain);
       cb();
     };
-    this.parser.on('drain', onDrain);
-    this.parser.on('close', onDrain);
+    parser.on('drain', onDrain);
+    parser.on('close', onDrain);
   }
 }

@@ -95,11 +95,26 @@ function parserOptions(limits: MimeLimits, parser: MailParserOptions | undefined
   return { ...parser, maxChildNodes: limits.maxParts * 2 + 16, maxHeadSize: limits.maxHeaderBytes * 2 + 1024 };
 }
 
+/**
+ * MailParser with the walk's listeners, made on first use so a walk the plain-body shortcut takes whole never
+ * builds one (~40 us). One made after the walk has stopped is stopped too, or its iterator would wait forever.
+ */
+function newParser(options: MailParserOptions, handlers: WalkHandlers, stop: (err: Error) => void, onClose: () => void, failed: Error | null): MailParser {
+  const parser = new MailParser(options);
+  // mailparser reports some failures with a bare emit('error') that leaves the stream open; destroying
+  // it makes the walk's iterator see the error.
+  parser.on('error', (err: Error) => stop(err));
+  parser.once('close', onClose);
+  if (handlers.headerLines) parser.on('headerLines', handlers.headerLines);
+  if (handlers.headers) parser.on('headers', handlers.headers);
+  if (failed) parser.destroy(failed);
+  return parser;
+}
+
 /** Waits for the end of the header block; when MailParser is spared it altogether, reports the Subject (all its headers would have given our callers) and says so. */
-async function plainHead(plain: PlainBodySplitter, parser: MailParser, handlers: WalkHandlers, failed: () => boolean): Promise<boolean> {
+async function plainHead(plain: PlainBodySplitter, handlers: WalkHandlers, failed: () => boolean): Promise<boolean> {
   const headOnly = await plain.decided;
   if (!headOnly) return false;
-  parser.destroy(); // never given a byte
   if (!failed()) handlers.headers?.(new Map(headOnly.subject === undefined ? [] : [['subject', headOnly.subject]]));
   return true;
 }
@@ -118,16 +133,17 @@ async function plainBody(plain: PlainBodySplitter, handlers: WalkHandlers, faile
 export async function walkMessage(input: Readable, handlers: WalkHandlers, opts: WalkOptions = {}): Promise<WalkResult> {
   // Depth is bounded by the part count already; a lower depth cap would end walks mailparser can finish.
   const limits: MimeLimits = { ...DEFAULT_MIME_LIMITS, maxDepth: opts.limits?.maxParts ?? DEFAULT_MIME_LIMITS.maxParts, ...opts.limits };
-  const parser = new MailParser(parserOptions(limits, opts.parser));
   const guard = new StructureGuard(limits);
+  let parser: MailParser | null = null;
+  const getParser = (): MailParser => (parser ??= newParser(parserOptions(limits, opts.parser), handlers, stop, () => current?.destroy(), firstError));
   // MailParser can be left out altogether only when nobody wants the raw header lines.
-  const plain = opts.plainTextBody ? new PlainBodySplitter(parser, !handlers.headerLines) : null;
+  const plain = opts.plainTextBody ? new PlainBodySplitter(getParser, !handlers.headerLines) : null;
   let current: Readable | null = null;
   let firstError: Error | null = null;
   let inputFailed = false;
   const stop = (err: Error): void => {
     firstError ??= err;
-    parser.destroy(err);
+    parser?.destroy(err);
     plain?.destroy(err);
     // A parser that dies mid-attachment leaves that attachment's stream open forever.
     current?.destroy(err);
@@ -141,10 +157,6 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   if (opts.signal?.aborted) onAbort();
   opts.signal?.addEventListener('abort', onAbort, { once: true });
 
-  // mailparser reports some failures with a bare emit('error') that leaves the stream open; destroying
-  // it makes the iterator below see the error.
-  parser.on('error', (err: Error) => stop(err));
-  parser.once('close', () => current?.destroy());
   guard.on('error', (err: Error) => stop(err));
   plain?.on('error', (err: Error) => stop(err));
   input.on('error', (err: Error) => {
@@ -154,12 +166,10 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   input.on('close', () => {
     if (!input.readableEnded) stop(new Error('message stream closed early'));
   });
-  if (handlers.headerLines) parser.on('headerLines', handlers.headerLines);
-  if (handlers.headers) parser.on('headers', handlers.headers);
-  input.pipe(guard).pipe(plain ?? parser);
+  input.pipe(guard).pipe(plain ?? getParser());
   try {
-    const headOnly = plain ? await plainHead(plain, parser, handlers, () => firstError !== null) : false;
-    for await (const item of (headOnly ? [] : parser) as AsyncIterable<AttachmentStream | MessageText>) {
+    const headOnly = plain ? await plainHead(plain, handlers, () => firstError !== null) : false;
+    for await (const item of (headOnly ? [] : getParser()) as AsyncIterable<AttachmentStream | MessageText>) {
       if (item.type === 'text') {
         // With the body kept by the splitter, MailParser only saw the header block: its text item is empty.
         if (!plain?.diverted) handlers.text?.(item);
@@ -186,7 +196,7 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   if (firstError) {
     // Keep reading the source so whatever it comes from can finish.
     input.unpipe(guard);
-    guard.unpipe(plain ?? parser);
+    guard.unpipe();
     if (!input.destroyed) input.resume();
   }
   return { error: firstError, inputFailed, parts: guard.scanner.partCount };
