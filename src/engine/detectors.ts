@@ -108,6 +108,9 @@ function countFromLeft(groups: number, lastOfMatchAt: (i: number) => number): nu
  * a valid card wins, and the search resumes after it.
  */
 function cardsInRun(run: string, next: string): number {
+  // A card needs 13 digits and a run has no more digits than characters: most runs (a line number, a
+  // date) are settled here without splitting them.
+  if (run.length < 13) return 0;
   const groups = run.split(/[ -]/);
   // A last group glued to a letter ("…1111abc") is part of a word, not a number.
   if (isWordChar(next)) groups.pop();

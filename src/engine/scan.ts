@@ -59,6 +59,7 @@ interface ScanState {
   policies: readonly CompiledPolicy[];
   limits: ScanLimits;
   signal: AbortSignal | undefined;
+  plainTextBody: boolean;
   partsLeft: number;
   report: ScanReport;
 }
@@ -194,6 +195,8 @@ async function scanInto(st: ScanState, input: Readable, depth: number): Promise<
       limits: { maxParts: st.limits.maxParts, maxDepth: st.limits.maxParts },
       // We strip tags ourselves; html-to-text on a large HTML body is slow and mailparser runs it synchronously.
       parser: { skipHtmlToText: true, skipImageLinks: true, skipTextLinks: true },
+      // The commonest shape (no Content-* field at the top) has its body decoded without MailParser; same text.
+      plainTextBody: st.plainTextBody,
     },
   );
   if (result.error) {
@@ -210,13 +213,18 @@ async function scanInto(st: ScanState, input: Readable, depth: number): Promise<
 export async function scanMessage(
   input: Readable,
   policies: readonly CompiledPolicy[],
-  opts: { limits?: Partial<ScanLimits>; signal?: AbortSignal } = {},
+  opts: {
+    limits?: Partial<ScanLimits>;
+    signal?: AbortSignal;
+    /** Default true; false only to compare against MailParser's own decoding in tests. */ plainTextBody?: boolean;
+  } = {},
 ): Promise<ScanReport> {
   const limits = { ...DEFAULT_SCAN_LIMITS, ...opts.limits };
   const st: ScanState = {
     policies,
     limits,
     signal: opts.signal,
+    plainTextBody: opts.plainTextBody ?? true,
     partsLeft: limits.maxParts,
     report: { counts: policies.map(() => 0), attachments: 0, scannedAttachments: 0, truncated: false, errors: [] },
   };

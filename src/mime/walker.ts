@@ -1,7 +1,9 @@
 // The one hardened walk over a message's decoded MIME tree (mailparser), used by the quarantine preview, the CAS extraction and the embedded engine: abortable, deadlined, limited, never hangs.
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { MailParser, type AttachmentStream, type MailParserOptions, type MessageText } from 'mailparser';
+import { finished } from 'node:stream/promises';
 import { DEFAULT_MIME_LIMITS, MimeScanner, type MimeLimits } from './scanner.js';
+import { PlainBodySplitter } from './plain-body.js';
 
 export interface WalkHandlers {
   /** Top-level header lines as received (for display). */
@@ -23,6 +25,13 @@ export interface WalkOptions {
   limits?: Partial<MimeLimits> | undefined;
   /** mailparser switches (skipHtmlToText …); the limits are ours. */
   parser?: MailParserOptions | undefined;
+  /**
+   * A top-level message whose header has no Content-* field has its body decoded by PlainBodySplitter
+   * rather than MailParser (same text, far less CPU). The text item then carries no `textAsHtml`, and when
+   * the header block is simple (simpleHeaderSubject) and there is no `headerLines` handler, MailParser is
+   * not run at all and `headers` gets a Map holding only `subject`. Callers that read either must leave this off.
+   */
+  plainTextBody?: boolean | undefined;
 }
 
 export interface WalkResult {
@@ -81,6 +90,41 @@ async function drain(att: AttachmentStream): Promise<void> {
   }
 }
 
+/** The caller's mailparser switches with mailsplit's limits set above ours (see StructureGuard): the guard must be the one that trips. */
+function parserOptions(limits: MimeLimits, parser: MailParserOptions | undefined): MailParserOptions & { maxChildNodes: number; maxHeadSize: number } {
+  return { ...parser, maxChildNodes: limits.maxParts * 2 + 16, maxHeadSize: limits.maxHeaderBytes * 2 + 1024 };
+}
+
+/**
+ * MailParser with the walk's listeners, made on first use so a walk the plain-body shortcut takes whole never
+ * builds one (~40 us). One made after the walk has stopped is stopped too, or its iterator would wait forever.
+ */
+function newParser(options: MailParserOptions, handlers: WalkHandlers, stop: (err: Error) => void, onClose: () => void, failed: Error | null): MailParser {
+  const parser = new MailParser(options);
+  // mailparser reports some failures with a bare emit('error') that leaves the stream open; destroying
+  // it makes the walk's iterator see the error.
+  parser.on('error', (err: Error) => stop(err));
+  parser.once('close', onClose);
+  if (handlers.headerLines) parser.on('headerLines', handlers.headerLines);
+  if (handlers.headers) parser.on('headers', handlers.headers);
+  if (failed) parser.destroy(failed);
+  return parser;
+}
+
+/** Waits for the end of the header block; when MailParser is spared it altogether, reports the Subject (all its headers would have given our callers) and says so. */
+async function plainHead(plain: PlainBodySplitter, handlers: WalkHandlers, failed: () => boolean): Promise<boolean> {
+  const headOnly = await plain.decided;
+  if (!headOnly) return false;
+  if (!failed()) handlers.headers?.(new Map(headOnly.subject === undefined ? [] : [['subject', headOnly.subject]]));
+  return true;
+}
+
+/** MailParser ended at the header block (or never ran); the body is complete once the splitter has taken all of it. */
+async function plainBody(plain: PlainBodySplitter, handlers: WalkHandlers, failed: () => boolean): Promise<void> {
+  await finished(plain);
+  if (!failed()) handlers.text?.(plain.textItem());
+}
+
 /**
  * Walks one message. Resolves (never rejects) once the parser is done or has failed, with the reason
  * it stopped early if it did; everything the handlers saw up to then stands. The input is read to its
@@ -89,20 +133,18 @@ async function drain(att: AttachmentStream): Promise<void> {
 export async function walkMessage(input: Readable, handlers: WalkHandlers, opts: WalkOptions = {}): Promise<WalkResult> {
   // Depth is bounded by the part count already; a lower depth cap would end walks mailparser can finish.
   const limits: MimeLimits = { ...DEFAULT_MIME_LIMITS, maxDepth: opts.limits?.maxParts ?? DEFAULT_MIME_LIMITS.maxParts, ...opts.limits };
-  const options: MailParserOptions & { maxChildNodes: number; maxHeadSize: number } = {
-    ...opts.parser,
-    // Above ours (see StructureGuard): the guard must be the one that trips.
-    maxChildNodes: limits.maxParts * 2 + 16,
-    maxHeadSize: limits.maxHeaderBytes * 2 + 1024,
-  };
-  const parser = new MailParser(options);
   const guard = new StructureGuard(limits);
+  let parser: MailParser | null = null;
+  const getParser = (): MailParser => (parser ??= newParser(parserOptions(limits, opts.parser), handlers, stop, () => current?.destroy(), firstError));
+  // MailParser can be left out altogether only when nobody wants the raw header lines.
+  const plain = opts.plainTextBody ? new PlainBodySplitter(getParser, !handlers.headerLines) : null;
   let current: Readable | null = null;
   let firstError: Error | null = null;
   let inputFailed = false;
   const stop = (err: Error): void => {
     firstError ??= err;
-    parser.destroy(err);
+    parser?.destroy(err);
+    plain?.destroy(err);
     // A parser that dies mid-attachment leaves that attachment's stream open forever.
     current?.destroy(err);
   };
@@ -115,11 +157,8 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   if (opts.signal?.aborted) onAbort();
   opts.signal?.addEventListener('abort', onAbort, { once: true });
 
-  // mailparser reports some failures with a bare emit('error') that leaves the stream open; destroying
-  // it makes the iterator below see the error.
-  parser.on('error', (err: Error) => stop(err));
-  parser.once('close', () => current?.destroy());
   guard.on('error', (err: Error) => stop(err));
+  plain?.on('error', (err: Error) => stop(err));
   input.on('error', (err: Error) => {
     inputFailed = true;
     stop(err);
@@ -127,13 +166,13 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   input.on('close', () => {
     if (!input.readableEnded) stop(new Error('message stream closed early'));
   });
-  if (handlers.headerLines) parser.on('headerLines', handlers.headerLines);
-  if (handlers.headers) parser.on('headers', handlers.headers);
-  input.pipe(guard).pipe(parser);
+  input.pipe(guard).pipe(plain ?? getParser());
   try {
-    for await (const item of parser as AsyncIterable<AttachmentStream | MessageText>) {
+    const headOnly = plain ? await plainHead(plain, handlers, () => firstError !== null) : false;
+    for await (const item of (headOnly ? [] : getParser()) as AsyncIterable<AttachmentStream | MessageText>) {
       if (item.type === 'text') {
-        handlers.text?.(item);
+        // With the body kept by the splitter, MailParser only saw the header block: its text item is empty.
+        if (!plain?.diverted) handlers.text?.(item);
         continue;
       }
       const content = item.content as Readable;
@@ -147,6 +186,7 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
         item.release();
       }
     }
+    if (plain?.diverted) await plainBody(plain, handlers, () => firstError !== null);
   } catch (err) {
     firstError ??= err as Error;
   } finally {
@@ -156,7 +196,7 @@ export async function walkMessage(input: Readable, handlers: WalkHandlers, opts:
   if (firstError) {
     // Keep reading the source so whatever it comes from can finish.
     input.unpipe(guard);
-    guard.unpipe(parser);
+    guard.unpipe();
     if (!input.destroyed) input.resume();
   }
   return { error: firstError, inputFailed, parts: guard.scanner.partCount };

@@ -21,6 +21,20 @@ describe('UCWI simulator signature check (ucwi.md §1)', () => {
     expect(checkSkgAuth({ Authorization: VECTOR, 'X-Skg-Timestamp': TS }, { accessKey: AK, secretKey: SK }, NOW)).toEqual({ ok: true });
   });
 
+  it('a MAC remembered for one secret and timestamp never answers for another (the check caches the last one)', () => {
+    const keys = { accessKey: AK, secretKey: SK };
+    expect(checkSkgAuth({ authorization: VECTOR, 'x-skg-timestamp': TS }, keys, NOW)).toEqual({ ok: true });
+    // Same access key and timestamp, other secret: the remembered MAC must not be reused.
+    expect(checkSkgAuth({ authorization: VECTOR, 'x-skg-timestamp': TS }, { accessKey: AK, secretKey: 'OTHER' }, NOW)).toEqual({
+      ok: false,
+      reason: 'bad_signature',
+    });
+    const ts2 = String(Number(TS) + 1);
+    expect(checkSkgAuth({ authorization: VECTOR, 'x-skg-timestamp': ts2 }, keys, NOW)).toEqual({ ok: false, reason: 'bad_signature' });
+    expect(checkSkgAuth(ucwiAuthHeaders(AK, SK, NOW + 1000), keys, NOW)).toEqual({ ok: true });
+    expect(checkSkgAuth({ authorization: VECTOR, 'x-skg-timestamp': TS }, keys, NOW)).toEqual({ ok: true });
+  });
+
   it('the client signs exactly the reference vector', () => {
     expect(ucwiAuthHeaders(AK, SK, NOW)).toEqual({ 'x-skg-timestamp': TS, authorization: VECTOR });
   });
