@@ -352,7 +352,7 @@ export class Session implements SmtpSession {
     const reply = await handled;
     this.inData = false;
     if (broken) throw broken.error;
-    this.log.debug({ bytes: decoder.bytes, violation: decoder.violation }, 'DATA received');
+    if (this.logger.isLevelEnabled('debug')) this.log.debug({ bytes: decoder.bytes, violation: decoder.violation }, 'DATA received');
     this.io.reply(SessionIO.violationReply(decoder.violation) ?? reply ?? R('INTERNAL'));
     if (this.closing) {
       // Shutdown waited for this reply. The client's usual next word is QUIT, sent once it has read the reply:
