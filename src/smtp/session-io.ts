@@ -2,7 +2,6 @@
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
-import type { Logger } from 'pino';
 import { catalogueReply, type SmtpReply, DlpError } from '../errors.js';
 import { formatReplyLines } from './command.js';
 import type { DataDecoder, DataViolation } from './data-reader.js';
@@ -94,8 +93,8 @@ export class SessionIO {
   constructor(
     socket: Socket,
     private readonly clocks: ClockOptions,
-    /** The session's logger, made on first use. */
-    private readonly log: () => Logger,
+    /** Logs through the session's logger, which is made only when the level is enabled. */
+    private readonly log: (level: 'debug' | 'info', fields: Record<string, unknown>, msg: string) => void,
   ) {
     this.socket = socket;
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
@@ -283,7 +282,7 @@ export class SessionIO {
   };
 
   private readonly onError = (e: Error): void => {
-    this.log().debug({ err: e.message }, 'socket error');
+    this.log('debug', { err: e.message }, 'socket error');
     this.end(null, 'close');
   };
 
@@ -430,7 +429,7 @@ export class SessionIO {
     this.rateTimer = null;
     const required = (this.clocks.minBytesPerSecond * this.clocks.minRateWindowMs) / 1000;
     if (this.rateBytes < required) {
-      this.log().info({ bytes: this.rateBytes, windowMs: this.clocks.minRateWindowMs }, 'client below the minimum data rate');
+      this.log('info', { bytes: this.rateBytes, windowMs: this.clocks.minRateWindowMs }, 'client below the minimum data rate');
       this.end(catalogueReply('SLOW_CLIENT'), 'timeout');
       return;
     }

@@ -87,7 +87,10 @@ export class Session implements SmtpSession {
     this.remotePort = socket.remotePort ?? 0;
     this.localAddress = unmapIPv4(socket.localAddress ?? '');
     this.localPort = socket.localPort ?? 0;
-    this.io = new SessionIO(socket, cfg.clocks, () => this.log);
+    this.io = new SessionIO(socket, cfg.clocks, (level, fields, msg) => {
+      // A client that resets the connection is routine: no logger child for a line nobody reads.
+      if (this.logger.isLevelEnabled(level)) this.log[level](fields, msg);
+    });
   }
 
   private get log(): Logger {

@@ -1,4 +1,4 @@
-// Spools one message's DATA into a private temp file while hashing it (MD5 for UCWI, SHA-256 for audit) and indexing its header block; never holds the message in memory.
+// Spools one message's DATA into a private temp file while hashing it (MD5, sent to UCWI; the quarantine measures its own SHA-256 of what it stores) and indexing its header block; never holds the message in memory.
 import { createHash } from 'node:crypto';
 import { closeSync, read, readSync, writev, writevSync } from 'node:fs';
 import { unlink } from 'node:fs/promises';
@@ -25,7 +25,6 @@ export interface SpooledMessage {
   size: number;
   sizeExceeded: boolean;
   md5: string;
-  sha256: string;
   headers: HeaderField[];
   /** Offset of the first body byte (just after the empty line), or size when there is no body. */
   headerEnd: number;
@@ -55,7 +54,6 @@ class SpoolTap extends Transform {
   size = 0;
   sizeExceeded = false;
   readonly md5 = createHash('md5');
-  readonly sha256 = createHash('sha256');
   readonly headers: HeaderField[] = [];
   headerEnd = -1;
   private inHeaders = true;
@@ -78,7 +76,6 @@ class SpoolTap extends Transform {
       return cb();
     }
     this.md5.update(chunk);
-    this.sha256.update(chunk);
     cb(null, chunk);
   }
 
@@ -297,7 +294,6 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
     size,
     sizeExceeded: tap.sizeExceeded,
     md5: tap.md5.digest('hex'),
-    sha256: tap.sha256.digest('hex'),
     headers: tap.headers,
     headerEnd,
     async readHeaderBlock() {
