@@ -18,6 +18,7 @@ import {
   statusKb,
   stopAll,
   treeCpuSeconds,
+  treeCpuSplit,
   treeOf,
   waitForPort,
   type Managed,
@@ -606,13 +607,18 @@ async function profileScenario(sink: Sink, sim0Url: string, results: Results): P
   const messages = measured ? countFor(measured.msgPerSec, mode) : 2000;
   const relay = await startRelay('relay-profile', { ucwiUrl: sim0Url, sinkPort: sink.port, logLevel: 'warn', cpuProfDir: dir, workers });
   let rate = NaN;
+  let split: { userMsPerMsg: number; systemMsPerMsg: number } | null = null;
   const window = { fromUs: 0, toUs: Infinity };
   try {
     await smtpSource(relay.port, sessions, 300, mode);
     // Only the samples of the measured run count: start-up (module compilation) and the warm-up are left out.
     window.fromUs = monotonicUs();
+    const cpu0 = treeCpuSplit(relay.pid);
     const r = await smtpSource(relay.port, sessions, messages, mode, `smtp-source → dlp-relay (2 workers) under --cpu-prof, ${mode}`);
+    const cpu1 = treeCpuSplit(relay.pid);
     window.toUs = monotonicUs();
+    // Read from /proc, not sampled: what the processes really spent in user space and in the kernel.
+    split = { userMsPerMsg: ((cpu1.user - cpu0.user) * 1000) / messages, systemMsPerMsg: ((cpu1.system - cpu0.system) * 1000) / messages };
     if (r.code !== 0 || r.sent !== messages) throw new Error(`profiled run: smtp-source exit ${r.code}, sent ${r.sent}/${messages}: ${r.stderr}`);
     rate = r.sent / r.seconds;
     log(`  profiled run: ${r.sent} msgs in ${r.seconds.toFixed(2)} s = ${rate.toFixed(0)} msg/s (profiler on)`);
@@ -630,7 +636,15 @@ async function profileScenario(sink: Sink, sim0Url: string, results: Results): P
     saved.push(dest);
   });
   const summary = summarizeProfiles(saved, ROOT, messages, window);
-  results.profile = { ...summary, files: saved.map((f) => f.slice(ROOT.length + 1)), sessions, mode, workers, msgPerSec: Math.round(rate) };
+  results.profile = {
+    ...summary,
+    files: saved.map((f) => f.slice(ROOT.length + 1)),
+    sessions,
+    mode,
+    workers,
+    msgPerSec: Math.round(rate),
+    ...(split ? { cpuSplit: split } : {}),
+  };
 }
 
 // ---- main --------------------------------------------------------------------------------------

@@ -157,7 +157,10 @@ export function analyse(r: Results): string[] {
       `Profile (${modeTitle(p.mode)}, ${p.sessions} sessions): our code took ${share('our code').toFixed(1)} % of the relay's busy time, Node.js and V8 ${share('Node.js').toFixed(1)} %, dependencies ${share('dependencies').toFixed(1)} %.` +
         (top ? ` The largest area is ${top.name} (${top.pct.toFixed(1)} %)` : '') +
         (fn ? `, the largest single function \`${fn.name}\` (${fn.pct.toFixed(1)} %).` : '.') +
-        ` The main threads were idle ${p.idlePct.toFixed(1)} % of the sampled time.`,
+        ` The main threads were idle ${p.idlePct.toFixed(1)} % of the sampled time.` +
+        (p.cpuSplit
+          ? ` From /proc over the same run: ${p.cpuSplit.userMsPerMsg.toFixed(2)} ms user and ${p.cpuSplit.systemMsPerMsg.toFixed(2)} ms system CPU per message, so the kernel's share is ${((100 * p.cpuSplit.systemMsPerMsg) / (p.cpuSplit.userMsPerMsg + p.cpuSplit.systemMsPerMsg || 1)).toFixed(0)} %: sampled time in socket writes includes preemption, not only system calls.`
+          : ''),
     );
   }
   const loads = r.throughput.flatMap((c) => c.runs.map((x) => x.loadAvg)).filter(Number.isFinite);

@@ -211,6 +211,23 @@ export function cpuSeconds(pid: number): number {
   }
 }
 
+/** User and system CPU seconds of a process and all its live descendants, apart. */
+export function treeCpuSplit(pid: number): { user: number; system: number } {
+  let user = 0;
+  let system = 0;
+  for (const p of treeOf(pid)) {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      user += Number(f[11]) / CLK_TCK;
+      system += Number(f[12]) / CLK_TCK;
+    } catch {
+      /* gone */
+    }
+  }
+  return { user, system };
+}
+
 /** CPU seconds of a process and all its live descendants. */
 export function treeCpuSeconds(pid: number): number {
   return treeOf(pid).reduce((s, p) => s + cpuSeconds(p), 0);

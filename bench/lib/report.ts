@@ -121,7 +121,17 @@ export interface Results {
   /** Attachment removal (actionCode 4) on ~1 MB messages; absent in results written before it existed. */
   strip?: StripResult | null;
   peakRssDuringThroughputMiB: Record<string, number>;
-  profile: (ProfileSummary & { files: string[]; sessions: number; mode: ConnMode; workers: number; msgPerSec: number }) | null;
+  profile:
+    | (ProfileSummary & {
+        files: string[];
+        sessions: number;
+        mode: ConnMode;
+        workers: number;
+        msgPerSec: number;
+        /** CPU per message of the relay's process tree during the profiled run, from /proc (absent in older results). */
+        cpuSplit?: { userMsPerMsg: number; systemMsPerMsg: number };
+      })
+    | null;
   /** `--scale-out` only; absent in results of runs without it. */
   scaleOut?: ScaleOutResult | null;
   targets: Target[];
@@ -251,8 +261,17 @@ function profileTables(p: Profile): { head: string[]; rows: string[][] }[] {
   ];
 }
 
+/** The /proc user/system split, which the sampled shares must be read against. */
+export const cpuSplitText = (p: Profile): string => {
+  const c = p.cpuSplit;
+  if (!c) return '';
+  const total = c.userMsPerMsg + c.systemMsPerMsg;
+  const userPct = total > 0 ? (100 * c.userMsPerMsg) / total : 0;
+  return ` Read from /proc over the same run (not sampled), the relay's processes spent ${c.userMsPerMsg.toFixed(2)} ms per message in user space and ${c.systemMsPerMsg.toFixed(2)} ms in the kernel (${userPct.toFixed(0)} % user): a sample that lands in a native socket write (\`writeUtf8String\`, \`writev\`) also counts the time the thread sat preempted after the write woke the receiving process on this 2-core machine, so those rows overstate what the writes cost, and the user-space work (JavaScript, V8 and Node's C++) is the bulk of the CPU.`;
+};
+
 const profileIntro = (p: Profile): string =>
-  `${p.processes} process(es) (supervisor and ${p.workers} worker(s)), ${modeTitle(p.mode)}, ${p.sessions} sessions, UCWI sim 0 ms, ${p.messages ?? '?'} messages at ${f0(p.msgPerSec)} msg/s with the profiler on; ${f0(p.totalMs)} ms sampled ${p.windowed ? 'during the measured run only (start-up and warm-up left out)' : "over the processes' whole lives (the run window could not be applied)"}, ${f1(p.idlePct)} % idle. Shares are of busy (non-idle) time; ms/msg is busy sampled time per message over all processes (main threads only: GC helper and libuv threads are not sampled).`;
+  `${p.processes} process(es) (supervisor and ${p.workers} worker(s)), ${modeTitle(p.mode)}, ${p.sessions} sessions, UCWI sim 0 ms, ${p.messages ?? '?'} messages at ${f0(p.msgPerSec)} msg/s with the profiler on; ${f0(p.totalMs)} ms sampled ${p.windowed ? 'during the measured run only (start-up and warm-up left out)' : "over the processes' whole lives (the run window could not be applied)"}, ${f1(p.idlePct)} % idle. Shares are of busy (non-idle) time; ms/msg is busy sampled time per message over all processes (main threads only: GC helper and libuv threads are not sampled).${cpuSplitText(p)}`;
 
 export function printTables(r: Results): string {
   const out: string[] = [];
