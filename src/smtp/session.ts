@@ -87,14 +87,16 @@ export class Session implements SmtpSession {
     this.remotePort = socket.remotePort ?? 0;
     this.localAddress = unmapIPv4(socket.localAddress ?? '');
     this.localPort = socket.localPort ?? 0;
-    this.io = new SessionIO(socket, cfg.clocks, (level, fields, msg) => {
-      // A client that resets the connection is routine: no logger child for a line nobody reads.
-      if (this.logger.isLevelEnabled(level)) this.log[level](fields, msg);
-    });
+    this.io = new SessionIO(socket, cfg.clocks, (level, fields, msg) => this.logIf(level, fields, msg));
   }
 
   private get log(): Logger {
     return (this.logChild ??= this.logger.child({ session: this.id }));
+  }
+
+  /** Routine lines (a reset connection, DATA received): the logger child is made only when the level is on. */
+  private logIf(level: 'debug' | 'info', fields: Record<string, unknown>, msg: string): void {
+    if (this.logger.isLevelEnabled(level)) this.log[level](fields, msg);
   }
 
   get transmissionType(): string {
@@ -355,7 +357,7 @@ export class Session implements SmtpSession {
     const reply = await handled;
     this.inData = false;
     if (broken) throw broken.error;
-    if (this.logger.isLevelEnabled('debug')) this.log.debug({ bytes: decoder.bytes, violation: decoder.violation }, 'DATA received');
+    this.logIf('debug', { bytes: decoder.bytes, violation: decoder.violation }, 'DATA received');
     this.io.reply(SessionIO.violationReply(decoder.violation) ?? reply ?? R('INTERNAL'));
     if (this.closing) {
       // Shutdown waited for this reply. The client's usual next word is QUIT, sent once it has read the reply:

@@ -1,6 +1,7 @@
 // Differential test of the card detector's short-run shortcut: on random digit-heavy text, whole or cut into chunks, it counts what the unshortened evaluation counts.
 import { describe, expect, it } from 'vitest';
 import { cardBrand, cardDetector, ChunkCounter, countMatches, luhnValid, type Detector } from '../../src/engine/detectors.js';
+import { rng } from '../helpers/rng.js';
 
 /** The card evaluation as it was before the shortcut: every run is split and every combination of groups tried. */
 function referenceCardsInRun(run: string, next: string): number {
@@ -27,17 +28,6 @@ function referenceCardsInRun(run: string, next: string): number {
 }
 
 const reference: Detector = { ...cardDetector, evaluate: referenceCardsInRun };
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const PIECES = [
   '4111',

@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { walkMessage } from '../../src/mime/walker.js';
 import { compilePolicies, scanMessage } from '../../src/engine/scan.js';
 import { parsePolicies } from '../../src/engine/policies.js';
+import { rng } from '../helpers/rng.js';
 
 const COMPILED = compilePolicies(
   parsePolicies([
@@ -14,18 +15,6 @@ const COMPILED = compilePolicies(
     { name: 'kw', detector: 'keywords', keywords: ['TOP SECRET', 'CONFIDENTIAL-DO-NOT-SHARE'], actionCode: 6, severity: 2, actionSettingName: 'Q' },
   ]),
 );
-
-/** Deterministic PRNG (mulberry32) so a failure names a reproducible seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const HEADER_VARIANTS = [
   'From: <a@example.com>\r\nTo: <b@example.com>\r\nDate: Sat, 28 Nov 2026 23:52:16 +0000\r\nMessage-Id: <1@vm>\r\n',

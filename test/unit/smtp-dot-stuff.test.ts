@@ -2,6 +2,7 @@
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { DotStuffer } from '../../src/smtp/dot-stuff.js';
+import { rng } from '../helpers/rng.js';
 
 const CR = 0x0d;
 const LF = 0x0a;
@@ -46,18 +47,6 @@ function expected(input: Buffer): Buffer {
   if (input.length === 0) return input;
   const endsCrlf = input.length >= 2 && input[input.length - 2] === CR && input[input.length - 1] === LF;
   return endsCrlf ? input : Buffer.concat([input, latin('\r\n')]);
-}
-
-/** Deterministic PRNG (mulberry32) so a failure can be reproduced from its seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 describe('DotStuffer', () => {
