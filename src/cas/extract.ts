@@ -59,7 +59,8 @@ export function findUrls(text: string, into: Set<string>, cap: number): boolean 
  * from the plain text and the raw HTML (hrefs included). The parse is skipped entirely when neither
  * hashes nor URLs are wanted.
  */
-export async function extractPushItems(emlPath: string, opts: ExtractOptions): Promise<ExtractResult> {
+/** `eml`: a file path, or a function that opens the message (the relay passes its spool's reader, which knows where the message ends). */
+export async function extractPushItems(eml: string | (() => Readable), opts: ExtractOptions): Promise<ExtractResult> {
   const reason = opts.reason ?? 'dlp block';
   const items: CasOutboxItem[] = [];
   const sender = opts.sender.trim().replace(/^<|>$/g, '');
@@ -77,7 +78,7 @@ export async function extractPushItems(emlPath: string, opts: ExtractOptions): P
   let attachments = 0;
 
   const result = await walkMessage(
-    createReadStream(emlPath),
+    typeof eml === 'string' ? createReadStream(eml) : eml(),
     {
       text: (data) => {
         if (!opts.pushUrls) return;

@@ -114,7 +114,7 @@ export async function startCas(c: FrozenConfig, logger: Logger, opts: { pusher?:
   pusher?.start();
   const hook: VerdictHook = async (v) => {
     if (!shouldPush(v.actionCode, s.triggers)) return;
-    const { items } = await extractPushItems(v.spool.path, {
+    const { items } = await extractPushItems(() => v.spool.open(), {
       sender: v.sender,
       pushSender: s.push.sender,
       pushAttachmentHashes: s.push.attachmentHashes,

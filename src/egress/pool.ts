@@ -372,8 +372,8 @@ export class NextHopTransaction {
     }
   }
 
-  /** DATA with the message; the next hop's final reply (or its refusal of DATA). */
-  async data(open: () => Readable, signal: AbortSignal): Promise<Reply> {
+  /** DATA with the message (a stream, or a small one in a buffer); the next hop's final reply (or its refusal of DATA). */
+  async data(open: () => Readable | Buffer, signal: AbortSignal): Promise<Reply> {
     if (this.state !== 'open') {
       // The transaction cannot go on; data() is still the call that ends it, so the connection goes back.
       if (this.state === 'broken') {

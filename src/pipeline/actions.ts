@@ -114,7 +114,12 @@ async function relay(
     return rewrite ? rewrite(source) : source;
   };
   try {
-    const reply = await msg.sink.deliver(open, signal);
+    const sink = msg.sink;
+    // An unchanged small message goes to the next hop as one buffer: no stream and pipes per message.
+    const reply =
+      sink.kind === 'next-hop' && !rewrite
+        ? await sink.deliver(() => msg.spool.readSmall({ prepend, skip }) ?? open(), signal)
+        : await sink.deliver(open, signal);
     const ok = reply.code < 300;
     return {
       ...base,

@@ -17,10 +17,10 @@ import { act } from './actions.js';
  * open (lockstep), or the local outbox when no next hop is configured. Resolves with the reply for the
  * client (the next hop's own final reply, passed through); throws on failure.
  */
-export interface MessageSink {
-  readonly kind: 'next-hop' | 'outbox';
-  deliver(open: () => Readable, signal: AbortSignal): Promise<SmtpReply>;
-}
+export type MessageSink =
+  /** The next hop also takes a small message in one buffer (one socket write, no stream). */
+  | { readonly kind: 'next-hop'; deliver(open: () => Readable | Buffer, signal: AbortSignal): Promise<SmtpReply> }
+  | { readonly kind: 'outbox'; deliver(open: () => Readable, signal: AbortSignal): Promise<SmtpReply> };
 
 /** NextHopPool's whole-transaction delivery: each recipient's fate comes back. */
 export interface GatewayDeliverer {

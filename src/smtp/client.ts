@@ -1,7 +1,7 @@
 // SmtpClient: the relay's own strict SMTP client (connect, EHLO, STARTTLS, AUTH, pipelined transactions, byte-exact DATA).
 import type { Readable } from 'node:stream';
 import { formatParams, type EsmtpParam } from './envelope.js';
-import { DotStuffer } from './dot-stuff.js';
+import { DotStuffer, dotStuffWhole } from './dot-stuff.js';
 import { parseExtensions, ReplyReader, type Reply } from './reply.js';
 import { describeError, openSocket, SmtpClientError, upgrade, type AnySocket, type ClientPhase, type SmtpClientOptions } from './client-socket.js';
 import { attachHandlers, detachHandlers } from '../util/event-handlers.js';
@@ -224,7 +224,12 @@ export class SmtpClient {
     return this.command('RSET', 'rset', signal);
   }
 
-  async data(message: Readable, signal?: AbortSignal): Promise<{ dataReply: Reply; final: Reply | null }> {
+  /** DATA, then the message: a stream, or a small message already in one buffer (sent in one write). */
+  async data(message: Readable | Buffer, signal?: AbortSignal): Promise<{ dataReply: Reply; final: Reply | null }> {
+    if (Buffer.isBuffer(message)) {
+      const dataReply = await this.command('DATA', 'data', signal);
+      return { dataReply, final: dataReply.code === 354 ? await this.sendWhole(message, signal) : null };
+    }
     // The stream may fail (a missing file) while DATA waits for its 354: keep that from being an
     // unhandled 'error' event; stream() sees it through `errored`.
     const early = (): void => {};
@@ -434,6 +439,28 @@ export class SmtpClient {
 
   private detach(sock: AnySocket): void {
     detachHandlers(sock, this.sockHandlers);
+  }
+
+  /**
+   * A small message in one buffer: stuffed and handed to the socket in one write, then its final reply.
+   * No stream, pipe or cork per message (the stream path's machinery cost more than the bytes). Until
+   * the kernel took it all, commandMs bounds the write as in stream(); then dataDoneMs counts.
+   */
+  private sendWhole(message: Buffer, signal: AbortSignal | undefined): Promise<Reply> {
+    const t = this.opts.timeouts;
+    const reply = this.expect([{ line: null, phase: 'message', timeoutMs: t.commandMs }], signal)[0]!;
+    const pending = this.queue[this.queue.length - 1];
+    if (pending?.phase === 'message') {
+      this.sock.write(dotStuffWhole(message), () => {
+        if (this.queue[0] !== pending) return;
+        pending.timeoutMs = t.dataDoneMs;
+        this.armHead();
+      });
+    }
+    return reply.then((r) => {
+      if (is2xx(r)) this.completed++;
+      return r;
+    });
   }
 
   /**

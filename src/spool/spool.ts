@@ -33,10 +33,10 @@ export interface SpooledMessage {
   /** Streams the message with `prepend` in front and the byte ranges in `skip` left out. */
   open(opts?: { prepend?: Buffer; skip?: Array<{ start: number; end: number }> }): Readable;
   /**
-   * The same bytes as open({ skip }) in one buffer, when they fit in one read chunk (64 KiB, what the
-   * stream would hand out at once anyway); null for bigger messages, which must be streamed.
+   * The same bytes as open(opts) in one buffer, when the file's part fits in one read chunk (64 KiB,
+   * what the stream would hand out at once anyway); null for bigger messages, which must be streamed.
    */
-  readSmall(opts?: { skip?: Array<{ start: number; end: number }> }): Buffer | null;
+  readSmall(opts?: { prepend?: Buffer; skip?: Array<{ start: number; end: number }> }): Buffer | null;
   remove(): Promise<void>;
 }
 
@@ -310,8 +310,10 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
       const ranges = rangesWithout(stored, o.skip ?? []);
       const total = ranges.reduce((n, [a, b]) => n + b - a, 0);
       if (total > READ_CHUNK) return null;
-      const buf = Buffer.allocUnsafe(total);
-      let at = 0;
+      const head = o.prepend?.length ?? 0;
+      const buf = Buffer.allocUnsafe(head + total);
+      o.prepend?.copy(buf, 0);
+      let at = head;
       for (const [a, b] of ranges) {
         for (let pos = a; pos < b; ) {
           const n = readSync(file.fd, buf, at, b - pos, pos);

@@ -1,8 +1,8 @@
 // Test chain: a sink SMTP server (the next hop, on the test SMTP peer), the UCWI simulator over HTTP, and the relay between them, all on 127.0.0.1 port 0.
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, readdirSync, statSync } from 'node:fs';
+import { mkdtempSync, rmSync, readdirSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { loadConfig, deepMerge } from '../../src/config/load.js';
 import { createLogger } from '../../src/observability/logger.js';
@@ -196,19 +196,14 @@ export async function startChain(o: ChainOptions = {}): Promise<Chain> {
 }
 
 /**
- * Spool files that still hold message bytes: must be none once transactions are over. Empty files are
- * recycled ones waiting in the ingress's SpoolFilePool (truncated when they came back), bounded by
- * its size and unlinked when the relay stops.
+ * Spool files of messages still in flight: must be none once transactions are over. The others are
+ * recycled files idle in the ingress's SpoolFilePool (not emptied: readers stop at each message's
+ * size), bounded by its size and unlinked when the relay stops.
  */
 export function spoolFiles(chain: Chain): string[] {
+  const idle = new Set(chain.relay.ingress.spoolFiles.idlePaths.map((p) => basename(p)));
   try {
-    return readdirSync(chain.dirs.spool).filter((f) => {
-      try {
-        return statSync(join(chain.dirs.spool, f)).size > 0;
-      } catch {
-        return false; // removed between readdir and stat
-      }
-    });
+    return readdirSync(chain.dirs.spool).filter((f) => !idle.has(f));
   } catch {
     return [];
   }

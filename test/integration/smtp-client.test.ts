@@ -336,6 +336,39 @@ describe('SmtpClient transactions', () => {
     expect(s.sessions[0]!.messages[0]!.toString('latin1')).toBe('a\r\n..b\r\n');
   });
 
+  it('a message in one buffer goes out dot-stuffed exactly as the stream does, and counts as completed', async () => {
+    const s = await sim({ ehlo: () => ['250 sim'] });
+    const c = await connect(options(s.port));
+    const body = Buffer.from('.a\r\nb\r.c\nd\n.\r\n.', 'latin1');
+    for (const m of [body, Readable.from([body])]) {
+      await c.mail('a@x.test', []);
+      await c.rcpt('b@x.test', []);
+      expect((await c.data(m)).final?.code).toBe(250);
+    }
+    const [viaBuffer, viaStream] = s.sessions[0]!.messages;
+    expect(viaBuffer!.toString('latin1')).toBe('..a\r\nb\r..c\nd\n..\r\n..\r\n');
+    expect(viaBuffer!.equals(viaStream!)).toBe(true);
+    expect(c.messages).toBe(2);
+  });
+
+  it('a buffered message: the final reply waits dataDoneMs, then times out; an abort drops the connection', async () => {
+    const s = await sim({ onMessage: () => null, ehlo: () => ['250 sim'] });
+    const c = await connect(options(s.port, { timeouts: { connectMs: 2_000, greetingMs: 2_000, commandMs: 2_000, dataDoneMs: 200 } }));
+    await c.mail('a@x.test', []);
+    await c.rcpt('b@x.test', []);
+    expect(await failure(c.data(Buffer.from('x\r\n')))).toMatchObject({ kind: 'timeout', phase: 'message' });
+    expect(c.closed).toBe(true);
+    const c2 = await connect(options(s.port));
+    await c2.mail('a@x.test', []);
+    await c2.rcpt('b@x.test', []);
+    const ac = new AbortController();
+    const p = c2.data(Buffer.from('y\r\n'), ac.signal);
+    await new Promise((r) => setTimeout(r, 50));
+    ac.abort();
+    expect(await failure(p)).toMatchObject({ kind: 'aborted', phase: 'message' });
+    expect(c2.closed).toBe(true);
+  });
+
   it('streams a large message with backpressure, byte for byte', async () => {
     const s = await sim({ ehlo: () => ['250-sim', '250 PIPELINING'] });
     const c = await connect(options(s.port));

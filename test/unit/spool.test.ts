@@ -143,20 +143,25 @@ describe('spoolMessage', () => {
 });
 
 describe('SpoolFilePool', () => {
-  it('reuses a small file truncated: the next message finds none of the last one, and old readers refuse', async () => {
+  it('reuses a small file as it is: the next message reads back none of the last one, and old readers refuse', async () => {
     const d = dir();
     const pool = new SpoolFilePool(d, 2);
     const a = await spoolMessage(chunked(MSG + 'A'.repeat(5000) + '\r\n', 700), { dir: d, maxBytes: 1 << 20, pool });
     const oldReader = a.open();
     await a.remove();
     expect(pool.idle).toBe(1);
-    expect(statSync(a.path).size).toBe(0);
+    expect(pool.idlePaths).toEqual([a.path]);
     const b = await spoolMessage(chunked('Subject: b\r\n\r\nshort\r\n', 4), { dir: d, maxBytes: 1 << 20, pool });
     expect(b.path).toBe(a.path);
     expect(pool.idle).toBe(0);
-    // Exactly b's bytes on disk (positional writes from 0, no tail of a), and b reads back whole.
-    expect(readFileSync(b.path, 'latin1')).toBe('Subject: b\r\n\r\nshort\r\n');
-    expect(await text(b.open())).toBe('Subject: b\r\n\r\nshort\r\n');
+    // b overwrote the file from offset 0 (a's tail is still past it on disk); every reader stops at b's size.
+    const B = 'Subject: b\r\n\r\nshort\r\n';
+    expect(readFileSync(b.path, 'latin1').startsWith(B)).toBe(true);
+    expect(statSync(b.path).size).toBeGreaterThan(B.length);
+    expect(await text(b.open())).toBe(B);
+    expect(b.readSmall()!.toString('latin1')).toBe(B);
+    expect(b.readSmall({ prepend: Buffer.from('X: 1\r\n') })!.toString('latin1')).toBe('X: 1\r\n' + B);
+    expect((await b.readHeaderBlock()).toString('latin1')).toBe('Subject: b\r\n\r\n');
     // A reader opened for a never reads b's bytes through the shared descriptor.
     await expect(text(oldReader)).rejects.toThrow('spool file already removed');
     await b.remove();
