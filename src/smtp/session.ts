@@ -54,8 +54,8 @@ export class Session implements SmtpSession {
   readonly openedAt = Date.now();
   remoteAddress: string;
   remotePort: number;
-  localAddress: string;
-  localPort: number;
+  /** Set from a PROXY header; otherwise read from the socket on first use (getsockname per connection showed in the profile). */
+  private local: { address: string; port: number } | null = null;
   readonly peerAddress: string;
   proxied = false;
   heloName: string | null = null;
@@ -85,9 +85,20 @@ export class Session implements SmtpSession {
     this.peerAddress = unmapIPv4(socket.remoteAddress ?? '');
     this.remoteAddress = this.peerAddress;
     this.remotePort = socket.remotePort ?? 0;
-    this.localAddress = unmapIPv4(socket.localAddress ?? '');
-    this.localPort = socket.localPort ?? 0;
     this.io = new SessionIO(socket, cfg.clocks, (level, fields, msg) => this.logIf(level, fields, msg));
+  }
+
+  get localAddress(): string {
+    return this.localEnd().address;
+  }
+
+  get localPort(): number {
+    return this.localEnd().port;
+  }
+
+  private localEnd(): { address: string; port: number } {
+    const sock = this.io.socket;
+    return (this.local ??= { address: unmapIPv4(sock.localAddress ?? ''), port: sock.localPort ?? 0 });
   }
 
   private get log(): Logger {
@@ -191,8 +202,7 @@ export class Session implements SmtpSession {
         if (r.source && r.destination) {
           this.remoteAddress = r.source.address;
           this.remotePort = r.source.port;
-          this.localAddress = r.destination.address;
-          this.localPort = r.destination.port;
+          this.local = { address: r.destination.address, port: r.destination.port };
           this.proxied = true;
         }
         return true;
