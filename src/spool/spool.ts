@@ -289,6 +289,8 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
   const stored = Math.min(size, opts.maxBytes);
   const small = stored <= SYNC_LIMIT;
   const headerEnd = tap.headerEnd >= 0 ? tap.headerEnd : Math.min(size, MAX_HEADER_BLOCK);
+  /** The file bytes of the last readSmall (callers never change what they get: it is sent, not edited). */
+  let lastSmall: { ranges: Array<[number, number]>; bytes: Buffer } | null = null;
   return {
     path: slot.path,
     size,
@@ -311,6 +313,11 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
       const total = ranges.reduce((n, [a, b]) => n + b - a, 0);
       if (total > READ_CHUNK) return null;
       const head = o.prepend?.length ?? 0;
+      // The UCWI upload and then the relay read the same ranges: the second read copies the first's bytes
+      // (still alive: it was the request body) instead of reading the file again.
+      if (lastSmall && sameRanges(lastSmall.ranges, ranges)) {
+        return head === 0 ? lastSmall.bytes : Buffer.concat([o.prepend!, lastSmall.bytes], head + total);
+      }
       const buf = Buffer.allocUnsafe(head + total);
       o.prepend?.copy(buf, 0);
       let at = head;
@@ -322,6 +329,7 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
           pos += n;
         }
       }
+      lastSmall = { ranges, bytes: buf.subarray(head) };
       return buf;
     },
     remove() {
@@ -354,6 +362,10 @@ function readAt(file: SpoolFile, buf: Buffer, pos: number, sync: boolean): Promi
       else resolve(n);
     });
   });
+}
+
+function sameRanges(a: Array<[number, number]>, b: Array<[number, number]>): boolean {
+  return a.length === b.length && a.every(([x, y], i) => x === b[i]![0] && y === b[i]![1]);
 }
 
 /** The byte ranges of [0, size) with the skipped ranges left out, in order. */

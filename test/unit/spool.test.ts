@@ -59,7 +59,12 @@ describe('spoolMessage', () => {
     const loop = s.headers.find((h) => h.name === 'x-loop')!;
     const skip = [{ start: loop.start, end: loop.end }];
     expect(s.readSmall({ skip })!.toString('latin1')).toBe(await text(s.open({ skip })));
+    // Read again (the relay after the UCWI upload), with and without a prepend, skips or none: always open()'s bytes.
+    const pre = Buffer.from('Received: x\r\n');
+    expect(s.readSmall({ prepend: pre, skip })!.toString('latin1')).toBe(await text(s.open({ prepend: pre, skip })));
     expect(s.readSmall()!.toString('latin1')).toBe(MSG);
+    expect(s.readSmall({ prepend: pre })!.toString('latin1')).toBe(pre.toString('latin1') + MSG);
+    expect(s.readSmall({ skip })!.toString('latin1')).toBe(await text(s.open({ skip })));
     const edge = Buffer.alloc(64 * 1024, 0x61);
     const at = await spoolMessage(Readable.from([edge]), { dir: dir(), maxBytes: 1 << 20 });
     expect(at.readSmall()!.equals(edge)).toBe(true);
