@@ -289,8 +289,7 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
   const stored = Math.min(size, opts.maxBytes);
   const small = stored <= SYNC_LIMIT;
   const headerEnd = tap.headerEnd >= 0 ? tap.headerEnd : Math.min(size, MAX_HEADER_BLOCK);
-  /** The file bytes of the last readSmall (callers never change what they get: it is sent, not edited). */
-  let lastSmall: { ranges: Array<[number, number]>; bytes: Buffer } | null = null;
+  const last: LastSmall = { read: null };
   return {
     path: slot.path,
     size,
@@ -308,29 +307,7 @@ export async function spoolMessage(source: Readable, opts: SpoolOptions): Promis
       return new SpoolReader(file, rangesWithout(stored, o.skip ?? []), o.prepend, small);
     },
     readSmall(o = {}) {
-      if (file.closed) throw spoolClosed();
-      const ranges = rangesWithout(stored, o.skip ?? []);
-      const total = ranges.reduce((n, [a, b]) => n + b - a, 0);
-      if (total > READ_CHUNK) return null;
-      const head = o.prepend?.length ?? 0;
-      // The UCWI upload and then the relay read the same ranges: the second read copies the first's bytes
-      // (still alive: it was the request body) instead of reading the file again.
-      if (lastSmall && sameRanges(lastSmall.ranges, ranges)) {
-        return head === 0 ? lastSmall.bytes : Buffer.concat([o.prepend!, lastSmall.bytes], head + total);
-      }
-      const buf = Buffer.allocUnsafe(head + total);
-      o.prepend?.copy(buf, 0);
-      let at = head;
-      for (const [a, b] of ranges) {
-        for (let pos = a; pos < b; ) {
-          const n = readSync(file.fd, buf, at, b - pos, pos);
-          if (n === 0) throw new Error('spool file shorter than expected');
-          at += n;
-          pos += n;
-        }
-      }
-      lastSmall = { ranges, bytes: buf.subarray(head) };
-      return buf;
+      return readSmall(file, stored, last, o);
     },
     remove() {
       return release(small);
@@ -362,6 +339,38 @@ function readAt(file: SpoolFile, buf: Buffer, pos: number, sync: boolean): Promi
       else resolve(n);
     });
   });
+}
+
+/** The file bytes of a message's last readSmall (callers never change what they get: it is sent, not edited). */
+interface LastSmall {
+  read: { ranges: Array<[number, number]>; bytes: Buffer } | null;
+}
+
+/** SpooledMessage.readSmall: prepend and the file's ranges in one buffer, or null past one read chunk. */
+function readSmall(file: SpoolFile, stored: number, last: LastSmall, o: { prepend?: Buffer; skip?: Array<{ start: number; end: number }> }): Buffer | null {
+  if (file.closed) throw spoolClosed();
+  const ranges = rangesWithout(stored, o.skip ?? []);
+  const total = ranges.reduce((n, [a, b]) => n + b - a, 0);
+  if (total > READ_CHUNK) return null;
+  const head = o.prepend?.length ?? 0;
+  // The UCWI upload and then the relay read the same ranges: the second read copies the first's bytes
+  // (still alive: it was the request body) instead of reading the file again.
+  if (last.read && sameRanges(last.read.ranges, ranges)) {
+    return head === 0 ? last.read.bytes : Buffer.concat([o.prepend!, last.read.bytes], head + total);
+  }
+  const buf = Buffer.allocUnsafe(head + total);
+  o.prepend?.copy(buf, 0);
+  let at = head;
+  for (const [a, b] of ranges) {
+    for (let pos = a; pos < b; ) {
+      const n = readSync(file.fd, buf, at, b - pos, pos);
+      if (n === 0) throw new Error('spool file shorter than expected');
+      at += n;
+      pos += n;
+    }
+  }
+  last.read = { ranges, bytes: buf.subarray(head) };
+  return buf;
 }
 
 function sameRanges(a: Array<[number, number]>, b: Array<[number, number]>): boolean {
