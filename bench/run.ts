@@ -221,14 +221,30 @@ const RELAY_PROXY_YAML = RELAY_YAML.replace('smtp:\n', 'smtp:\n  proxyProtocolFr
 
 async function startRelay(
   name: string,
-  opts: { ucwiUrl: string; sinkPort: number; logLevel: string; cpuProfDir?: string; onStdout?: (b: Buffer) => void; workers?: number; proxyFrom?: boolean },
+  opts: {
+    ucwiUrl: string;
+    sinkPort: number;
+    logLevel: string;
+    cpuProfDir?: string;
+    onStdout?: (b: Buffer) => void;
+    workers?: number;
+    proxyFrom?: boolean;
+    /**
+     * nextHop.pool.maxConnections, as the README sizes it: one connection per client transaction in flight
+     * (lockstep holds it through the UCWI call). The default 50 covers the 0 ms runs; with UCWI at 200 ms,
+     * 100 sessions keep 100 transactions open at once, and 50 connections would cap them at 250 msg/s.
+     */
+    poolMax?: number;
+  },
 ): Promise<Relay> {
   const port = await freePort();
   const adminPort = await freePort();
   const dir = join(work, name);
   mkdirSync(dir, { recursive: true });
-  const cfg = join(work, opts.proxyFrom ? 'relay-proxy.yaml' : 'relay.yaml');
-  writeFileSync(cfg, opts.proxyFrom ? RELAY_PROXY_YAML : RELAY_YAML);
+  const base = opts.proxyFrom ? RELAY_PROXY_YAML : RELAY_YAML;
+  const yaml = opts.poolMax ? base.replace('maxConnections: 50', `maxConnections: ${opts.poolMax}`) : base;
+  const cfg = join(work, `${opts.proxyFrom ? 'relay-proxy' : 'relay'}${opts.poolMax ? `-pool${opts.poolMax}` : ''}.yaml`);
+  writeFileSync(cfg, yaml);
   const envVars = {
     DLP_RELAY_CONFIG: cfg,
     DLP_RELAY_LISTEN: `127.0.0.1:${port}`,
@@ -255,6 +271,7 @@ async function startRelay(
   const pid = proc.mainPid();
   if (!pid) throw new Error(`${name}: cannot find the relay's pid`);
   commands['relay config (DLP_RELAY_CONFIG)'] ??= RELAY_YAML.trim();
+  if (opts.poolMax) commands[`relay config with ${opts.poolMax} next-hop connections ($WORK/relay-pool${opts.poolMax}.yaml)`] ??= yaml.trim();
   // One example per log level; the instances differ only in ports, UCWI URL and directories.
   commands[`relay (log level ${opts.logLevel}${opts.logLevel === 'info' ? ': the latency run reads the JSON "message" lines on stdout' : ''})`] ??=
     `${Object.entries(envVars)
@@ -569,7 +586,7 @@ async function rssScenario(sink: Sink, sim0Url: string, sim200Url: string): Prom
     [0, sim0Url],
     [200, sim200Url],
   ] as const) {
-    const r200 = await startRelay(`relay-rss-200-${latency}`, { ucwiUrl: url, sinkPort: sink.port, logLevel: 'warn' });
+    const r200 = await startRelay(`relay-rss-200-${latency}`, { ucwiUrl: url, sinkPort: sink.port, logLevel: 'warn', poolMax: 200 });
     try {
       const messages = 2000;
       const r = await smtpSource(r200.port, 200, messages, 'reused', `smtp-source -d, 200 sessions (RSS, UCWI ${latency} ms)`);
@@ -778,7 +795,7 @@ async function main(): Promise<void> {
     }
     if (ONLY.has('latency200') && sim200) {
       await step(`throughput at 200 ms UCWI: dlp-relay × ${SESSIONS.join('/')} sessions`, async () => {
-        const relay = await startRelay('relay-200ms', { ucwiUrl: sim200.url, sinkPort: sink.port, logLevel: 'warn' });
+        const relay = await startRelay('relay-200ms', { ucwiUrl: sim200.url, sinkPort: sink.port, logLevel: 'warn', poolMax: Math.max(...SESSIONS) });
         const simPid = sim200.proc.mainPid()!;
         try {
           const sys: System = {
