@@ -57,9 +57,9 @@ export function findUrls(text: string, into: Set<string>, cap: number): boolean 
  * and hashes each attachment's decoded bytes chunk by chunk, so memory stays flat however large the
  * attachment. Text bodies arrive as strings (mailparser keeps those in memory anyway); URLs are taken
  * from the plain text and the raw HTML (hrefs included). The parse is skipped entirely when neither
- * hashes nor URLs are wanted.
+ * hashes nor URLs are wanted. `eml` is a file path, or a function that opens the message (the relay
+ * passes its spool's reader, which knows where the message ends in a recycled spool file).
  */
-/** `eml`: a file path, or a function that opens the message (the relay passes its spool's reader, which knows where the message ends). */
 export async function extractPushItems(eml: string | (() => Readable), opts: ExtractOptions): Promise<ExtractResult> {
   const reason = opts.reason ?? 'dlp block';
   const items: CasOutboxItem[] = [];
