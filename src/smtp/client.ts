@@ -1,10 +1,11 @@
 // SmtpClient: the relay's own strict SMTP client (connect, EHLO, STARTTLS, AUTH, pipelined transactions, byte-exact DATA).
 import type { Readable } from 'node:stream';
-import { formatParams, type EsmtpParam } from './envelope.js';
+import { mailLine, rcptLine, type EsmtpParam } from './envelope.js';
 import { DotStuffer, dotStuffWhole } from './dot-stuff.js';
 import { parseExtensions, ReplyReader, type Reply } from './reply.js';
 import { describeError, openSocket, SmtpClientError, upgrade, type AnySocket, type ClientPhase, type SmtpClientOptions } from './client-socket.js';
 import { attachHandlers, detachHandlers } from '../util/event-handlers.js';
+import { authenticate, ehloOrHelo } from './client-hello.js';
 
 export type { Reply } from './reply.js';
 export { parseReply, ReplySyntaxError } from './reply.js';
@@ -126,28 +127,13 @@ export class SmtpClient {
     if (!is2xx(greeting)) {
       throw new SmtpClientError('greeting', 'reply', `server refused the session: ${greeting.toString()}`, { reply: greeting });
     }
-    await this.hello(signal);
+    this.exts = await ehloOrHelo((line) => this.command(line, 'ehlo', signal), this.opts.heloName);
     if (!this.isSecure && this.opts.starttls !== 'off') await this.startTls(signal);
-    if (this.opts.auth) await this.authenticate(this.opts.auth, signal);
-  }
-
-  /** EHLO, or HELO when EHLO gets a 5xx (an old or minimal server). */
-  private async hello(signal: AbortSignal | undefined): Promise<void> {
-    const name = this.opts.heloName;
-    const ehlo = await this.command(`EHLO ${name}`, 'ehlo', signal);
-    if (is2xx(ehlo)) {
-      this.exts = parseExtensions(ehlo);
-      return;
+    if (this.opts.auth) {
+      const ctx = { secure: this.isSecure, allowInClear: this.opts.allowAuthInClear === true, offered: this.exts.get('AUTH') };
+      await authenticate((line) => this.command(line, 'auth', signal), ctx, this.opts.auth);
+      this.isAuthenticated = true;
     }
-    if (ehlo.code >= 500) {
-      const helo = await this.command(`HELO ${name}`, 'ehlo', signal);
-      if (is2xx(helo)) {
-        this.exts = new Map();
-        return;
-      }
-      throw new SmtpClientError('ehlo', 'reply', `EHLO and HELO refused: ${helo.toString()}`, { reply: helo });
-    }
-    throw new SmtpClientError('ehlo', 'reply', `EHLO refused: ${ehlo.toString()}`, { reply: ehlo });
   }
 
   private async startTls(signal: AbortSignal | undefined): Promise<void> {
@@ -182,34 +168,6 @@ export class SmtpClient {
     const ehlo = await this.command(`EHLO ${this.opts.heloName}`, 'ehlo', signal);
     if (!is2xx(ehlo)) throw new SmtpClientError('ehlo', 'reply', `EHLO after STARTTLS refused: ${ehlo.toString()}`, { reply: ehlo });
     this.exts = parseExtensions(ehlo);
-  }
-
-  private async authenticate(auth: { user: string; pass: string }, signal: AbortSignal | undefined): Promise<void> {
-    if (!this.isSecure && this.opts.allowAuthInClear !== true) {
-      throw new SmtpClientError('auth', 'auth', 'AUTH configured but the connection is not encrypted (no TLS)');
-    }
-    const mechs = (this.exts.get('AUTH') ?? '').toUpperCase().split(/\s+/);
-    const check = (r: Reply, what: string): void => {
-      if (r.code === 421) throw new SmtpClientError('auth', 'reply', `${what}: ${r.toString()}`, { reply: r });
-      // Only the server's reply goes into the message: never the credentials.
-      throw new SmtpClientError('auth', 'auth', `${what}: ${r.toString()}`, { reply: r });
-    };
-    const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
-    if (mechs.includes('PLAIN')) {
-      const r = await this.command(`AUTH PLAIN ${b64(`\0${auth.user}\0${auth.pass}`)}`, 'auth', signal);
-      if (r.code !== 235) check(r, 'AUTH PLAIN refused');
-    } else if (mechs.includes('LOGIN')) {
-      // Any 334 text is accepted: servers word the prompts differently (RFC 4954 does not define LOGIN).
-      const r1 = await this.command('AUTH LOGIN', 'auth', signal);
-      if (r1.code !== 334) check(r1, 'AUTH LOGIN refused');
-      const r2 = await this.command(b64(auth.user), 'auth', signal);
-      if (r2.code !== 334) check(r2, 'AUTH LOGIN user refused');
-      const r3 = await this.command(b64(auth.pass), 'auth', signal);
-      if (r3.code !== 235) check(r3, 'AUTH LOGIN refused');
-    } else {
-      throw new SmtpClientError('auth', 'auth', `AUTH configured but the server offers no PLAIN or LOGIN (AUTH ${this.exts.get('AUTH') ?? 'not offered'})`);
-    }
-    this.isAuthenticated = true;
   }
 
   mail(from: string, params: readonly EsmtpParam[], signal?: AbortSignal): Promise<Reply> {
@@ -545,12 +503,4 @@ export class SmtpClient {
     stuffer.pipe(sock, { end: false });
     return result;
   }
-}
-
-function mailLine(from: string, params: readonly EsmtpParam[]): string {
-  return `MAIL FROM:<${from}>${formatParams(params)}`;
-}
-
-function rcptLine(to: string, params: readonly EsmtpParam[]): string {
-  return `RCPT TO:<${to}>${formatParams(params)}`;
 }

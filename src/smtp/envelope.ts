@@ -54,6 +54,16 @@ export function formatParams(params: readonly EsmtpParam[]): string {
   return params.map(([k, v]) => ` ${k}${v === null ? '' : `=${v}`}`).join('');
 }
 
+/** The client's MAIL FROM line with its parameters, byte for byte. */
+export function mailLine(from: string, params: readonly EsmtpParam[]): string {
+  return `MAIL FROM:<${from}>${formatParams(params)}`;
+}
+
+/** The client's RCPT TO line with its parameters, byte for byte. */
+export function rcptLine(to: string, params: readonly EsmtpParam[]): string {
+  return `RCPT TO:<${to}>${formatParams(params)}`;
+}
+
 /** A copy that shares nothing mutable with the original. */
 export function cloneEnvelope(env: Envelope): Envelope {
   const out: Envelope = {
