@@ -24,7 +24,7 @@ export class LocalOutbox {
    * `signal`: the end-of-DATA deadline. If it fires while we write, the client has already been told
    * 451 and will retry, so a copy finished after that is removed again instead of becoming a duplicate.
    */
-  async deliver(env: Envelope, openMessage: () => Readable, queryId: string, signal?: AbortSignal): Promise<{ path: string }> {
+  async deliver(env: Envelope, openMessage: () => Readable | Buffer, queryId: string, signal?: AbortSignal): Promise<{ path: string }> {
     const storedAt = new Date();
     const base = await this.reserve(`${storedAt.toISOString().replace(/:/g, '')}-${safeName(queryId)}`);
     const emlPath = join(this.dir, `${base}.eml`);

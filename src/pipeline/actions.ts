@@ -109,17 +109,11 @@ async function relay(
   const prepend = relayPrepend(step, decision.headers);
   const t0 = performance.now();
   const isLocal = msg.sink.kind === 'outbox';
-  const open = (): Readable => {
-    const source = msg.spool.open({ prepend, skip });
-    return rewrite ? rewrite(source) : source;
-  };
+  // An unchanged small message goes out as one buffer: no stream and pipes per message.
+  const open = (): Readable | Buffer =>
+    rewrite ? rewrite(msg.spool.open({ prepend, skip })) : (msg.spool.readSmall({ prepend, skip }) ?? msg.spool.open({ prepend, skip }));
   try {
-    const sink = msg.sink;
-    // An unchanged small message goes to the next hop as one buffer: no stream and pipes per message.
-    const reply =
-      sink.kind === 'next-hop' && !rewrite
-        ? await sink.deliver(() => msg.spool.readSmall({ prepend, skip }) ?? open(), signal)
-        : await sink.deliver(open, signal);
+    const reply = await msg.sink.deliver(open, signal);
     const ok = reply.code < 300;
     return {
       ...base,

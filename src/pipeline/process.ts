@@ -17,10 +17,11 @@ import { act } from './actions.js';
  * open (lockstep), or the local outbox when no next hop is configured. Resolves with the reply for the
  * client (the next hop's own final reply, passed through); throws on failure.
  */
-export type MessageSink =
-  /** The next hop also takes a small message in one buffer (one socket write, no stream). */
-  | { readonly kind: 'next-hop'; deliver(open: () => Readable | Buffer, signal: AbortSignal): Promise<SmtpReply> }
-  | { readonly kind: 'outbox'; deliver(open: () => Readable, signal: AbortSignal): Promise<SmtpReply> };
+export interface MessageSink {
+  readonly kind: 'next-hop' | 'outbox';
+  /** `open` gives a stream, or a small message in one buffer (one socket or file write, no stream). */
+  deliver(open: () => Readable | Buffer, signal: AbortSignal): Promise<SmtpReply>;
+}
 
 /** NextHopPool's whole-transaction delivery: each recipient's fate comes back. */
 export interface GatewayDeliverer {
